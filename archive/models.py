@@ -1,0 +1,95 @@
+"""The ARCHIVE database: mirrored copies of archivable tables, and the run ledger.
+
+Each archived table is generated from its PRIMARY twin, so the two cannot drift: the same
+columns, types and primary key, plus ``archived_at`` and ``archive_run_id``. The mirrors
+carry no foreign keys. Reference tables (customers, products) stay in PRIMARY, so those
+keys could never be enforced here, and the links between archived tables are checked by
+``archive verify`` instead of by constraints that would dictate insert order.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from reporting import models as primary_models
+from reporting.db import ARCHIVE, BigIntKey, UTCDateTime, db
+
+#: PRIMARY tables that have an ARCHIVE twin. Policies may only name these.
+ARCHIVED_TABLES = ("orders", "order_items", "payments", "events")
+ARCHIVED_AT = "archived_at"
+ARCHIVE_RUN_ID = "archive_run_id"
+
+RUN_STATUSES = (
+    "running",
+    "done",
+    "max_rows",
+    "max_runtime",
+    "stop_requested",
+    "lock_busy",
+    "error",
+    "interrupted",
+)
+
+
+def _mirror(source: sa.Table) -> sa.Table:
+    columns = [
+        sa.Column(
+            column.name,
+            column.type,
+            primary_key=column.primary_key,
+            autoincrement=False,
+            nullable=column.nullable,
+            index=bool(column.index or column.foreign_keys) and not column.primary_key,
+        )
+        for column in source.columns
+    ]
+    return db.Table(
+        source.name,
+        *columns,
+        sa.Column(ARCHIVED_AT, UTCDateTime, nullable=False),
+        sa.Column(ARCHIVE_RUN_ID, sa.BigInteger, nullable=False, index=True),
+        bind_key=ARCHIVE,
+    )
+
+
+#: The ARCHIVE twins, keyed by table name.
+archived_tables: dict[str, sa.Table] = {
+    name: _mirror(primary_models.db.metadata.tables[name]) for name in ARCHIVED_TABLES
+}
+
+
+class ArchiveRun(db.Model):
+    """One archiver run of one policy: what it set out to do and how it ended."""
+
+    __bind_key__ = ARCHIVE
+    __tablename__ = "archive_runs"
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
+    policy: Mapped[str] = mapped_column(sa.String(64), index=True)
+    status: Mapped[str] = mapped_column(sa.String(16), index=True)
+    cutoff: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    batches: Mapped[int] = mapped_column(sa.Integer, default=0)
+    rows_moved: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    rows_per_second: Mapped[float | None] = mapped_column(sa.Float)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    host: Mapped[str] = mapped_column(sa.String(255), default="")
+    pid: Mapped[int] = mapped_column(sa.Integer, default=0)
+
+
+class ArchiveRunTable(db.Model):
+    """Per-table counters of one run: selected, copied, verified and deleted rows."""
+
+    __bind_key__ = ARCHIVE
+    __tablename__ = "archive_run_tables"
+
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("archive_runs.id"), primary_key=True)
+    table_name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    selected: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    copied: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    verified: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    deleted: Mapped[int] = mapped_column(sa.BigInteger, default=0)

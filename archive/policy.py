@@ -1,0 +1,179 @@
+"""Archival policies resolved against the schema: which rows move, with which children.
+
+Pure: no connections, no I/O. A policy from settings names tables and columns as strings;
+:func:`resolve_policy` turns it into table and column objects once, at startup, so a typo
+stops the service before the first run rather than failing at 3 a.m.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from reporting.settings import PolicySettings, SettingsError
+
+
+@dataclass(frozen=True)
+class ChildLink:
+    """A table whose rows travel with their parent root row."""
+
+    table: sa.Table
+    archive_table: sa.Table
+    parent_column: sa.Column[int]
+
+    @property
+    def key(self) -> sa.Column[int]:
+        return single_key(self.table)
+
+
+@dataclass(frozen=True)
+class ArchivePolicy:
+    """A resolved policy: root rows of ``root`` older than ``older_than`` move to ARCHIVE."""
+
+    name: str
+    root: sa.Table
+    archive_root: sa.Table
+    age_column: sa.Column[datetime]
+    older_than: timedelta
+    match: Mapping[str, tuple[str, ...]]
+    children: tuple[ChildLink, ...]
+    batch_size: int
+    schedule: str
+    enabled: bool
+
+    @property
+    def key(self) -> sa.Column[int]:
+        return single_key(self.root)
+
+    @property
+    def tables(self) -> tuple[sa.Table, ...]:
+        """Root first, then children: the order rows are copied in."""
+        return (self.root, *(child.table for child in self.children))
+
+    def cutoff(self, now: datetime) -> datetime:
+        """Return the instant before which a root row counts as aged."""
+        return cutoff_for(now, self.older_than)
+
+    def aged(self, cutoff: datetime) -> sa.ColumnElement[bool]:
+        """Return the predicate selecting aged root rows (age and match conditions)."""
+        conditions = [self.age_column < cutoff]
+        conditions += [self.root.c[column].in_(values) for column, values in self.match.items()]
+        return sa.and_(*conditions)
+
+
+def cutoff_for(now: datetime, older_than: timedelta) -> datetime:
+    """Return ``now - older_than``, refusing a naive ``now``.
+
+    :raises ValueError: when ``now`` has no timezone: a naive instant would be compared
+        with UTC timestamps and silently shift the cutoff by the machine's offset.
+    """
+    if now.tzinfo is None:
+        raise ValueError(f"now={now.isoformat()} has no timezone; pass an aware datetime")
+    return now - older_than
+
+
+def single_key(table: sa.Table) -> sa.Column[int]:
+    """Return the one primary-key column of ``table``.
+
+    :raises ValueError: for a table without a primary key or with a composite one.
+    """
+    columns = list(table.primary_key.columns)
+    if len(columns) != 1:
+        raise ValueError(f"table {table.name!r} needs a single-column primary key to be archived")
+    return columns[0]
+
+
+def resolve_policy(
+    settings: PolicySettings,
+    primary_tables: Mapping[str, sa.Table],
+    archive_tables: Mapping[str, sa.Table],
+) -> ArchivePolicy:
+    """Resolve a policy's names against the two schemas.
+
+    :param primary_tables: PRIMARY tables by name.
+    :param archive_tables: the ARCHIVE twins of the archivable tables, by name.
+    :raises SettingsError: naming the policy key that refers to something that does not exist.
+    """
+    prefix = f"policy.{settings.name}"
+    root = _archivable(settings.table, f"{prefix}.table", primary_tables, archive_tables)
+    try:
+        single_key(root)
+    except ValueError as exc:
+        raise SettingsError(f"{prefix}.table", str(exc)) from exc
+    if settings.age_column not in root.c:
+        raise SettingsError(
+            f"{prefix}.age_column", f"table {root.name!r} has no column {settings.age_column!r}"
+        )
+    age_column = root.c[settings.age_column]
+    if not _is_timestamp(age_column):
+        raise SettingsError(f"{prefix}.age_column", f"{age_column.name!r} is not a timestamp")
+    for column in settings.match:
+        if column not in root.c:
+            raise SettingsError(f"{prefix}.match.{column}", f"table {root.name!r} has no such column")
+    children = tuple(
+        _child_link(name, root, f"{prefix}.children", primary_tables, archive_tables)
+        for name in settings.children
+    )
+    return ArchivePolicy(
+        name=settings.name,
+        root=root,
+        archive_root=archive_tables[root.name],
+        age_column=age_column,
+        older_than=settings.older_than,
+        match=settings.match,
+        children=children,
+        batch_size=settings.batch_size,
+        schedule=settings.schedule,
+        enabled=settings.enabled,
+    )
+
+
+def resolve_policies(
+    settings: Sequence[PolicySettings],
+    primary_tables: Mapping[str, sa.Table],
+    archive_tables: Mapping[str, sa.Table],
+) -> tuple[ArchivePolicy, ...]:
+    """Resolve every policy; see :func:`resolve_policy`."""
+    return tuple(resolve_policy(s, primary_tables, archive_tables) for s in settings)
+
+
+def _is_timestamp(column: sa.Column[datetime]) -> bool:
+    try:
+        return column.type.python_type is datetime
+    except NotImplementedError:
+        return False
+
+
+def _archivable(
+    name: str, key: str, primary: Mapping[str, sa.Table], archive: Mapping[str, sa.Table]
+) -> sa.Table:
+    if name not in primary:
+        raise SettingsError(key, f"unknown table {name!r}")
+    if name not in archive:
+        raise SettingsError(
+            key, f"table {name!r} has no ARCHIVE twin (archivable: {', '.join(sorted(archive))})"
+        )
+    return primary[name]
+
+
+def _child_link(
+    name: str,
+    root: sa.Table,
+    key: str,
+    primary: Mapping[str, sa.Table],
+    archive: Mapping[str, sa.Table],
+) -> ChildLink:
+    table = _archivable(name, key, primary, archive)
+    links = [fk.parent for fk in table.foreign_keys if fk.column.table is root]
+    if len(links) != 1:
+        raise SettingsError(
+            key, f"table {name!r} needs exactly one foreign key to {root.name!r}, has {len(links)}"
+        )
+    try:
+        single_key(table)
+    except ValueError as exc:
+        raise SettingsError(key, str(exc)) from exc
+    return ChildLink(table=table, archive_table=archive[name], parent_column=links[0])

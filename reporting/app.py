@@ -1,0 +1,84 @@
+"""The application factory: settings in, a configured Flask app with both binds out."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from flask import Flask
+
+import reporting.models  # noqa: F401  (registers the PRIMARY tables)
+from archive import models as archive_models
+from archive.policy import ArchivePolicy, resolve_policies
+from reporting import health
+from reporting.db import ARCHIVE, db, engine_options, ensure_sqlite_folder, prepare_engine
+from reporting.errors import register_error_handlers
+from reporting.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_EXTENSION = "sediment.settings"
+POLICIES_EXTENSION = "sediment.policies"
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Create the Sediment app.
+
+    :param settings: validated settings; by default ``settings.toml`` and ``SEDIMENT_*``.
+    :raises reporting.settings.SettingsError: for bad settings, including archival policies
+        that name unknown tables or columns.
+    """
+    settings = settings if settings is not None else load_settings()
+    policies = resolve_policies(
+        settings.policies, db.metadatas[None].tables, archive_models.archived_tables
+    )
+    database = settings.database
+    busy_ms = database.lock_timeout_ms
+    for url in (database.primary_url, database.archive_url):
+        ensure_sqlite_folder(url)
+    app = Flask("reporting")
+    app.config.update(
+        SECRET_KEY=settings.service.secret_key,
+        SQLALCHEMY_DATABASE_URI=database.primary_url,
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(
+            database.primary_url, pool_size=database.pool_size, busy_timeout_ms=busy_ms
+        ),
+        SQLALCHEMY_BINDS={
+            ARCHIVE: {
+                "url": database.archive_url,
+                **engine_options(
+                    database.archive_url, pool_size=database.pool_size, busy_timeout_ms=busy_ms
+                ),
+            }
+        },
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions[SETTINGS_EXTENSION] = settings
+    app.extensions[POLICIES_EXTENSION] = policies
+    db.init_app(app)
+    with app.app_context():
+        for engine in db.engines.values():
+            prepare_engine(engine)
+    register_error_handlers(app)
+    app.register_blueprint(health.blueprint)
+    return app
+
+
+def settings_of(app: Flask) -> Settings:
+    """Return the settings an app was created with."""
+    settings: Settings = app.extensions[SETTINGS_EXTENSION]
+    return settings
+
+
+def policies_of(app: Flask) -> tuple[ArchivePolicy, ...]:
+    """Return the resolved archival policies of an app."""
+    policies: tuple[ArchivePolicy, ...] = app.extensions[POLICIES_EXTENSION]
+    return policies
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """Return the settings with secrets masked, for the startup log line."""
+    described = dataclasses.asdict(settings)
+    described["service"]["secret_key"] = "***"
+    return described

@@ -1,0 +1,224 @@
+"""The ``run_service.py`` command line: serve, migrate, seed, archive, scheduler.
+
+Commands print what a person needs (URLs, progress bars, summaries) to the terminal and
+leave operational history to the logs. Exit codes: 0 success, 1 failure, 2 bad usage or
+bad settings, 3 archival lock busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from flask import Flask
+from tqdm import tqdm
+
+from archive import cli as archive_cli
+from archive.models import archived_tables
+from reporting.app import create_app, settings_of
+from reporting.db import ARCHIVE, PRIMARY, db
+from reporting.migrations import upgrade_all
+from reporting.seed import SeedError, SeedPlan, SeedResult, seed
+from reporting.settings import Settings, SettingsError, load_settings
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A command failed in a way the user can act on; printed as one line."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the command, and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = getattr(args, "handler", cmd_serve)
+    try:
+        settings = load_settings(args.settings)
+        configure_logging(args.log_level or settings.service.log_level)
+        args.settings_obj = settings
+        return handler(args)
+    except SettingsError as exc:
+        print(f"sediment: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CommandError as exc:
+        print(f"sediment: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sediment: interrupted", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:
+        logger.exception("command failed")
+        print(f"sediment: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr with timestamps: the service's operational record."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_service.py",
+        description="Sediment: archive aged rows from PRIMARY to ARCHIVE, and report over both.",
+        epilog="With no command, 'serve' runs. Each command has its own --help.",
+    )
+    parser.add_argument("--settings", metavar="PATH", help="settings file (default: settings.toml)")
+    parser.add_argument(
+        "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
+        help="override [service] log_level",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="run the HTTP service (the default)",
+        description="Migrate, seed demo data into empty databases, start the archival "
+        "scheduler if enabled, and serve the API with a production WSGI server.",
+    )
+    serve.add_argument("--host", help="address to listen on (default: [service] host)")
+    serve.add_argument("--port", type=_port, help="port to listen on (default: [service] port)")
+    serve.add_argument("--no-scheduler", action="store_true",
+                       help="do not run archival policies in this process")
+    serve.set_defaults(handler=cmd_serve)
+
+    migrate = commands.add_parser(
+        "migrate", help="upgrade both databases to the newest schema",
+        description="Run the Alembic migrations of PRIMARY and ARCHIVE up to head.",
+    )
+    migrate.set_defaults(handler=cmd_migrate)
+
+    seed_parser = commands.add_parser(
+        "seed", help="generate deterministic demo data",
+        description="Generate three years of demo data into PRIMARY. The same --seed and "
+        "--until give the same rows. Refuses non-empty databases unless --append.",
+    )
+    defaults = SeedPlan()
+    seed_parser.add_argument("--customers", type=_count, default=defaults.customers,
+                             help=f"customers to create (default {defaults.customers:,})")
+    seed_parser.add_argument("--orders", type=_count, default=defaults.orders,
+                             help=f"orders to create, with 1-8 items each (default {defaults.orders:,})")
+    seed_parser.add_argument("--events", type=_count, default=defaults.events,
+                             help=f"audit events to create (default {defaults.events:,})")
+    seed_parser.add_argument("--seed", type=int, default=defaults.seed,
+                             help=f"random seed (default {defaults.seed})")
+    seed_parser.add_argument("--until", type=parse_instant, metavar="ISO-8601",
+                             help="last day of the generated history (default: today, UTC)")
+    seed_parser.add_argument("--append", action="store_true",
+                             help="add to existing data instead of refusing")
+    seed_parser.set_defaults(handler=cmd_seed)
+
+    archive_cli.add_commands(commands)
+    return parser
+
+
+def parse_instant(text: str) -> datetime:
+    """Parse an ISO-8601 instant; a value without a zone is taken as UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO-8601 date or time, e.g. 2026-01-31T00:00:00Z"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _count(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return value
+
+
+def make_app(args: argparse.Namespace) -> Flask:
+    """Create the app from the settings the command line chose."""
+    settings: Settings = args.settings_obj
+    return create_app(settings)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    app = make_app(args)
+    with app.app_context():
+        upgrade_all()
+    print("both databases are at the newest schema")
+    return EXIT_OK
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    plan = SeedPlan(customers=args.customers, orders=args.orders, events=args.events,
+                    seed=args.seed, until=args.until)
+    app = make_app(args)
+    with app.app_context():
+        result = run_seed(plan, append=args.append)
+    print(
+        f"seeded {result.total:,} rows in {result.seconds:.1f}s "
+        f"({result.rows_per_second:,.0f} rows/s): "
+        + ", ".join(f"{name} {count:,}" for name, count in result.rows.items())
+    )
+    return EXIT_OK
+
+
+def run_seed(plan: SeedPlan, *, append: bool) -> SeedResult:
+    """Seed with a progress bar. Call inside an app context."""
+    with tqdm(total=plan.estimated_rows, unit=" rows", unit_scale=True, desc="seeding",
+              file=sys.stderr, mininterval=0.5, delay=0.5) as bar:
+        try:
+            result = seed(db.engines[PRIMARY], plan, archive=db.engines[ARCHIVE],
+                          archive_tables=archived_tables, append=append, progress=bar.update)
+        except SeedError as exc:
+            raise CommandError(str(exc)) from exc
+        bar.total = bar.n
+    return result
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from waitress import serve as waitress_serve
+
+    app = make_app(args)
+    settings = settings_of(app)
+    host = getattr(args, "host", None) or settings.service.host
+    port = getattr(args, "port", None) or settings.service.port
+    with app.app_context():
+        if settings.service.migrate_on_start:
+            upgrade_all()
+        if settings.service.seed_when_empty:
+            try:
+                run_seed(SeedPlan(), append=False)
+            except CommandError:
+                logger.info("databases hold data: demo seeding skipped")
+    scheduler = None
+    if settings.scheduler.enabled and not getattr(args, "no_scheduler", False):
+        scheduler = archive_cli.start_scheduler(app)
+    print(f"Sediment is serving on http://{host}:{port}/  (health: http://{host}:{port}/healthz)",
+          flush=True)
+    try:
+        waitress_serve(app, host=host, port=port, threads=settings.service.threads,
+                       ident="sediment")
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=True)
+    return EXIT_OK

@@ -1,0 +1,373 @@
+"""Typed, validated settings loaded from ``settings.toml`` and ``SEDIMENT_*`` variables.
+
+A leaf module: it imports nothing from the project. Every key has a default, a type and a
+line of documentation in ``settings.toml``; an unknown key or a bad value raises
+:class:`SettingsError` naming the key, so a typo stops startup instead of being ignored.
+
+Environment variables override keys by path: ``SEDIMENT_DATABASE__PRIMARY_URL`` sets
+``[database] primary_url`` and ``SEDIMENT_POLICY__EVENTS__BATCH_SIZE`` sets
+``[policy.events] batch_size``. Only variables with a ``__`` after the prefix are read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from apscheduler.triggers.cron import CronTrigger
+
+ENV_PREFIX = "SEDIMENT_"
+DEFAULT_SETTINGS_PATH = Path(__file__).resolve().parent.parent / "settings.toml"
+
+
+class SettingsError(ValueError):
+    """A settings key is unknown or holds a value Sediment cannot use."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"settings: {key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    primary_url: str = "sqlite:///data/primary.sqlite3"
+    archive_url: str = "sqlite:///data/archive.sqlite3"
+    pool_size: int = 5
+    statement_timeout_ms: int = 60_000
+    lock_timeout_ms: int = 5_000
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    threads: int = 8
+    secret_key: str = "sediment-development-key-change-me"
+    migrate_on_start: bool = True
+    seed_when_empty: bool = True
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    default_limit: int = 100
+    max_limit: int = 1000
+    statement_timeout_ms: int = 30_000
+    csv_max_rows: int = 5_000_000
+    csv_max_concurrent: int = 4
+
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    retry_attempts: int = 3
+    retry_backoff: timedelta = timedelta(seconds=1)
+    throttle: timedelta = timedelta(0)
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    enabled: bool = True
+    misfire_grace_time: timedelta = timedelta(hours=1)
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """One archival policy: which rows of which table move, and when."""
+
+    name: str
+    table: str = ""
+    age_column: str = ""
+    older_than: timedelta = timedelta(days=365)
+    match: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    children: tuple[str, ...] = ()
+    batch_size: int = 5_000
+    schedule: str = "*/30 * * * *"
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    reports: ReportSettings = field(default_factory=ReportSettings)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    policies: tuple[PolicySettings, ...] = ()
+    source: Path | None = None
+
+    def policy(self, name: str) -> PolicySettings:
+        """Return the policy called ``name``.
+
+        :raises SettingsError: when no policy has that name.
+        """
+        for policy in self.policies:
+            if policy.name == name:
+                return policy
+        known = ", ".join(p.name for p in self.policies) or "none"
+        raise SettingsError("policy", f"no policy named {name!r} (configured: {known})")
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "database": DatabaseSettings,
+    "service": ServiceSettings,
+    "reports": ReportSettings,
+    "archive": ArchiveSettings,
+    "scheduler": SchedulerSettings,
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``"365d"``, ``"90m"``, ``"1.5s"`` or ``"250ms"`` into a :class:`timedelta`.
+
+    :raises ValueError: for anything else, including negative or unit-less numbers.
+    """
+    found = _DURATION.match(text)
+    if not found:
+        raise ValueError(f"{text!r} is not a duration such as '30s', '15m', '12h' or '365d'")
+    return timedelta(seconds=float(found.group(1)) * _DURATION_UNITS[found.group(2)])
+
+
+def normalise_database_url(url: str) -> str:
+    """Return ``url`` with the driver Sediment uses made explicit.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which Sediment does not
+    install, so bare PostgreSQL URLs are pinned to psycopg2.
+
+    :raises ValueError: for a URL SQLAlchemy cannot parse or a backend Sediment does not run on.
+    """
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ValueError(f"{url!r} is not a database URL") from exc
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg2"):
+        raise ValueError(
+            f"{parsed.drivername!r} is not supported: use sqlite:///PATH or postgresql://..."
+        )
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ValueError("an in-memory SQLite database cannot be shared: give a file path")
+    return parsed.render_as_string(hide_password=False)
+
+
+def resolve_sqlite_path(url: str, base: Path) -> str:
+    """Anchor a relative SQLite path at ``base`` (the settings file's folder).
+
+    Flask-SQLAlchemy would otherwise move it into the app's ``instance/`` folder, and a
+    migration run from elsewhere would then touch a different file.
+    """
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database is None:
+        return url
+    path = Path(parsed.database)
+    if not path.is_absolute():
+        parsed = parsed.set(database=str((base / path).resolve()))
+    return parsed.render_as_string(hide_password=False)
+
+
+def load_settings(
+    path: Path | str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Load settings from ``path`` (default: the repository's ``settings.toml``) and the environment.
+
+    :param path: the TOML file; a missing file is an error unless it is the default one.
+    :param environ: the variables to read overrides from (default ``os.environ``).
+    :raises SettingsError: naming the first key that is unknown or holds a bad value.
+    """
+    source = Path(path) if path is not None else DEFAULT_SETTINGS_PATH
+    raw: dict[str, Any] = {}
+    if source.exists():
+        try:
+            raw = tomllib.loads(source.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(str(source), f"not valid TOML: {exc}") from exc
+    elif path is not None:
+        raise SettingsError("--settings", f"file {str(source)!r} does not exist")
+    env_keys = _apply_environment(raw, os.environ if environ is None else environ)
+    return _build(raw, source.resolve(), env_keys)
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> set[str]:
+    """Write ``SEDIMENT_A__B`` overrides into ``raw``; return the dotted keys they set."""
+    overridden: set[str] = set()
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if any(not part for part in parts) or len(parts) < 2:
+            raise SettingsError(name, "expected SEDIMENT_<TABLE>__<KEY>")
+        table = raw
+        for part in parts[:-1]:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise SettingsError(name, f"{part!r} is a value, not a table")
+        table[parts[-1]] = value
+        overridden.add(".".join(parts))
+    return overridden
+
+
+def _build(raw: dict[str, Any], source: Path, env_keys: set[str]) -> Settings:
+    sections: dict[str, Any] = {}
+    for key in raw:
+        if key not in _SECTIONS and key != "policy":
+            raise SettingsError(key, f"unknown table (known: {', '.join([*_SECTIONS, 'policy'])})")
+    for name, cls in _SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise SettingsError(name, "must be a table")
+        sections[name] = _build_section(cls, table, name, env_keys)
+    policies_raw = raw.get("policy", {})
+    if not isinstance(policies_raw, dict):
+        raise SettingsError("policy", "must be a table of [policy.<name>] tables")
+    policies = []
+    for policy_name, table in policies_raw.items():
+        if not isinstance(table, dict):
+            raise SettingsError(f"policy.{policy_name}", "must be a table")
+        built = _build_section(
+            PolicySettings, {"name": policy_name, **table}, f"policy.{policy_name}", env_keys
+        )
+        policies.append(built)
+    settings = Settings(**sections, policies=tuple(policies), source=source)
+    return _validate(settings, source.parent)
+
+
+def _build_section(cls: type[Any], table: dict[str, Any], prefix: str, env_keys: set[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}"
+        if key not in known:
+            raise SettingsError(dotted, f"unknown key (known: {', '.join(sorted(known))})")
+        values[key] = _coerce(value, hints[key], dotted, dotted in env_keys)
+    for f in dataclasses.fields(cls):
+        missing_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if missing_default and f.name not in values:
+            raise SettingsError(f"{prefix}.{f.name}", "is required")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str, from_env: bool) -> Any:
+    """Convert a TOML (or environment string) value to the field's declared type."""
+    if from_env and isinstance(value, str) and hint is not str:
+        value = _parse_env_value(value, key)
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise SettingsError(key, f"{value!r} is not true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise SettingsError(key, f"{value!r} is not a whole number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise SettingsError(key, f"{value!r} is not a string")
+    if hint is timedelta:
+        if isinstance(value, str):
+            try:
+                return parse_duration(value)
+            except ValueError as exc:
+                raise SettingsError(key, str(exc)) from exc
+        raise SettingsError(key, f"{value!r} is not a duration string such as '30s' or '365d'")
+    if origin is tuple:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise SettingsError(key, f"{value!r} is not a list of strings")
+    if origin in (Mapping, dict) or hint is Mapping:
+        if not isinstance(value, dict):
+            raise SettingsError(key, f"{value!r} is not a table")
+        return types.MappingProxyType(
+            {k: _coerce(v, tuple[str, ...], f"{key}.{k}", False) for k, v in value.items()}
+        )
+    raise SettingsError(key, f"unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def _parse_env_value(value: str, key: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value  # a plain word such as a duration: let the type check judge it
+
+
+def _validate(settings: Settings, base: Path) -> Settings:
+    db = settings.database
+    urls = {}
+    for key in ("primary_url", "archive_url"):
+        try:
+            url = normalise_database_url(getattr(db, key))
+        except ValueError as exc:
+            raise SettingsError(f"database.{key}", str(exc)) from exc
+        urls[key] = resolve_sqlite_path(url, base)
+    if urls["primary_url"] == urls["archive_url"]:
+        raise SettingsError(
+            "database.archive_url", "must name a different database from database.primary_url"
+        )
+    _require_positive("database.pool_size", db.pool_size)
+    _require_positive("database.statement_timeout_ms", db.statement_timeout_ms)
+    _require_positive("database.lock_timeout_ms", db.lock_timeout_ms)
+    service = settings.service
+    if not 0 < service.port < 65536:
+        raise SettingsError("service.port", f"{service.port} is not a TCP port")
+    _require_positive("service.threads", service.threads)
+    if service.log_level.upper() not in _LOG_LEVELS:
+        raise SettingsError("service.log_level", f"{service.log_level!r} is not one of {_LOG_LEVELS}")
+    reports = settings.reports
+    for name in ("default_limit", "max_limit", "statement_timeout_ms", "csv_max_rows",
+                 "csv_max_concurrent"):
+        _require_positive(f"reports.{name}", getattr(reports, name))
+    if reports.default_limit > reports.max_limit:
+        raise SettingsError("reports.default_limit", "must not exceed reports.max_limit")
+    _require_positive("archive.retry_attempts", settings.archive.retry_attempts)
+    seen: set[str] = set()
+    for policy in settings.policies:
+        _validate_policy(policy, settings.scheduler.timezone)
+        if policy.table in seen and policy.enabled:
+            raise SettingsError(f"policy.{policy.name}.table", f"{policy.table!r} has two policies")
+        seen.add(policy.table)
+    return dataclasses.replace(settings, database=dataclasses.replace(db, **urls))
+
+
+def _validate_policy(policy: PolicySettings, timezone: str) -> None:
+    prefix = f"policy.{policy.name}"
+    for key in ("table", "age_column"):
+        value = getattr(policy, key)
+        if not _IDENTIFIER.match(value):
+            raise SettingsError(f"{prefix}.{key}", f"{value!r} is not a table or column name")
+    _require_positive(f"{prefix}.batch_size", policy.batch_size)
+    if policy.older_than <= timedelta(0):
+        raise SettingsError(f"{prefix}.older_than", "must be longer than zero")
+    try:
+        CronTrigger.from_crontab(policy.schedule, timezone=timezone)
+    except ValueError as exc:
+        raise SettingsError(f"{prefix}.schedule", f"{policy.schedule!r}: {exc}") from exc
+
+
+def _require_positive(key: str, value: int) -> None:
+    if value <= 0:
+        raise SettingsError(key, f"{value} must be greater than zero")
+
+
+def as_flat_dict(settings: Settings) -> dict[str, Any]:
+    """Return every ``section.key`` and its value, for documentation checks and ``--help``."""
+    flat: dict[str, Any] = {}
+    for name in _SECTIONS:
+        for key, value in dataclasses.asdict(getattr(settings, name)).items():
+            flat[f"{name}.{key}"] = value
+    return flat
