@@ -112,7 +112,9 @@ def resolve_policy(
         raise SettingsError(f"{prefix}.age_column", f"{age_column.name!r} is not a timestamp")
     for column in settings.match:
         if column not in root.c:
-            raise SettingsError(f"{prefix}.match.{column}", f"table {root.name!r} has no such column")
+            raise SettingsError(
+                f"{prefix}.match.{column}", f"table {root.name!r} has no such column"
+            )
     children = tuple(
         _child_link(name, root, f"{prefix}.children", primary_tables, archive_tables)
         for name in settings.children

@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     seed_parser.add_argument("--customers", type=_count, default=defaults.customers,
                              help=f"customers to create (default {defaults.customers:,})")
     seed_parser.add_argument("--orders", type=_count, default=defaults.orders,
-                             help=f"orders to create, with 1-8 items each (default {defaults.orders:,})")
+                             help=f"orders, with 1-8 items each (default {defaults.orders:,})")
     seed_parser.add_argument("--events", type=_count, default=defaults.events,
                              help=f"audit events to create (default {defaults.events:,})")
     seed_parser.add_argument("--seed", type=int, default=defaults.seed,

@@ -20,8 +20,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from reporting.pgcopy import copy_in
 from reporting.models import Customer, Event, Order, OrderItem, Payment, Product
+from reporting.pgcopy import copy_in
 
 logger = logging.getLogger(__name__)
 

@@ -183,7 +183,7 @@ def resolve_sqlite_path(url: str, base: Path) -> str:
 def load_settings(
     path: Path | str | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Load settings from ``path`` (default: the repository's ``settings.toml``) and the environment.
+    """Load settings from ``path`` (default: the repository's ``settings.toml``) and environment.
 
     :param path: the TOML file; a missing file is an error unless it is the default one.
     :param environ: the variables to read overrides from (default ``os.environ``).
@@ -256,8 +256,8 @@ def _build_section(cls: type[Any], table: dict[str, Any], prefix: str, env_keys:
             raise SettingsError(dotted, f"unknown key (known: {', '.join(sorted(known))})")
         values[key] = _coerce(value, hints[key], dotted, dotted in env_keys)
     for f in dataclasses.fields(cls):
-        missing_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if missing_default and f.name not in values:
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in values:
             raise SettingsError(f"{prefix}.{f.name}", "is required")
     return cls(**values)
 
@@ -327,7 +327,9 @@ def _validate(settings: Settings, base: Path) -> Settings:
         raise SettingsError("service.port", f"{service.port} is not a TCP port")
     _require_positive("service.threads", service.threads)
     if service.log_level.upper() not in _LOG_LEVELS:
-        raise SettingsError("service.log_level", f"{service.log_level!r} is not one of {_LOG_LEVELS}")
+        raise SettingsError(
+            "service.log_level", f"{service.log_level!r} is not one of {', '.join(_LOG_LEVELS)}"
+        )
     reports = settings.reports
     for name in ("default_limit", "max_limit", "statement_timeout_ms", "csv_max_rows",
                  "csv_max_concurrent"):

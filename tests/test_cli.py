@@ -1,0 +1,104 @@
+"""The command line: help for every command, one-line errors, exit codes, a real server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, DatabaseFactory
+
+COMMANDS = [[], ["serve"], ["migrate"], ["seed"], ["archive"], ["archive", "run"],
+            ["archive", "status"], ["archive", "verify"], ["scheduler"]]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "run_service.py"), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def env_for(primary_url: str, archive_url: str) -> dict[str, str]:
+    return {"SEDIMENT_DATABASE__PRIMARY_URL": primary_url,
+            "SEDIMENT_DATABASE__ARCHIVE_URL": archive_url}
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
+def test_every_command_has_help(command: list[str]) -> None:
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["seed", "--customers", "many"], "'many'"),
+     (["serve", "--port", "99999"], "'99999'"),
+     (["seed", "--until", "yesterday"], "'yesterday'")],
+)
+def test_bad_arguments_exit_2_naming_the_value(args: list[str], needle: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_setting_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = run_cli("migrate", env={"SEDIMENT_SERVICE__PORT": "eighty"})
+    assert result.returncode == 2
+    expected = "sediment: settings: service.port: 'eighty' is not a whole number"
+    assert result.stderr.strip() == expected
+
+
+def test_migrate_seed_and_refuse_reseed(databases: DatabaseFactory) -> None:
+    env = env_for(*databases.pair("cli"))
+    assert run_cli("migrate", env=env).returncode == 0
+    seeded = run_cli("seed", "--customers", "20", "--orders", "50", "--events", "100", env=env)
+    assert seeded.returncode == 0, seeded.stderr
+    assert "rows/s" in seeded.stdout
+    again = run_cli("seed", "--customers", "5", env=env)
+    assert again.returncode == 1
+    assert "--append" in again.stderr.strip().splitlines()[-1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_migrates_seeds_and_reports_healthy(databases: DatabaseFactory) -> None:
+    port = free_port()
+    env = {**env_for(*databases.pair("serve")), "SEDIMENT_SERVICE__SEED_WHEN_EMPTY": "true",
+           "SEDIMENT_SCHEDULER__ENABLED": "false"}
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "run_service.py"), "serve", "--port", str(port)],
+        cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        body = None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    body = r.read().decode()
+                    break
+            except OSError:
+                time.sleep(0.3)
+        assert body is not None, "service did not come up"
+        assert '"status":"ok"' in body.replace(" ", "")
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/" in output
+    assert "seeded" in output

@@ -1,0 +1,80 @@
+"""The demo seeder: deterministic, refuses non-empty databases, never reuses archived ids."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from archive.models import archived_tables
+from reporting.db import db
+from reporting.models import Order
+from reporting.seed import SeedError, SeedPlan, seed
+
+UNTIL = datetime(2026, 6, 1, tzinfo=UTC)
+SMALL = SeedPlan(customers=40, orders=150, events=600, seed=7, until=UNTIL)
+
+
+def fingerprint(engine: sa.Engine) -> dict[str, str]:
+    digests = {}
+    with engine.connect() as connection:
+        for table in db.metadatas[None].sorted_tables:
+            rows = connection.execute(sa.select(table).order_by(*table.primary_key)).all()
+            digests[table.name] = hashlib.sha256(repr(rows).encode()).hexdigest()
+    return digests
+
+
+def test_same_seed_gives_same_rows(app: Flask, primary: sa.Engine, archive: sa.Engine) -> None:
+    first = seed(primary, SMALL, archive=archive, archive_tables=archived_tables)
+    assert first.rows["customers"] == 40 and first.rows["orders"] == 150
+    assert first.rows["events"] == 600 and first.rows["order_items"] >= 150
+    before = fingerprint(primary)
+    from tests.conftest import empty_all_tables
+    empty_all_tables()
+    seed(primary, SMALL, archive=archive, archive_tables=archived_tables)
+    assert fingerprint(primary) == before
+
+
+def test_data_looks_like_a_shop(app: Flask, primary: sa.Engine) -> None:
+    seed(primary, SMALL)
+    with primary.connect() as connection:
+        statuses = dict(connection.execute(
+            sa.select(Order.status, sa.func.count()).group_by(Order.status)).all())
+        oldest = connection.execute(sa.select(sa.func.min(Order.placed_at))).scalar_one()
+        orphans = connection.execute(sa.text(
+            "SELECT count(*) FROM order_items i LEFT JOIN orders o ON o.id = i.order_id "
+            "WHERE o.id IS NULL")).scalar_one()
+    assert statuses["closed"] > statuses.get("pending", 0)
+    assert orphans == 0
+    assert (UNTIL - oldest.replace(tzinfo=UTC)).days > 700
+
+
+def test_refuses_non_empty_database_unless_append(
+    app: Flask, primary: sa.Engine, archive: sa.Engine
+) -> None:
+    seed(primary, SMALL, archive=archive, archive_tables=archived_tables)
+    with pytest.raises(SeedError, match="--append"):
+        seed(primary, SMALL, archive=archive, archive_tables=archived_tables)
+    more = seed(primary, SMALL, archive=archive, archive_tables=archived_tables, append=True)
+    assert more.rows["orders"] == 150
+    with primary.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(Order)).scalar() == 300
+
+
+def test_new_ids_start_above_archived_ids(
+    app: Flask, primary: sa.Engine, archive: sa.Engine
+) -> None:
+    twin = archived_tables["orders"]
+    with archive.begin() as connection:
+        connection.execute(twin.insert(), [{
+            "id": 5000, "customer_id": 1, "status": "closed", "placed_at": UNTIL,
+            "closed_at": UNTIL, "archived_at": UNTIL, "archive_run_id": 1,
+        }])
+    with pytest.raises(SeedError):
+        seed(primary, SMALL, archive=archive, archive_tables=archived_tables)
+    seed(primary, SMALL, archive=archive, archive_tables=archived_tables, append=True)
+    with primary.connect() as connection:
+        assert connection.execute(sa.select(sa.func.min(Order.id))).scalar() == 5001

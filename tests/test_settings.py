@@ -1,0 +1,148 @@
+"""Settings: defaults, environment overrides, and errors that name the key at fault."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from reporting.app import create_app
+from reporting.settings import (
+    SettingsError,
+    as_flat_dict,
+    load_settings,
+    normalise_database_url,
+    parse_duration,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "settings.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_shipped_settings_load_and_anchor_sqlite_paths_at_the_file() -> None:
+    settings = load_settings(REPO / "settings.toml", environ={})
+    assert settings.database.primary_url == f"sqlite:///{REPO / 'data' / 'primary.sqlite3'}"
+    assert [p.name for p in settings.policies] == ["orders", "events"]
+    orders = settings.policy("orders")
+    assert orders.older_than == timedelta(days=365)
+    assert orders.children == ("order_items", "payments")
+    assert dict(orders.match) == {"status": ("closed", "cancelled")}
+
+
+def test_environment_overrides_any_key_with_its_type(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, ""), environ={
+        "SEDIMENT_SERVICE__PORT": "9001",
+        "SEDIMENT_SCHEDULER__ENABLED": "false",
+        "SEDIMENT_SERVICE__SECRET_KEY": "12345",
+        "SEDIMENT_ARCHIVE__THROTTLE": "250ms",
+        "SEDIMENT_DATABASE__PRIMARY_URL": "postgresql://u@h/db",
+        "SEDIMENT_UNRELATED": "ignored: no double underscore",
+    })
+    assert settings.service.port == 9001
+    assert settings.scheduler.enabled is False
+    assert settings.service.secret_key == "12345"
+    assert settings.archive.throttle == timedelta(milliseconds=250)
+    assert settings.database.primary_url == "postgresql+psycopg2://u@h/db"
+
+
+def test_environment_override_reaches_policy_tables(tmp_path: Path) -> None:
+    path = write(tmp_path, '[policy.events]\ntable = "events"\nage_column = "occurred_at"\n')
+    settings = load_settings(path, environ={"SEDIMENT_POLICY__EVENTS__BATCH_SIZE": "777"})
+    assert settings.policy("events").batch_size == 777
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "key"),
+    [
+        ("[service]\nprot = 1\n", {}, "service.prot"),
+        ("[servce]\n", {}, "servce"),
+        ("[service]\nport = 'eighty'\n", {}, "service.port"),
+        ("[service]\nport = 70000\n", {}, "service.port"),
+        ("", {"SEDIMENT_SERVICE__PORT": "eighty"}, "service.port"),
+        ("", {"SEDIMENT_SERVICE__NOPE": "1"}, "service.nope"),
+        ("[database]\nprimary_url = 'mysql://x/y'\n", {}, "database.primary_url"),
+        ("[database]\narchive_url = 'not a url'\n", {}, "database.archive_url"),
+        ("[database]\narchive_url = 'sqlite:///data/primary.sqlite3'\n", {},
+         "database.archive_url"),
+        ("[archive]\nthrottle = 'soon'\n", {}, "archive.throttle"),
+        ("[reports]\ndefault_limit = 5000\n", {}, "reports.default_limit"),
+        ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\nschedule = '61 * * * *'\n", {},
+         "policy.x.schedule"),
+        ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\nolder_than = '0d'\n", {},
+         "policy.x.older_than"),
+        ("[policy.x]\nage_column = 'closed_at'\n", {}, "policy.x.table"),
+    ],
+)
+def test_bad_settings_name_the_key(
+    tmp_path: Path, text: str, environ: dict[str, str], key: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(write(tmp_path, text), environ=environ)
+    assert caught.value.key == key
+    assert str(caught.value).startswith(f"settings: {key}: ")
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_settings_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", environ={})
+
+
+@pytest.mark.parametrize(
+    ("policy", "key"),
+    [
+        ("table = 'invoices'\nage_column = 'x'", "policy.p.table"),
+        ("table = 'customers'\nage_column = 'created_at'", "policy.p.table"),
+        ("table = 'orders'\nage_column = 'shipped_at'", "policy.p.age_column"),
+        ("table = 'orders'\nage_column = 'status'", "policy.p.age_column"),
+        ("table = 'orders'\nage_column = 'closed_at'\nmatch = { colour = ['red'] }",
+         "policy.p.match.colour"),
+        ("table = 'orders'\nage_column = 'closed_at'\nchildren = ['events']", "policy.p.children"),
+    ],
+)
+def test_policy_naming_unknown_schema_stops_startup(tmp_path: Path, policy: str, key: str) -> None:
+    settings = load_settings(write(tmp_path, f"[policy.p]\n{policy}\n"), environ={})
+    with pytest.raises(SettingsError) as caught:
+        create_app(settings)
+    assert caught.value.key == key
+
+
+def test_bare_postgresql_url_uses_psycopg2() -> None:
+    assert normalise_database_url("postgresql://a@b/c").startswith("postgresql+psycopg2://")
+    assert normalise_database_url("postgres://a@b/c").startswith("postgresql+psycopg2://")
+    with pytest.raises(ValueError, match="in-memory"):
+        normalise_database_url("sqlite://")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("30s", timedelta(seconds=30)), ("250ms", timedelta(milliseconds=250)),
+     ("15m", timedelta(minutes=15)), ("12h", timedelta(hours=12)),
+     ("365d", timedelta(days=365)), ("2w", timedelta(weeks=2))],
+)
+def test_parse_duration(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "10", "-5d", "1y", "d"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_every_setting_is_documented_in_settings_toml_and_readme() -> None:
+    settings_text = (REPO / "settings.toml").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for dotted in as_flat_dict(load_settings(REPO / "settings.toml", environ={})):
+        section, key = dotted.split(".")
+        block = settings_text.split(f"[{section}]")[1].split("\n[")[0]
+        line = re.search(rf"^(?P<comments>(#.*\n)*){key} = ", block, re.MULTILINE)
+        assert line and line.group("comments"), f"{dotted} has no comment in settings.toml"
+        assert f"`{dotted}`" in readme, f"{dotted} is not documented in README.md"
