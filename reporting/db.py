@@ -98,18 +98,32 @@ def ensure_sqlite_folder(url: str) -> None:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
+#: Execution option: on SQLite, open the transaction with ``BEGIN IMMEDIATE`` (take the
+#: write lock up front), the closest SQLite has to ``SELECT ... FOR UPDATE``.
+SQLITE_WRITE_LOCK = "sediment_sqlite_write_lock"
+
+
 def prepare_engine(engine: sa.Engine) -> None:
     """Install per-connection setup on ``engine`` (idempotent).
 
     SQLite enforces foreign keys only when asked on each connection, and needs WAL so that
-    reports can read while the archiver writes.
+    reports can read while the archiver writes. The sqlite3 module also starts transactions
+    lazily, only before the first write, so a SELECT followed by a DELETE would not see one
+    snapshot; SQLAlchemy's documented recipe hands transaction control back to it.
     """
-    if engine.dialect.name != "sqlite" or sa.event.contains(engine, "connect", _sqlite_pragmas):
+    if engine.dialect.name != "sqlite" or sa.event.contains(engine, "connect", _sqlite_connect):
         return
-    sa.event.listen(engine, "connect", _sqlite_pragmas)
+    sa.event.listen(engine, "connect", _sqlite_connect)
+    sa.event.listen(engine, "begin", _sqlite_begin)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_begin(connection: sa.Connection) -> None:
+    immediate = connection.get_execution_options().get(SQLITE_WRITE_LOCK, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA foreign_keys=ON")

@@ -8,7 +8,8 @@ seeder and the archiver, on PostgreSQL only.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -52,23 +53,53 @@ def copy_in(
 
     Runs inside the connection's current transaction.
     """
-    payload = encode_rows(rows)
     target = f"{connection.dialect.identifier_preparer.quote(table)} "
     target += f"({quote_columns(connection, columns)})"
+    return _copy_from(connection, target, encode_rows(rows))
+
+
+def copy_lines_in(connection: sa.Connection, target: str, lines: Iterable[str]) -> int:
+    """``COPY target FROM STDIN`` lines already in text format (e.g. from :func:`copy_out`).
+
+    :param target: the table and column list, already quoted, e.g. ``"stage (id, name)"``.
+    """
+    return _copy_from(connection, target, io.StringIO("".join(line + "\n" for line in lines)))
+
+
+def _copy_from(connection: sa.Connection, target: str, payload: io.StringIO) -> int:
+    statement = f"COPY {target} FROM STDIN"
+    with raw_cursor(connection, statement) as cursor:
+        cursor.copy_expert(statement, payload)
+        return int(cursor.rowcount)
+
+
+@contextmanager
+def raw_cursor(connection: sa.Connection, statement: str) -> Iterator[Any]:
+    """A psycopg2 cursor whose driver errors surface as SQLAlchemy exceptions.
+
+    COPY bypasses SQLAlchemy's execution, so its errors would otherwise escape as raw
+    psycopg2 ones: a dropped connection would not be an ``OperationalError`` to retry on.
+    """
+    dbapi = connection.dialect.loaded_dbapi
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.copy_expert(f"COPY {target} FROM STDIN", payload)
-        return int(cursor.rowcount)
+        yield cursor
+    except dbapi.Error as exc:
+        raise sa.exc.DBAPIError.instance(
+            statement, None, exc, dbapi.Error,
+            connection_invalidated=connection.dialect.is_disconnect(exc, None, cursor),
+        ) from exc
     finally:
-        cursor.close()
+        try:
+            cursor.close()
+        except dbapi.Error:
+            pass  # the connection is gone; the pool discards it
 
 
 def copy_out(connection: sa.Connection, query: str) -> list[str]:
     """Run ``COPY (query) TO STDOUT`` and return its lines (without newlines)."""
     buffer = io.StringIO()
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.copy_expert(f"COPY ({query}) TO STDOUT", buffer)
-    finally:
-        cursor.close()
+    statement = f"COPY ({query}) TO STDOUT"
+    with raw_cursor(connection, statement) as cursor:
+        cursor.copy_expert(statement, buffer)
     return buffer.getvalue().splitlines()

@@ -1,0 +1,195 @@
+"""One archival batch: the paired transactions that move aged rows PRIMARY -> ARCHIVE.
+
+The order is what makes a crash harmless:
+
+1. PRIMARY transaction opens; the next aged roots are selected by key and locked (``FOR
+   UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), then their children.
+2. ARCHIVE transaction: roots then children are upserted, stamped with the run id, read
+   back and compared with what was selected (count and an order-independent checksum). A
+   mismatch raises before anything is deleted. ARCHIVE commits.
+3. In the still-open PRIMARY transaction, children then roots are deleted by key, the roots
+   re-checked against the age predicate, every count asserted. PRIMARY commits.
+
+Killed before 2 commits: nothing changed. Killed between 2 and 3: the rows are in both
+databases; the next run re-copies them (overwriting with PRIMARY's version) and deletes
+them. Nothing is lost, and reports that merge both sides deduplicate by key meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from archive import ledger
+from archive.models import ARCHIVE_RUN_ID
+from archive.policy import ArchivePolicy, single_key
+from archive.transfer import Transfer, key_filters, transfer_for
+from reporting.db import SQLITE_WRITE_LOCK
+
+logger = logging.getLogger(__name__)
+
+
+class ArchiveError(RuntimeError):
+    """A batch refused to complete; nothing was deleted from PRIMARY."""
+
+
+class VerificationError(ArchiveError):
+    """Rows read back from ARCHIVE differ from the rows selected in PRIMARY."""
+
+    def __init__(self, table: str, expected: int, found: int, keys: Sequence[int]) -> None:
+        shown = ", ".join(map(str, keys[:10])) + (" ..." if len(keys) > 10 else "")
+        super().__init__(
+            f"verification failed for table {table!r}: selected {expected} rows, read back "
+            f"{found} matching; differing keys: {shown or 'none'}. Nothing was deleted from "
+            "PRIMARY; find what else writes to ARCHIVE, then re-run"
+        )
+        self.table = table
+        self.keys = list(keys)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Per-transaction limits; PostgreSQL only (SQLite waits on its busy timeout)."""
+
+    statement_ms: int
+    lock_ms: int
+
+
+@dataclass
+class BatchResult:
+    """What one batch moved, per table (root first)."""
+
+    last_key: int
+    roots: int
+    selected: dict[str, int] = field(default_factory=dict)
+    deleted: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return sum(self.deleted.values())
+
+
+@dataclass
+class _TableRows:
+    table: sa.Table
+    twin: sa.Table
+    rows: list[Any]
+    keys: list[int]
+
+
+def move_batch(
+    primary: sa.Engine,
+    archive: sa.Engine,
+    policy: ArchivePolicy,
+    *,
+    cutoff: datetime,
+    after_key: int | None,
+    limit: int,
+    run_id: int,
+    archived_at: datetime,
+    timeouts: Timeouts,
+) -> BatchResult | None:
+    """Move the next batch of at most ``limit`` aged roots after ``after_key``.
+
+    :returns: what moved, or ``None`` when no aged root is left after ``after_key``.
+    :raises ArchiveError: when verification or a delete count fails; both transactions
+        that had not committed are rolled back, so both databases stay consistent.
+    :raises sqlalchemy.exc.OperationalError: when a connection drops; the batch is safe to
+        retry as a whole.
+    """
+    transfer = transfer_for(primary, archive)
+    with primary.connect().execution_options(**{SQLITE_WRITE_LOCK: True}) as source, \
+            source.begin():
+        _apply_timeouts(source, timeouts)
+        roots = transfer.select_roots(source, policy, cutoff, after_key, limit)
+        if not roots:
+            return None
+        root_keys = [transfer.key_of(row) for row in roots]
+        batch = [_TableRows(policy.root, policy.archive_root, roots, root_keys)]
+        for link in policy.children:
+            rows = transfer.select_children(source, link, root_keys)
+            batch.append(_TableRows(link.table, link.archive_table, rows,
+                                    [transfer.key_of(row) for row in rows]))
+        with archive.begin() as target:
+            _apply_timeouts(target, timeouts)
+            for part in batch:
+                _copy_and_verify(transfer, target, part, run_id, archived_at)
+        deleted = _delete(source, policy, batch, cutoff)
+    result = BatchResult(
+        last_key=root_keys[-1], roots=len(root_keys),
+        selected={part.table.name: len(part.rows) for part in batch}, deleted=deleted,
+    )
+    logger.debug("policy %s run %d moved %s", policy.name, run_id, deleted)
+    return result
+
+
+def _copy_and_verify(transfer: Transfer, connection: sa.Connection, part: _TableRows,
+                     run_id: int, archived_at: datetime) -> None:
+    if not part.rows:
+        return
+    columns = [column.name for column in part.table.columns]
+    taken_over = _previous_owners(connection, part.twin, part.keys)
+    transfer.upsert(connection, part.twin, columns, part.rows, run_id=run_id,
+                    archived_at=archived_at)
+    found = transfer.read_back(connection, part.twin, columns, part.keys)
+    expected = Counter(map(transfer.fingerprint, part.rows))
+    if Counter(map(transfer.fingerprint, found)) != expected:
+        differing = _differing_keys(transfer, part.rows, found)
+        matching = len(part.rows) - len(differing)
+        raise VerificationError(part.table.name, len(part.rows), matching, differing)
+    if taken_over:
+        logger.warning("run %d re-copied %d %s rows left in both databases by runs %s",
+                       run_id, sum(taken_over.values()), part.table.name, sorted(taken_over))
+    ledger.record_copy(connection, run_id, part.table.name, selected=len(part.rows),
+                       copied=len(part.rows), verified=len(found), taken_over=taken_over)
+
+
+def _previous_owners(connection: sa.Connection, twin: sa.Table,
+                     keys: Sequence[int]) -> dict[int, int]:
+    """Count rows of ``keys`` already in ARCHIVE, by the run that put them there."""
+    owners: Counter[int] = Counter()
+    run_column = twin.c[ARCHIVE_RUN_ID]
+    for condition in key_filters(single_key(twin), keys, connection.dialect):
+        query = sa.select(run_column, sa.func.count()).where(condition).group_by(run_column)
+        for run, count in connection.execute(query):
+            owners[int(run)] += int(count)
+    return dict(owners)
+
+
+def _differing_keys(transfer: Transfer, expected: list[Any], found: list[Any]) -> list[int]:
+    wanted = {transfer.key_of(row): transfer.fingerprint(row) for row in expected}
+    got = {transfer.key_of(row): transfer.fingerprint(row) for row in found}
+    return sorted(key for key in wanted if got.get(key) != wanted[key])
+
+
+def _delete(connection: sa.Connection, policy: ArchivePolicy, batch: list[_TableRows],
+            cutoff: datetime) -> dict[str, int]:
+    deleted: dict[str, int] = {}
+    for part in reversed(batch):  # children first: the roots' foreign keys point at them
+        is_root = part.table is policy.root
+        count = 0
+        for condition in key_filters(single_key(part.table), part.keys, connection.dialect):
+            statement = part.table.delete().where(condition)
+            if is_root:
+                statement = statement.where(policy.aged(cutoff))
+            count += connection.execute(statement).rowcount
+        if count != len(part.keys):
+            raise ArchiveError(
+                f"deleting {part.table.name!r} removed {count} rows, expected {len(part.keys)}: "
+                "rows changed under the lock; PRIMARY rolled back, the ARCHIVE copies will be "
+                "overwritten on the next run"
+            )
+        deleted[part.table.name] = count
+    return {part.table.name: deleted[part.table.name] for part in batch}
+
+
+def _apply_timeouts(connection: sa.Connection, timeouts: Timeouts) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeouts.statement_ms)}")
+        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {int(timeouts.lock_ms)}")

@@ -1,0 +1,62 @@
+"""The archival schedule: one APScheduler 3.x job per enabled policy.
+
+Every process that starts a scheduler runs the jobs (each web replica, each worker); the
+runner lock, not the scheduler, is what keeps a policy to one runner at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from archive.policy import ArchivePolicy
+from reporting.settings import SchedulerSettings
+
+logger = logging.getLogger(__name__)
+
+#: Runs one policy at the given instant; the CLI's ``archive run`` calls the same function.
+PolicyJob = Callable[[str, datetime], object]
+
+
+def build_scheduler(
+    policies: tuple[ArchivePolicy, ...],
+    settings: SchedulerSettings,
+    job: PolicyJob,
+    scheduler: BaseScheduler | None = None,
+) -> BaseScheduler:
+    """Add one cron job per enabled policy to ``scheduler`` (a new background one by default).
+
+    ``coalesce`` folds runs missed while the process was down into one; ``max_instances=1``
+    keeps a slow run from overlapping the next in this process; ``misfire_grace_time`` lets
+    a run start late instead of being skipped (APScheduler's default is one second).
+    """
+    scheduler = scheduler or BackgroundScheduler(timezone=settings.timezone)
+    for policy in policies:
+        if not policy.enabled:
+            logger.info("policy %s is disabled: not scheduled", policy.name)
+            continue
+        scheduler.add_job(
+            _timed(job), CronTrigger.from_crontab(policy.schedule, timezone=settings.timezone),
+            args=[policy.name], id=f"archive:{policy.name}", name=f"archive {policy.name}",
+            coalesce=True, max_instances=1,
+            misfire_grace_time=int(settings.misfire_grace_time.total_seconds()),
+            replace_existing=True,
+        )
+        logger.info("policy %s scheduled: %s (%s)", policy.name, policy.schedule,
+                    settings.timezone)
+    return scheduler
+
+
+def _timed(job: PolicyJob) -> Callable[[str], None]:
+    def run(policy: str) -> None:
+        try:
+            job(policy, datetime.now(UTC))
+        except Exception:  # the job boundary: log it, keep the scheduler alive
+            logger.exception("scheduled archival of policy %s failed", policy)
+    return run
+

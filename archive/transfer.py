@@ -1,0 +1,195 @@
+"""How rows travel between the two databases: read, upsert, read back, fingerprint.
+
+Two interchangeable paths with one interface:
+
+* :class:`CopyTransfer`, when both databases are PostgreSQL: ``COPY (SELECT ... FOR UPDATE
+  SKIP LOCKED) TO STDOUT`` out of PRIMARY, ``COPY`` into a temporary staging table and one
+  ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` into ARCHIVE, and the batch read back with
+  ``COPY``. Rows stay COPY text lines the whole way, so the read-back comparison is exact
+  and no Python objects are built per row.
+* :class:`CoreTransfer` everywhere else (SQLite, or one database of each kind): Core
+  selects and a dialect upsert (``ON CONFLICT DO UPDATE``) through ``executemany``.
+
+The upsert overwrites a copy left by an interrupted run with the locked PRIMARY row: PRIMARY
+holds the truth until its delete commits (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from archive.models import ARCHIVE_RUN_ID, ARCHIVED_AT
+from archive.policy import ArchivePolicy, ChildLink, single_key
+from reporting.pgcopy import copy_lines_in, copy_out, quote_columns, raw_cursor
+
+#: Keys per ``IN (...)`` on SQLite, under its limit of 32,766 bound parameters.
+SQLITE_KEYS_PER_STATEMENT = 10_000
+
+
+class Transfer(Protocol):
+    """Moves one table's rows of a batch; rows are opaque to everyone else."""
+
+    def select_roots(self, connection: sa.Connection, policy: ArchivePolicy, cutoff: datetime,
+                     after_key: int | None, limit: int) -> list[Any]: ...
+
+    def select_children(self, connection: sa.Connection, link: ChildLink,
+                        parent_keys: Sequence[int]) -> list[Any]: ...
+
+    def key_of(self, row: Any) -> int: ...
+
+    def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
+               rows: list[Any], *, run_id: int, archived_at: datetime) -> None: ...
+
+    def read_back(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
+                  keys: Sequence[int]) -> list[Any]: ...
+
+    def fingerprint(self, row: Any) -> int: ...
+
+
+def transfer_for(primary: sa.Engine, archive: sa.Engine) -> Transfer:
+    """Pick the fastest path the two backends allow."""
+    if primary.dialect.name == archive.dialect.name == "postgresql":
+        return CopyTransfer()
+    return CoreTransfer()
+
+
+def key_filters(column: sa.ColumnElement[int], keys: Sequence[int],
+                dialect: sa.Dialect) -> Iterator[sa.ColumnElement[bool]]:
+    """Yield conditions that together select ``keys``: one ``= ANY(array)`` on PostgreSQL,
+    chunks of ``IN`` lists on SQLite."""
+    if dialect.name == "postgresql":
+        yield column == sa.any_(sa.bindparam(None, list(keys), type_=postgresql.ARRAY(sa.BigInteger)))
+        return
+    for start in range(0, len(keys), SQLITE_KEYS_PER_STATEMENT):
+        yield column.in_(keys[start:start + SQLITE_KEYS_PER_STATEMENT])
+
+
+def roots_query(policy: ArchivePolicy, cutoff: datetime, after_key: int | None,
+                limit: int, dialect: sa.Dialect) -> sa.Select[Any]:
+    """The next batch of aged roots by key (keyset, never OFFSET), locked on PostgreSQL."""
+    query = sa.select(*policy.root.columns).where(policy.aged(cutoff))
+    if after_key is not None:
+        query = query.where(policy.key > after_key)
+    query = query.order_by(policy.key).limit(limit)
+    if dialect.name == "postgresql":
+        # A row an application transaction holds stays for a later batch instead of
+        # blocking this one; a second runner likewise skips what the first has locked.
+        query = query.with_for_update(skip_locked=True)
+    return query
+
+
+def children_query(link: ChildLink, keys: Sequence[int], dialect: sa.Dialect) -> sa.Select[Any]:
+    query = sa.select(*link.table.columns).where(*key_filters(link.parent_column, keys, dialect))
+    query = query.order_by(link.key)
+    return query.with_for_update() if dialect.name == "postgresql" else query
+
+
+def digest_bytes(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+class CoreTransfer:
+    """Rows as tuples in table-column order; portable across backends."""
+
+    def select_roots(self, connection: sa.Connection, policy: ArchivePolicy, cutoff: datetime,
+                     after_key: int | None, limit: int) -> list[Any]:
+        query = roots_query(policy, cutoff, after_key, limit, connection.dialect)
+        return [tuple(row) for row in connection.execute(query)]
+
+    def select_children(self, connection: sa.Connection, link: ChildLink,
+                        parent_keys: Sequence[int]) -> list[Any]:
+        rows: list[Any] = []
+        for start in range(0, len(parent_keys), SQLITE_KEYS_PER_STATEMENT):
+            chunk = parent_keys[start:start + SQLITE_KEYS_PER_STATEMENT]
+            query = children_query(link, chunk, connection.dialect)
+            rows.extend(tuple(row) for row in connection.execute(query))
+        return rows
+
+    def key_of(self, row: Any) -> int:
+        return int(row[0])
+
+    def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
+               rows: list[Any], *, run_id: int, archived_at: datetime) -> None:
+        insert = (postgresql.insert(twin) if connection.dialect.name == "postgresql"
+                  else sqlite.insert(twin))
+        key = single_key(twin).name
+        overwrite = [*columns, ARCHIVED_AT, ARCHIVE_RUN_ID]
+        statement = insert.on_conflict_do_update(
+            index_elements=[key],
+            set_={name: insert.excluded[name] for name in overwrite if name != key},
+        )
+        stamp = {ARCHIVED_AT: archived_at, ARCHIVE_RUN_ID: run_id}
+        connection.execute(statement, [{**dict(zip(columns, row, strict=True)), **stamp}
+                                       for row in rows])
+
+    def read_back(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
+                  keys: Sequence[int]) -> list[Any]:
+        rows: list[Any] = []
+        key = single_key(twin)
+        for condition in key_filters(key, keys, connection.dialect):
+            query = sa.select(*(twin.c[name] for name in columns)).where(condition)
+            rows.extend(tuple(row) for row in connection.execute(query))
+        return rows
+
+    def fingerprint(self, row: Any) -> int:
+        return digest_bytes(repr(row).encode())
+
+
+class CopyTransfer:
+    """Rows as PostgreSQL COPY text lines; the key is the first field."""
+
+    def select_roots(self, connection: sa.Connection, policy: ArchivePolicy, cutoff: datetime,
+                     after_key: int | None, limit: int) -> list[Any]:
+        query = roots_query(policy, cutoff, after_key, limit, connection.dialect)
+        return copy_out(connection, render(connection, query))
+
+    def select_children(self, connection: sa.Connection, link: ChildLink,
+                        parent_keys: Sequence[int]) -> list[Any]:
+        return copy_out(connection, render(connection, children_query(
+            link, parent_keys, connection.dialect)))
+
+    def key_of(self, row: Any) -> int:
+        return int(row[: row.index("\t")] if "\t" in row else row)
+
+    def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
+               rows: list[Any], *, run_id: int, archived_at: datetime) -> None:
+        quote = connection.dialect.identifier_preparer.quote
+        stage = quote(f"sediment_stage_{twin.name}")
+        names = quote_columns(connection, columns)
+        key = quote(single_key(twin).name)
+        connection.exec_driver_sql(
+            f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
+            f"SELECT {names} FROM {quote(twin.name)} WITH NO DATA"
+        )
+        copy_lines_in(connection, f"{stage} ({names})", rows)
+        updates = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}"
+                            for c in (*columns, ARCHIVED_AT, ARCHIVE_RUN_ID) if quote(c) != key)
+        connection.exec_driver_sql(
+            f"INSERT INTO {quote(twin.name)} ({names}, {ARCHIVED_AT}, {ARCHIVE_RUN_ID}) "
+            f"SELECT {names}, %(archived_at)s, %(run_id)s FROM {stage} "
+            f"ON CONFLICT ({key}) DO UPDATE SET {updates}",
+            {"archived_at": archived_at, "run_id": run_id},
+        )
+
+    def read_back(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
+                  keys: Sequence[int]) -> list[Any]:
+        (condition,) = key_filters(single_key(twin), keys, connection.dialect)
+        query = sa.select(*(twin.c[name] for name in columns)).where(condition)
+        return copy_out(connection, render(connection, query))
+
+    def fingerprint(self, row: Any) -> int:
+        return digest_bytes(row.encode())
+
+
+def render(connection: sa.Connection, query: sa.Select[Any]) -> str:
+    """Render ``query`` with its parameters bound by psycopg2 itself (safe quoting)."""
+    compiled = query.compile(dialect=connection.dialect,
+                             compile_kwargs={"render_postcompile": True})
+    with raw_cursor(connection, str(compiled)) as cursor:
+        return str(cursor.mogrify(str(compiled), compiled.params).decode())

@@ -1,0 +1,150 @@
+"""``archive verify``: check, from the databases themselves, that archival kept its promises.
+
+* no key is in both databases (outside a run that is still going);
+* every archived child has its archived parent;
+* each run's ``copied`` counter equals the rows stamped with its id, and a run that ended
+  cleanly deleted what it copied;
+* the newest finished run of each policy left no aged row behind in PRIMARY.
+
+The two databases are never joined in SQL: keys are streamed from each side in order and
+merged in Python, in constant memory.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from archive.ledger import run_tables, runs
+from archive.models import ARCHIVE_RUN_ID
+from archive.policy import ArchivePolicy, single_key
+
+CLEAN_ENDINGS = ("done", "max_rows", "max_runtime", "stop_requested")
+STREAM_PARTITION = 10_000
+
+
+@dataclass
+class VerifyReport:
+    checks: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_archive(primary: sa.Engine, archive: sa.Engine,
+                   policies: Sequence[ArchivePolicy]) -> VerifyReport:
+    """Run every check for every policy; return what passed and what did not."""
+    report = VerifyReport()
+    running = _has_running_runs(archive)
+    for policy in policies:
+        for table, twin in ((policy.root, policy.archive_root),
+                            *((link.table, link.archive_table) for link in policy.children)):
+            both = _keys_in_both(primary, table, archive, twin)
+            if both and not running:
+                report.problems.append(f"{table.name}: {len(both)} keys in both databases, "
+                                       f"e.g. {both[:5]}; run 'archive run' to finish moving them")
+            else:
+                report.checks.append(f"{table.name}: no key in both databases")
+        for link in policy.children:
+            orphans = _orphans(archive, link.archive_table, link.parent_column.name,
+                               policy.archive_root)
+            if orphans:
+                report.problems.append(f"{link.table.name}: {orphans} archived rows without "
+                                       f"their archived {policy.root.name} row")
+            else:
+                report.checks.append(f"{link.table.name}: every archived row has its parent")
+        _check_ledger(archive, policy, report)
+        _check_nothing_left(primary, archive, policy, report)
+    return report
+
+
+def _has_running_runs(archive: sa.Engine) -> bool:
+    with archive.connect() as connection:
+        return connection.execute(
+            sa.select(sa.func.count()).where(runs.c.status == "running")).scalar_one() > 0
+
+
+def _sorted_keys(engine: sa.Engine, table: sa.Table) -> Iterator[int]:
+    key = single_key(table)
+    with engine.connect() as connection:
+        result = connection.execution_options(stream_results=True, yield_per=STREAM_PARTITION) \
+            .execute(sa.select(key).order_by(key))
+        for partition in result.scalars().partitions(STREAM_PARTITION):
+            yield from partition
+
+
+def _keys_in_both(primary: sa.Engine, table: sa.Table, archive: sa.Engine,
+                  twin: sa.Table) -> list[int]:
+    both: list[int] = []
+    previous: int | None = None
+    merged = heapq.merge(_sorted_keys(primary, table), _sorted_keys(archive, twin))
+    for key in merged:
+        if key == previous:
+            both.append(key)
+        previous = key
+    return both
+
+
+def _orphans(archive: sa.Engine, child: sa.Table, parent_column: str, parent: sa.Table) -> int:
+    parent_key = single_key(parent)
+    query = (sa.select(sa.func.count()).select_from(child)
+             .outerjoin(parent, parent_key == child.c[parent_column])
+             .where(parent_key.is_(None)))
+    with archive.connect() as connection:
+        return int(connection.execute(query).scalar_one())
+
+
+def _check_ledger(archive: sa.Engine, policy: ArchivePolicy, report: VerifyReport) -> None:
+    twins = {policy.root.name: policy.archive_root,
+             **{link.table.name: link.archive_table for link in policy.children}}
+    with archive.connect() as connection:
+        counters = connection.execute(
+            sa.select(runs.c.id, runs.c.status, run_tables.c.table_name, run_tables.c.copied,
+                      run_tables.c.deleted)
+            .join(run_tables, run_tables.c.run_id == runs.c.id)
+            .where(runs.c.policy == policy.name)
+        ).all()
+        stamped = {}
+        for name, twin in twins.items():
+            run_column = twin.c[ARCHIVE_RUN_ID]
+            for run_id, count in connection.execute(
+                    sa.select(run_column, sa.func.count()).group_by(run_column)):
+                stamped[(int(run_id), name)] = int(count)
+    bad = []
+    for run_id, status, table, copied, deleted in counters:
+        if table not in twins:
+            continue
+        if stamped.get((run_id, table), 0) != copied:
+            bad.append(f"run {run_id} {table}: ledger copied {copied}, archive holds "
+                       f"{stamped.get((run_id, table), 0)}")
+        if status in CLEAN_ENDINGS and deleted != copied:
+            bad.append(f"run {run_id} {table}: ended {status} but deleted {deleted} of {copied}")
+    if bad:
+        report.problems.extend(f"ledger: {line}" for line in bad)
+    else:
+        report.checks.append(f"ledger of policy {policy.name}: counters match archived rows")
+
+
+def _check_nothing_left(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy,
+                        report: VerifyReport) -> None:
+    with archive.connect() as connection:
+        cutoff = connection.execute(
+            sa.select(runs.c.cutoff).where(runs.c.policy == policy.name, runs.c.status == "done")
+            .order_by(runs.c.id.desc()).limit(1)).scalar()
+    if cutoff is None:
+        report.checks.append(f"policy {policy.name}: no finished run yet")
+        return
+    with primary.connect() as connection:
+        left = connection.execute(sa.select(sa.func.count()).select_from(policy.root)
+                                  .where(policy.aged(cutoff))).scalar_one()
+    if left:
+        report.problems.append(f"policy {policy.name}: {left} {policy.root.name} rows older "
+                               f"than the last finished run's cutoff {cutoff.isoformat()} "
+                               "are still in PRIMARY (locked by a writer then?); run again")
+    else:
+        report.checks.append(f"policy {policy.name}: nothing aged left behind")
