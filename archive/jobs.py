@@ -21,7 +21,7 @@ def run_configured_policy(
     name: str,
     now: datetime,
     *,
-    limits: RunLimits = RunLimits(),
+    limits: RunLimits | None = None,
     stop: threading.Event | None = None,
     progress: ProgressCallback | None = None,
 ) -> RunReport:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import sqlalchemy as sa
 
@@ -105,7 +106,7 @@ def run_policy(
     now: datetime,
     database: DatabaseSettings,
     settings: ArchiveSettings,
-    limits: RunLimits = RunLimits(),
+    limits: RunLimits | None = None,
     stop: threading.Event | None = None,
     progress: ProgressCallback | None = None,
 ) -> RunReport:
@@ -117,6 +118,7 @@ def run_policy(
         ``stop_requested``, ``lock_busy`` or ``error``. Errors are reported, not raised.
     """
     stop = stop or threading.Event()
+    limits = limits or RunLimits()
     cutoff = policy.cutoff(now)
     report = RunReport(policy=policy.name, status="running", cutoff=cutoff,
                        moved={table.name: 0 for table in policy.tables})
@@ -169,10 +171,10 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, repo
                     report.status = "max_rows"
                     return
                 limit = min(limit, limits.max_rows - report.roots)
-            result = _with_retries(settings, stop, lambda: move_batch(
-                primary, archive, policy, cutoff=report.cutoff, after_key=after_key,
-                limit=limit, run_id=report.run_id or 0, archived_at=datetime.now(UTC),
-                timeouts=timeouts))
+            result = _with_retries(settings, stop, partial(
+                move_batch, primary, archive, policy, cutoff=report.cutoff,
+                after_key=after_key, limit=limit, run_id=report.run_id,
+                archived_at=datetime.now(UTC), timeouts=timeouts))
             if result is None:
                 report.status = "done"
                 return

@@ -64,7 +64,8 @@ def key_filters(column: sa.ColumnElement[int], keys: Sequence[int],
     """Yield conditions that together select ``keys``: one ``= ANY(array)`` on PostgreSQL,
     chunks of ``IN`` lists on SQLite."""
     if dialect.name == "postgresql":
-        yield column == sa.any_(sa.bindparam(None, list(keys), type_=postgresql.ARRAY(sa.BigInteger)))
+        array = sa.bindparam(None, list(keys), type_=postgresql.ARRAY(sa.BigInteger))
+        yield column == sa.any_(array)
         return
     for start in range(0, len(keys), SQLITE_KEYS_PER_STATEMENT):
         yield column.in_(keys[start:start + SQLITE_KEYS_PER_STATEMENT])

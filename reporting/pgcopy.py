@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any
 
@@ -90,10 +90,8 @@ def raw_cursor(connection: sa.Connection, statement: str) -> Iterator[Any]:
             connection_invalidated=connection.dialect.is_disconnect(exc, None, cursor),
         ) from exc
     finally:
-        try:
+        with suppress(dbapi.Error):  # the connection is gone; the pool discards it
             cursor.close()
-        except dbapi.Error:
-            pass  # the connection is gone; the pool discards it
 
 
 def copy_out(connection: sa.Connection, query: str) -> list[str]:
