@@ -102,3 +102,35 @@ def test_serve_migrates_seeds_and_reports_healthy(databases: DatabaseFactory) ->
         output, _ = process.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}/" in output
     assert "seeded" in output
+
+
+def test_archive_run_status_verify_and_lock_busy(databases: DatabaseFactory) -> None:
+    from archive.locks import runner_lock
+    from reporting.app import create_app
+    from reporting.db import PRIMARY, db
+    from tests.conftest import make_settings
+
+    urls = databases.pair("archive_cli")
+    env = env_for(*urls)
+    assert run_cli("migrate", env=env).returncode == 0
+    assert run_cli("seed", "--customers", "20", "--orders", "80", "--events", "300",
+                   "--until", "2026-01-01", env=env).returncode == 0
+    dry = run_cli("archive", "run", "--dry-run", "--now", "2026-01-01", env=env)
+    assert dry.returncode == 0 and "would move" in dry.stdout
+    unknown = run_cli("archive", "run", "--policy", "invoices", env=env)
+    assert unknown.returncode == 2 and "'invoices'" in unknown.stderr.strip()
+    app = create_app(make_settings(*urls))
+    with app.app_context(), runner_lock(db.engines[PRIMARY], "events") as held:
+        assert held
+        busy = run_cli("archive", "run", "--policy", "events", "--now", "2026-01-01", env=env)
+        db.engines[PRIMARY].dispose()
+    assert busy.returncode == 3, busy.stderr
+    assert "lock_busy" in busy.stdout
+    done = run_cli("archive", "run", "--now", "2026-01-01", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "done" in done.stdout
+    status = run_cli("archive", "status", env=env)
+    assert status.returncode == 0 and "lock_busy" in status.stdout and "done" in status.stdout
+    verify = run_cli("archive", "verify", env=env)
+    assert verify.returncode == 0, verify.stdout
+    assert "all checks passed" in verify.stdout

@@ -1,0 +1,65 @@
+"""Run the real ``archive run`` CLI and SIGKILL this process at a named point.
+
+Test harness only: it listens to SQLAlchemy engine events from outside, so the product code
+carries no test hooks. Usage: ``crash_driver.py POINT N [run_service arguments...]``; the
+process kills itself the N-th time it reaches POINT:
+
+* ``after_select``: the batch is selected and locked in PRIMARY; ARCHIVE is untouched.
+* ``after_archive_commit``: ARCHIVE holds the batch; PRIMARY has deleted nothing.
+* ``before_primary_commit``: PRIMARY's deletes ran but have not committed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import sqlalchemy as sa
+
+from reporting.cli import main
+
+POINT, NTH = sys.argv[1], int(sys.argv[2])
+ARCHIVE_DATABASE = sa.engine.make_url(os.environ["SEDIMENT_DATABASE__ARCHIVE_URL"]).database
+reached = 0
+deleting: set[int] = set()
+
+
+def is_archive(connection: sa.Connection) -> bool:
+    return connection.engine.url.database == ARCHIVE_DATABASE
+
+
+def reach() -> None:
+    global reached
+    reached += 1
+    if reached == NTH:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@sa.event.listens_for(sa.Engine, "before_cursor_execute")
+def on_statement(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+    text = statement.lstrip().upper()
+    if is_archive(conn):
+        # The first statement of a batch's ARCHIVE transaction: who owned these keys before.
+        if POINT == "after_select" and "GROUP BY" in text and "ARCHIVE_RUN_ID" in text:
+            reach()
+    elif text.startswith("DELETE"):
+        if POINT == "after_archive_commit" and id(conn) not in deleting:
+            reach()
+        deleting.add(id(conn))
+
+
+@sa.event.listens_for(sa.Engine, "commit")
+def on_commit(conn):  # type: ignore[no-untyped-def]
+    if POINT == "before_primary_commit" and id(conn) in deleting:
+        reach()
+    deleting.discard(id(conn))
+
+
+@sa.event.listens_for(sa.Engine, "rollback")
+def on_rollback(conn):  # type: ignore[no-untyped-def]
+    deleting.discard(id(conn))
+
+
+if __name__ == "__main__":
+    sys.exit(main(["archive", "run", *sys.argv[3:]]))

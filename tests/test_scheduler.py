@@ -1,0 +1,49 @@
+"""The archival schedule: safe job options, and a scheduled run that really archives."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from flask import Flask
+
+from archive.cli import start_scheduler
+from archive.scheduler import build_scheduler
+from reporting.app import policies_of, settings_of
+from tests.archiving import seed_shop
+
+
+def test_one_job_per_enabled_policy_with_safe_options(app: Flask) -> None:
+    policies = policies_of(app)
+    disabled = (*policies[:1], dataclasses.replace(policies[1], enabled=False))
+    scheduler = build_scheduler(disabled, settings_of(app).scheduler, lambda name, now: None)
+    jobs = scheduler.get_jobs()
+    assert [job.id for job in jobs] == ["archive:orders"]
+    job = jobs[0]
+    assert job.coalesce is True
+    assert job.max_instances == 1
+    assert job.misfire_grace_time == 3600
+
+
+def test_scheduled_job_archives_through_the_same_function_as_the_cli(
+    app: Flask, primary: sa.Engine, archive: sa.Engine
+) -> None:
+    seed_shop(primary, archive)
+    scheduler = start_scheduler(app)
+    try:
+        scheduler.get_job("archive:events").modify(next_run_time=datetime.now(UTC))
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline and status is None:
+            with archive.connect() as connection:
+                status = connection.execute(sa.text(
+                    "SELECT status FROM archive_runs WHERE policy = 'events' "
+                    "AND status <> 'running'")).scalar()
+            time.sleep(0.1)
+    finally:
+        scheduler.shutdown(wait=True)
+    assert status == "done"
+    with archive.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM events")).scalar_one() > 0
