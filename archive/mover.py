@@ -21,13 +21,12 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from archive import ledger
-from archive.models import ARCHIVE_RUN_ID
 from archive.policy import ArchivePolicy, single_key
 from archive.transfer import Transfer, key_filters, transfer_for
 from reporting.db import SQLITE_WRITE_LOCK
@@ -92,7 +91,6 @@ def move_batch(
     after_key: int | None,
     limit: int,
     run_id: int,
-    archived_at: datetime,
     timeouts: Timeouts,
 ) -> BatchResult | None:
     """Move the next batch of at most ``limit`` aged roots after ``after_key``.
@@ -116,6 +114,7 @@ def move_batch(
             rows = transfer.select_children(source, link, root_keys)
             batch.append(_TableRows(link.table, link.archive_table, rows,
                                     [transfer.key_of(row) for row in rows]))
+        archived_at = datetime.now(UTC)  # per attempt: a retry must see its own earlier copy
         with archive.begin() as target:
             _apply_timeouts(target, timeouts)
             for part in batch:
@@ -134,38 +133,18 @@ def _copy_and_verify(transfer: Transfer, connection: sa.Connection, part: _Table
     if not part.rows:
         return
     columns = [column.name for column in part.table.columns]
-    taken_over = _previous_owners(connection, part.twin, part.keys)
-    transfer.upsert(connection, part.twin, columns, part.rows, run_id=run_id,
-                    archived_at=archived_at)
+    taken_over = transfer.upsert(connection, part.twin, columns, part.rows, part.keys,
+                                 run_id=run_id, archived_at=archived_at)
     found = transfer.read_back(connection, part.twin, columns, part.keys)
-    expected = Counter(map(transfer.fingerprint, part.rows))
-    if Counter(map(transfer.fingerprint, found)) != expected:
-        differing = _differing_keys(transfer, part.rows, found)
-        matching = len(part.rows) - len(differing)
-        raise VerificationError(part.table.name, len(part.rows), matching, differing)
+    if Counter(found) != Counter(part.rows):
+        differing = sorted({transfer.key_of(row) for row in set(part.rows) ^ set(found)})
+        raise VerificationError(part.table.name, len(part.rows),
+                                len(part.rows) - len(differing), differing)
     if taken_over:
         logger.warning("run %d re-copied %d %s rows left in both databases by runs %s",
                        run_id, sum(taken_over.values()), part.table.name, sorted(taken_over))
     ledger.record_copy(connection, run_id, part.table.name, selected=len(part.rows),
                        copied=len(part.rows), verified=len(found), taken_over=taken_over)
-
-
-def _previous_owners(connection: sa.Connection, twin: sa.Table,
-                     keys: Sequence[int]) -> dict[int, int]:
-    """Count rows of ``keys`` already in ARCHIVE, by the run that put them there."""
-    owners: Counter[int] = Counter()
-    run_column = twin.c[ARCHIVE_RUN_ID]
-    for condition in key_filters(single_key(twin), keys, connection.dialect):
-        query = sa.select(run_column, sa.func.count()).where(condition).group_by(run_column)
-        for run, count in connection.execute(query):
-            owners[int(run)] += int(count)
-    return dict(owners)
-
-
-def _differing_keys(transfer: Transfer, expected: list[Any], found: list[Any]) -> list[int]:
-    wanted = {transfer.key_of(row): transfer.fingerprint(row) for row in expected}
-    got = {transfer.key_of(row): transfer.fingerprint(row) for row in found}
-    return sorted(key for key in wanted if got.get(key) != wanted[key])
 
 
 def _delete(connection: sa.Connection, policy: ArchivePolicy, batch: list[_TableRows],

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 
 import sqlalchemy as sa
@@ -173,8 +173,7 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, repo
                 limit = min(limit, limits.max_rows - report.roots)
             result = _with_retries(settings, stop, partial(
                 move_batch, primary, archive, policy, cutoff=report.cutoff,
-                after_key=after_key, limit=limit, run_id=report.run_id,
-                archived_at=datetime.now(UTC), timeouts=timeouts))
+                after_key=after_key, limit=limit, run_id=report.run_id, timeouts=timeouts))
             if result is None:
                 report.status = "done"
                 return

@@ -1,4 +1,4 @@
-"""How rows travel between the two databases: read, upsert, read back, fingerprint.
+"""How rows travel between the two databases: read, upsert, read back.
 
 Two interchangeable paths with one interface:
 
@@ -10,13 +10,16 @@ Two interchangeable paths with one interface:
 * :class:`CoreTransfer` everywhere else (SQLite, or one database of each kind): Core
   selects and a dialect upsert (``ON CONFLICT DO UPDATE``) through ``executemany``.
 
+Rows are hashable (COPY lines or tuples), so the read-back check compares the selected and
+the archived rows as exact multisets: stricter than a checksum, and cheaper in Python.
+
 The upsert overwrites a copy left by an interrupted run with the locked PRIMARY row: PRIMARY
-holds the truth until its delete commits (see docs/architecture.md).
+holds the truth until its delete commits (see docs/architecture.md). It returns how many
+overwritten rows each earlier run had copied, so the ledger can hand them over.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -44,12 +47,11 @@ class Transfer(Protocol):
     def key_of(self, row: Any) -> int: ...
 
     def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
-               rows: list[Any], *, run_id: int, archived_at: datetime) -> None: ...
+               rows: list[Any], keys: Sequence[int], *, run_id: int,
+               archived_at: datetime) -> dict[int, int]: ...
 
     def read_back(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
                   keys: Sequence[int]) -> list[Any]: ...
-
-    def fingerprint(self, row: Any) -> int: ...
 
 
 def transfer_for(primary: sa.Engine, archive: sa.Engine) -> Transfer:
@@ -91,8 +93,16 @@ def children_query(link: ChildLink, keys: Sequence[int], dialect: sa.Dialect) ->
     return query.with_for_update() if dialect.name == "postgresql" else query
 
 
-def digest_bytes(data: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+def previous_owners(connection: sa.Connection, twin: sa.Table,
+                    keys: Sequence[int]) -> dict[int, int]:
+    """Count rows of ``keys`` already in ARCHIVE, by the run that copied them."""
+    owners: dict[int, int] = {}
+    run_column = twin.c[ARCHIVE_RUN_ID]
+    for condition in key_filters(single_key(twin), keys, connection.dialect):
+        query = sa.select(run_column, sa.func.count()).where(condition).group_by(run_column)
+        for run, count in connection.execute(query):
+            owners[int(run)] = owners.get(int(run), 0) + int(count)
+    return owners
 
 
 class CoreTransfer:
@@ -116,7 +126,9 @@ class CoreTransfer:
         return int(row[0])
 
     def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
-               rows: list[Any], *, run_id: int, archived_at: datetime) -> None:
+               rows: list[Any], keys: Sequence[int], *, run_id: int,
+               archived_at: datetime) -> dict[int, int]:
+        owners = previous_owners(connection, twin, keys)
         insert = (postgresql.insert(twin) if connection.dialect.name == "postgresql"
                   else sqlite.insert(twin))
         key = single_key(twin).name
@@ -128,6 +140,7 @@ class CoreTransfer:
         stamp = {ARCHIVED_AT: archived_at, ARCHIVE_RUN_ID: run_id}
         connection.execute(statement, [{**dict(zip(columns, row, strict=True)), **stamp}
                                        for row in rows])
+        return owners
 
     def read_back(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
                   keys: Sequence[int]) -> list[Any]:
@@ -138,8 +151,6 @@ class CoreTransfer:
             rows.extend(tuple(row) for row in connection.execute(query))
         return rows
 
-    def fingerprint(self, row: Any) -> int:
-        return digest_bytes(repr(row).encode())
 
 
 class CopyTransfer:
@@ -159,24 +170,41 @@ class CopyTransfer:
         return int(row[: row.index("\t")] if "\t" in row else row)
 
     def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
-               rows: list[Any], *, run_id: int, archived_at: datetime) -> None:
+               rows: list[Any], keys: Sequence[int], *, run_id: int,
+               archived_at: datetime) -> dict[int, int]:
+        """Stage the lines with COPY, then insert what is new and overwrite what is not.
+
+        ``ON CONFLICT DO NOTHING`` first: its row count says whether any key was already
+        archived, which only happens after an interrupted run. Only then are the earlier
+        owners counted and those rows overwritten from the stage, which is what ``ON
+        CONFLICT DO UPDATE`` would do, minus a lookup on every batch.
+        """
         quote = connection.dialect.identifier_preparer.quote
-        stage = quote(f"sediment_stage_{twin.name}")
+        stage, table = quote(f"sediment_stage_{twin.name}"), quote(twin.name)
         names = quote_columns(connection, columns)
         key = quote(single_key(twin).name)
         connection.exec_driver_sql(
-            f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
-            f"SELECT {names} FROM {quote(twin.name)} WITH NO DATA"
+            f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA"
         )
         copy_lines_in(connection, f"{stage} ({names})", rows)
-        updates = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}"
-                            for c in (*columns, ARCHIVED_AT, ARCHIVE_RUN_ID) if quote(c) != key)
-        connection.exec_driver_sql(
-            f"INSERT INTO {quote(twin.name)} ({names}, {ARCHIVED_AT}, {ARCHIVE_RUN_ID}) "
+        stamp = {"archived_at": archived_at, "run_id": run_id}
+        inserted = connection.exec_driver_sql(
+            f"INSERT INTO {table} ({names}, {ARCHIVED_AT}, {ARCHIVE_RUN_ID}) "
             f"SELECT {names}, %(archived_at)s, %(run_id)s FROM {stage} "
-            f"ON CONFLICT ({key}) DO UPDATE SET {updates}",
-            {"archived_at": archived_at, "run_id": run_id},
-        )
+            f"ON CONFLICT ({key}) DO NOTHING", stamp,
+        ).rowcount
+        if inserted == len(rows):
+            return {}
+        # Rows this statement inserted carry this batch's stamp; the others were there before.
+        conflicting = f"{stage} s WHERE t.{key} = s.{key} AND t.{ARCHIVED_AT} <> %(archived_at)s"
+        owners = {int(run): int(count) for run, count in connection.exec_driver_sql(
+            f"SELECT t.{ARCHIVE_RUN_ID}, count(*) FROM {table} t, {conflicting} "
+            f"GROUP BY t.{ARCHIVE_RUN_ID}", stamp)}
+        updates = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in columns if quote(c) != key)
+        connection.exec_driver_sql(
+            f"UPDATE {table} t SET {updates}, {ARCHIVED_AT} = %(archived_at)s, "
+            f"{ARCHIVE_RUN_ID} = %(run_id)s FROM {conflicting}", stamp)
+        return owners
 
     def read_back(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
                   keys: Sequence[int]) -> list[Any]:
@@ -184,8 +212,6 @@ class CopyTransfer:
         query = sa.select(*(twin.c[name] for name in columns)).where(condition)
         return copy_out(connection, render(connection, query))
 
-    def fingerprint(self, row: Any) -> int:
-        return digest_bytes(row.encode())
 
 
 def render(connection: sa.Connection, query: sa.Select[Any]) -> str:

@@ -40,8 +40,11 @@ def reach() -> None:
 def on_statement(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
     text = statement.lstrip().upper()
     if is_archive(conn):
-        # The first statement of a batch's ARCHIVE transaction: who owned these keys before.
-        if POINT == "after_select" and "GROUP BY" in text and "ARCHIVE_RUN_ID" in text:
+        # The first statement of a batch's ARCHIVE transaction: its timeouts on PostgreSQL,
+        # the lookup of earlier owners on the portable path (ledger writes have neither).
+        first_of_batch = text.startswith("SET LOCAL STATEMENT_TIMEOUT") or (
+            "GROUP BY" in text and "ARCHIVE_RUN_ID" in text)
+        if POINT == "after_select" and first_of_batch:
             reach()
     elif text.startswith("DELETE"):
         if POINT == "after_archive_commit" and id(conn) not in deleting:
