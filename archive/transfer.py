@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from archive.models import ARCHIVE_RUN_ID, ARCHIVED_AT
 from archive.policy import ArchivePolicy, ChildLink, single_key
-from reporting.pgcopy import copy_lines_in, copy_out, quote_columns, raw_cursor
+from reporting.pgcopy import copy_lines_in, copy_out, encode_value, quote_columns, raw_cursor
 
 #: Keys per ``IN (...)`` on SQLite, under its limit of 32,766 bound parameters.
 SQLITE_KEYS_PER_STATEMENT = 10_000
@@ -65,9 +65,14 @@ def key_filters(column: sa.ColumnElement[int], keys: Sequence[int],
                 dialect: sa.Dialect) -> Iterator[sa.ColumnElement[bool]]:
     """Yield conditions that together select ``keys``: one ``= ANY(array)`` on PostgreSQL,
     chunks of ``IN`` lists on SQLite."""
+    if not keys:
+        return
     if dialect.name == "postgresql":
-        array = sa.bindparam(None, list(keys), type_=postgresql.ARRAY(sa.BigInteger))
-        yield column == sa.any_(array)
+        # One text parameter cast to bigint[]: psycopg2 adapts a 20,000-element list item by
+        # item, and the range lets the planner walk one stretch of the index.
+        literal = "{" + ",".join(map(str, keys)) + "}"
+        array = sa.cast(sa.bindparam(None, literal, type_=sa.Text), postgresql.ARRAY(sa.BigInteger))
+        yield sa.and_(column.between(min(keys), max(keys)), column == sa.any_(array))
         return
     for start in range(0, len(keys), SQLITE_KEYS_PER_STATEMENT):
         yield column.in_(keys[start:start + SQLITE_KEYS_PER_STATEMENT])
@@ -172,13 +177,26 @@ class CopyTransfer:
     def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
                rows: list[Any], keys: Sequence[int], *, run_id: int,
                archived_at: datetime) -> dict[int, int]:
-        """Stage the lines with COPY, then insert what is new and overwrite what is not.
+        """COPY the lines straight into the archive table; stage them if a key is there.
 
-        ``ON CONFLICT DO NOTHING`` first: its row count says whether any key was already
-        archived, which only happens after an interrupted run. Only then are the earlier
-        owners counted and those rows overwritten from the stage, which is what ``ON
-        CONFLICT DO UPDATE`` would do, minus a lookup on every batch.
+        A key is already archived only after an interrupted run, so the direct COPY (in a
+        savepoint) almost always succeeds. On a unique violation the batch goes through a
+        staging table instead: ``ON CONFLICT DO NOTHING``, then the earlier owners are
+        counted and their rows overwritten from the stage, which is what ``ON CONFLICT DO
+        UPDATE`` would do, with the ledger hand-over it needs.
         """
+        stamp = f"\t{encode_value(archived_at)}\t{run_id}"
+        names = quote_columns(connection, [*columns, ARCHIVED_AT, ARCHIVE_RUN_ID])
+        target = f"{connection.dialect.identifier_preparer.quote(twin.name)} ({names})"
+        try:
+            with connection.begin_nested():
+                copy_lines_in(connection, target, [line + stamp for line in rows])
+            return {}
+        except sa.exc.IntegrityError:
+            return self._upsert_staged(connection, twin, columns, rows, run_id, archived_at)
+
+    def _upsert_staged(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
+                       rows: list[Any], run_id: int, archived_at: datetime) -> dict[int, int]:
         quote = connection.dialect.identifier_preparer.quote
         stage, table = quote(f"sediment_stage_{twin.name}"), quote(twin.name)
         names = quote_columns(connection, columns)

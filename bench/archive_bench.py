@@ -223,18 +223,22 @@ def copy_pipe(primary: sa.Engine, archive: sa.Engine) -> None:
 
 def attach_pipe(primary: sa.Engine, archive: sa.Engine) -> None:
     """SQLite's floor: ATTACH the archive, INSERT ... SELECT per table, DELETE per table."""
-    with primary.connect() as connection:
-        connection.exec_driver_sql(f"ATTACH DATABASE '{archive.url.database}' AS arch")
-        with connection.begin():
-            for table in reversed(TABLES):
-                columns = ", ".join(c.name for c in archived_tables[table].columns
-                                    if c.name not in ("archived_at", "archive_run_id"))
-                connection.exec_driver_sql(
-                    f"INSERT INTO arch.{table} ({columns}, archived_at, archive_run_id) "
-                    f"SELECT {columns}, datetime('now'), 0 FROM main.{table}")
-            for table in TABLES:
-                connection.exec_driver_sql(f"DELETE FROM main.{table}")
-        connection.exec_driver_sql("DETACH DATABASE arch")
+    raw = primary.raw_connection()  # the driver's own transactions: ATTACH must precede BEGIN
+    try:
+        cursor = raw.cursor()
+        cursor.execute(f"ATTACH DATABASE '{archive.url.database}' AS arch")
+        cursor.execute("BEGIN")
+        for table in reversed(TABLES):
+            columns = ", ".join(c.name for c in archived_tables[table].columns
+                                if c.name not in ("archived_at", "archive_run_id"))
+            cursor.execute(f"INSERT INTO arch.{table} ({columns}, archived_at, archive_run_id) "
+                           f"SELECT {columns}, datetime('now'), 0 FROM main.{table}")
+        for table in TABLES:
+            cursor.execute(f"DELETE FROM main.{table}")
+        cursor.execute("COMMIT")
+        cursor.execute("DETACH DATABASE arch")
+    finally:
+        raw.close()
 
 
 def naive_orm(primary: sa.Engine, archive: sa.Engine, seconds: float) -> None:

@@ -163,7 +163,8 @@ def test_verification_mismatch_stops_the_run_and_deletes_nothing(
     before = snapshot(primary)
 
     def tamper(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if "INSERT INTO events" in statement:
+        # Right after the batch lands: the Core upsert, or the savepoint around PostgreSQL's COPY.
+        if "INSERT INTO events" in statement or statement.startswith("RELEASE SAVEPOINT"):
             cursor.execute("UPDATE events SET detail = 'tampered' WHERE id = "
                            "(SELECT min(id) FROM events)")
 
