@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Set up and run Sediment from a fresh clone with nothing but Python 3.11.
 
-    python3 scripts/dev.py run  [run_service.py arguments]   install, then serve (default)
-    python3 scripts/dev.py test [pytest arguments]           install, ruff, then the suite
+    python3 scripts/dev.py run   [run_service.py arguments]  install, then serve (default)
+    python3 scripts/dev.py test  [pytest arguments]          install, ruff, then the whole suite
+                                                             (default: --full crash loops)
+    python3 scripts/dev.py bench [--quick]                   install, then every bench/*.py
 
 Creates ``.venv`` beside the repository and installs the project into it (again only when
 ``pyproject.toml`` changed). Uses only the standard library, so it runs before anything is
@@ -53,7 +55,15 @@ def main(argv: list[str]) -> int:
         lint = subprocess.call([str(PYTHON), "-m", "ruff", "check", "."], cwd=REPO)
         if lint != 0:
             return lint
-        return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=REPO)
+        return subprocess.call([str(PYTHON), "-m", "pytest", *(rest or ["--full"])], cwd=REPO)
+    if command == "bench":
+        ensure_environment("test")
+        for script in sorted((REPO / "bench").glob("*_bench.py")):
+            print(f"== {script.name} {' '.join(rest)}", flush=True)
+            code = subprocess.call([str(PYTHON), str(script), *rest], cwd=REPO)
+            if code != 0:
+                return code
+        return 0
     print(__doc__, file=sys.stderr)
     return 2
 
