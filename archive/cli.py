@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -218,21 +219,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_ERROR
 
 
-def start_scheduler(app: Flask) -> BackgroundScheduler:
+@dataclass
+class BackgroundArchiver:
+    """The archival schedule running in this process, and the flag that stops its jobs."""
+
+    scheduler: BackgroundScheduler
+    stop: threading.Event
+
+    def shutdown(self) -> None:
+        """Ask running jobs to stop after their current batch, then wait for them."""
+        self.stop.set()
+        self.scheduler.shutdown(wait=True)
+
+
+def start_scheduler(app: Flask) -> BackgroundArchiver:
     """Start the archival schedule in a background thread of this process."""
     stop = threading.Event()
-    scheduler = build_scheduler(
-        policies_of(app), settings_of(app).scheduler,
-        lambda name, now: run_configured_policy(app, name, now, stop=stop))
-    assert isinstance(scheduler, BackgroundScheduler)
-    original_shutdown = scheduler.shutdown
-
-    def shutdown(wait: bool = True) -> None:
-        stop.set()  # running jobs stop after their current batch
-        original_shutdown(wait=wait)
-    scheduler.shutdown = shutdown  # type: ignore[method-assign]
+    scheduler = BackgroundScheduler(timezone=settings_of(app).scheduler.timezone)
+    build_scheduler(policies_of(app), settings_of(app).scheduler,
+                    lambda name, now: run_configured_policy(app, name, now, stop=stop),
+                    scheduler)
     scheduler.start()
-    return scheduler
+    return BackgroundArchiver(scheduler, stop)
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from reporting import models as primary_models
-from reporting.db import ARCHIVE, BigIntKey, UTCDateTime, db
+from reporting.db import ARCHIVE, BigIntKey, Model, UTCDateTime, db
 
 #: PRIMARY tables that have an ARCHIVE twin. Policies may only name these.
 ARCHIVED_TABLES = ("orders", "order_items", "payments", "events")
@@ -57,11 +57,11 @@ def _mirror(source: sa.Table) -> sa.Table:
 
 #: The ARCHIVE twins, keyed by table name.
 archived_tables: dict[str, sa.Table] = {
-    name: _mirror(primary_models.db.metadata.tables[name]) for name in ARCHIVED_TABLES
+    name: _mirror(primary_models.Order.metadata.tables[name]) for name in ARCHIVED_TABLES
 }
 
 
-class ArchiveRun(db.Model):
+class ArchiveRun(Model):
     """One archiver run of one policy: what it set out to do and how it ended."""
 
     __bind_key__ = ARCHIVE
@@ -81,7 +81,7 @@ class ArchiveRun(db.Model):
     pid: Mapped[int] = mapped_column(sa.Integer, default=0)
 
 
-class ArchiveRunTable(db.Model):
+class ArchiveRunTable(Model):
     """Per-table counters of one run: selected, copied, verified and deleted rows."""
 
     __bind_key__ = ARCHIVE

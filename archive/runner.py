@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -93,7 +94,7 @@ def plan_run(primary: sa.Engine, policy: ArchivePolicy, now: datetime) -> DryRun
     return DryRunPlan(policy=policy.name, cutoff=cutoff, counts=counts)
 
 
-def _count(connection: sa.Connection, query: sa.Select[tuple[int]]) -> int:
+def _count(connection: sa.Connection, query: sa.Select[Any]) -> int:
     return int(connection.execute(sa.select(sa.func.count()).select_from(query.subquery()))
                .scalar_one())
 

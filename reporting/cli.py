@@ -220,5 +220,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        ident="sediment")
     finally:
         if scheduler is not None:
-            scheduler.shutdown(wait=True)
+            scheduler.shutdown()
     return EXIT_OK

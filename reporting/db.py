@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from flask_sqlalchemy import SQLAlchemy
@@ -71,6 +71,11 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base, disable_autonaming=True)
+
+if TYPE_CHECKING:
+    Model = Base  # what ``db.Model`` is at run time, spelled so that type checkers can see it
+else:
+    Model = db.Model
 
 
 def engine_options(url: str, *, pool_size: int, busy_timeout_ms: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from reporting.db import BigIntKey, UTCDateTime, db
+from reporting.db import BigIntKey, Model, UTCDateTime
 
 ORDER_STATUSES = ("pending", "paid", "shipped", "closed", "cancelled")
 #: Statuses after which an order never changes again; only these may be archived.
@@ -20,7 +20,7 @@ FINAL_ORDER_STATUSES = ("closed", "cancelled")
 PAYMENT_METHODS = ("card", "transfer", "wallet", "voucher")
 
 
-class Customer(db.Model):
+class Customer(Model):
     __tablename__ = "customers"
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
@@ -30,7 +30,7 @@ class Customer(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class Product(db.Model):
+class Product(Model):
     __tablename__ = "products"
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
@@ -40,7 +40,7 @@ class Product(db.Model):
     price_cents: Mapped[int] = mapped_column(sa.Integer)
 
 
-class Order(db.Model):
+class Order(Model):
     __tablename__ = "orders"
     __table_args__ = (
         sa.CheckConstraint(
@@ -55,7 +55,7 @@ class Order(db.Model):
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
 
-class OrderItem(db.Model):
+class OrderItem(Model):
     __tablename__ = "order_items"
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
@@ -65,7 +65,7 @@ class OrderItem(db.Model):
     unit_price_cents: Mapped[int] = mapped_column(sa.Integer)
 
 
-class Payment(db.Model):
+class Payment(Model):
     __tablename__ = "payments"
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
@@ -75,7 +75,7 @@ class Payment(db.Model):
     paid_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
-class Event(db.Model):
+class Event(Model):
     """An append-only audit record.
 
     ``order_id`` is deliberately not a foreign key: the audit log outlives the orders it

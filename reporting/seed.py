@@ -132,7 +132,8 @@ def seed(
     counts = {t.name: 0 for t in _all_tables()}
     writer = _ChunkWriter(primary, counts, progress)
     with primary.connect() as connection:
-        product_rows = connection.execute(sa.select(Product.id, Product.price_cents)).all()
+        product_rows = [(int(product_id), int(price)) for product_id, price in
+                        connection.execute(sa.select(Product.id, Product.price_cents))]
     if not product_rows:
         products = list(_products(rng, next_ids["products"]))
         writer.write(Product.__table__, products)  # type: ignore[arg-type]
@@ -220,7 +221,7 @@ def _advance_sequences(engine: sa.Engine, next_ids: dict[str, int]) -> None:
 
 def _growing_instant(rng: random.Random, until: datetime) -> datetime:
     """A moment in the last three years, more likely recent: the shop grows."""
-    fraction = rng.random() ** 0.7
+    fraction: float = rng.random() ** 0.7
     return until - HISTORY + HISTORY * fraction
 
 

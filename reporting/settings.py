@@ -343,7 +343,9 @@ def _validate(settings: Settings, base: Path) -> Settings:
         if policy.table in seen and policy.enabled:
             raise SettingsError(f"policy.{policy.name}.table", f"{policy.table!r} has two policies")
         seen.add(policy.table)
-    return dataclasses.replace(settings, database=dataclasses.replace(db, **urls))
+    database = dataclasses.replace(db, primary_url=urls["primary_url"],
+                                   archive_url=urls["archive_url"])
+    return dataclasses.replace(settings, database=database)
 
 
 def _validate_policy(policy: PolicySettings, timezone: str) -> None:

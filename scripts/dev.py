@@ -52,9 +52,10 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(PYTHON), str(REPO / "run_service.py"), *rest], cwd=REPO)
     if command == "test":
         ensure_environment("test")
-        lint = subprocess.call([str(PYTHON), "-m", "ruff", "check", "."], cwd=REPO)
-        if lint != 0:
-            return lint
+        for check in (["ruff", "check", "."], ["mypy"]):
+            code = subprocess.call([str(PYTHON), "-m", *check], cwd=REPO)
+            if code != 0:
+                return code
         return subprocess.call([str(PYTHON), "-m", "pytest", *(rest or ["--full"])], cwd=REPO)
     if command == "bench":
         ensure_environment("test")

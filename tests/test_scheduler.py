@@ -31,9 +31,9 @@ def test_scheduled_job_archives_through_the_same_function_as_the_cli(
     app: Flask, primary: sa.Engine, archive: sa.Engine
 ) -> None:
     seed_shop(primary, archive)
-    scheduler = start_scheduler(app)
+    archiver = start_scheduler(app)
     try:
-        scheduler.get_job("archive:events").modify(next_run_time=datetime.now(UTC))
+        archiver.scheduler.get_job("archive:events").modify(next_run_time=datetime.now(UTC))
         deadline = time.monotonic() + 60
         status = None
         while time.monotonic() < deadline and status is None:
@@ -43,7 +43,7 @@ def test_scheduled_job_archives_through_the_same_function_as_the_cli(
                     "AND status <> 'running'")).scalar()
             time.sleep(0.1)
     finally:
-        scheduler.shutdown(wait=True)
+        archiver.shutdown()
     assert status == "done"
     with archive.connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM events")).scalar_one() > 0
