@@ -6,14 +6,18 @@ import dataclasses
 import logging
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Flask
 
 import reporting.models  # noqa: F401  (registers the PRIMARY tables)
 from archive import models as archive_models
 from archive.policy import ArchivePolicy, resolve_policies
-from reporting import health
+from reporting import health, views
 from reporting.db import ARCHIVE, db, engine_options, ensure_sqlite_folder, prepare_engine
 from reporting.errors import register_error_handlers
+from reporting.execution import ReportSources
+from reporting.readonly import create_readonly_engine
+from reporting.reports.base import SourceTables
 from reporting.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -52,17 +56,41 @@ def create_app(settings: Settings | None = None) -> Flask:
                 ),
             }
         },
-        JSON_SORT_KEYS=False,
     )
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # rows keep the report's column order
     app.extensions[SETTINGS_EXTENSION] = settings
     app.extensions[POLICIES_EXTENSION] = policies
     db.init_app(app)
     with app.app_context():
         for engine in db.engines.values():
             prepare_engine(engine)
+    app.extensions[views.SOURCES_EXTENSION] = report_sources(settings)
     register_error_handlers(app)
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(views.blueprint)
     return app
+
+
+def report_sources(settings: Settings) -> ReportSources:
+    """Read-only engines and per-database tables for the reports (no connection is opened)."""
+    database = settings.database
+    timeout_ms = settings.reports.statement_timeout_ms
+    engines = {
+        name: create_readonly_engine(url, statement_timeout_ms=timeout_ms,
+                                     pool_size=database.pool_size)
+        for name, url in (("primary", database.primary_url), ("archive", database.archive_url))
+    }
+    archive_tables: dict[str, sa.FromClause] = {
+        **archive_models.archived_tables,
+        **{model.__tablename__: model.__table__
+           for model in (archive_models.ArchiveRun, archive_models.ArchiveRunTable)},
+    }
+    tables = {
+        "primary": SourceTables("primary", dict(db.metadatas[None].tables),
+                                engines["primary"].dialect.name),
+        "archive": SourceTables("archive", archive_tables, engines["archive"].dialect.name),
+    }
+    return ReportSources(engines=engines, tables=tables)
 
 
 def settings_of(app: Flask) -> Settings:

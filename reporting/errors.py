@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Flask, Response, json
 from werkzeug.exceptions import HTTPException
 
@@ -78,6 +79,12 @@ def register_error_handlers(app: Flask) -> None:
         headers = dict(error.get_headers()) if status == 405 else {}
         headers.pop("Content-Type", None)
         return problem(status, code, error.description or error.name, headers=headers)
+
+    @app.errorhandler(sa.exc.DBAPIError)
+    def _database_error(error: sa.exc.DBAPIError) -> Response:
+        logger.warning("report query failed: %s", str(error.orig).strip().splitlines()[0])
+        return problem(503, "database_unavailable", "A database did not answer in time or is "
+                       "unreachable; retry shortly.", headers={"Retry-After": "5"})
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:

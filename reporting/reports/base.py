@@ -1,0 +1,180 @@
+"""What a report declares: columns, parameters, filters, sources, sort keys, and its query.
+
+Two kinds share one interface for the HTTP layer, the CSV exporter and the OpenAPI generator:
+
+* :class:`RowReport`: one row per record. Its query runs on each database; pages come from
+  keyset conditions in SQL, and ``source=all`` merges the two sorted streams.
+* :class:`AggregateReport`: grouped figures. Its query returns per-database partial
+  aggregates, which are combined exactly in pandas (sums add, minima take the minimum, and
+  distinct counts add because a row lives in only one database), then sorted and paged.
+
+Queries never join across databases: values that live only in PRIMARY (customer names,
+product categories) arrive through :class:`Lookup` after the query, or as literals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SOURCES = ("primary", "archive", "all")
+OPERATORS = ("eq", "ne", "in", "gt", "gte", "lt", "lte")
+#: JSON Schema types of column and parameter types.
+JSON_TYPES = {"integer": "integer", "number": "number", "string": "string",
+              "datetime": "string", "boolean": "boolean"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """An output column."""
+
+    name: str
+    type: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A filter on an output column: ``?name=v`` (eq) or ``?name[op]=v``."""
+
+    column: str
+    type: str
+    operators: tuple[str, ...] = ("eq",)
+    description: str = ""
+    choices: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter that shapes the query itself (not a filter on its output)."""
+
+    name: str
+    type: str
+    default: Any
+    description: str
+    choices: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Fill ``column`` from a PRIMARY reference table by the row's ``key`` column."""
+
+    column: str
+    key: str
+    table: str
+    value: str
+
+
+@dataclass(frozen=True)
+class SourceTables:
+    """The tables a report may read on one database (reference tables only in PRIMARY)."""
+
+    name: str
+    tables: Mapping[str, sa.FromClause]
+    dialect: str
+
+    def __getitem__(self, name: str) -> sa.FromClause:
+        return self.tables[name]
+
+
+@dataclass(frozen=True)
+class Report:
+    """Fields common to both kinds; see the module docstring."""
+
+    name: str
+    title: str
+    description: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    sort_keys: tuple[str, ...]
+    default_sort: str
+    sources: tuple[str, ...] = SOURCES
+    filters: tuple[Filter, ...] = ()
+    params: tuple[Param, ...] = ()
+    lookups: tuple[Lookup, ...] = ()
+
+    kind = "rows"
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+    def param(self, name: str) -> Param:
+        return next(p for p in self.params if p.name == name)
+
+    def key_for(self, params: Mapping[str, Any]) -> tuple[str, ...]:
+        """The columns that identify a row for these parameters (a pivot changes them)."""
+        return self.key
+
+    def sort_keys_for(self, params: Mapping[str, Any]) -> tuple[str, ...]:
+        return self.sort_keys
+
+
+@dataclass(frozen=True)
+class RowReport(Report):
+    """A report of records; ``query`` returns a labelled Select including every key column.
+
+    ``root`` names the table whose primary key identifies a row, used to drop ARCHIVE rows
+    still present in PRIMARY (caught between an archiver's two commits) from merged results.
+    """
+
+    query: Callable[[SourceTables, Mapping[str, Any]], sa.Select[Any]] = field(
+        default=lambda tables, params: sa.select(sa.literal(1)))
+    root: str = ""
+
+
+@dataclass(frozen=True)
+class AggregateReport(Report):
+    """A report of groups; ``partials`` returns one database's partial aggregates.
+
+    ``combine`` maps each partial column to ``sum``, ``min`` or ``max``; ``group_by`` are
+    the partial columns that identify a group. ``finish`` turns the combined frame into
+    the output (derived columns, lookups already applied, pivots).
+    """
+
+    partials: Callable[[SourceTables, Mapping[str, Any], ReferenceData], sa.Select[Any]] = field(
+        default=lambda tables, params, reference: sa.select(sa.literal(1)))
+    group_by: tuple[str, ...] = ()
+    combine: Mapping[str, str] = field(default_factory=dict)
+    finish: Callable[[pd.DataFrame, Mapping[str, Any]], pd.DataFrame] | None = None
+    root: str = ""
+    #: The key of the wide form, when a ``pivot`` parameter other than ``none`` is given.
+    wide_key: tuple[str, ...] = ()
+
+    kind = "aggregate"
+
+    def is_wide(self, params: Mapping[str, Any]) -> bool:
+        return bool(self.wide_key) and params.get("pivot", "none") != "none"
+
+    def key_for(self, params: Mapping[str, Any]) -> tuple[str, ...]:
+        return self.wide_key if self.is_wide(params) else self.key
+
+    def sort_keys_for(self, params: Mapping[str, Any]) -> tuple[str, ...]:
+        if self.is_wide(params):
+            return tuple(k for k in self.sort_keys if k in self.wide_key)
+        return self.sort_keys
+
+
+@dataclass(frozen=True)
+class ReferenceData:
+    """PRIMARY reference values a partial query may need as literals (never a join)."""
+
+    product_categories: Mapping[int, str]
+
+
+def total(expression: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+    """``sum`` as a whole number on both backends (PostgreSQL sums bigint into numeric)."""
+    return sa.cast(sa.func.coalesce(sa.func.sum(expression), 0), sa.BigInteger)
+
+
+def month_of(column: sa.ColumnElement[datetime], dialect: str) -> sa.ColumnElement[str]:
+    """The UTC month of a timestamp as ``YYYY-MM``, on either backend."""
+    if dialect == "postgresql":
+        return sa.func.to_char(sa.func.timezone("UTC", column), "YYYY-MM")
+    return sa.func.strftime("%Y-%m", column)

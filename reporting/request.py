@@ -1,0 +1,174 @@
+"""Turn query-string arguments into a validated :class:`ReportRequest`, or a 400.
+
+Every rejection names the parameter at fault (``param``) and has a stable ``code``:
+``unknown_parameter``, ``invalid_value``, ``unknown_operator``, ``invalid_sort``,
+``invalid_limit``, ``invalid_source``, ``invalid_count``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from reporting.errors import ReportError
+from reporting.reports.base import SOURCES, Report
+
+RESERVED = ("sort", "limit", "cursor", "source", "count", "formula")
+COUNT_KINDS = ("none", "estimated", "exact")
+_FILTER_ARG = re.compile(r"^(?P<name>[a-z_]+)\[(?P<op>[a-z]+)\]$")
+
+
+@dataclass(frozen=True)
+class FilterClause:
+    column: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class ReportRequest:
+    """A validated request for one page (or, for CSV, all rows) of a report."""
+
+    report: Report
+    params: Mapping[str, Any]
+    filters: tuple[FilterClause, ...]
+    sort: str
+    descending: bool
+    limit: int
+    cursor: str | None
+    source: str
+    count: str
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return self.report.key_for(self.params)
+
+    def normalised(self) -> dict[str, Any]:
+        """Parameters and filters as echoed in ``meta`` and bound into cursors."""
+        shown: dict[str, Any] = {name: _plain(value) for name, value in self.params.items()}
+        for clause in self.filters:
+            label = clause.column if clause.op == "eq" else f"{clause.column}[{clause.op}]"
+            shown[label] = _plain(clause.value)
+        return shown
+
+
+def parse_request(report: Report, args: Mapping[str, list[str]], *, default_limit: int,
+                  max_limit: int) -> ReportRequest:
+    """Validate ``args`` (each name with all its values) against ``report``.
+
+    :raises ReportError: 400 naming the offending parameter.
+    """
+    single = {}
+    for name, values in args.items():
+        if len(values) > 1:
+            raise ReportError(400, "invalid_value", f"{name!r} is given {len(values)} times",
+                              param=name)
+        single[name] = values[0]
+    params = {p.name: p.default for p in report.params}
+    filters: list[FilterClause] = []
+    for name, raw in single.items():
+        if name in RESERVED:
+            continue
+        if any(p.name == name for p in report.params):
+            param = report.param(name)
+            params[name] = convert(raw, param.type, name, param.choices)
+            continue
+        found = _FILTER_ARG.match(name)
+        column, op = (found.group("name"), found.group("op")) if found else (name, "eq")
+        spec = next((f for f in report.filters if f.column == column), None)
+        if spec is None:
+            known = sorted([*(f.column for f in report.filters), *(p.name for p in report.params),
+                            *RESERVED])
+            raise ReportError(400, "unknown_parameter", f"{name!r} is not a parameter of "
+                              f"{report.name!r}; known: {', '.join(known)}", param=name)
+        if op not in spec.operators:
+            raise ReportError(400, "unknown_operator", f"{column!r} takes "
+                              f"{', '.join(spec.operators)}, not {op!r}", param=name)
+        if op == "in":
+            value: Any = tuple(convert(v, spec.type, name, spec.choices) for v in raw.split(","))
+        else:
+            value = convert(raw, spec.type, name, spec.choices)
+        filters.append(FilterClause(column, op, value))
+    sort_text = single.get("sort", report.default_sort)
+    descending = sort_text.startswith("-")
+    sort = sort_text.lstrip("-")
+    if sort not in report.sort_keys_for(params):
+        raise ReportError(400, "invalid_sort", f"cannot sort {report.name!r} by {sort!r}; sort "
+                          f"keys: {', '.join(report.sort_keys_for(params))} (prefix - for "
+                          "descending)", param="sort")
+    limit = _limit(single.get("limit"), default_limit, max_limit)
+    source = single.get("source", report.sources[0] if len(report.sources) == 1 else "all")
+    if source not in SOURCES or source not in report.sources:
+        raise ReportError(400, "invalid_source", f"source {source!r} is not available for "
+                          f"{report.name!r}; use {', '.join(report.sources)}", param="source")
+    count = single.get("count", "none")
+    if count not in COUNT_KINDS:
+        raise ReportError(400, "invalid_count", f"count must be {', '.join(COUNT_KINDS)}",
+                          param="count")
+    return ReportRequest(report=report, params=params, filters=tuple(filters), sort=sort,
+                         descending=descending, limit=limit, cursor=single.get("cursor"),
+                         source=source, count=count)
+
+
+def _limit(raw: str | None, default: int, maximum: int) -> int:
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise ReportError(400, "invalid_limit", f"limit must be a whole number from 1 to "
+                          f"{maximum}, not {raw!r}", param="limit")
+    return int(raw)
+
+
+def convert(raw: str, type_name: str, name: str, choices: tuple[str, ...] | None = None) -> Any:
+    """Convert one query-string value to its declared type.
+
+    :raises ReportError: 400 ``invalid_value`` naming ``name``.
+    """
+    try:
+        value: Any
+        if type_name == "integer":
+            if not re.fullmatch(r"-?\d{1,18}", raw):
+                raise ValueError
+            value = int(raw)
+        elif type_name == "number":
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError
+        elif type_name == "datetime":
+            value = parse_datetime(raw)
+        elif type_name == "boolean":
+            if raw not in ("true", "false"):
+                raise ValueError
+            value = raw == "true"
+        else:
+            if "\x00" in raw or len(raw) > 200:
+                raise ValueError
+            value = raw
+    except ValueError:
+        raise ReportError(400, "invalid_value", f"{name}={raw!r} is not a valid {type_name}",
+                          param=name) from None
+    if choices is not None and value not in choices:
+        raise ReportError(400, "invalid_value", f"{name}={raw!r}: choose one of "
+                          f"{', '.join(choices)}", param=name)
+    return value
+
+
+def parse_datetime(raw: str) -> datetime:
+    """ISO-8601 date or instant; no zone means UTC. Raises ValueError."""
+    if "T" in raw:  # an unencoded "+02:00" arrives as " 02:00"
+        raw = raw.replace(" ", "+")
+    value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    if not 1 <= value.year <= 9998:
+        raise ValueError(raw)
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,119 @@
+"""The read-only HTTP API: a thin GET-only blueprint over the report registry.
+
+It knows nothing about individual reports: it parses, runs and serialises whatever the
+registry holds. Routes accept GET and HEAD only; anything else is a 405 problem.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, url_for
+
+from reporting.errors import ReportError
+from reporting.execution import Page, ReportSources, run_page
+from reporting.openapi import openapi_document
+from reporting.pagination import decode_cursor, encode_cursor
+from reporting.reports import REPORTS, Report
+from reporting.request import ReportRequest, parse_request
+
+blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
+SOURCES_EXTENSION = "sediment.report_sources"
+_GET = {"provide_automatic_options": False}
+
+
+def report_sources(app: Flask) -> ReportSources:
+    sources: ReportSources = app.extensions[SOURCES_EXTENSION]
+    return sources
+
+
+def find_report(name: str) -> Report:
+    if name not in REPORTS:
+        raise ReportError(404, "unknown_report", f"there is no report {name!r}; "
+                          f"GET /api/v1/reports lists them: {', '.join(REPORTS)}")
+    return REPORTS[name]
+
+
+def build_request(report: Report) -> ReportRequest:
+    """Validate the current request's query string for ``report``."""
+    settings = current_app.extensions["sediment.settings"].reports
+    return parse_request(report, request.args.to_dict(flat=False),
+                         default_limit=settings.default_limit, max_limit=settings.max_limit)
+
+
+def cursor_types(report_request: ReportRequest, page_columns: dict[str, str]) -> list[str]:
+    return [page_columns.get(c, "string") for c in (report_request.sort, *report_request.key)]
+
+
+@blueprint.get("/", **_GET)
+def index() -> Response:
+    """Links to everything; no database work (the benchmark's trivial endpoint)."""
+    return jsonify(reports=url_for("api.catalog"), openapi=url_for("api.openapi"))
+
+
+@blueprint.get("/reports", **_GET)
+def catalog() -> Response:
+    return jsonify(reports=[describe(report) for report in REPORTS.values()])
+
+
+@blueprint.get("/reports/<name>", **_GET)
+def report_page(name: str) -> Response:
+    report = find_report(name)
+    report_request = build_request(report)
+    secret = current_app.config["SECRET_KEY"]
+    types = {c.name: c.type for c in report.columns}
+    cursor = None
+    if report_request.cursor is not None:
+        cursor = decode_cursor(report_request, report_request.cursor, secret,
+                               cursor_types(report_request, types))
+    page = run_page(report_sources(current_app), report_request, cursor)
+    next_token = (encode_cursor(report_request, page.next_cursor, secret)
+                  if page.next_cursor is not None else None)
+    response = jsonify(envelope(report_request, page, next_token))
+    if next_token is not None:
+        args = {k: v for k, v in request.args.items() if k != "cursor"} | {"cursor": next_token}
+        response.headers["Link"] = f'<{request.base_url}?{urlencode(args)}>; rel="next"'
+    return response
+
+
+@blueprint.get("/openapi.json", **_GET)
+def openapi() -> Response:
+    return jsonify(openapi_document())
+
+
+def envelope(report_request: ReportRequest, page: Page, next_token: str | None) -> dict[str, Any]:
+    return {
+        "rows": [{k: jsonable(v) for k, v in row.items()} for row in page.rows],
+        "page": {"limit": report_request.limit, "has_more": page.has_more,
+                 "next_cursor": next_token},
+        "count": {"value": page.count, "kind": page.count_kind},
+        "meta": {"report": report_request.report.name, "params": report_request.normalised(),
+                 "sort": ("-" if report_request.descending else "") + report_request.sort,
+                 "sources": page.sources, "columns": page.columns, "took_ms": page.took_ms},
+    }
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return value
+
+
+def describe(report: Report) -> dict[str, Any]:
+    """A report's catalog entry: everything a client needs to build a valid request."""
+    return {
+        "name": report.name, "title": report.title, "description": report.description,
+        "kind": report.kind, "sources": list(report.sources),
+        "columns": [{"name": c.name, "type": c.type, "description": c.description}
+                    for c in report.columns],
+        "params": [{"name": p.name, "type": p.type, "default": jsonable(p.default),
+                    "choices": list(p.choices) if p.choices else None,
+                    "description": p.description} for p in report.params],
+        "filters": [{"column": f.column, "type": f.type, "operators": list(f.operators),
+                     "choices": list(f.choices) if f.choices else None,
+                     "description": f.description} for f in report.filters],
+        "sort_keys": list(report.sort_keys), "default_sort": report.default_sort,
+        "links": {"self": url_for("api.report_page", name=report.name)},
+    }

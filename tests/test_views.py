@@ -1,0 +1,132 @@
+"""The HTTP surface: catalog, errors as problem details, methods, counts, read-only, 503s."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from reporting.app import create_app
+from reporting.reports import REPORTS
+from reporting.views import report_sources
+from tests.archiving import seed_shop
+from tests.conftest import make_settings
+
+
+@pytest.fixture
+def client(app: Flask, primary: sa.Engine, archive: sa.Engine):  # type: ignore[no-untyped-def]
+    seed_shop(primary, archive)
+    return app.test_client()
+
+
+def test_catalog_describes_every_report(client) -> None:  # type: ignore[no-untyped-def]
+    body = client.get("/api/v1/reports").get_json()
+    assert [r["name"] for r in body["reports"]] == list(REPORTS)
+    orders = body["reports"][0]
+    assert {"name", "title", "description", "params", "filters", "sort_keys", "sources",
+            "columns", "default_sort"} <= orders.keys()
+    assert {"column": "status", "type": "string", "operators": ["eq", "ne", "in"]}.items() <= \
+        orders["filters"][1].items()
+
+
+@pytest.mark.parametrize(
+    ("query", "code", "param"),
+    [
+        ("colour=red", "unknown_parameter", "colour"),
+        ("customer_id=abc", "invalid_value", "customer_id"),
+        ("customer_id=99999999999999999999999", "invalid_value", "customer_id"),
+        ("placed_at[gte]=yesterday", "invalid_value", "placed_at[gte]"),
+        ("status=lost", "invalid_value", "status"),
+        ("status[gte]=closed", "unknown_operator", "status[gte]"),
+        ("sort=customer_name", "invalid_sort", "sort"),
+        ("limit=0", "invalid_limit", "limit"),
+        ("limit=1001", "invalid_limit", "limit"),
+        ("limit=-5", "invalid_limit", "limit"),
+        ("source=elsewhere", "invalid_source", "source"),
+        ("count=lots", "invalid_count", "count"),
+        ("cursor=garbage", "invalid_cursor", "cursor"),
+        ("status=closed&status=open", "invalid_value", "status"),
+    ],
+)
+def test_bad_requests_are_400_problems(client, query: str, code: str, param: str) -> None:  # type: ignore[no-untyped-def]
+    response = client.get(f"/api/v1/reports/orders?{query}")
+    assert response.status_code == 400
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert (body["code"], body["param"], body["status"]) == (code, param, 400)
+    assert body["detail"] and body["title"] and body["type"]
+
+
+def test_cursor_is_bound_to_its_query(client) -> None:  # type: ignore[no-untyped-def]
+    first = client.get("/api/v1/reports/orders?limit=2").get_json()
+    cursor = first["page"]["next_cursor"]
+    assert client.get(f"/api/v1/reports/orders?limit=2&cursor={cursor}").status_code == 200
+    for other in ("sort=id", "status=closed", "source=primary"):
+        response = client.get(f"/api/v1/reports/orders?limit=2&{other}&cursor={cursor}")
+        assert response.get_json()["code"] == "invalid_cursor", other
+    foreign = client.get(f"/api/v1/reports/events?limit=2&cursor={cursor}")
+    assert foreign.get_json()["code"] == "invalid_cursor"
+    tampered = cursor[:-3] + ("AAA" if not cursor.endswith("AAA") else "BBB")
+    assert client.get(f"/api/v1/reports/orders?cursor={tampered}").status_code == 400
+
+
+def test_unknown_report_is_404(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.get("/api/v1/reports/invoices")
+    assert response.status_code == 404
+    assert response.get_json()["code"] == "unknown_report"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+def test_only_get_and_head(client, method: str) -> None:  # type: ignore[no-untyped-def]
+    response = client.open("/api/v1/reports/orders", method=method)
+    assert response.status_code == 405
+    assert response.mimetype == "application/problem+json"
+    assert "GET" in response.headers["Allow"]
+    assert client.head("/api/v1/reports/orders").status_code == 200
+
+
+def test_counts_are_labelled(client, backend: str, primary: sa.Engine) -> None:  # type: ignore[no-untyped-def]
+    none = client.get("/api/v1/reports/events?limit=1").get_json()["count"]
+    assert none == {"value": None, "kind": "none"}
+    exact = client.get("/api/v1/reports/events?limit=1&count=exact").get_json()["count"]
+    assert exact == {"value": 900, "kind": "exact"}
+    filtered = client.get("/api/v1/reports/events?kind=login&count=exact").get_json()
+    with primary.connect() as connection:
+        logins = connection.execute(sa.text("SELECT count(*) FROM events WHERE kind = 'login'"))
+        assert filtered["count"]["value"] == logins.scalar_one() > 0  # nothing archived yet
+    estimated = client.get("/api/v1/reports/events?limit=1&count=estimated").get_json()["count"]
+    if backend == "postgres":
+        assert estimated["kind"] == "estimated" and estimated["value"] > 0
+    else:
+        assert estimated == {"value": 900, "kind": "exact"}  # SQLite has no planner estimate
+
+
+def test_report_connections_refuse_writes(app: Flask) -> None:
+    for engine in report_sources(app).engines.values():
+        with engine.connect() as connection, pytest.raises(sa.exc.DBAPIError) as refused:
+            connection.execute(sa.text("DELETE FROM events"))
+        message = str(refused.value).lower()
+        assert "read-only" in message or "readonly" in message
+
+
+def test_unreachable_database_is_503_with_retry_after(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(make_settings(f"sqlite:///{tmp_path / 'p.sqlite3'}",
+                                   "postgresql://nobody@127.0.0.1:1/none"))
+    response = app.test_client().get("/api/v1/reports/events?source=archive")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert response.get_json()["code"] == "database_unavailable"
+
+
+@pytest.mark.postgres
+def test_statement_timeout_is_503(app: Flask, primary: sa.Engine, archive: sa.Engine) -> None:
+    slow = create_app(make_settings(primary.url.render_as_string(hide_password=False),
+                                    archive.url.render_as_string(hide_password=False),
+                                    SEDIMENT_REPORTS__STATEMENT_TIMEOUT_MS="1"))
+    engine = report_sources(slow).engines["primary"]
+    with engine.connect() as connection, pytest.raises(sa.exc.OperationalError):
+        connection.execute(sa.text("SELECT pg_sleep(0.2)"))
+    seed_shop(primary, archive)
+    response = slow.test_client().get("/api/v1/reports/customer-summary?source=primary")
+    assert response.status_code == 503
+    assert response.get_json()["code"] == "database_unavailable"
