@@ -8,10 +8,10 @@ a cursor is an opaque signed token, so a schema-valid random one is rightly refu
 from __future__ import annotations
 
 import schemathesis
-from schemathesis import checks
 import sqlalchemy as sa
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
+from schemathesis import checks
 
 from reporting.reports import REPORTS
 from tests.archiving import seed_shop
