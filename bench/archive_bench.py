@@ -20,11 +20,8 @@ The last line is ``archive_vs_copy_pipe=<ratio>`` (rows/s over rows/s).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,13 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from archive.models import archived_tables
 from archive.runner import run_policy
+from bench.common import databases
 from reporting.app import create_app, policies_of, settings_of
 from reporting.db import ARCHIVE, PRIMARY, db
 from reporting.migrations import upgrade_all
 from reporting.settings import load_settings
 
-ADMIN_URL = os.environ.get("SEDIMENT_TEST_POSTGRES_URL",
-                           "postgresql+psycopg2://root@127.0.0.1:5432/test")
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 TABLES = ("payments", "order_items", "orders", "events")  # children first, for deletes
 
@@ -77,42 +73,6 @@ def main() -> int:
     print(f"sediment / naive ORM = {sediment / naive:.1f}x")
     print(f"archive_vs_copy_pipe={sediment / baseline:.2f}")
     return 0
-
-
-class databases:
-    """Two fresh databases for the run, dropped afterwards."""
-
-    def __init__(self, sqlite: bool) -> None:
-        self.sqlite = sqlite
-        self.names: list[str] = []
-        self.folder: tempfile.TemporaryDirectory[str] | None = None
-
-    def __enter__(self) -> tuple[str, str]:
-        if self.sqlite:
-            self.folder = tempfile.TemporaryDirectory(prefix="sediment-bench-")
-            return (f"sqlite:///{self.folder.name}/primary.sqlite3",
-                    f"sqlite:///{self.folder.name}/archive.sqlite3")
-        admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        tag = uuid.uuid4().hex[:8]
-        with admin.connect() as connection:
-            for side in ("primary", "archive"):
-                name = f"sediment_bench_{side}_{tag}"
-                connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-                self.names.append(name)
-        admin.dispose()
-        base = sa.engine.make_url(ADMIN_URL)
-        urls = [base.set(database=n).render_as_string(hide_password=False) for n in self.names]
-        return urls[0], urls[1]
-
-    def __exit__(self, *exc: object) -> None:
-        if self.folder is not None:
-            self.folder.cleanup()
-        if self.names:
-            admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-            with admin.connect() as connection:
-                for name in self.names:
-                    connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
 
 
 def measure(name: str, primary: sa.Engine, archive: sa.Engine, events: int,

@@ -23,9 +23,16 @@ from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from reporting.pagination import PageCursor, after
-from reporting.reports.base import AggregateReport, ReferenceData, RowReport, SourceTables
+from reporting.reports.base import (
+    AggregateReport,
+    Lookup,
+    ReferenceData,
+    RowReport,
+    SourceTables,
+)
 from reporting.request import FilterClause, ReportRequest
 
 STREAM_CHUNK = 1000
@@ -59,7 +66,8 @@ def sources_of(request: ReportRequest) -> list[str]:
 def run_page(sources: ReportSources, request: ReportRequest, cursor: PageCursor | None) -> Page:
     """Compute one page of ``request`` starting after ``cursor``."""
     started = time.perf_counter()
-    rows = list(itertools.islice(iter_rows(sources, request, cursor), request.limit + 1))
+    wanted = request.limit + 1  # one more than the page tells whether another page follows
+    rows = list(itertools.islice(iter_rows(sources, request, cursor, chunk=wanted), wanted))
     has_more = len(rows) > request.limit
     rows = rows[: request.limit]
     report = request.report
@@ -88,16 +96,21 @@ def output_columns(request: ReportRequest, rows: Sequence[Mapping[str, Any]]) ->
 
 
 def iter_rows(sources: ReportSources, request: ReportRequest,
-              cursor: PageCursor | None = None) -> Iterator[dict[str, Any]]:
+              cursor: PageCursor | None = None,
+              chunk: int = STREAM_CHUNK) -> Iterator[dict[str, Any]]:
     """Every row of ``request`` after ``cursor``, in order (lookups not yet applied for row
-    reports: callers apply them per page or per chunk)."""
+    reports: callers apply them per page or per chunk).
+
+    :param chunk: rows fetched per keyset query and database: a page asks for exactly what
+        it needs, an export for large chunks.
+    """
     report = request.report
     if isinstance(report, AggregateReport):
         frame = aggregate_frame(sources, request, report)
         yield from _page_frame(frame, request, cursor)
         return
     assert isinstance(report, RowReport)
-    streams = [_source_stream(sources, request, report, name, cursor)
+    streams = [_source_stream(sources, request, report, name, cursor, chunk)
                for name in sources_of(request)]
     if len(streams) == 1:
         yield from streams[0]
@@ -109,25 +122,46 @@ def iter_rows(sources: ReportSources, request: ReportRequest,
 
 
 def _source_stream(sources: ReportSources, request: ReportRequest, report: RowReport,
-                   name: str, cursor: PageCursor | None) -> Generator[dict[str, Any]]:
+                   name: str, cursor: PageCursor | None, chunk: int
+                   ) -> Generator[dict[str, Any]]:
     tables = sources.tables[name]
     if name == "archive" and request.source == "all":
         tables = exclude_shared(sources, tables, report.root)
     subquery = report.query(tables, request.params).subquery("report")
     order_columns = [subquery.c[c] for c in (request.sort, *request.key)]
-    base = sa.select(subquery).where(*filter_conditions(subquery, request.filters))
+    joined, columns = join_lookups(subquery, tables, report.lookups)
+    base = sa.select(subquery, *columns).select_from(joined).where(
+        *filter_conditions(subquery, request.filters))
     ordering = [c.desc() if request.descending else c.asc() for c in order_columns]
     last = cursor
     with sources.engines[name].connect() as connection:
         while True:
             statement = base if last is None else base.where(
                 after(order_columns, last, request.descending))
-            chunk = connection.execute(statement.order_by(*ordering).limit(STREAM_CHUNK)).mappings()
-            rows = [dict(row) for row in chunk]
+            result = connection.execute(statement.order_by(*ordering).limit(chunk))
+            names = list(result.keys())
+            rows = [dict(zip(names, row, strict=True)) for row in result]
             yield from rows
-            if len(rows) < STREAM_CHUNK:
+            if len(rows) < chunk:
                 return
             last = PageCursor(tuple(rows[-1][c] for c in (request.sort, *request.key)))
+
+
+def join_lookups(subquery: sa.Subquery, tables: SourceTables, lookups: Sequence[Lookup]
+                 ) -> tuple[sa.FromClause, list[sa.ColumnElement[Any]]]:
+    """Join the reference tables that live in this database (PRIMARY) in SQL.
+
+    ARCHIVE has no reference tables: its rows get the columns from :func:`apply_lookups`.
+    """
+    joined: sa.FromClause = subquery
+    columns: list[sa.ColumnElement[Any]] = []
+    for index, lookup in enumerate(lookups):
+        if lookup.table not in tables.tables:
+            continue
+        reference = tables[lookup.table].alias(f"lookup_{index}")
+        joined = joined.outerjoin(reference, reference.c.id == subquery.c[lookup.key])
+        columns.append(reference.c[lookup.value].label(lookup.column))
+    return joined, columns
 
 
 def filter_conditions(source: sa.Subquery, filters: Sequence[FilterClause]
@@ -143,26 +177,38 @@ def filter_conditions(source: sa.Subquery, filters: Sequence[FilterClause]
     return conditions
 
 
-def apply_lookups(sources: ReportSources, lookups: Sequence[Any],
+def apply_lookups(sources: ReportSources, lookups: Sequence[Lookup],
                   rows: list[dict[str, Any]]) -> None:
-    """Fill reference columns (names, categories) from PRIMARY, one query per table."""
+    """Fill reference columns (names, categories) from PRIMARY, one query per table, in the
+    rows that do not have them yet (those that came from ARCHIVE)."""
     primary = sources.tables["primary"]
-    by_table: dict[tuple[str, str], list[Any]] = {}
+    by_table: dict[tuple[str, str], list[Lookup]] = {}
     for lookup in lookups:
         by_table.setdefault((lookup.table, lookup.key), []).append(lookup)
     for (table_name, key), group in by_table.items():
+        rows = [row for row in rows if group[0].column not in row]
         ids = sorted({row[key] for row in rows if row.get(key) is not None})
         table = primary[table_name]
         values: dict[Any, Any] = {}
         if ids:
+            engine = sources.engines["primary"]
             query = sa.select(table.c.id, *(table.c[lookup.value] for lookup in group)).where(
-                table.c.id.in_(ids))
-            with sources.engines["primary"].connect() as connection:
+                keys_in(table.c.id, ids, engine.dialect.name))
+            with engine.connect() as connection:
                 values = {row[0]: row[1:] for row in connection.execute(query)}
         for row in rows:
             found = values.get(row.get(key))
             for index, lookup in enumerate(group):
                 row[lookup.column] = found[index] if found else None
+
+
+def keys_in(column: sa.ColumnElement[Any], keys: list[Any],
+            dialect: str) -> sa.ColumnElement[bool]:
+    """``column IN keys`` as one array parameter on PostgreSQL: an expanding ``IN`` of a
+    hundred values is rendered and planned anew on every request."""
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam("keys", keys, type_=postgresql.ARRAY(column.type)))
+    return column.in_(keys)
 
 
 def shared_keys(sources: ReportSources, root: str) -> list[int]:

@@ -4,6 +4,12 @@ PostgreSQL: ``default_transaction_read_only`` and a ``statement_timeout`` set as
 options; SQLite: the file opened with ``mode=ro``, so even ``PRAGMA query_only = OFF``
 cannot turn a report connection into a writer. (Granting the reporting role only SELECT is
 the stronger barrier on PostgreSQL; give these URLs such a role in production.)
+
+Report connections run in autocommit and without a pre-ping: a page is one or two SELECTs,
+and BEGIN, ROLLBACK and the ping were most of its round trips. Each statement still runs in
+its own read-only transaction; a connection that died in the pool fails one request with a
+503 and ``Retry-After``, and the pool discards it. ``pool_recycle`` retires connections
+before servers or proxies drop idle ones.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ def create_readonly_engine(url: str, *, statement_timeout_ms: int, pool_size: in
     if parsed.get_backend_name() == "postgresql":
         options = ("-c default_transaction_read_only=on "
                    f"-c statement_timeout={statement_timeout_ms} -c timezone=UTC")
-        return sa.create_engine(parsed, pool_pre_ping=True, pool_size=pool_size,
+        return sa.create_engine(parsed, isolation_level="AUTOCOMMIT", pool_size=pool_size,
+                                pool_recycle=900,
                                 connect_args={"options": options,
                                               "application_name": "sediment-reports"})
     path = Path(parsed.database or "").resolve()
     readonly = sa.engine.make_url(f"sqlite:///file:{path}?mode=ro&uri=true")
-    return sa.create_engine(readonly, pool_pre_ping=True,
+    return sa.create_engine(readonly, isolation_level="AUTOCOMMIT",
                             connect_args={"timeout": statement_timeout_ms / 1000,
                                           "check_same_thread": False})

@@ -84,8 +84,14 @@ def openapi() -> Response:
 
 
 def envelope(report_request: ReportRequest, page: Page, next_token: str | None) -> dict[str, Any]:
+    timestamps = [c.name for c in report_request.report.columns if c.type == "datetime"]
+    rows = page.rows
+    for row in rows:
+        for name in timestamps:
+            if name in row:
+                row[name] = jsonable(row[name])
     return {
-        "rows": [{k: jsonable(v) for k, v in row.items()} for row in page.rows],
+        "rows": rows,
         "page": {"limit": report_request.limit, "has_more": page.has_more,
                  "next_cursor": next_token},
         "count": {"value": page.count, "kind": page.count_kind},

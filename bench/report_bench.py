@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Report latency at depth, against OFFSET, and report throughput against a trivial endpoint.
+
+    python bench/report_bench.py            # 1,200,000 events on PostgreSQL, page 1,000,000 deep
+    python bench/report_bench.py --quick    # 150,000 events, page 100,000 deep
+
+In one run, against a real ``run_service.py serve`` on this machine:
+
+* the ``events`` report's first page and the page ``depth`` rows deep, through HTTP (median
+  of repeated requests, the deep cursor signed exactly as the API signs its own);
+* the same page at the same depth read with ``OFFSET`` (the report's SQL, median of repeats);
+* requests per second for the report's first page and for ``GET /api/v1/`` (no database),
+  each from the same closed-loop load generator.
+
+The last line is ``deep_vs_first=<ratio>`` (deep page latency over first page latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlencode
+
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import databases
+from reporting.app import create_app
+from reporting.db import PRIMARY, db
+from reporting.migrations import upgrade_all
+from reporting.pagination import PageCursor, encode_cursor
+from reporting.reports import REPORTS
+from reporting.request import parse_request
+from reporting.settings import load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+LIMIT = 100
+SECRET = "report-bench-secret"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="150,000 events (CI)")
+    parser.add_argument("--repeats", type=int, default=None, help="requests per latency figure")
+    parser.add_argument("--seconds", type=float, default=None, help="length of each load run")
+    args = parser.parse_args()
+    events = 150_000 if args.quick else 1_200_000
+    depth = 100_000 if args.quick else 1_000_000
+    repeats = args.repeats or (15 if args.quick else 41)
+    seconds = args.seconds or (3.0 if args.quick else 8.0)
+    with databases(sqlite=False) as (primary_url, archive_url):
+        environ = {"SEDIMENT_DATABASE__PRIMARY_URL": primary_url,
+                   "SEDIMENT_DATABASE__ARCHIVE_URL": archive_url,
+                   "SEDIMENT_SERVICE__SECRET_KEY": SECRET,
+                   "SEDIMENT_SERVICE__SEED_WHEN_EMPTY": "false",
+                   "SEDIMENT_SCHEDULER__ENABLED": "false",
+                   "SEDIMENT_SERVICE__LOG_LEVEL": "WARNING"}
+        app = create_app(load_settings(environ=environ))
+        with app.app_context():
+            upgrade_all()
+            primary = db.engines[PRIMARY]
+            load_events(primary, events)
+            sort_value, key = row_at(primary, depth)
+            offset_ms = offset_latency(primary, depth, repeats)
+            primary.dispose()
+        print(f"events: {events:,} in PRIMARY; page size {LIMIT}; depth {depth:,}", flush=True)
+        query = {"limit": str(LIMIT), "source": "primary"}
+        report_request = parse_request(REPORTS["events"], {k: [v] for k, v in query.items()},
+                                       default_limit=100, max_limit=1000)
+        cursor = encode_cursor(report_request, PageCursor((sort_value, key)), SECRET)
+        with serve(environ) as port:
+            first_path = f"/api/v1/reports/events?{urlencode(query)}"
+            deep_path = f"/api/v1/reports/events?{urlencode({**query, 'cursor': cursor})}"
+            check_deep_page(port, deep_path, key)
+            first_ms = latency(port, first_path, repeats)
+            deep_ms = latency(port, deep_path, repeats)
+            report_rps = throughput(port, first_path, seconds)
+            trivial_rps = throughput(port, "/api/v1/", seconds)
+    print(f"first page          {first_ms:8.2f} ms (median of {repeats})")
+    print(f"page {depth:,} deep  {deep_ms:8.2f} ms (keyset cursor)")
+    print(f"same depth, OFFSET  {offset_ms:8.2f} ms (SQL only)  -> keyset is "
+          f"{offset_ms / deep_ms:,.0f}x faster")
+    print(f"report page         {report_rps:8.0f} req/s")
+    print(f"trivial endpoint    {trivial_rps:8.0f} req/s  -> report_vs_trivial="
+          f"{report_rps / trivial_rps:.2f}")
+    print(f"deep_vs_first={deep_ms / first_ms:.2f}")
+    return 0
+
+
+def load_events(primary: sa.Engine, count: int) -> None:
+    start = datetime(2026, 6, 1, tzinfo=UTC) - timedelta(seconds=count)
+    with primary.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO customers (id, name, email, country, created_at) SELECT g, "
+            "'Customer ' || g, 'c' || g || '@example.com', 'DE', now() "
+            "FROM generate_series(1, 1000) AS s(g)")
+        connection.exec_driver_sql(
+            "INSERT INTO events (id, occurred_at, kind, customer_id, order_id, detail) "
+            "SELECT g, %(start)s::timestamptz + g * INTERVAL '1 second', "
+            "(ARRAY['login','view_product','add_to_cart','checkout'])[1 + g %% 4], "
+            "1 + g %% 1000, NULL, 'benchmark event ' || g FROM generate_series(1, %(n)s) AS s(g)",
+            {"start": start, "n": count})
+    with primary.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql("VACUUM ANALYZE events")
+
+
+def row_at(primary: sa.Engine, depth: int) -> tuple[datetime, int]:
+    """The sort value and key of the last row before the page ``depth`` rows deep."""
+    with primary.connect() as connection:
+        occurred_at, key = connection.exec_driver_sql(
+            "SELECT occurred_at, id FROM events ORDER BY occurred_at DESC, id DESC "
+            "OFFSET %(n)s LIMIT 1", {"n": depth - 1}).one()
+    return occurred_at, int(key)
+
+
+def offset_latency(primary: sa.Engine, depth: int, repeats: int) -> float:
+    """The report's page at ``depth`` with OFFSET instead of a cursor (SQL only)."""
+    sql = ("SELECT id, occurred_at, kind, customer_id, order_id, detail FROM events "
+           "ORDER BY occurred_at DESC, id DESC OFFSET %(n)s LIMIT %(limit)s")
+    timings = []
+    with primary.connect() as connection:
+        for _ in range(max(3, repeats // 4)):
+            started = time.perf_counter()
+            connection.exec_driver_sql(sql, {"n": depth, "limit": LIMIT}).all()
+            timings.append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings)
+
+
+class serve:
+    """``run_service.py serve`` on a free port, stopped at exit."""
+
+    def __init__(self, environ: dict[str, str]) -> None:
+        self.environ = environ
+
+    def __enter__(self) -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / "run_service.py"), "serve", "--port", str(self.port),
+             "--no-scheduler"], env={**os.environ, **self.environ}, cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                status, _ = get(self.port, "/healthz")
+                if status == 200:
+                    return self.port
+            except OSError:
+                time.sleep(0.2)
+        raise SystemExit("the service did not come up")
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def get(port: int, path: str, connection: http.client.HTTPConnection | None = None
+        ) -> tuple[int, bytes]:
+    own = connection is None
+    connection = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        if own:
+            connection.close()
+
+
+def check_deep_page(port: int, path: str, key: int) -> None:
+    import json
+
+    status, body = get(port, path)
+    rows = json.loads(body)["rows"] if status == 200 else []
+    if status != 200 or len(rows) != LIMIT or rows[0]["id"] >= key:
+        raise SystemExit(f"deep page is wrong: HTTP {status}, {len(rows)} rows")
+
+
+def latency(port: int, path: str, repeats: int) -> float:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        status, _ = get(port, path, connection)
+        timings.append((time.perf_counter() - started) * 1000)
+        if status != 200:
+            raise SystemExit(f"GET {path} answered {status}")
+    connection.close()
+    return statistics.median(timings)
+
+
+def throughput(port: int, path: str, seconds: float, clients: int = 4) -> float:
+    """Requests per second from ``clients`` keep-alive connections in a closed loop."""
+    done = [0] * clients
+    deadline = time.perf_counter() + seconds
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while time.perf_counter() < deadline:
+            status, _ = get(port, path, connection)
+            if status != 200:
+                raise SystemExit(f"GET {path} answered {status}")
+            done[index] += 1
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
