@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from archive.models import ARCHIVE_RUN_ID, ARCHIVED_AT
 from archive.policy import ArchivePolicy, ChildLink, single_key
-from reporting.pgcopy import copy_lines_in, copy_out, encode_value, quote_columns, raw_cursor
+from reporting.pgcopy import copy_lines_in, copy_out, encode_value, quote_columns, render
 
 #: Keys per ``IN (...)`` on SQLite, under its limit of 32,766 bound parameters.
 SQLITE_KEYS_PER_STATEMENT = 10_000
@@ -229,12 +229,3 @@ class CopyTransfer:
         (condition,) = key_filters(single_key(twin), keys, connection.dialect)
         query = sa.select(*(twin.c[name] for name in columns)).where(condition)
         return copy_out(connection, render(connection, query))
-
-
-
-def render(connection: sa.Connection, query: sa.Select[Any]) -> str:
-    """Render ``query`` with its parameters bound by psycopg2 itself (safe quoting)."""
-    compiled = query.compile(dialect=connection.dialect,
-                             compile_kwargs={"render_postcompile": True})
-    with raw_cursor(connection, str(compiled)) as cursor:
-        return str(cursor.mogrify(str(compiled), compiled.params).decode())

@@ -13,6 +13,7 @@ import reporting.models  # noqa: F401  (registers the PRIMARY tables)
 from archive import models as archive_models
 from archive.policy import ArchivePolicy, resolve_policies
 from reporting import health, views
+from reporting.csv_export import ExportLimiter
 from reporting.db import ARCHIVE, db, engine_options, ensure_sqlite_folder, prepare_engine
 from reporting.errors import register_error_handlers
 from reporting.execution import ReportSources
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         for engine in db.engines.values():
             prepare_engine(engine)
     app.extensions[views.SOURCES_EXTENSION] = report_sources(settings)
+    app.extensions[views.EXPORTS_EXTENSION] = ExportLimiter(settings.reports.csv_max_concurrent)
     register_error_handlers(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(views.blueprint)

@@ -124,14 +124,7 @@ def iter_rows(sources: ReportSources, request: ReportRequest,
 def _source_stream(sources: ReportSources, request: ReportRequest, report: RowReport,
                    name: str, cursor: PageCursor | None, chunk: int
                    ) -> Generator[dict[str, Any]]:
-    tables = sources.tables[name]
-    if name == "archive" and request.source == "all":
-        tables = exclude_shared(sources, tables, report.root)
-    subquery = report.query(tables, request.params).subquery("report")
-    order_columns = [subquery.c[c] for c in (request.sort, *request.key)]
-    joined, columns = join_lookups(subquery, tables, report.lookups)
-    base = sa.select(subquery, *columns).select_from(joined).where(
-        *filter_conditions(subquery, request.filters))
+    base, order_columns = source_statement(sources, request, report, name)
     ordering = [c.desc() if request.descending else c.asc() for c in order_columns]
     last = cursor
     with sources.engines[name].connect() as connection:
@@ -145,6 +138,22 @@ def _source_stream(sources: ReportSources, request: ReportRequest, report: RowRe
             if len(rows) < chunk:
                 return
             last = PageCursor(tuple(rows[-1][c] for c in (request.sort, *request.key)))
+
+
+def source_statement(sources: ReportSources, request: ReportRequest, report: RowReport,
+                     name: str) -> tuple[sa.Select[Any], list[sa.ColumnElement[Any]]]:
+    """The filtered (unordered, unlimited) statement of a row report on one database, and
+    the columns that order it (sort column, then key)."""
+    tables = sources.tables[name]
+    if name == "archive" and request.source == "all":
+        tables = exclude_shared(sources, tables, report.root)
+    subquery = report.query(tables, request.params).subquery("report")
+    order_columns: list[sa.ColumnElement[Any]] = [
+        subquery.c[c] for c in (request.sort, *request.key)]
+    joined, columns = join_lookups(subquery, tables, report.lookups)
+    statement = sa.select(subquery, *columns).select_from(joined).where(
+        *filter_conditions(subquery, request.filters))
+    return statement, order_columns
 
 
 def join_lookups(subquery: sa.Subquery, tables: SourceTables, lookups: Sequence[Lookup]

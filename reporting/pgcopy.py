@@ -101,3 +101,15 @@ def copy_out(connection: sa.Connection, query: str) -> list[str]:
     with raw_cursor(connection, statement) as cursor:
         cursor.copy_expert(statement, buffer)
     return buffer.getvalue().splitlines()
+
+
+def render(connection: sa.Connection, query: sa.Select[Any]) -> str:
+    """Render ``query`` as SQL text with its parameters bound by psycopg2 itself.
+
+    COPY takes no parameters, so the query goes in as text; psycopg2's ``mogrify`` quotes
+    every value exactly as it would for a parameterised execute.
+    """
+    compiled = query.compile(dialect=connection.dialect,
+                             compile_kwargs={"render_postcompile": True})
+    with raw_cursor(connection, str(compiled)) as cursor:
+        return str(cursor.mogrify(str(compiled), compiled.params).decode())

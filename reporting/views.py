@@ -6,12 +6,20 @@ registry holds. Routes accept GET and HEAD only; anything else is a 405 problem.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, url_for
 
+from reporting.csv_export import (
+    ExportLimiter,
+    check_row_cap,
+    export_filename,
+    formula_mode,
+    refuse_paging,
+    stream_csv,
+)
 from reporting.errors import ReportError
 from reporting.execution import Page, ReportSources, run_page
 from reporting.openapi import openapi_document
@@ -21,6 +29,7 @@ from reporting.request import ReportRequest, parse_request
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 SOURCES_EXTENSION = "sediment.report_sources"
+EXPORTS_EXTENSION = "sediment.exports"
 _GET = {"provide_automatic_options": False}
 
 
@@ -78,6 +87,32 @@ def report_page(name: str) -> Response:
     return response
 
 
+@blueprint.get("/reports/<name>.csv", **_GET)
+def report_csv(name: str) -> Response:
+    report = find_report(name)
+    args = request.args.to_dict()
+    refuse_paging(args)
+    escape = formula_mode(args)
+    report_request = build_request(report)
+    settings = current_app.extensions["sediment.settings"].reports
+    limiter: ExportLimiter = current_app.extensions[EXPORTS_EXTENSION]
+    sources = report_sources(current_app)
+    slot = limiter.acquire()
+    try:
+        rows = check_row_cap(sources, report_request, settings.csv_max_rows)
+        body = stream_csv(sources, report_request, escape=escape)
+    except BaseException:
+        slot.release()
+        raise
+    response = Response(slot.guard(body), mimetype="text/csv")
+    response.call_on_close(slot.release)
+    filename = export_filename(report_request, datetime.now(UTC).date())
+    response.headers["Content-Type"] = "text/csv; charset=utf-8"
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response.headers["X-Row-Count"] = str(rows)
+    return response
+
+
 @blueprint.get("/openapi.json", **_GET)
 def openapi() -> Response:
     return jsonify(openapi_document())
@@ -121,5 +156,6 @@ def describe(report: Report) -> dict[str, Any]:
                      "choices": list(f.choices) if f.choices else None,
                      "description": f.description} for f in report.filters],
         "sort_keys": list(report.sort_keys), "default_sort": report.default_sort,
-        "links": {"self": url_for("api.report_page", name=report.name)},
+        "links": {"self": url_for("api.report_page", name=report.name),
+                  "csv": url_for("api.report_csv", name=report.name)},
     }

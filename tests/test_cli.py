@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO, DatabaseFactory
 
-COMMANDS = [[], ["serve"], ["migrate"], ["seed"], ["archive"], ["archive", "run"],
+COMMANDS = [[], ["serve"], ["migrate"], ["seed"], ["report"], ["archive"], ["archive", "run"],
             ["archive", "status"], ["archive", "verify"], ["scheduler"]]
 
 

@@ -12,7 +12,9 @@ import sys
 import time
 
 import pytest
+import sqlalchemy as sa
 
+from archive.locks import runner_lock
 from reporting.app import create_app, policies_of
 from reporting.db import ARCHIVE, PRIMARY, db
 from reporting.migrations import upgrade_all
@@ -57,6 +59,7 @@ def test_crashes_lose_and_duplicate_nothing(
                 assert code == -9, f"the CLI exited {code} instead of being killed"
                 killed += 1
             for policy in policies:
+                wait_for_lock(primary, policy.name)
                 assert run(app, primary, archive, policy).status == "done"
             assert_invariants(original, primary, archive, policies)
             for policy in policies:
@@ -64,6 +67,22 @@ def test_crashes_lose_and_duplicate_nothing(
         for engine in db.engines.values():
             engine.dispose()
     assert killed >= wanted
+
+
+def wait_for_lock(primary: sa.Engine, policy: str, seconds: float = 10) -> None:
+    """Wait until the killed runner's lock is gone.
+
+    PostgreSQL ends a dead client's backend, and with it the advisory lock, only when it
+    notices the closed socket: usually within milliseconds, not instantly. A runner started
+    in that window rightly exits ``lock_busy``; the repair run here waits instead.
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with runner_lock(primary, policy) as free:
+            if free:
+                return
+        time.sleep(0.05)
+    pytest.fail(f"the runner lock of {policy} was still held {seconds}s after the crash")
 
 
 def crash_once(point: str, rng: random.Random, env: dict[str, str]) -> int:

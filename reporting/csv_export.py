@@ -1,0 +1,281 @@
+"""Stream any report as CSV, in flat memory, safe to open in a spreadsheet.
+
+Two paths, chosen per request, with the same output:
+
+* **COPY** (PostgreSQL, one database, a row report whose lookups live in that database):
+  ``COPY (<the report's own SQL>) TO STDOUT (FORMAT csv, HEADER)``, with formula escaping
+  and timestamp formatting done in the SQL. psycopg2 hands COPY output over one row at a
+  time, so a producer thread gathers it into ~64 KiB chunks and passes them through a
+  small bounded queue: a slow client slows the COPY instead of filling memory.
+* **Chunked** (SQLite, ``source=all``, aggregates): the JSON pages' own keyset stream in
+  chunks, written with the ``csv`` module into ~64 KiB chunks.
+
+Both quote per RFC 4180 (fields with commas, quotes, CR or LF). Records end in CRLF on the
+chunked path and LF on the COPY path (PostgreSQL's choice); every CSV reader, Python's and
+pandas' included, reads both the same.
+
+Everything that could refuse a download (bad parameters, the row cap, the concurrency
+limit) is decided before the first byte. A failure after that raises inside the stream, so
+the server cuts the transfer off: the client sees a broken download, never an error
+message written into the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from reporting.errors import ReportError
+from reporting.execution import (
+    STREAM_CHUNK,
+    ReportSources,
+    apply_lookups,
+    count_rows,
+    iter_rows,
+    output_columns,
+    source_statement,
+    sources_of,
+)
+from reporting.pgcopy import raw_cursor, render
+from reporting.reports.base import RowReport
+from reporting.request import ReportRequest
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 64 * 1024
+QUEUE_CHUNKS = 8
+#: Characters that make a spreadsheet treat a cell as a formula (or hide its start).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n", "\0")
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_PG_TIMESTAMP = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
+
+
+class ExportLimiter:
+    """At most ``limit`` downloads at once in this process; the next one gets a 429."""
+
+    def __init__(self, limit: int) -> None:
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def acquire(self) -> ExportSlot:
+        if not self._slots.acquire(blocking=False):
+            raise ReportError(429, "too_many_exports", "the maximum number of CSV downloads "
+                              "is running; retry shortly", headers={"Retry-After": "10"})
+        return ExportSlot(self._slots)
+
+
+class ExportSlot:
+    """One download's place; released once, by whichever comes first: the stream ending or
+    the server closing the response (a client that disconnects early)."""
+
+    def __init__(self, slots: threading.BoundedSemaphore) -> None:
+        self._slots = slots
+        self._lock = threading.Lock()
+        self._held = True
+
+    def release(self) -> None:
+        with self._lock:
+            if self._held:
+                self._held = False
+                self._slots.release()
+
+    def guard(self, body: Iterator[bytes]) -> Iterator[bytes]:
+        """``body``, releasing the slot when it ends, fails or is closed."""
+        try:
+            yield from body
+        finally:
+            self.release()
+
+
+def escape_formula(value: str) -> str:
+    """Prefix a text cell a spreadsheet would run as a formula with ``'``."""
+    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
+
+
+def check_row_cap(sources: ReportSources, request: ReportRequest, cap: int) -> int:
+    """Count the rows before the first byte; refuse with 413 beyond ``cap``."""
+    count, _ = count_rows(sources, request)
+    if count > cap:
+        raise ReportError(413, "export_too_large", f"this download would hold {count:,} rows, "
+                          f"more than the limit of {cap:,}; narrow it with filters")
+    return count
+
+
+def uses_copy(sources: ReportSources, request: ReportRequest) -> bool:
+    """Whether the COPY path can produce this CSV."""
+    report = request.report
+    if not isinstance(report, RowReport) or request.source == "all":
+        return False
+    tables = sources.tables[request.source]
+    return (sources.engines[request.source].dialect.name == "postgresql"
+            and all(lookup.table in tables.tables for lookup in report.lookups))
+
+
+def stream_csv(sources: ReportSources, request: ReportRequest, *, escape: bool) -> Iterator[bytes]:
+    """The CSV bytes of every row of ``request``, header first, in ~64 KiB chunks."""
+    if uses_copy(sources, request):
+        return _copy_stream(sources, request, escape=escape)
+    return _chunked_stream(sources, request, escape=escape)
+
+
+def _columns(request: ReportRequest) -> list[str]:
+    return output_columns(request, [])
+
+
+def _chunked_stream(sources: ReportSources, request: ReportRequest, *,
+                    escape: bool) -> Iterator[bytes]:
+    report = request.report
+    buffer = io.StringIO()
+    # RFC 4180's CRLF: the csv module quotes a field only for characters of its line
+    # terminator, so "\n" alone would leave a bare carriage return unquoted.
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    rows = iter_rows(sources, request, chunk=STREAM_CHUNK)
+    header: list[str] | None = None
+    while True:
+        batch = [row for _, row in zip(range(STREAM_CHUNK), rows, strict=False)]
+        if isinstance(report, RowReport):
+            apply_lookups(sources, report.lookups, batch)
+        if header is None:
+            header = output_columns(request, batch)
+            writer.writerow(header)
+        for row in batch:
+            writer.writerow([_cell(row.get(name), escape) for name in header])
+        if buffer.tell() >= CHUNK_BYTES or len(batch) < STREAM_CHUNK:
+            yield buffer.getvalue().encode()
+            buffer.seek(0)
+            buffer.truncate()
+        if len(batch) < STREAM_CHUNK:
+            return
+
+
+def _cell(value: Any, escape: bool) -> Any:
+    if isinstance(value, datetime):
+        return value.strftime(TIMESTAMP_FORMAT)
+    if isinstance(value, date):
+        return value.isoformat()
+    if escape and isinstance(value, str):
+        return escape_formula(value)
+    return value
+
+
+def copy_statement(sources: ReportSources, request: ReportRequest,
+                   escape: bool) -> sa.Select[Any]:
+    """The report's own SQL, ordered, with CSV cell formatting done by PostgreSQL."""
+    report = request.report
+    assert isinstance(report, RowReport)
+    name = sources_of(request)[0]
+    statement, order_columns = source_statement(sources, request, report, name)
+    inner = statement.subquery("rows")
+    types = {c.name: c.type for c in report.columns}
+    cells: list[sa.ColumnElement[Any]] = []
+    for column_name in _columns(request):
+        column: sa.ColumnElement[Any] = inner.c[column_name]
+        if types[column_name] == "datetime":
+            column = sa.func.to_char(sa.func.timezone("UTC", column), _PG_TIMESTAMP)
+        elif types[column_name] == "string" and escape:
+            column = sa.case((sa.func.left(column, 1).in_(FORMULA_PREFIXES[:-1]),
+                              sa.literal("'") + column), else_=column)
+        cells.append(column.label(column_name))
+    ordering = [inner.c[c.name] for c in order_columns]
+    return sa.select(*cells).order_by(
+        *(c.desc() if request.descending else c.asc() for c in ordering))
+
+
+class _Sink:
+    """The file psycopg2 COPYs into: gathers rows into chunks for the queue."""
+
+    def __init__(self, chunks: queue.Queue[object], abort: threading.Event) -> None:
+        self.chunks = chunks
+        self.abort = abort
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes | str) -> None:
+        if self.abort.is_set():
+            raise OSError("the client went away; COPY aborted")
+        part = data.encode() if isinstance(data, str) else data
+        self.parts.append(part)
+        self.size += len(part)
+        if self.size >= CHUNK_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            self.put(b"".join(self.parts))
+            self.parts, self.size = [], 0
+
+    def put(self, item: object) -> None:
+        while not self.abort.is_set():
+            try:
+                self.chunks.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+
+_DONE = object()
+
+
+def _copy_stream(sources: ReportSources, request: ReportRequest, *,
+                 escape: bool) -> Iterator[bytes]:
+    engine = sources.engines[sources_of(request)[0]]
+    statement = copy_statement(sources, request, escape)
+    chunks: queue.Queue[object] = queue.Queue(maxsize=QUEUE_CHUNKS)
+    abort = threading.Event()
+    sink = _Sink(chunks, abort)
+
+    def produce() -> None:
+        try:
+            with engine.connect() as connection:
+                sql = f"COPY ({render(connection, statement)}) TO STDOUT WITH (FORMAT csv, HEADER)"
+                with raw_cursor(connection, sql) as cursor:
+                    cursor.copy_expert(sql, sink, size=CHUNK_BYTES)
+            sink.flush()
+            sink.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            sink.put(exc)
+
+    producer = threading.Thread(target=produce, name="csv-copy", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item = chunks.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, bytes)
+            yield item
+    finally:
+        abort.set()
+        producer.join(timeout=30)
+
+
+def export_filename(request: ReportRequest, today: date) -> str:
+    return f"{request.report.name}_{today.isoformat()}.csv"
+
+
+def formula_mode(args: dict[str, str]) -> bool:
+    """Whether to escape formulas: ``formula=escape`` (default) or ``formula=raw``.
+
+    :raises ReportError: 400 for any other value.
+    """
+    mode = args.get("formula", "escape")
+    if mode not in ("escape", "raw"):
+        raise ReportError(400, "invalid_value", "formula must be escape or raw", param="formula")
+    return mode == "escape"
+
+
+def refuse_paging(args: dict[str, str]) -> None:
+    """CSV has no pages: a ``limit`` or ``cursor`` would silently mean something else."""
+    for name in ("limit", "cursor"):
+        if name in args:
+            raise ReportError(400, "unknown_parameter", f"CSV downloads stream every row; "
+                              f"drop {name!r} (use filters to narrow)", param=name)

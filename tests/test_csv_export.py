@@ -1,0 +1,262 @@
+"""CSV downloads: same rows as the JSON pages, formula-safe, capped, limited, aborted on failure."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tracemalloc
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from reporting.app import create_app
+from reporting.migrations import upgrade_all
+from reporting.reports import REPORTS
+from reporting.views import report_sources
+from tests.archiving import run, seed_shop, small_batches
+from tests.conftest import DatabaseFactory, make_settings
+
+TRICKY = ["=1+1", "+cmd", "-2+3", "@SUM(A1)", "\tlead tab", "\rcarriage", "\nnewline",
+          'has "quotes"', "comma, inside", "line\nbreak", "plain"]
+
+
+@pytest.fixture
+def shop(app: Flask, primary: sa.Engine, archive: sa.Engine) -> Flask:
+    seed_shop(primary, archive)
+    orders, events = small_batches(app)
+    run(app, primary, archive, orders)
+    run(app, primary, archive, events)
+    return app
+
+
+def read_csv(data: bytes) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(data.decode(), newline="")))
+
+
+def as_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.endswith("Z") and "T" in value[:11]:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return str(value)
+
+
+def json_rows(client: Any, name: str, params: dict[str, str]) -> list[dict[str, str]]:
+    rows, cursor = [], None
+    while True:
+        query = {**params, "limit": "1000", **({"cursor": cursor} if cursor else {})}
+        body = client.get(f"/api/v1/reports/{name}", query_string=query).get_json()
+        rows += [{k: as_cell(v) for k, v in row.items()} for row in body["rows"]]
+        cursor = body["page"]["next_cursor"]
+        if cursor is None:
+            return rows
+
+
+@pytest.mark.parametrize("name", list(REPORTS))
+def test_csv_has_the_rows_of_the_json_pages(shop: Flask, name: str) -> None:
+    client = shop.test_client()
+    for source in REPORTS[name].sources:
+        params = {"source": source, "formula": "raw"}
+        response = client.get(f"/api/v1/reports/{name}.csv", query_string=params)
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "text/csv; charset=utf-8"
+        assert response.headers["Content-Disposition"] == (
+            f'attachment; filename="{name}_{datetime.now(UTC).date().isoformat()}.csv"')
+        got = read_csv(response.get_data())
+        want = json_rows(client, name, {"source": source})
+        assert got == want, f"{name} source={source}"
+        assert int(response.headers["X-Row-Count"]) == len(want)
+
+
+def add_tricky_rows(primary: sa.Engine) -> None:
+    now = datetime(2026, 5, 1, tzinfo=UTC)
+    with primary.begin() as connection:
+        for offset, text in enumerate(TRICKY):
+            connection.execute(sa.text(
+                "INSERT INTO customers (id, name, email, country, created_at) "
+                "VALUES (:id, :name, :email, 'DE', :now)"),
+                {"id": 900 + offset, "name": text, "email": f"t{offset}@x", "now": now})
+            connection.execute(sa.text(
+                "INSERT INTO events (id, occurred_at, kind, customer_id, order_id, detail) "
+                "VALUES (:id, :now, 'note', :customer, :order, :detail)"),
+                {"id": 90000 + offset, "now": now, "customer": 900 + offset,
+                 "order": -5 - offset, "detail": text})
+
+
+@pytest.mark.parametrize("source", ["primary", "all"])  # COPY path on PostgreSQL, chunked path
+def test_formula_cells_are_escaped_and_quoting_round_trips(
+    app: Flask, primary: sa.Engine, source: str
+) -> None:
+    add_tricky_rows(primary)
+    client = app.test_client()
+    safe = client.get("/api/v1/reports/events.csv",
+                      query_string={"source": source, "kind": "note", "sort": "id"})
+    raw = client.get("/api/v1/reports/events.csv",
+                     query_string={"source": source, "kind": "note", "sort": "id",
+                                   "formula": "raw"})
+    escaped_rows, raw_rows = read_csv(safe.get_data()), read_csv(raw.get_data())
+    assert [r["detail"] for r in raw_rows] == TRICKY
+    for row, text in zip(escaped_rows, TRICKY, strict=True):
+        dangerous = text[0] in "=+-@\t\r\n"
+        assert row["detail"] == ("'" + text if dangerous else text)
+        assert row["customer_name"] == ("'" + text if dangerous else text)
+        assert int(row["order_id"]) < 0, "numbers, negative ones included, are left alone"
+    frame = pd.read_csv(io.BytesIO(raw.get_data()), keep_default_na=False)
+    assert list(frame["detail"]) == TRICKY
+    assert list(frame["order_id"]) == [-5 - i for i in range(len(TRICKY))]
+
+
+def test_bad_csv_requests_are_problems(app: Flask) -> None:
+    client = app.test_client()
+    for query, code in (("limit=10", "unknown_parameter"), ("formula=maybe", "invalid_value"),
+                        ("colour=red", "unknown_parameter")):
+        response = client.get(f"/api/v1/reports/orders.csv?{query}")
+        assert response.status_code == 400 and response.get_json()["code"] == code
+    assert client.get("/api/v1/reports/nope.csv").status_code == 404
+
+
+def test_row_cap_is_announced_before_the_first_byte(
+    databases: DatabaseFactory, primary: sa.Engine, archive: sa.Engine
+) -> None:
+    seed_shop(primary, archive)
+    capped = create_app(make_settings(primary.url.render_as_string(hide_password=False),
+                                      archive.url.render_as_string(hide_password=False),
+                                      SEDIMENT_REPORTS__CSV_MAX_ROWS="100"))
+    response = capped.test_client().get("/api/v1/reports/events.csv")
+    assert response.status_code == 413
+    body = response.get_json()
+    assert body["code"] == "export_too_large" and "900" in body["detail"]
+
+
+def test_concurrent_exports_are_limited(
+    primary: sa.Engine, archive: sa.Engine, app: Flask
+) -> None:
+    seed_shop(primary, archive)
+    single = create_app(make_settings(primary.url.render_as_string(hide_password=False),
+                                      archive.url.render_as_string(hide_password=False),
+                                      SEDIMENT_REPORTS__CSV_MAX_CONCURRENT="1"))
+    client = single.test_client()
+    first = client.get("/api/v1/reports/events.csv", buffered=False)
+    assert first.status_code == 200
+    second = client.get("/api/v1/reports/events.csv")
+    assert second.status_code == 429 and second.headers["Retry-After"]
+    first.close()
+    assert client.get("/api/v1/reports/events.csv").status_code == 200
+
+
+def test_failure_mid_stream_breaks_the_download(
+    app: Flask, primary: sa.Engine, archive: sa.Engine
+) -> None:
+    """A failure after the first byte aborts the transfer; no error text enters the file."""
+    bulk_events(primary, 3_000)
+    engines = report_sources(app).engines
+    calls = {"n": 0}
+
+    def fail_second_chunk(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        # Statements on events: two counts, each database's first chunk, then PRIMARY's
+        # second chunk, which is needed only after the first 64 KiB have gone out.
+        if "FROM events" in statement:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise sa.exc.OperationalError(statement, None, RuntimeError("server gone"))
+
+    for engine in engines.values():
+        sa.event.listen(engine, "before_cursor_execute", fail_second_chunk)
+    try:
+        response = app.test_client().get("/api/v1/reports/events.csv?source=all",
+                                          buffered=False)
+        assert response.status_code == 200
+        received = b""
+        with pytest.raises(sa.exc.OperationalError):
+            for chunk in response.response:
+                received += chunk
+        assert calls["n"] == 5
+        assert received.startswith(b"id,occurred_at") and len(received) > 64 * 1024
+        assert b"server gone" not in received and b"error" not in received.lower()
+    finally:
+        for engine in engines.values():
+            sa.event.remove(engine, "before_cursor_execute", fail_second_chunk)
+
+
+@pytest.mark.postgres
+def test_copy_failure_mid_stream_breaks_the_download(
+    app: Flask, primary: sa.Engine, archive: sa.Engine
+) -> None:
+    bulk_events(primary, 30_000)
+    response = app.test_client().get("/api/v1/reports/events.csv?source=primary",
+                                     buffered=False)
+    chunks = iter(response.response)
+    first = next(chunks)
+    assert first.startswith(b"id,occurred_at")
+    from tests.conftest import admin_engine
+    with admin_engine().connect() as connection:
+        connection.execute(sa.text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'sediment-reports' AND query LIKE 'COPY%'"))
+    received = first
+    with pytest.raises(sa.exc.DBAPIError):
+        for chunk in chunks:
+            received += chunk
+    assert b"terminat" not in received
+
+
+def bulk_events(primary: sa.Engine, count: int) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    with primary.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO customers (id, name, email, country, created_at) "
+            "VALUES (1, 'Bulk', 'bulk@x', 'DE', :now)"), {"now": start})
+        rows = [{"id": i, "at": start.replace(microsecond=i % 1_000_000), "detail": f"e{i}" * 8}
+                for i in range(1, count + 1)]
+        connection.execute(sa.text(
+            "INSERT INTO events (id, occurred_at, kind, customer_id, order_id, detail) "
+            "VALUES (:id, :at, 'login', 1, NULL, :detail)"), rows)
+
+
+@pytest.mark.parametrize("source", ["primary", "all"])
+def test_memory_stays_flat_as_downloads_grow(
+    app: Flask, primary: sa.Engine, source: str
+) -> None:
+    bulk_events(primary, 60_000)
+    client = app.test_client()
+
+    def peak(kind: str) -> int:
+        tracemalloc.start()
+        response = client.get("/api/v1/reports/events.csv",
+                              query_string={"source": source, "kind": kind}, buffered=False)
+        size = sum(len(chunk) for chunk in response.response)
+        response.close()
+        _, highest = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert size > 0
+        return highest
+
+    with primary.begin() as connection:  # a tenth of the rows get their own kind
+        connection.execute(sa.text("UPDATE events SET kind = 'view' WHERE id % 10 = 0"))
+    small, large = peak("view"), peak("login")
+    assert large < small + 5 * 2**20, f"{small=} {large=}: memory grew with the download"
+
+
+def test_cli_writes_the_same_csv(databases: DatabaseFactory, tmp_path: Any) -> None:
+    from tests.test_cli import env_for, run_cli
+
+    urls = databases.pair("csv_cli")
+    app = create_app(make_settings(*urls))
+    with app.app_context():
+        upgrade_all()
+    env = env_for(*urls)
+    assert run_cli("seed", "--customers", "20", "--orders", "60", "--events", "200",
+                   env=env).returncode == 0
+    target = tmp_path / "orders.csv"
+    done = run_cli("report", "orders", "--param", "status=closed", "--sort", "id",
+                   "--csv", str(target), env=env)
+    assert done.returncode == 0, done.stderr
+    body = app.test_client().get("/api/v1/reports/orders.csv?status=closed&sort=id").get_data()
+    assert target.read_bytes() == body
+    bad = run_cli("report", "orders", "--param", "status=lost", "--csv", str(target), env=env)
+    assert bad.returncode == 2 and "status" in bad.stderr and "\n" not in bad.stderr.strip()
