@@ -14,7 +14,9 @@ before servers or proxies drop idle ones.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -31,6 +33,29 @@ def create_readonly_engine(url: str, *, statement_timeout_ms: int, pool_size: in
                                               "application_name": "sediment-reports"})
     path = Path(parsed.database or "").resolve()
     readonly = sa.engine.make_url(f"sqlite:///file:{path}?mode=ro&uri=true")
-    return sa.create_engine(readonly, isolation_level="AUTOCOMMIT",
-                            connect_args={"timeout": statement_timeout_ms / 1000,
-                                          "check_same_thread": False})
+    engine = sa.create_engine(readonly, isolation_level="AUTOCOMMIT",
+                              connect_args={"timeout": statement_timeout_ms / 1000,
+                                            "check_same_thread": False})
+    _limit_statement_time(engine, statement_timeout_ms / 1000)
+    return engine
+
+
+def _limit_statement_time(engine: sa.Engine, seconds: float) -> None:
+    """SQLite has no statement timeout: interrupt a statement from its progress handler.
+
+    The deadline is set when a statement starts; SQLite calls the handler every few
+    thousand virtual-machine steps, and a non-zero answer aborts the statement with
+    "interrupted", which the API answers with a 503 like a PostgreSQL timeout.
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def install(dbapi_connection: Any, record: Any) -> None:
+        deadline = record.info.setdefault("statement_deadline", [None])
+        dbapi_connection.set_progress_handler(
+            lambda: int(deadline[0] is not None and time.monotonic() > deadline[0]), 10_000)
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def start(connection: sa.Connection, *args: Any) -> None:
+        deadline = connection.connection.info.get("statement_deadline")
+        if deadline is not None:
+            deadline[0] = time.monotonic() + seconds

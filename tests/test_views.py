@@ -118,15 +118,20 @@ def test_unreachable_database_is_503_with_retry_after(tmp_path) -> None:  # type
     assert response.get_json()["code"] == "database_unavailable"
 
 
-@pytest.mark.postgres
-def test_statement_timeout_is_503(app: Flask, primary: sa.Engine, archive: sa.Engine) -> None:
+def test_statement_timeout_is_503(app: Flask, primary: sa.Engine, archive: sa.Engine,
+                                  backend: str) -> None:
     slow = create_app(make_settings(primary.url.render_as_string(hide_password=False),
                                     archive.url.render_as_string(hide_password=False),
                                     SEDIMENT_REPORTS__STATEMENT_TIMEOUT_MS="1"))
     engine = report_sources(slow).engines["primary"]
+    busy = ("SELECT pg_sleep(0.2)" if backend == "postgres" else
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000000) "
+            "SELECT count(*) FROM n")
     with engine.connect() as connection, pytest.raises(sa.exc.OperationalError):
-        connection.execute(sa.text("SELECT pg_sleep(0.2)"))
-    seed_shop(primary, archive)
-    response = slow.test_client().get("/api/v1/reports/customer-summary?source=primary")
+        connection.execute(sa.text(busy))
+    from tests.test_csv_export import bulk_events
+
+    bulk_events(primary, 60_000)
+    response = slow.test_client().get("/api/v1/reports/events?source=primary&count=exact")
     assert response.status_code == 503
     assert response.get_json()["code"] == "database_unavailable"
