@@ -46,3 +46,12 @@ class databases:
                 for name in self.names:
                     connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             admin.dispose()
+
+
+def service_environ(primary_url: str, archive_url: str, **extra: str) -> dict[str, str]:
+    """Settings for a benchmarked service: the two databases, no demo seed, no scheduler."""
+    return {"SEDIMENT_DATABASE__PRIMARY_URL": primary_url,
+            "SEDIMENT_DATABASE__ARCHIVE_URL": archive_url,
+            "SEDIMENT_SERVICE__SEED_WHEN_EMPTY": "false",
+            "SEDIMENT_SCHEDULER__ENABLED": "false",
+            "SEDIMENT_SERVICE__LOG_LEVEL": "WARNING", **extra}

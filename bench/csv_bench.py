@@ -36,7 +36,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import databases
+from bench.common import databases, service_environ
 from bench.report_bench import serve
 from reporting.app import create_app
 from reporting.csv_export import copy_statement
@@ -59,11 +59,7 @@ def main() -> int:
     args = parser.parse_args()
     rows = 100_000 if args.quick else 1_000_000
     with databases(args.sqlite) as (primary_url, archive_url):
-        environ = {"SEDIMENT_DATABASE__PRIMARY_URL": primary_url,
-                   "SEDIMENT_DATABASE__ARCHIVE_URL": archive_url,
-                   "SEDIMENT_SERVICE__SEED_WHEN_EMPTY": "false",
-                   "SEDIMENT_SCHEDULER__ENABLED": "false",
-                   "SEDIMENT_SERVICE__LOG_LEVEL": "WARNING"}
+        environ = service_environ(primary_url, archive_url)
         app = create_app(load_settings(environ=environ))
         with app.app_context():
             upgrade_all()

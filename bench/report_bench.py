@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import databases
+from bench.common import databases, service_environ
 from reporting.app import create_app
 from reporting.db import PRIMARY, db
 from reporting.migrations import upgrade_all
@@ -59,12 +59,7 @@ def main() -> int:
     repeats = args.repeats or (15 if args.quick else 41)
     seconds = args.seconds or (3.0 if args.quick else 8.0)
     with databases(sqlite=False) as (primary_url, archive_url):
-        environ = {"SEDIMENT_DATABASE__PRIMARY_URL": primary_url,
-                   "SEDIMENT_DATABASE__ARCHIVE_URL": archive_url,
-                   "SEDIMENT_SERVICE__SECRET_KEY": SECRET,
-                   "SEDIMENT_SERVICE__SEED_WHEN_EMPTY": "false",
-                   "SEDIMENT_SCHEDULER__ENABLED": "false",
-                   "SEDIMENT_SERVICE__LOG_LEVEL": "WARNING"}
+        environ = service_environ(primary_url, archive_url, SEDIMENT_SERVICE__SECRET_KEY=SECRET)
         app = create_app(load_settings(environ=environ))
         with app.app_context():
             upgrade_all()

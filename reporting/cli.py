@@ -76,6 +76,12 @@ def configure_logging(level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
+    logging.getLogger("alembic.runtime.migration").addFilter(_quiet_alembic_context)
+
+
+def _quiet_alembic_context(record: logging.LogRecord) -> bool:
+    """Drop Alembic's per-connection preamble (logged on every /healthz); keep upgrades."""
+    return not record.getMessage().startswith(("Context impl", "Will assume"))
 
 
 def build_parser() -> argparse.ArgumentParser:
