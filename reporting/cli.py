@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -281,10 +282,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         scheduler = archive_cli.start_scheduler(app)
     print(f"Sediment is serving on http://{host}:{port}/  (health: http://{host}:{port}/healthz)",
           flush=True)
+    previous = {sig: signal.signal(sig, _stop_serving) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        # Returns when a signal handler raises SystemExit: waitress closes its sockets then.
         waitress_serve(app, host=host, port=port, threads=settings.service.threads,
                        ident="sediment")
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if scheduler is not None:
+            logger.info("waiting for running archival batches to finish")
             scheduler.shutdown()
+    logger.info("stopped")
     return EXIT_OK
+
+
+def _stop_serving(signum: int, _frame: object) -> None:
+    """Leave the WSGI server's loop: waitress shuts down cleanly on SystemExit only."""
+    logger.info("%s received: shutting down", signal.Signals(signum).name)
+    raise SystemExit(EXIT_OK)

@@ -78,8 +78,7 @@ def free_port() -> int:
 
 def test_serve_migrates_seeds_and_reports_healthy(databases: DatabaseFactory) -> None:
     port = free_port()
-    env = {**env_for(*databases.pair("serve")), "SEDIMENT_SERVICE__SEED_WHEN_EMPTY": "true",
-           "SEDIMENT_SCHEDULER__ENABLED": "false"}
+    env = {**env_for(*databases.pair("serve")), "SEDIMENT_SERVICE__SEED_WHEN_EMPTY": "true"}
     process = subprocess.Popen(
         [sys.executable, str(REPO / "run_service.py"), "serve", "--port", str(port)],
         cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -98,10 +97,13 @@ def test_serve_migrates_seeds_and_reports_healthy(databases: DatabaseFactory) ->
         assert body is not None, "service did not come up"
         assert '"status":"ok"' in body.replace(" ", "")
     finally:
-        process.terminate()
+        process.terminate()  # SIGTERM: a clean stop, the scheduler's jobs finished first
         output, _ = process.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}/" in output
     assert "seeded" in output
+    assert "policy events scheduled" in output
+    assert "SIGTERM received: shutting down" in output
+    assert process.returncode == 0, output[-2000:]
 
 
 def test_archive_run_status_verify_and_lock_busy(databases: DatabaseFactory) -> None:
