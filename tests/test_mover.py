@@ -225,3 +225,28 @@ def test_failure_at_every_statement_leaves_databases_consistent(
             pytest.fail("run never finished")
         n += 1
     assert statements is not None and statements > 10
+
+
+def test_dropped_connection_retries_the_whole_batch(
+    app: Flask, primary: sa.Engine, archive: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection lost mid-batch (here: at the first delete) is retried, and succeeds."""
+    seed_shop(primary, archive)
+    original = snapshot(primary)
+    events = small_batches(app)[1]
+    fail_once = {"armed": True}
+
+    def drop(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if fail_once["armed"] and statement.lstrip().upper().startswith("DELETE"):
+            fail_once["armed"] = False
+            raise sa.exc.OperationalError(statement, parameters, RuntimeError("connection lost"))
+
+    quick = dataclasses.replace(settings_of(app).archive, retry_backoff=timedelta(milliseconds=10))
+    sa.event.listen(primary, "before_cursor_execute", drop)
+    try:
+        report = run(app, primary, archive, events, archive_settings=quick)
+    finally:
+        sa.event.remove(primary, "before_cursor_execute", drop)
+    assert report.status == "done"
+    assert "retry 1 of 2" in caplog.text
+    assert_invariants(original, primary, archive, [events])
