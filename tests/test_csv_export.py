@@ -187,7 +187,16 @@ def test_failure_mid_stream_breaks_the_download(
 def test_copy_failure_mid_stream_breaks_the_download(
     app: Flask, primary: sa.Engine, archive: sa.Engine
 ) -> None:
-    bulk_events(primary, 30_000)
+    # Far more than the queue (512 KiB) plus loopback socket buffers (several MB) can hold,
+    # so the backend is still sending when it is terminated.
+    with primary.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO customers (id, name, email, country, created_at) "
+            "VALUES (1, 'Bulk', 'bulk@x', 'DE', now())"))
+        connection.execute(sa.text(
+            "INSERT INTO events (id, occurred_at, kind, customer_id, order_id, detail) "
+            "SELECT g, now() - g * interval '1 second', 'login', 1, NULL, repeat('x', 100) "
+            "FROM generate_series(1, 200000) AS s(g)"))
     response = app.test_client().get("/api/v1/reports/events.csv?source=primary",
                                      buffered=False)
     chunks = iter(response.response)
