@@ -16,10 +16,10 @@ from reporting import health, views
 from reporting.csv_export import ExportLimiter
 from reporting.db import ARCHIVE, db, engine_options, ensure_sqlite_folder, prepare_engine
 from reporting.errors import register_error_handlers
-from reporting.execution import ReportSources
 from reporting.readonly import create_readonly_engine
 from reporting.reports.base import SourceTables
 from reporting.settings import Settings, load_settings
+from reporting.sources import ReportSources
 
 logger = logging.getLogger(__name__)
 

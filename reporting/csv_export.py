@@ -36,17 +36,15 @@ import sqlalchemy as sa
 from reporting.errors import ReportError
 from reporting.execution import (
     STREAM_CHUNK,
-    ReportSources,
-    apply_lookups,
     count_rows,
     iter_rows,
     output_columns,
     source_statement,
-    sources_of,
 )
 from reporting.pgcopy import raw_cursor, render
 from reporting.reports.base import RowReport
 from reporting.request import ReportRequest
+from reporting.sources import ReportSources, apply_lookups, sources_of
 
 logger = logging.getLogger(__name__)
 

@@ -21,11 +21,12 @@ from reporting.csv_export import (
     stream_csv,
 )
 from reporting.errors import ReportError
-from reporting.execution import Page, ReportSources, run_page
+from reporting.execution import Page, run_page
 from reporting.openapi import openapi_document
 from reporting.pagination import decode_cursor, encode_cursor
 from reporting.reports import REPORTS, Report
 from reporting.request import ReportRequest, parse_request
+from reporting.sources import ReportSources
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 SOURCES_EXTENSION = "sediment.report_sources"
