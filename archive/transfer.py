@@ -92,9 +92,10 @@ def roots_query(policy: ArchivePolicy, cutoff: datetime, after_key: int | None,
     return query
 
 
-def children_query(link: ChildLink, keys: Sequence[int], dialect: sa.Dialect) -> sa.Select[Any]:
-    query = sa.select(*link.table.columns).where(*key_filters(link.parent_column, keys, dialect))
-    query = query.order_by(link.key)
+def children_query(link: ChildLink, of_parents: sa.ColumnElement[bool],
+                   dialect: sa.Dialect) -> sa.Select[Any]:
+    """Children matching one :func:`key_filters` condition, locked on PostgreSQL."""
+    query = sa.select(*link.table.columns).where(of_parents).order_by(link.key)
     return query.with_for_update() if dialect.name == "postgresql" else query
 
 
@@ -121,9 +122,8 @@ class CoreTransfer:
     def select_children(self, connection: sa.Connection, link: ChildLink,
                         parent_keys: Sequence[int]) -> list[Any]:
         rows: list[Any] = []
-        for start in range(0, len(parent_keys), SQLITE_KEYS_PER_STATEMENT):
-            chunk = parent_keys[start:start + SQLITE_KEYS_PER_STATEMENT]
-            query = children_query(link, chunk, connection.dialect)
+        for condition in key_filters(link.parent_column, parent_keys, connection.dialect):
+            query = children_query(link, condition, connection.dialect)
             rows.extend(tuple(row) for row in connection.execute(query))
         return rows
 
@@ -168,8 +168,9 @@ class CopyTransfer:
 
     def select_children(self, connection: sa.Connection, link: ChildLink,
                         parent_keys: Sequence[int]) -> list[Any]:
+        (of_parents,) = key_filters(link.parent_column, parent_keys, connection.dialect)
         return copy_out(connection, render(connection, children_query(
-            link, parent_keys, connection.dialect)))
+            link, of_parents, connection.dialect)))
 
     def key_of(self, row: Any) -> int:
         return int(row[: row.index("\t")] if "\t" in row else row)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from typing import Any
 
 import sqlalchemy as sa
 from flask import Flask
@@ -105,10 +103,3 @@ def policies_of(app: Flask) -> tuple[ArchivePolicy, ...]:
     """Return the resolved archival policies of an app."""
     policies: tuple[ArchivePolicy, ...] = app.extensions[POLICIES_EXTENSION]
     return policies
-
-
-def describe(settings: Settings) -> dict[str, Any]:
-    """Return the settings with secrets masked, for the startup log line."""
-    described = dataclasses.asdict(settings)
-    described["service"]["secret_key"] = "***"
-    return described

@@ -42,10 +42,15 @@ def run_page(sources: ReportSources, request: ReportRequest, cursor: PageCursor 
     """Compute one page of ``request`` starting after ``cursor``."""
     started = time.perf_counter()
     wanted = request.limit + 1  # one more than the page tells whether another page follows
-    rows = list(itertools.islice(iter_rows(sources, request, cursor, chunk=wanted), wanted))
+    report = request.report
+    # An aggregate is combined once per request: the page and its count come from one frame.
+    frame = aggregate_frame(sources, request, report) \
+        if isinstance(report, AggregateReport) else None
+    found = page_frame(frame, request, cursor) if frame is not None \
+        else iter_rows(sources, request, cursor, chunk=wanted)
+    rows = list(itertools.islice(found, wanted))
     has_more = len(rows) > request.limit
     rows = rows[: request.limit]
-    report = request.report
     if isinstance(report, RowReport):
         apply_lookups(sources, report.lookups, rows)
     next_cursor = None
@@ -55,7 +60,8 @@ def run_page(sources: ReportSources, request: ReportRequest, cursor: PageCursor 
     page = Page(rows=[{c: row.get(c) for c in columns} for row in rows], columns=columns,
                 has_more=has_more, next_cursor=next_cursor, sources=sources_of(request))
     if request.count != "none":
-        page.count, page.count_kind = count_rows(sources, request)
+        page.count, page.count_kind = ((len(frame), "exact") if frame is not None
+                                       else count_rows(sources, request))
     page.took_ms = round((time.perf_counter() - started) * 1000, 2)
     return page
 
