@@ -41,12 +41,12 @@ from bench.report_bench import serve
 from reporting.app import create_app
 from reporting.csv_export import copy_statement
 from reporting.db import PRIMARY, db
-from reporting.execution import source_statement
 from reporting.migrations import upgrade_all
 from reporting.pgcopy import render
 from reporting.reports import REPORTS
 from reporting.request import parse_request
 from reporting.settings import load_settings
+from reporting.statements import source_query
 from reporting.views import report_sources
 
 Measure = Callable[[], tuple[float, float]]
@@ -138,11 +138,11 @@ def export_sql(app: object, primary: sa.Engine) -> str:
     sources = report_sources(app)  # type: ignore[arg-type]
     if primary.dialect.name == "postgresql":
         with primary.connect() as connection:
-            return render(connection, copy_statement(sources, request, escape=True))
+            return render(connection, *copy_statement(sources, request, escape=True))
     # SQLite has no COPY: the report's own statement, ordered, as the sqlite3 shell runs it.
-    statement, order = source_statement(sources, request, REPORTS["events"], "primary")  # type: ignore[arg-type]
-    ordered = statement.order_by(*(column.desc() for column in order))
-    return str(ordered.compile(dialect=primary.dialect, compile_kwargs={"literal_binds": True}))
+    query = source_query(sources, request, REPORTS["events"], "primary")  # type: ignore[arg-type]
+    return str(query.ordered.compile(dialect=primary.dialect,
+                                     compile_kwargs={"literal_binds": True}))
 
 
 def psql_url(url: str) -> str:

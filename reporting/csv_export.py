@@ -39,12 +39,12 @@ from reporting.execution import (
     count_rows,
     iter_rows,
     output_columns,
-    source_statement,
 )
 from reporting.pgcopy import raw_cursor, render
 from reporting.reports.base import RowReport
 from reporting.request import ReportRequest
 from reporting.sources import ReportSources, apply_lookups, sources_of
+from reporting.statements import source_query
 
 logger = logging.getLogger(__name__)
 
@@ -164,13 +164,13 @@ def _cell(value: Any, escape: bool) -> Any:
 
 
 def copy_statement(sources: ReportSources, request: ReportRequest,
-                   escape: bool) -> sa.Select[Any]:
-    """The report's own SQL, ordered, with CSV cell formatting done by PostgreSQL."""
+                   escape: bool) -> tuple[sa.Select[Any], dict[str, Any]]:
+    """The report's own SQL, ordered, with CSV cell formatting done by PostgreSQL, and the
+    values of its bound parameters."""
     report = request.report
     assert isinstance(report, RowReport)
-    name = sources_of(request)[0]
-    statement, order_columns = source_statement(sources, request, report, name)
-    inner = statement.subquery("rows")
+    query = source_query(sources, request, report, sources_of(request)[0])
+    inner = query.filtered.subquery("rows")
     types = {c.name: c.type for c in report.columns}
     cells: list[sa.ColumnElement[Any]] = []
     for column_name in _columns(request):
@@ -181,9 +181,10 @@ def copy_statement(sources: ReportSources, request: ReportRequest,
             column = sa.case((sa.func.left(column, 1).in_(FORMULA_PREFIXES[:-1]),
                               sa.literal("'") + column), else_=column)
         cells.append(column.label(column_name))
-    ordering = [inner.c[c.name] for c in order_columns]
-    return sa.select(*cells).order_by(
+    ordering = [inner.c[c] for c in (request.sort, *request.key)]
+    statement = sa.select(*cells).order_by(
         *(c.desc() if request.descending else c.asc() for c in ordering))
+    return statement, query.values(request.filters)
 
 
 class _Sink:
@@ -224,7 +225,7 @@ _DONE = object()
 def _copy_stream(sources: ReportSources, request: ReportRequest, *,
                  escape: bool) -> Iterator[bytes]:
     engine = sources.engines[sources_of(request)[0]]
-    statement = copy_statement(sources, request, escape)
+    statement, values = copy_statement(sources, request, escape)
     chunks: queue.Queue[object] = queue.Queue(maxsize=QUEUE_CHUNKS)
     abort = threading.Event()
     sink = _Sink(chunks, abort)
@@ -232,7 +233,8 @@ def _copy_stream(sources: ReportSources, request: ReportRequest, *,
     def produce() -> None:
         try:
             with engine.connect() as connection:
-                sql = f"COPY ({render(connection, statement)}) TO STDOUT WITH (FORMAT csv, HEADER)"
+                query = render(connection, statement, values)
+                sql = f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)"
                 with raw_cursor(connection, sql) as cursor:
                     cursor.copy_expert(sql, sink, size=CHUNK_BYTES)
             sink.flush()

@@ -18,10 +18,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from reporting.aggregation import aggregate_frame, page_frame
-from reporting.pagination import PageCursor, after
-from reporting.reports.base import AggregateReport, Lookup, RowReport, SourceTables
-from reporting.request import FilterClause, ReportRequest
-from reporting.sources import ReportSources, apply_lookups, exclude_shared, sources_of
+from reporting.pagination import PageCursor
+from reporting.reports.base import AggregateReport, RowReport
+from reporting.request import ReportRequest
+from reporting.sources import ReportSources, apply_lookups, sources_of
+from reporting.statements import source_query
 
 STREAM_CHUNK = 1000
 
@@ -105,66 +106,18 @@ def iter_rows(sources: ReportSources, request: ReportRequest,
 def _source_stream(sources: ReportSources, request: ReportRequest, report: RowReport,
                    name: str, cursor: PageCursor | None, chunk: int
                    ) -> Generator[dict[str, Any]]:
-    base, order_columns = source_statement(sources, request, report, name)
-    ordering = [c.desc() if request.descending else c.asc() for c in order_columns]
+    query = source_query(sources, request, report, name)
     last = cursor
     with sources.engines[name].connect() as connection:
         while True:
-            statement = base if last is None else base.where(
-                after(order_columns, last, request.descending))
-            result = connection.execute(statement.order_by(*ordering).limit(chunk))
+            result = connection.execute(query.statement(last),
+                                        query.values(request.filters, last, chunk))
             names = list(result.keys())
             rows = [dict(zip(names, row, strict=True)) for row in result]
             yield from rows
             if len(rows) < chunk:
                 return
             last = PageCursor(tuple(rows[-1][c] for c in (request.sort, *request.key)))
-
-
-def source_statement(sources: ReportSources, request: ReportRequest, report: RowReport,
-                     name: str) -> tuple[sa.Select[Any], list[sa.ColumnElement[Any]]]:
-    """The filtered (unordered, unlimited) statement of a row report on one database, and
-    the columns that order it (sort column, then key)."""
-    tables = sources.tables[name]
-    if name == "archive" and request.source == "all":
-        tables = exclude_shared(sources, tables, report.root)
-    subquery = report.query(tables, request.params).subquery("report")
-    order_columns: list[sa.ColumnElement[Any]] = [
-        subquery.c[c] for c in (request.sort, *request.key)]
-    joined, columns = join_lookups(subquery, tables, report.lookups)
-    statement = sa.select(subquery, *columns).select_from(joined).where(
-        *filter_conditions(subquery, request.filters))
-    return statement, order_columns
-
-
-def join_lookups(subquery: sa.Subquery, tables: SourceTables, lookups: Sequence[Lookup]
-                 ) -> tuple[sa.FromClause, list[sa.ColumnElement[Any]]]:
-    """Join the reference tables that live in this database (PRIMARY) in SQL.
-
-    ARCHIVE has no reference tables: its rows get the columns from :func:`apply_lookups`.
-    """
-    joined: sa.FromClause = subquery
-    columns: list[sa.ColumnElement[Any]] = []
-    for index, lookup in enumerate(lookups):
-        if lookup.table not in tables.tables:
-            continue
-        reference = tables[lookup.table].alias(f"lookup_{index}")
-        joined = joined.outerjoin(reference, reference.c.id == subquery.c[lookup.key])
-        columns.append(reference.c[lookup.value].label(lookup.column))
-    return joined, columns
-
-
-def filter_conditions(source: sa.Subquery, filters: Sequence[FilterClause]
-                      ) -> list[sa.ColumnElement[bool]]:
-    conditions = []
-    for clause in filters:
-        column = source.c[clause.column]
-        conditions.append({
-            "eq": lambda c, v: c == v, "ne": lambda c, v: c != v, "in": lambda c, v: c.in_(v),
-            "gt": lambda c, v: c > v, "gte": lambda c, v: c >= v,
-            "lt": lambda c, v: c < v, "lte": lambda c, v: c <= v,
-        }[clause.op](column, clause.value))
-    return conditions
 
 
 def count_rows(sources: ReportSources, request: ReportRequest) -> tuple[int, str]:
@@ -175,21 +128,18 @@ def count_rows(sources: ReportSources, request: ReportRequest) -> tuple[int, str
     assert isinstance(report, RowReport)
     total, kind = 0, "exact"
     for name in sources_of(request):
-        tables = sources.tables[name]
-        if name == "archive" and request.source == "all":
-            tables = exclude_shared(sources, tables, report.root)
-        subquery = report.query(tables, request.params).subquery("report")
-        filtered = sa.select(subquery).where(*filter_conditions(subquery, request.filters))
+        query = source_query(sources, request, report, name)
+        values = query.values(request.filters)
         engine = sources.engines[name]
         with engine.connect() as connection:
             if request.count == "estimated" and engine.dialect.name == "postgresql":
-                compiled = filtered.compile(dialect=engine.dialect,
-                                            compile_kwargs={"render_postcompile": True})
-                plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {compiled}",
-                                                  compiled.params).scalar_one()
+                expanded = query.filtered.compile(
+                    dialect=engine.dialect).construct_expanded_state(values)
+                plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {expanded.statement}",
+                                                  expanded.parameters).scalar_one()
                 total += int(plan[0]["Plan"]["Plan Rows"])
                 kind = "estimated"
             else:
-                total += int(connection.execute(
-                    sa.select(sa.func.count()).select_from(filtered.subquery())).scalar_one())
+                total += int(connection.execute(sa.select(sa.func.count()).select_from(
+                    query.filtered.subquery()), values).scalar_one())
     return total, kind

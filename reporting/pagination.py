@@ -70,10 +70,19 @@ def decode_cursor(request: ReportRequest, token: str, secret: str,
                           param="cursor") from None
 
 
-def after(columns: Sequence[sa.ColumnElement[Any]], cursor: PageCursor,
-          descending: bool) -> sa.ColumnElement[bool]:
-    """The keyset condition: rows strictly after ``cursor`` in the sort order."""
-    literals = [sa.literal(value, column.type) for value, column in
-                zip(cursor.values, columns, strict=True)]
-    left, right = sa.tuple_(*columns), sa.tuple_(*literals)
+def after(columns: Sequence[sa.ColumnElement[Any]], descending: bool) -> sa.ColumnElement[bool]:
+    """The keyset condition: rows strictly after the cursor in the sort order. The cursor's
+    values are bound at execution (:func:`cursor_values`), so one statement serves every page."""
+    bound = [sa.bindparam(_after_name(index), type_=column.type)
+             for index, column in enumerate(columns)]
+    left, right = sa.tuple_(*columns), sa.tuple_(*bound)
     return left < right if descending else left > right
+
+
+def cursor_values(cursor: PageCursor) -> dict[str, Any]:
+    """The bound values of :func:`after` for ``cursor``."""
+    return {_after_name(index): value for index, value in enumerate(cursor.values)}
+
+
+def _after_name(index: int) -> str:
+    return f"after_{index}"

@@ -8,7 +8,7 @@ seeder and the archiver, on PostgreSQL only.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any
@@ -103,13 +103,15 @@ def copy_out(connection: sa.Connection, query: str) -> list[str]:
     return buffer.getvalue().splitlines()
 
 
-def render(connection: sa.Connection, query: sa.Select[Any]) -> str:
+def render(connection: sa.Connection, query: sa.Select[Any],
+           values: Mapping[str, Any] | None = None) -> str:
     """Render ``query`` as SQL text with its parameters bound by psycopg2 itself.
 
     COPY takes no parameters, so the query goes in as text; psycopg2's ``mogrify`` quotes
     every value exactly as it would for a parameterised execute.
+
+    :param values: values of bound parameters built without one (see reporting.statements).
     """
-    compiled = query.compile(dialect=connection.dialect,
-                             compile_kwargs={"render_postcompile": True})
-    with raw_cursor(connection, str(compiled)) as cursor:
-        return str(cursor.mogrify(str(compiled), compiled.params).decode())
+    expanded = query.compile(dialect=connection.dialect).construct_expanded_state(values)
+    with raw_cursor(connection, expanded.statement) as cursor:
+        return str(cursor.mogrify(expanded.statement, expanded.parameters).decode())

@@ -12,16 +12,19 @@ Reference columns that live only in PRIMARY (names, categories) reach ARCHIVE ro
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from reporting.lru import LRUCache
 from reporting.reports.base import Lookup, SourceTables
 from reporting.request import ReportRequest
 
 SHARED_KEY_CHUNK = 5000
+#: Row-report statements kept per app, one per request shape (see reporting.statements).
+CACHED_STATEMENTS = 512
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ class ReportSources:
 
     engines: Mapping[str, sa.Engine]
     tables: Mapping[str, SourceTables]
+    #: Built statements by request shape; they refer to these tables, so they live here.
+    statements: LRUCache[Any, Any] = field(
+        default_factory=lambda: LRUCache(CACHED_STATEMENTS), compare=False, repr=False)
 
 
 def sources_of(request: ReportRequest) -> list[str]:
@@ -52,22 +58,23 @@ def apply_lookups(sources: ReportSources, lookups: Sequence[Lookup],
         if ids:
             engine = sources.engines["primary"]
             query = sa.select(table.c.id, *(table.c[lookup.value] for lookup in group)).where(
-                keys_in(table.c.id, ids, engine.dialect.name))
+                in_parameter(table.c.id, "keys", engine.dialect.name))
             with engine.connect() as connection:
-                values = {row[0]: row[1:] for row in connection.execute(query)}
+                values = {row[0]: row[1:] for row in connection.execute(query, {"keys": ids})}
         for row in rows:
             found = values.get(row.get(key))
             for index, lookup in enumerate(group):
                 row[lookup.column] = found[index] if found else None
 
 
-def keys_in(column: sa.ColumnElement[Any], keys: list[Any],
-            dialect: str) -> sa.ColumnElement[bool]:
-    """``column IN keys`` as one array parameter on PostgreSQL: an expanding ``IN`` of a
-    hundred values is rendered and planned anew on every request."""
+def in_parameter(column: sa.ColumnElement[Any], name: str,
+                 dialect: str) -> sa.ColumnElement[bool]:
+    """``column IN :name``, the list bound at execution: one array parameter on PostgreSQL
+    (an expanding ``IN`` of a hundred values is rendered and planned anew on every request),
+    an expanding parameter elsewhere."""
     if dialect == "postgresql":
-        return column == sa.any_(sa.bindparam("keys", keys, type_=postgresql.ARRAY(column.type)))
-    return column.in_(keys)
+        return column == sa.any_(sa.bindparam(name, type_=postgresql.ARRAY(column.type)))
+    return column.in_(sa.bindparam(name, expanding=True))
 
 
 def shared_keys(sources: ReportSources, root: str) -> list[int]:

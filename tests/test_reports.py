@@ -15,7 +15,9 @@ from flask import Flask
 from archive.runner import RunLimits
 from reporting.app import settings_of
 from reporting.reports import REPORTS
-from reporting.request import parse_datetime
+from reporting.request import parse_datetime, parse_request
+from reporting.statements import source_query
+from reporting.views import report_sources
 from tests import reference
 from tests.archiving import run, seed_shop, small_batches
 
@@ -139,3 +141,28 @@ def test_top_products_range(shop: Flask, primary: sa.Engine, archive: sa.Engine)
     data["orders"] = {k: o for k, o in data["orders"].items() if start <= o["placed_at"] < end}
     want = sorted(reference.top_products(data), key=lambda r: (r["rank"], r["product_id"]))
     assert body["rows"] == want and want
+
+
+def test_requests_differing_only_in_values_share_one_statement(
+    shop: Flask, primary: sa.Engine, archive: sa.Engine,
+) -> None:
+    """The statement cache keys on a request's shape; values are bound at execution, so a
+    reused statement still answers each request's own values, cursors included."""
+    client = shop.test_client()
+    for source in ("primary", "archive"):
+        for status in ("closed", "cancelled", "paid"):
+            query = {"status": status, "sort": "placed_at", "limit": "4", "source": source}
+            got = [row for body in pages(client, "orders", query) for row in body["rows"]]
+            assert got == expected_rows(primary, archive, "orders", source, "placed_at",
+                                        {"status": status}), (source, status)
+    sources, report = report_sources(shop), REPORTS["orders"]
+
+    def statement_for(args: dict[str, str]) -> object:
+        request = parse_request(report, {k: [v] for k, v in args.items()},
+                                default_limit=100, max_limit=1000)
+        return source_query(sources, request, report, "primary")  # type: ignore[arg-type]
+
+    same_shape = {id(statement_for({"status": s})) for s in ("closed", "cancelled", "paid")}
+    assert len(same_shape) == 1
+    assert statement_for({"status[ne]": "closed"}) is not statement_for({"status": "closed"})
+    assert statement_for({"sort": "id"}) is not statement_for({"sort": "-id"})

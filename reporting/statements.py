@@ -1,0 +1,127 @@
+"""A row report's SQL on one database, built once per request shape and reused.
+
+Building a report's statement (its query, the lookup joins, the filters, the keyset
+condition) costs about as much Python as running it. Yet the statement depends only on the
+*shape* of a request: the report, the database, the report's parameters, which filters with
+which operators, and the sort. Every value a client varies from page to page (filter values,
+the cursor, the limit) is a bound parameter, so one statement object serves every request of
+that shape, and SQLAlchemy's compiled cache, keyed on that object, is hit as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from reporting.pagination import PageCursor, after, cursor_values
+from reporting.reports.base import Lookup, RowReport, SourceTables
+from reporting.request import FilterClause, ReportRequest
+from reporting.sources import ReportSources, exclude_shared, in_parameter
+
+
+@dataclass(frozen=True)
+class SourceQuery:
+    """One row report's statements on one database for one request shape."""
+
+    #: The report, lookups joined, filters applied: no order, no limit.
+    filtered: sa.Select[Any]
+    #: ``filtered`` ordered by the sort column then the key: every row, in page order.
+    ordered: sa.Select[Any]
+    #: The first page: ordered by sort column then key, ``LIMIT :limit``.
+    first_page: sa.Select[Any]
+    #: Any later page: as ``first_page``, strictly after the cursor's values.
+    next_page: sa.Select[Any]
+
+    def statement(self, cursor: PageCursor | None) -> sa.Select[Any]:
+        return self.first_page if cursor is None else self.next_page
+
+    def values(self, filters: Sequence[FilterClause], cursor: PageCursor | None = None,
+               limit: int | None = None) -> dict[str, Any]:
+        """The bound values of one request of this shape."""
+        values = {_filter_name(index): list(clause.value) if clause.op == "in" else clause.value
+                  for index, clause in enumerate(filters)}
+        if cursor is not None:
+            values |= cursor_values(cursor)
+        if limit is not None:
+            values["limit"] = limit
+        return values
+
+
+def source_query(sources: ReportSources, request: ReportRequest, report: RowReport,
+                 name: str) -> SourceQuery:
+    """The statements of ``request`` on database ``name``, from the cache when possible.
+
+    ARCHIVE's side of ``source=all`` is built afresh when rows caught between an archiver's
+    two commits must be left out: their keys are part of the statement then.
+    """
+    tables = sources.tables[name]
+    if name == "archive" and request.source == "all":
+        tables = exclude_shared(sources, tables, report.root)
+    if tables is not sources.tables[name]:
+        return build_query(request, report, tables)
+    shape = (name, report.name, tuple(sorted(request.params.items())),
+             tuple((clause.column, clause.op) for clause in request.filters),
+             request.sort, request.descending)
+    query: SourceQuery = sources.statements.get_or_build(
+        shape, lambda: build_query(request, report, tables))
+    return query
+
+
+def build_query(request: ReportRequest, report: RowReport, tables: SourceTables) -> SourceQuery:
+    subquery = report.query(tables, request.params).subquery("report")
+    order_columns = [subquery.c[c] for c in (request.sort, *request.key)]
+    joined, columns = join_lookups(subquery, tables, report.lookups)
+    filtered = sa.select(subquery, *columns).select_from(joined).where(
+        *filter_conditions(subquery, request.filters, tables.dialect))
+    ordered = filtered.order_by(*(c.desc() if request.descending else c.asc()
+                                  for c in order_columns))
+    limit = sa.bindparam("limit", type_=sa.Integer)
+    return SourceQuery(
+        filtered=filtered, ordered=ordered, first_page=ordered.limit(limit),
+        next_page=ordered.where(after(order_columns, request.descending)).limit(limit))
+
+
+def join_lookups(subquery: sa.Subquery, tables: SourceTables, lookups: Sequence[Lookup]
+                 ) -> tuple[sa.FromClause, list[sa.ColumnElement[Any]]]:
+    """Join the reference tables that live in this database (PRIMARY) in SQL.
+
+    ARCHIVE has no reference tables: its rows get the columns from
+    :func:`reporting.sources.apply_lookups`.
+    """
+    joined: sa.FromClause = subquery
+    columns: list[sa.ColumnElement[Any]] = []
+    for index, lookup in enumerate(lookups):
+        if lookup.table not in tables.tables:
+            continue
+        reference = tables[lookup.table].alias(f"lookup_{index}")
+        joined = joined.outerjoin(reference, reference.c.id == subquery.c[lookup.key])
+        columns.append(reference.c[lookup.value].label(lookup.column))
+    return joined, columns
+
+
+def filter_conditions(source: sa.Subquery, filters: Sequence[FilterClause], dialect: str
+                      ) -> list[sa.ColumnElement[bool]]:
+    """One condition per filter, its value a bound parameter named by its position."""
+    conditions = []
+    for index, clause in enumerate(filters):
+        column, name = source.c[clause.column], _filter_name(index)
+        if clause.op == "in":
+            conditions.append(in_parameter(column, name, dialect))
+            continue
+        value = sa.bindparam(name, type_=column.type)
+        conditions.append(_COMPARISONS[clause.op](column, value))
+    return conditions
+
+
+_COMPARISONS: Mapping[str, Any] = {
+    "eq": lambda c, v: c == v, "ne": lambda c, v: c != v,
+    "gt": lambda c, v: c > v, "gte": lambda c, v: c >= v,
+    "lt": lambda c, v: c < v, "lte": lambda c, v: c <= v,
+}
+
+
+def _filter_name(index: int) -> str:
+    return f"filter_{index}"
