@@ -157,13 +157,18 @@ def convert(raw: str, type_name: str, name: str, choices: tuple[str, ...] | None
 
 
 def parse_datetime(raw: str) -> datetime:
-    """ISO-8601 date or instant; no zone means UTC. Raises ValueError."""
+    """ISO-8601 date or instant; no zone means UTC. Raises ValueError, also for an instant
+    whose UTC year is outside 1 to 9998 (both databases' range, with room for arithmetic)."""
     if "T" in raw:  # an unencoded "+02:00" arrives as " 02:00"
         raw = raw.replace(" ", "+")
     value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    try:
+        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:  # 0001-01-01T00:00+05:00 is in year 0 in UTC
+        raise ValueError(raw) from None
     if not 1 <= value.year <= 9998:
         raise ValueError(raw)
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return value
 
 
 def _plain(value: Any) -> Any:
