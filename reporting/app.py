@@ -14,6 +14,7 @@ from reporting import health, views
 from reporting.csv_export import ExportLimiter
 from reporting.db import ARCHIVE, db, engine_options, ensure_sqlite_folder, prepare_engine
 from reporting.errors import register_error_handlers
+from reporting.json_provider import OrjsonProvider
 from reporting.readonly import create_readonly_engine
 from reporting.reports.base import SourceTables
 from reporting.settings import Settings, load_settings
@@ -56,7 +57,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             }
         },
     )
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # rows keep the report's column order
+    app.json = OrjsonProvider(app)
     app.extensions[SETTINGS_EXTENSION] = settings
     app.extensions[POLICIES_EXTENSION] = policies
     db.init_app(app)

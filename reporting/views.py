@@ -120,14 +120,9 @@ def openapi() -> Response:
 
 
 def envelope(report_request: ReportRequest, page: Page, next_token: str | None) -> dict[str, Any]:
-    timestamps = [c.name for c in report_request.report.columns if c.type == "datetime"]
-    rows = page.rows
-    for row in rows:
-        for name in timestamps:
-            if name in row:
-                row[name] = jsonable(row[name])
+    """The page as the response body; timestamps are written by the JSON provider."""
     return {
-        "rows": rows,
+        "rows": page.rows,
         "page": {"limit": report_request.limit, "has_more": page.has_more,
                  "next_cursor": next_token},
         "count": {"value": page.count, "kind": page.count_kind},
@@ -137,12 +132,6 @@ def envelope(report_request: ReportRequest, page: Page, next_token: str | None) 
     }
 
 
-def jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
-    return value
-
-
 def describe(report: Report) -> dict[str, Any]:
     """A report's catalog entry: everything a client needs to build a valid request."""
     return {
@@ -150,7 +139,7 @@ def describe(report: Report) -> dict[str, Any]:
         "kind": report.kind, "sources": list(report.sources),
         "columns": [{"name": c.name, "type": c.type, "description": c.description}
                     for c in report.columns],
-        "params": [{"name": p.name, "type": p.type, "default": jsonable(p.default),
+        "params": [{"name": p.name, "type": p.type, "default": p.default,
                     "choices": list(p.choices) if p.choices else None,
                     "description": p.description} for p in report.params],
         "filters": [{"column": f.column, "type": f.type, "operators": list(f.operators),
