@@ -52,14 +52,16 @@ def run_page(sources: ReportSources, request: ReportRequest, cursor: PageCursor 
     rows = list(itertools.islice(found, wanted))
     has_more = len(rows) > request.limit
     rows = rows[: request.limit]
-    if isinstance(report, RowReport):
-        apply_lookups(sources, report.lookups, rows)
     next_cursor = None
     if has_more and rows:
         next_cursor = PageCursor(tuple(rows[-1][c] for c in (request.sort, *request.key)))
     columns = output_columns(request, rows)
-    page = Page(rows=[{c: row.get(c) for c in columns} for row in rows], columns=columns,
-                has_more=has_more, next_cursor=next_cursor, sources=sources_of(request))
+    if isinstance(report, RowReport):
+        apply_lookups(sources, report.lookups, rows)  # rows are in their final shape
+    else:
+        rows = [{c: row.get(c) for c in columns} for row in rows]
+    page = Page(rows=rows, columns=columns, has_more=has_more, next_cursor=next_cursor,
+                sources=sources_of(request))
     if request.count != "none":
         page.count, page.count_kind = ((len(frame), "exact") if frame is not None
                                        else count_rows(sources, request))
@@ -113,7 +115,7 @@ def _source_stream(sources: ReportSources, request: ReportRequest, report: RowRe
             result = connection.execute(query.statement(last),
                                         query.values(request.filters, last, chunk))
             names = list(result.keys())
-            rows = [dict(zip(names, row, strict=True)) for row in result]
+            rows = [dict(zip(names, row, strict=True)) for row in result.all()]
             yield from rows
             if len(rows) < chunk:
                 return

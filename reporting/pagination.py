@@ -8,6 +8,7 @@ index (``(sort, key) > (last_sort, last_key)``), so page 10,000 costs what page 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -38,10 +39,15 @@ def fingerprint(request: ReportRequest) -> str:
     return hashlib.sha256(json.dumps(bound, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=4)
+def _serializer(secret: str) -> URLSafeSerializer:
+    """One signer per secret: deriving its key is a good part of signing a short cursor."""
+    return URLSafeSerializer(secret, salt=_SALT)
+
+
 def encode_cursor(request: ReportRequest, cursor: PageCursor, secret: str) -> str:
     values = [v.isoformat() if isinstance(v, datetime) else v for v in cursor.values]
-    return str(URLSafeSerializer(secret, salt=_SALT).dumps({"q": fingerprint(request),
-                                                           "v": values}))
+    return str(_serializer(secret).dumps({"q": fingerprint(request), "v": values}))
 
 
 def decode_cursor(request: ReportRequest, token: str, secret: str,
@@ -52,7 +58,7 @@ def decode_cursor(request: ReportRequest, token: str, secret: str,
     :raises ReportError: 400 ``invalid_cursor`` when tampered, foreign or malformed.
     """
     try:
-        payload = URLSafeSerializer(secret, salt=_SALT).loads(token)
+        payload = _serializer(secret).loads(token)
     except BadSignature:
         raise ReportError(400, "invalid_cursor", "the cursor is not one this service issued",
                           param="cursor") from None

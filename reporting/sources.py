@@ -45,14 +45,16 @@ def sources_of(request: ReportRequest) -> list[str]:
 def apply_lookups(sources: ReportSources, lookups: Sequence[Lookup],
                   rows: list[dict[str, Any]]) -> None:
     """Fill reference columns (names, categories) from PRIMARY, one query per table, in the
-    rows that do not have them yet (those that came from ARCHIVE)."""
+    rows where they are still empty: those that came from ARCHIVE, which has no reference
+    tables to join. (A PRIMARY row whose join found nothing is asked again, and again finds
+    nothing.)"""
     primary = sources.tables["primary"]
     by_table: dict[tuple[str, str], list[Lookup]] = {}
     for lookup in lookups:
         by_table.setdefault((lookup.table, lookup.key), []).append(lookup)
     for (table_name, key), group in by_table.items():
-        rows = [row for row in rows if group[0].column not in row]
-        ids = sorted({row[key] for row in rows if row.get(key) is not None})
+        empty = [row for row in rows if row.get(group[0].column) is None]
+        ids = sorted({row[key] for row in empty if row.get(key) is not None})
         table = primary[table_name]
         values: dict[Any, Any] = {}
         if ids:
@@ -61,7 +63,7 @@ def apply_lookups(sources: ReportSources, lookups: Sequence[Lookup],
                 in_parameter(table.c.id, "keys", engine.dialect.name))
             with engine.connect() as connection:
                 values = {row[0]: row[1:] for row in connection.execute(query, {"keys": ids})}
-        for row in rows:
+        for row in empty:
             found = values.get(row.get(key))
             for index, lookup in enumerate(group):
                 row[lookup.column] = found[index] if found else None

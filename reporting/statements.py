@@ -73,8 +73,12 @@ def source_query(sources: ReportSources, request: ReportRequest, report: RowRepo
 def build_query(request: ReportRequest, report: RowReport, tables: SourceTables) -> SourceQuery:
     subquery = report.query(tables, request.params).subquery("report")
     order_columns = [subquery.c[c] for c in (request.sort, *request.key)]
-    joined, columns = join_lookups(subquery, tables, report.lookups)
-    filtered = sa.select(subquery, *columns).select_from(joined).where(
+    joined, lookups = join_lookups(subquery, tables, report.lookups)
+    # The report's columns in its declared order, so each row is built once, in its final
+    # shape: a lookup this database cannot join is a NULL for apply_lookups to fill.
+    selected = [lookups[c.name] if c.name in lookups else subquery.c[c.name]
+                for c in report.columns]
+    filtered = sa.select(*selected).select_from(joined).where(
         *filter_conditions(subquery, request.filters, tables.dialect))
     ordered = filtered.order_by(*(c.desc() if request.descending else c.asc()
                                   for c in order_columns))
@@ -85,20 +89,19 @@ def build_query(request: ReportRequest, report: RowReport, tables: SourceTables)
 
 
 def join_lookups(subquery: sa.Subquery, tables: SourceTables, lookups: Sequence[Lookup]
-                 ) -> tuple[sa.FromClause, list[sa.ColumnElement[Any]]]:
-    """Join the reference tables that live in this database (PRIMARY) in SQL.
-
-    ARCHIVE has no reference tables: its rows get the columns from
-    :func:`reporting.sources.apply_lookups`.
-    """
+                 ) -> tuple[sa.FromClause, dict[str, sa.ColumnElement[Any]]]:
+    """Join the reference tables that live in this database (PRIMARY) in SQL; the columns
+    of those that do not (ARCHIVE) are NULL, filled by
+    :func:`reporting.sources.apply_lookups` from PRIMARY."""
     joined: sa.FromClause = subquery
-    columns: list[sa.ColumnElement[Any]] = []
+    columns: dict[str, sa.ColumnElement[Any]] = {}
     for index, lookup in enumerate(lookups):
         if lookup.table not in tables.tables:
+            columns[lookup.column] = sa.null().label(lookup.column)
             continue
         reference = tables[lookup.table].alias(f"lookup_{index}")
         joined = joined.outerjoin(reference, reference.c.id == subquery.c[lookup.key])
-        columns.append(reference.c[lookup.value].label(lookup.column))
+        columns[lookup.column] = reference.c[lookup.value].label(lookup.column)
     return joined, columns
 
 
