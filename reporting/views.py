@@ -84,7 +84,8 @@ def report_page(name: str) -> Response:
     response = jsonify(envelope(report_request, page, next_token))
     if next_token is not None:
         args = {k: v for k, v in request.args.items() if k != "cursor"} | {"cursor": next_token}
-        response.headers["Link"] = f'<{request.base_url}?{urlencode(args)}>; rel="next"'
+        # Relative (RFC 8288 resolves it against the request): right behind any proxy.
+        response.headers["Link"] = f'<{request.path}?{urlencode(args)}>; rel="next"'
     return response
 
 

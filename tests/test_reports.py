@@ -7,6 +7,7 @@ import operator
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 import sqlalchemy as sa
@@ -78,8 +79,12 @@ def pages(client: Any, name: str, params: dict[str, str]) -> Iterator[dict[str, 
         yield body
         cursor = body["page"]["next_cursor"]
         if cursor is None:
+            assert "Link" not in response.headers
             return
-        assert 'rel="next"' in response.headers["Link"]
+        target, _, relation = response.headers["Link"].partition(">; ")
+        path, _, link_query = target.lstrip("<").partition("?")
+        assert (relation, path) == ('rel="next"', f"/api/v1/reports/{name}")
+        assert dict(parse_qsl(link_query)) == {**params, "cursor": cursor}
     pytest.fail("too many pages")
 
 
