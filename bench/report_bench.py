@@ -10,7 +10,8 @@ In one run, against a real ``run_service.py serve`` on this machine:
   of repeated requests, the deep cursor signed exactly as the API signs its own);
 * the same page at the same depth read with ``OFFSET`` (the report's SQL, median of repeats);
 * requests per second for the report's first page and for ``GET /api/v1/`` (no database),
-  each from the same closed-loop load generator.
+  each from the same closed-loop load generator, in alternating rounds: the median of each
+  side's rounds, so a noisy neighbour on a shared machine slows both alike rather than one.
 
 The last line is ``deep_vs_first=<ratio>`` (deep page latency over first page latency).
 """
@@ -52,12 +53,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="150,000 events (CI)")
     parser.add_argument("--repeats", type=int, default=None, help="requests per latency figure")
-    parser.add_argument("--seconds", type=float, default=None, help="length of each load run")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="load per endpoint, split into alternating rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating load rounds")
     args = parser.parse_args()
     events = 150_000 if args.quick else 1_200_000
     depth = 100_000 if args.quick else 1_000_000
     repeats = args.repeats or (15 if args.quick else 41)
     seconds = args.seconds or (3.0 if args.quick else 8.0)
+    rounds = args.rounds or (5 if args.quick else 8)
     with databases(sqlite=False) as (primary_url, archive_url):
         environ = service_environ(primary_url, archive_url, SEDIMENT_SERVICE__SECRET_KEY=SECRET)
         app = create_app(load_settings(environ=environ))
@@ -79,13 +83,13 @@ def main() -> int:
             check_deep_page(port, deep_path, key)
             first_ms = latency(port, first_path, repeats)
             deep_ms = latency(port, deep_path, repeats)
-            report_rps = throughput(port, first_path, seconds)
-            trivial_rps = throughput(port, "/api/v1/", seconds)
+            report_rps, trivial_rps = alternating_throughput(
+                port, first_path, "/api/v1/", seconds / rounds, rounds)
     print(f"first page          {first_ms:8.2f} ms (median of {repeats})")
     print(f"page {depth:,} deep  {deep_ms:8.2f} ms (keyset cursor)")
     print(f"same depth, OFFSET  {offset_ms:8.2f} ms (SQL only)  -> keyset is "
           f"{offset_ms / deep_ms:,.0f}x faster")
-    print(f"report page         {report_rps:8.0f} req/s")
+    print(f"report page         {report_rps:8.0f} req/s (median of {rounds} rounds)")
     print(f"trivial endpoint    {trivial_rps:8.0f} req/s  -> report_vs_trivial="
           f"{report_rps / trivial_rps:.2f}")
     print(f"deep_vs_first={deep_ms / first_ms:.2f}")
@@ -193,6 +197,16 @@ def latency(port: int, path: str, repeats: int) -> float:
             raise SystemExit(f"GET {path} answered {status}")
     connection.close()
     return statistics.median(timings)
+
+
+def alternating_throughput(port: int, path: str, baseline: str, seconds: float,
+                           rounds: int) -> tuple[float, float]:
+    """Median requests per second of ``path`` and of ``baseline`` over alternating rounds."""
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(throughput(port, path, seconds))
+        theirs.append(throughput(port, baseline, seconds))
+    return statistics.median(ours), statistics.median(theirs)
 
 
 def throughput(port: int, path: str, seconds: float, clients: int = 4) -> float:
