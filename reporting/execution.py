@@ -19,10 +19,11 @@ import sqlalchemy as sa
 
 from reporting.aggregation import aggregate_frame, page_frame
 from reporting.pagination import PageCursor
+from reporting.pgfetch import fetch_direct
 from reporting.reports.base import AggregateReport, RowReport
 from reporting.request import ReportRequest
 from reporting.sources import ReportSources, apply_lookups, sources_of
-from reporting.statements import source_query
+from reporting.statements import SourceQuery, source_query
 
 STREAM_CHUNK = 1000
 
@@ -47,9 +48,15 @@ def run_page(sources: ReportSources, request: ReportRequest, cursor: PageCursor 
     # An aggregate is combined once per request: the page and its count come from one frame.
     frame = aggregate_frame(sources, request, report) \
         if isinstance(report, AggregateReport) else None
-    found = page_frame(frame, request, cursor) if frame is not None \
-        else iter_rows(sources, request, cursor, chunk=wanted)
-    rows = list(itertools.islice(found, wanted))
+    if frame is not None:
+        rows = list(itertools.islice(page_frame(frame, request, cursor), wanted))
+    elif request.source != "all":  # one database: the page is one query
+        assert isinstance(report, RowReport)
+        query = source_query(sources, request, report, request.source)
+        with sources.engines[request.source].connect() as connection:
+            rows = fetch_rows(connection, query, request, cursor, wanted)
+    else:
+        rows = list(itertools.islice(iter_rows(sources, request, cursor, chunk=wanted), wanted))
     has_more = len(rows) > request.limit
     rows = rows[: request.limit]
     next_cursor = None
@@ -112,14 +119,27 @@ def _source_stream(sources: ReportSources, request: ReportRequest, report: RowRe
     last = cursor
     with sources.engines[name].connect() as connection:
         while True:
-            result = connection.execute(query.statement(last),
-                                        query.values(request.filters, last, chunk))
-            names = list(result.keys())
-            rows = [dict(zip(names, row, strict=True)) for row in result.all()]
+            rows = fetch_rows(connection, query, request, last, chunk)
             yield from rows
             if len(rows) < chunk:
                 return
             last = PageCursor(tuple(rows[-1][c] for c in (request.sort, *request.key)))
+
+
+def fetch_rows(connection: sa.Connection, query: SourceQuery, request: ReportRequest,
+               cursor: PageCursor | None, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` rows of ``query`` after ``cursor``, as dicts in column order."""
+    values = query.values(request.filters, cursor, limit)
+    direct = query.direct(cursor)
+    names: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+    if direct is not None:
+        names, rows = direct.names, fetch_direct(connection, direct, values)
+    else:
+        result = connection.execute(query.statement(cursor), values)
+        names, rows = list(result.keys()), result.all()
+    # Names and values come from one result, so they match: a strict zip would double this.
+    return [dict(zip(names, row, strict=False)) for row in rows]
 
 
 def count_rows(sources: ReportSources, request: ReportRequest) -> tuple[int, str]:

@@ -77,8 +77,9 @@ def _copy_from(connection: sa.Connection, target: str, payload: io.StringIO) -> 
 def raw_cursor(connection: sa.Connection, statement: str) -> Iterator[Any]:
     """A psycopg2 cursor whose driver errors surface as SQLAlchemy exceptions.
 
-    COPY bypasses SQLAlchemy's execution, so its errors would otherwise escape as raw
-    psycopg2 ones: a dropped connection would not be an ``OperationalError`` to retry on.
+    COPY (and :mod:`reporting.pgfetch`) bypass SQLAlchemy's execution, so their errors would
+    otherwise escape as raw psycopg2 ones: a dropped connection would not be an
+    ``OperationalError`` to retry on, nor a statement timeout a 503.
     """
     dbapi = connection.dialect.loaded_dbapi
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]

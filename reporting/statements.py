@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from reporting.pagination import PageCursor, after, cursor_values
+from reporting.pgfetch import DirectStatement, direct_statement
 from reporting.reports.base import Lookup, RowReport, SourceTables
 from reporting.request import FilterClause, ReportRequest
 from reporting.sources import ReportSources, exclude_shared, in_parameter
@@ -34,9 +35,15 @@ class SourceQuery:
     first_page: sa.Select[Any]
     #: Any later page: as ``first_page``, strictly after the cursor's values.
     next_page: sa.Select[Any]
+    #: The two pages compiled for the psycopg2 cursor, where that is possible.
+    first_page_direct: DirectStatement | None = None
+    next_page_direct: DirectStatement | None = None
 
     def statement(self, cursor: PageCursor | None) -> sa.Select[Any]:
         return self.first_page if cursor is None else self.next_page
+
+    def direct(self, cursor: PageCursor | None) -> DirectStatement | None:
+        return self.first_page_direct if cursor is None else self.next_page_direct
 
     def values(self, filters: Sequence[FilterClause], cursor: PageCursor | None = None,
                limit: int | None = None) -> dict[str, Any]:
@@ -60,17 +67,19 @@ def source_query(sources: ReportSources, request: ReportRequest, report: RowRepo
     tables = sources.tables[name]
     if name == "archive" and request.source == "all":
         tables = exclude_shared(sources, tables, report.root)
+    dialect = sources.engines[name].dialect
     if tables is not sources.tables[name]:
-        return build_query(request, report, tables)
+        return build_query(request, report, tables, dialect)
     shape = (name, report.name, tuple(sorted(request.params.items())),
              tuple((clause.column, clause.op) for clause in request.filters),
              request.sort, request.descending)
     query: SourceQuery = sources.statements.get_or_build(
-        shape, lambda: build_query(request, report, tables))
+        shape, lambda: build_query(request, report, tables, dialect))
     return query
 
 
-def build_query(request: ReportRequest, report: RowReport, tables: SourceTables) -> SourceQuery:
+def build_query(request: ReportRequest, report: RowReport, tables: SourceTables,
+                dialect: sa.Dialect) -> SourceQuery:
     subquery = report.query(tables, request.params).subquery("report")
     order_columns = [subquery.c[c] for c in (request.sort, *request.key)]
     joined, lookups = join_lookups(subquery, tables, report.lookups)
@@ -83,9 +92,12 @@ def build_query(request: ReportRequest, report: RowReport, tables: SourceTables)
     ordered = filtered.order_by(*(c.desc() if request.descending else c.asc()
                                   for c in order_columns))
     limit = sa.bindparam("limit", type_=sa.Integer)
+    first_page = ordered.limit(limit)
+    next_page = ordered.where(after(order_columns, request.descending)).limit(limit)
     return SourceQuery(
-        filtered=filtered, ordered=ordered, first_page=ordered.limit(limit),
-        next_page=ordered.where(after(order_columns, request.descending)).limit(limit))
+        filtered=filtered, ordered=ordered, first_page=first_page, next_page=next_page,
+        first_page_direct=direct_statement(first_page, dialect),
+        next_page_direct=direct_statement(next_page, dialect))
 
 
 def join_lookups(subquery: sa.Subquery, tables: SourceTables, lookups: Sequence[Lookup]

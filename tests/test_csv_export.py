@@ -13,10 +13,10 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
+from reporting import execution
 from reporting.app import create_app
 from reporting.migrations import upgrade_all
 from reporting.reports import REPORTS
-from reporting.views import report_sources
 from tests.archiving import run, seed_shop, small_batches
 from tests.conftest import DatabaseFactory, make_settings
 
@@ -150,37 +150,32 @@ def test_concurrent_exports_are_limited(
 
 
 def test_failure_mid_stream_breaks_the_download(
-    app: Flask, primary: sa.Engine, archive: sa.Engine
+    app: Flask, primary: sa.Engine, archive: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failure after the first byte aborts the transfer; no error text enters the file."""
     bulk_events(primary, 3_000)
-    engines = report_sources(app).engines
     calls = {"n": 0}
+    fetch_rows = execution.fetch_rows
 
-    def fail_second_chunk(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
-        # Statements on events: two counts, each database's first chunk, then PRIMARY's
-        # second chunk, which is needed only after the first 64 KiB have gone out.
-        if "FROM events" in statement:
-            calls["n"] += 1
-            if calls["n"] == 5:
-                raise sa.exc.OperationalError(statement, None, RuntimeError("server gone"))
+    def fail_third_chunk(*args, **kwargs):  # type: ignore[no-untyped-def]
+        # Each database's first chunk, then PRIMARY's second, which is needed only after
+        # the first 64 KiB have gone out. (Patched here, the failure is the same on the
+        # SQLAlchemy path and on PostgreSQL's direct one.)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise sa.exc.OperationalError("SELECT ...", None, RuntimeError("server gone"))
+        return fetch_rows(*args, **kwargs)
 
-    for engine in engines.values():
-        sa.event.listen(engine, "before_cursor_execute", fail_second_chunk)
-    try:
-        response = app.test_client().get("/api/v1/reports/events.csv?source=all",
-                                          buffered=False)
-        assert response.status_code == 200
-        received = b""
-        with pytest.raises(sa.exc.OperationalError):
-            for chunk in response.response:
-                received += chunk
-        assert calls["n"] == 5
-        assert received.startswith(b"id,occurred_at") and len(received) > 64 * 1024
-        assert b"server gone" not in received and b"error" not in received.lower()
-    finally:
-        for engine in engines.values():
-            sa.event.remove(engine, "before_cursor_execute", fail_second_chunk)
+    monkeypatch.setattr(execution, "fetch_rows", fail_third_chunk)
+    response = app.test_client().get("/api/v1/reports/events.csv?source=all", buffered=False)
+    assert response.status_code == 200
+    received = b""
+    with pytest.raises(sa.exc.OperationalError):
+        for chunk in response.response:
+            received += chunk
+    assert calls["n"] == 3
+    assert received.startswith(b"id,occurred_at") and len(received) > 64 * 1024
+    assert b"server gone" not in received and b"error" not in received.lower()
 
 
 @pytest.mark.postgres

@@ -140,3 +140,23 @@ def test_statement_timeout_is_503(app: Flask, primary: sa.Engine, archive: sa.En
         "/api/v1/reports/events?source=primary&count=exact&kind[ne]=never")
     assert response.status_code == 503
     assert response.get_json()["code"] == "database_unavailable"
+
+
+@pytest.mark.postgres
+def test_a_dropped_report_connection_is_one_503_then_replaced(
+    client, primary: sa.Engine,  # type: ignore[no-untyped-def]
+) -> None:
+    """Report pages on PostgreSQL run on the psycopg2 cursor (reporting.pgfetch): a
+    connection the server dropped must still be a 503, and must leave the pool."""
+    page = "/api/v1/reports/events?source=primary&limit=5"
+    assert client.get(page).status_code == 200
+    with primary.connect() as connection:
+        dropped = connection.execute(sa.text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'sediment-reports' AND datname = current_database()"
+        )).scalar_one()
+    assert dropped >= 1
+    failed = client.get(page)
+    assert failed.status_code == 503
+    assert failed.get_json()["code"] == "database_unavailable"
+    assert [client.get(page).status_code for _ in range(3)] == [200, 200, 200]
