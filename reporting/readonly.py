@@ -27,8 +27,10 @@ def create_readonly_engine(url: str, *, statement_timeout_ms: int, pool_size: in
     if parsed.get_backend_name() == "postgresql":
         options = ("-c default_transaction_read_only=on "
                    f"-c statement_timeout={statement_timeout_ms} -c timezone=UTC")
+        # No hstore in any report: skipping psycopg2's catalog lookup for it keeps a first
+        # connection's set-up inside even a very short statement_timeout.
         return sa.create_engine(parsed, isolation_level="AUTOCOMMIT", pool_size=pool_size,
-                                pool_recycle=900,
+                                pool_recycle=900, use_native_hstore=False,
                                 connect_args={"options": options,
                                               "application_name": "sediment-reports"})
     path = Path(parsed.database or "").resolve()
