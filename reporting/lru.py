@@ -33,6 +33,3 @@ class LRUCache(Generic[K, V]):
             while len(self._values) > self._size:
                 self._values.popitem(last=False)
         return value
-
-    def __len__(self) -> int:
-        return len(self._values)
