@@ -8,7 +8,6 @@ index (``(sort, key) > (last_sort, last_key)``), so page 10,000 costs what page 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -39,9 +38,7 @@ def fingerprint(request: ReportRequest) -> str:
     return hashlib.sha256(json.dumps(bound, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=4)
 def _serializer(secret: str) -> URLSafeSerializer:
-    """One signer per secret: deriving its key is a good part of signing a short cursor."""
     return URLSafeSerializer(secret, salt=_SALT)
 
 

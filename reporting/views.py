@@ -53,8 +53,10 @@ def build_request(report: Report) -> ReportRequest:
                          default_limit=settings.default_limit, max_limit=settings.max_limit)
 
 
-def cursor_types(report_request: ReportRequest, page_columns: dict[str, str]) -> list[str]:
-    return [page_columns.get(c, "string") for c in (report_request.sort, *report_request.key)]
+def cursor_types(report_request: ReportRequest) -> list[str]:
+    """The declared types of what a cursor holds: the sort column, then the key columns."""
+    declared = {c.name: c.type for c in report_request.report.columns}
+    return [declared.get(c, "string") for c in (report_request.sort, *report_request.key)]
 
 
 @blueprint.get("/", **_GET)
@@ -73,11 +75,10 @@ def report_page(name: str) -> Response:
     report = find_report(name)
     report_request = build_request(report)
     secret = current_app.config["SECRET_KEY"]
-    types = {c.name: c.type for c in report.columns}
     cursor = None
     if report_request.cursor is not None:
         cursor = decode_cursor(report_request, report_request.cursor, secret,
-                               cursor_types(report_request, types))
+                               cursor_types(report_request))
     page = run_page(report_sources(current_app), report_request, cursor)
     next_token = (encode_cursor(report_request, page.next_cursor, secret)
                   if page.next_cursor is not None else None)
