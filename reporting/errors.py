@@ -8,6 +8,7 @@ traceback and answered with a problem body; a client never sees a stack trace.
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import sqlalchemy as sa
@@ -82,11 +83,56 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(sa.exc.DBAPIError)
     def _database_error(error: sa.exc.DBAPIError) -> Response:
-        logger.warning("report query failed: %s", str(error.orig).strip().splitlines()[0])
-        return problem(503, "database_unavailable", "A database did not answer in time or is "
-                       "unreachable; retry shortly.", headers={"Retry-After": "5"})
+        if is_outage(error):
+            logger.warning("report query failed: %s", first_line(error.orig))
+            return problem(503, "database_unavailable", "A database did not answer in time or "
+                           "is unreachable; retry shortly.", headers={"Retry-After": "5"})
+        if isinstance(error, sa.exc.DataError):
+            logger.info("report query refused a value: %s", first_line(error.orig))
+            return problem(400, "invalid_value", "A value in the request is out of range or "
+                           f"not valid for its column: {first_line(error.orig)}")
+        return _unexpected(error)
+
+    @app.errorhandler(sa.exc.TimeoutError)
+    def _pool_exhausted(error: sa.exc.TimeoutError) -> Response:
+        logger.warning("no database connection free in time: %s", first_line(error))
+        return problem(503, "database_unavailable", "Every database connection is busy; retry "
+                       "shortly.", headers={"Retry-After": "5"})
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
-        logger.exception("unhandled error while serving a request")
-        return problem(500, "internal_error", "The server failed; the error has been logged.")
+        request_id = uuid.uuid4().hex
+        logger.error("unhandled error while serving a request (request id %s)", request_id,
+                     exc_info=error)
+        response = problem(500, "internal_error", "The server failed; the error has been "
+                           f"logged with request id {request_id}.")
+        body = json.loads(response.get_data())
+        response.set_data(json.dumps({**body, "request_id": request_id}))
+        return response
+
+
+#: SQLite reports a missing table or column, and a syntax error, as OperationalError too:
+#: those are the server's bugs, not outages a retry would cure.
+_SQLITE_STATEMENT_ERRORS = ("no such table", "no such column", "syntax error")
+
+
+def is_outage(error: sa.exc.DBAPIError) -> bool:
+    """Whether ``error`` is a connection failure or a timeout, which a retry may cure.
+
+    PostgreSQL's statement timeout and a dropped connection both arrive as
+    ``OperationalError`` (psycopg2's ``QueryCanceled`` is one), SQLite's interrupted
+    statement and busy database too; an invalidated connection is an outage whatever its
+    class.
+    """
+    if error.connection_invalidated or isinstance(error, sa.exc.InterfaceError):
+        return True
+    if not isinstance(error, sa.exc.OperationalError):
+        return False
+    message = first_line(error.orig).lower()
+    return not message.startswith(_SQLITE_STATEMENT_ERRORS)
+
+
+def first_line(error: BaseException | None) -> str:
+    """The first line of an error's message: drivers append SQL and hints below it."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -66,11 +66,38 @@ def decode_cursor(request: ReportRequest, token: str, secret: str,
     if not isinstance(values, list) or len(values) != len(types):
         raise ReportError(400, "invalid_cursor", "the cursor is malformed", param="cursor")
     try:
-        return PageCursor(tuple(parse_datetime(v) if t == "datetime" and v is not None else v
-                                for v, t in zip(values, types, strict=True)))
+        return PageCursor(tuple(_typed(value, type_name)
+                                for value, type_name in zip(values, types, strict=True)))
     except (TypeError, ValueError):
         raise ReportError(400, "invalid_cursor", "the cursor is malformed",
                           param="cursor") from None
+
+
+def _typed(value: Any, type_name: str) -> Any:
+    """Check one cursor value against its column's declared type.
+
+    A valid signature proves only that this service signed the payload under its key (and
+    keys get shared or leak): a value of the wrong type must be refused here, not reach
+    the database as a data error or a Python comparison as a ``TypeError``.
+
+    :raises ValueError: when ``value`` cannot be of ``type_name``.
+    """
+    if value is None:
+        return None  # a NULL sort value; keys are never NULL, and SQL compares it safely
+    if type_name == "datetime" and isinstance(value, str):
+        return parse_datetime(value)
+    accepted = _CURSOR_TYPES.get(type_name, (str,))
+    if isinstance(value, bool) and bool not in accepted:
+        raise ValueError(value)  # bool is an int subclass in Python, not in SQL
+    if not isinstance(value, accepted):
+        raise ValueError(value)
+    return value
+
+
+_CURSOR_TYPES: dict[str, tuple[type, ...]] = {
+    "integer": (int,), "number": (int, float), "string": (str,), "boolean": (bool,),
+    "datetime": (),
+}
 
 
 def after(columns: Sequence[sa.ColumnElement[Any]], descending: bool) -> sa.ColumnElement[bool]:

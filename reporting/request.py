@@ -116,7 +116,8 @@ def parse_request(report: Report, args: Mapping[str, list[str]], *, default_limi
 def _limit(raw: str | None, default: int, maximum: int) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    # ASCII digits only: str.isdigit() accepts "²" and "①", which int() then refuses.
+    if not re.fullmatch(r"[0-9]{1,9}", raw) or not 1 <= int(raw) <= maximum:
         raise ReportError(400, "invalid_limit", f"limit must be a whole number from 1 to "
                           f"{maximum}, not {raw!r}", param="limit")
     return int(raw)

@@ -160,3 +160,76 @@ def test_a_dropped_report_connection_is_one_503_then_replaced(
     assert failed.status_code == 503
     assert failed.get_json()["code"] == "database_unavailable"
     assert [client.get(page).status_code for _ in range(3)] == [200, 200, 200]
+
+
+@pytest.mark.parametrize("limit", ["²", "①", "٣", "1_0", " 5"])
+def test_a_limit_that_only_looks_like_digits_is_a_400(client, limit: str) -> None:  # type: ignore[no-untyped-def]
+    response = client.get("/api/v1/reports/events", query_string={"limit": limit})
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_limit"
+
+
+@pytest.mark.parametrize(
+    ("report", "values"),
+    [
+        ("orders", ["2026-01-01T00:00:00Z", "abc"]),     # key is an integer
+        ("orders", [12, 5]),                              # sort value is a datetime
+        ("orders", ["2026-01-01T00:00:00Z", True]),       # a boolean is not an integer
+        ("events", ["not a time", 1]),
+        ("customer-summary", ["lots", 1]),                # compared in Python: int < str
+        ("customer-summary", [1, {"id": 2}]),
+        ("top-products", [[1], 1]),
+    ],
+)
+def test_a_signed_cursor_with_values_of_the_wrong_type_is_a_400(
+    client, app: Flask, report: str, values: list[object],  # type: ignore[no-untyped-def]
+) -> None:
+    """The signature only proves the service issued it under this key: the values inside
+    are checked against the declared types before they reach a query."""
+    from reporting.pagination import _serializer, fingerprint
+    from reporting.request import parse_request
+
+    settings = app.extensions["sediment.settings"].reports
+    request = parse_request(REPORTS[report], {}, default_limit=settings.default_limit,
+                            max_limit=settings.max_limit)
+    values = values[:1] + values[1:] * len(request.key)
+    token = _serializer(app.config["SECRET_KEY"]).dumps({"q": fingerprint(request), "v": values})
+    response = client.get(f"/api/v1/reports/{report}", query_string={"cursor": token})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert (response.get_json()["code"], response.get_json()["param"]) == \
+        ("invalid_cursor", "cursor")
+
+
+def test_an_unexpected_error_is_a_500_with_a_request_id_logged_with_its_traceback(
+    client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
+) -> None:
+    def broken(*_args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("reporting.views.run_page", broken)
+    response = client.get("/api/v1/reports/events")
+    assert response.status_code == 500
+    body = response.get_json()
+    assert body["code"] == "internal_error" and len(body["request_id"]) >= 16
+    assert "Traceback" not in response.get_data(as_text=True)
+    logged = [r for r in caplog.records if body["request_id"] in r.getMessage()]
+    assert logged and logged[0].exc_info is not None
+
+
+def test_a_database_error_that_is_not_an_outage_is_not_a_503(
+    client, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """Only connection failures and timeouts ask the client to retry; a data error is the
+    request's fault (400), and a broken statement the server's (500)."""
+    def failing(error: Exception) -> object:
+        def run(*_args: object) -> None:
+            raise error
+        return run
+
+    data_error = sa.exc.DataError("SELECT", {}, Exception("value out of range"))
+    monkeypatch.setattr("reporting.views.run_page", failing(data_error))
+    response = client.get("/api/v1/reports/events")
+    assert (response.status_code, response.get_json()["code"]) == (400, "invalid_value")
+    broken_sql = sa.exc.ProgrammingError("SELECT", {}, Exception('relation "x" does not exist'))
+    monkeypatch.setattr("reporting.views.run_page", failing(broken_sql))
+    assert client.get("/api/v1/reports/events").status_code == 500
