@@ -1,7 +1,8 @@
 """``archive run|status|verify`` and ``scheduler``: the archiver's command line.
 
 Exit codes: 0 the run ended cleanly (done or a limit reached), 1 error, 2 bad usage,
-3 another runner holds the lock.
+3 another runner holds the lock (``lock_busy``), or took it while this run had lost it
+(``lock_lost``). The code always agrees with the status the ledger records.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_summary(reports)
     if any(r.status == "error" for r in reports):
         return EXIT_ERROR
-    if any(r.status == "lock_busy" for r in reports):
+    if any(r.status in ("lock_busy", "lock_lost") for r in reports):
         return EXIT_LOCK_BUSY
     return EXIT_OK
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -36,30 +37,105 @@ def start_run(archive: sa.Engine, policy: str, cutoff: datetime, tables: list[st
         ).scalar_one())
         connection.execute(run_tables.insert(), [
             {"run_id": run_id, "table_name": name, "selected": 0, "copied": 0, "verified": 0,
-             "deleted": 0} for name in tables
+             "deleted": 0, "skipped_locked": 0} for name in tables
         ])
     return run_id
 
 
 def record_copy(connection: sa.Connection, run_id: int, table: str, *, selected: int,
-                copied: int, verified: int, taken_over: Mapping[int, int]) -> None:
+                copied: int, verified: int, taken_over: Mapping[int, int],
+                pending: tuple[int, int] | None = None) -> None:
     """Add a batch's copy counters, inside the ARCHIVE transaction that copied it.
 
     :param taken_over: rows this batch overwrote, by the run id they carried before.
+    :param pending: for the root table, the lowest and highest root key of the batch: the
+        run's pending range grows to cover it until its deletes catch up.
     """
     for previous_run, count in taken_over.items():  # this run too, when a batch is retried
         _add(connection, previous_run, table, copied=-count, verified=-count)
     _add(connection, run_id, table, selected=selected, copied=copied, verified=verified)
+    if pending is not None:
+        low, high = pending
+        low_column, high_column = run_tables.c.pending_low, run_tables.c.pending_high
+        connection.execute(_of(run_id, table).values(
+            pending_low=sa.case((low_column.is_(None) | (low_column > low), low),
+                                else_=low_column),
+            pending_high=sa.case((high_column.is_(None) | (high_column < high), high),
+                                 else_=high_column),
+        ))
 
 
-def record_delete(archive: sa.Engine, run_id: int, deleted: Mapping[str, int]) -> None:
-    """Add a batch's deleted counters after its PRIMARY commit."""
+def record_delete(archive: sa.Engine, run_id: int, deleted: Mapping[str, int],
+                  skipped_locked: Mapping[str, int] | None = None) -> None:
+    """Add a batch's deleted counters after its PRIMARY commit; once every table of the run
+    has deleted what it copied, nothing of the run is in both databases: clear its range."""
     with archive.begin() as connection:
         for table, count in deleted.items():
             _add(connection, run_id, table, deleted=count)
+        for table, count in (skipped_locked or {}).items():
+            if count:
+                _add(connection, run_id, table, skipped_locked=count)
         connection.execute(runs.update().where(runs.c.id == run_id).values(
             batches=runs.c.batches + 1, rows_moved=runs.c.rows_moved + sum(deleted.values()),
         ))
+        other = run_tables.alias("other")
+        unsettled = sa.exists().where(other.c.run_id == run_id, other.c.copied != other.c.deleted)
+        connection.execute(run_tables.update().where(
+            run_tables.c.run_id == run_id, run_tables.c.pending_low.is_not(None), ~unsettled,
+        ).values(pending_low=None, pending_high=None))
+
+
+def record_skipped(archive: sa.Engine, run_id: int, table: str, count: int) -> None:
+    """Count roots a batch left for later because a writer held them (or their children)."""
+    with archive.begin() as connection:
+        _add(connection, run_id, table, skipped_locked=count)
+
+
+@dataclass(frozen=True)
+class PendingRange:
+    """Root keys a run copied to ARCHIVE without (as far as the ledger knows) deleting them
+    from PRIMARY: the only place rows in both databases can be."""
+
+    run_id: int
+    low: int
+    high: int
+
+
+def pending_ranges(connection: sa.Connection, table: str,
+                   policy: str | None = None) -> list[PendingRange]:
+    """The pending ranges of ``table``'s roots (of one policy's runs, if given).
+
+    One indexed query; empty whenever no batch is in flight and no run died mid-batch.
+    """
+    query = sa.select(run_tables.c.run_id, run_tables.c.pending_low, run_tables.c.pending_high
+                      ).where(run_tables.c.table_name == table,
+                              run_tables.c.pending_low.is_not(None))
+    if policy is not None:
+        query = query.join(runs, runs.c.id == run_tables.c.run_id).where(runs.c.policy == policy)
+    return [PendingRange(int(r), int(low), int(high))
+            for r, low, high in connection.execute(query.order_by(run_tables.c.run_id))]
+
+
+def settle(archive: sa.Engine, run_id: int, still_in_primary: Mapping[str, int]) -> None:
+    """Set a run's ``deleted`` counters from what the databases show, and clear its pending
+    range once none of its rows is left in PRIMARY.
+
+    A run killed after its PRIMARY commit but before :func:`record_delete` never recorded
+    that batch's deletes; one killed between its two commits left rows in both databases,
+    which a later run re-copies and takes over. Either way, for each table ``deleted`` is
+    then ``copied`` minus the run's rows still in PRIMARY (every other batch of the run
+    recorded its deletes).
+
+    :param still_in_primary: per table, rows stamped with this run (inside its pending
+        range) whose keys are still in PRIMARY.
+    """
+    with archive.begin() as connection:
+        for table, present in still_in_primary.items():
+            connection.execute(_of(run_id, table).values(
+                deleted=run_tables.c.copied - present))
+        if not any(still_in_primary.values()):
+            connection.execute(run_tables.update().where(run_tables.c.run_id == run_id)
+                               .values(pending_low=None, pending_high=None))
 
 
 def finish_run(archive: sa.Engine, run_id: int, status: str, *, rows_per_second: float | None,
@@ -70,6 +146,14 @@ def finish_run(archive: sa.Engine, run_id: int, status: str, *, rows_per_second:
             status=status, finished_at=datetime.now(UTC), rows_per_second=rows_per_second,
             error=error,
         ))
+
+
+def status_of(archive: sa.Engine, run_id: int) -> str | None:
+    """The ledger status of a run."""
+    with archive.connect() as connection:
+        status = connection.execute(sa.select(runs.c.status).where(runs.c.id == run_id)
+                                    ).scalar_one_or_none()
+    return None if status is None else str(status)
 
 
 def mark_interrupted(archive: sa.Engine, policy: str, current_run: int) -> list[int]:
@@ -91,9 +175,11 @@ def mark_interrupted(archive: sa.Engine, policy: str, current_run: int) -> list[
     return stale
 
 
+def _of(run_id: int, table: str) -> sa.Update:
+    return run_tables.update().where(run_tables.c.run_id == run_id,
+                                     run_tables.c.table_name == table)
+
+
 def _add(connection: sa.Connection, run_id: int, table: str, **deltas: int) -> None:
-    connection.execute(
-        run_tables.update()
-        .where(run_tables.c.run_id == run_id, run_tables.c.table_name == table)
-        .values({run_tables.c[name]: run_tables.c[name] + delta for name, delta in deltas.items()})
-    )
+    connection.execute(_of(run_id, table).values(
+        {run_tables.c[name]: run_tables.c[name] + delta for name, delta in deltas.items()}))

@@ -1,13 +1,18 @@
 """One archiver per policy at a time, across processes, replicas and machines.
 
-PostgreSQL: ``pg_try_advisory_xact_lock`` in a transaction held open for the whole run on a
-connection of its own. A transaction-level lock dies with the transaction, so it cannot leak
-through the connection pool the way a session-level lock does when a run forgets to unlock,
-and it dies with the connection when the process is killed. The transaction holds no row
-locks and, in READ COMMITTED, no snapshot between statements, so it does not hold back vacuum.
+PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) on a PRIMARY connection
+held for the whole run, and every batch's PRIMARY transaction runs on that same connection.
+So a batch can only commit while its connection, and with it the lock, is alive: when a
+restart or ``pg_terminate_backend`` ends the connection, the lock and the batch in flight
+die together, and no second runner can be moving rows of the policy at the same moment.
+Before each batch the runner checks the lock; a lost one is taken again on a new connection
+if it is free, and the run stops ``lock_lost`` if another runner has it. At the end the lock
+is released, and a connection whose release fails is discarded rather than returned to the
+pool, so a session-level lock cannot leak through the pool.
 
 SQLite: an exclusive ``flock`` on a file beside the PRIMARY database, released by the
-kernel when the process exits however it exits.
+kernel when the process exits however it exits; each batch takes SQLite's write lock with
+``BEGIN IMMEDIATE`` on a pooled connection.
 """
 
 from __future__ import annotations
@@ -22,15 +27,150 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from reporting.db import SQLITE_WRITE_LOCK
+
 logger = logging.getLogger(__name__)
 
 #: First half of the two-integer advisory lock key: "Sediment archiver".
 LOCK_NAMESPACE = 0x5EDD
 
 
+class LockLost(RuntimeError):
+    """The runner lost its lock and could not take it back: another runner may hold it."""
+
+
 def lock_key(policy: str) -> int:
     """Second half of the advisory lock key, stable for a policy name."""
     return zlib.crc32(policy.encode()) & 0x7FFFFFFF
+
+
+class RunnerLock:
+    """The runner lock of one policy, and the PRIMARY connection its batches run on."""
+
+    def __init__(self, primary: sa.Engine, policy: str) -> None:
+        self.primary = primary
+        self.policy = policy
+        self._connection: sa.Connection | None = None
+        self._file: int | None = None
+        #: Times the lock was lost and taken back during this run.
+        self.reacquired = 0
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.primary.dialect.name == "postgresql"
+
+    def acquire(self) -> bool:
+        """Take the lock if it is free; never wait."""
+        if self.is_postgresql:
+            return self._advisory_acquire()
+        self._file = _flock(_lock_path(self.primary, self.policy))
+        return self._file is not None
+
+    def ensure_held(self) -> bool:
+        """Check the lock before a batch; take it again on a new connection if it was lost.
+
+        :returns: ``True`` when the lock had been lost and was taken back (the caller must
+            then check that nobody ran the policy meanwhile).
+        :raises LockLost: when it was lost and another runner holds it now, or the
+            database cannot be reached to take it back.
+        """
+        if not self.is_postgresql:
+            return False
+        if self._connection is not None and not self._connection.invalidated:
+            try:
+                if self._holds_lock(self._connection):
+                    return False
+            except (sa.exc.OperationalError, sa.exc.InterfaceError):
+                pass  # the connection died, and the lock with it
+        self._discard()
+        try:
+            taken = self._advisory_acquire()
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            self._discard()
+            raise LockLost(f"lost the runner lock of policy {self.policy!r} with its "
+                           f"connection, and could not take it again: "
+                           f"{str(exc).strip().splitlines()[0]}") from exc
+        if not taken:
+            raise LockLost(f"lost the runner lock of policy {self.policy!r} with its "
+                           "connection, and another runner holds it now")
+        self.reacquired += 1
+        logger.warning("policy %s: the runner lock was lost with its connection and taken "
+                       "again", self.policy)
+        return True
+
+    @contextmanager
+    def batch_connection(self) -> Iterator[sa.Connection]:
+        """The PRIMARY connection for one batch: the locked one on PostgreSQL, a pooled one
+        taking SQLite's write lock up front elsewhere."""
+        if self.is_postgresql:
+            if self._connection is None:
+                raise LockLost(f"the runner lock of policy {self.policy!r} is not held")
+            yield self._connection
+            return
+        with self.primary.connect().execution_options(**{SQLITE_WRITE_LOCK: True}) as c:
+            yield c
+
+    def release(self) -> None:
+        """Release the lock; never raises (a dead connection has released it already)."""
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            os.close(self._file)
+            self._file = None
+        if self._connection is None:
+            return
+        try:
+            if not self._connection.invalidated:
+                self._connection.execute(
+                    sa.text("SELECT pg_advisory_unlock(:namespace, :key)"), self._params)
+                self._connection.commit()
+                self._connection.close()
+                self._connection = None
+                return
+        except sa.exc.SQLAlchemyError as exc:
+            logger.warning("policy %s: releasing the runner lock failed (%s); its connection "
+                           "is discarded, which releases it", self.policy,
+                           str(exc).strip().splitlines()[0])
+        self._discard()
+
+    @property
+    def _params(self) -> dict[str, int]:
+        return {"namespace": LOCK_NAMESPACE, "key": lock_key(self.policy)}
+
+    def _advisory_acquire(self) -> bool:
+        connection = self.primary.connect()
+        try:
+            acquired = bool(connection.execute(
+                sa.text("SELECT pg_try_advisory_lock(:namespace, :key)"), self._params
+            ).scalar_one())
+            connection.commit()
+        except BaseException:
+            connection.invalidate()
+            connection.close()
+            raise
+        if not acquired:
+            connection.close()
+            return False
+        self._connection = connection
+        return True
+
+    def _holds_lock(self, connection: sa.Connection) -> bool:
+        held = connection.execute(sa.text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND pid = pg_backend_pid() AND classid = :namespace AND objid = :key "
+            "AND objsubid = 2"), self._params).scalar_one()
+        connection.commit()
+        return bool(held)
+
+    def _discard(self) -> None:
+        """Throw the connection away (closing it at the server ends its session locks)."""
+        if self._connection is None:
+            return
+        try:
+            self._connection.invalidate()
+            self._connection.close()
+        except sa.exc.SQLAlchemyError:
+            pass
+        self._connection = None
 
 
 @contextmanager
@@ -40,22 +180,11 @@ def runner_lock(primary: sa.Engine, policy: str) -> Iterator[bool]:
     Yields ``True`` when this process holds the lock, ``False`` when another runner does;
     never waits.
     """
-    if primary.dialect.name == "postgresql":
-        with _advisory_lock(primary, policy) as acquired:
-            yield acquired
-    else:
-        with _file_lock(_lock_path(primary, policy)) as acquired:
-            yield acquired
-
-
-@contextmanager
-def _advisory_lock(primary: sa.Engine, policy: str) -> Iterator[bool]:
-    with primary.connect() as connection, connection.begin():
-        acquired = bool(connection.execute(
-            sa.text("SELECT pg_try_advisory_xact_lock(:namespace, :key)"),
-            {"namespace": LOCK_NAMESPACE, "key": lock_key(policy)},
-        ).scalar_one())
-        yield acquired
+    lock = RunnerLock(primary, policy)
+    try:
+        yield lock.acquire()
+    finally:
+        lock.release()
 
 
 def _lock_path(primary: sa.Engine, policy: str) -> Path:
@@ -64,20 +193,14 @@ def _lock_path(primary: sa.Engine, policy: str) -> Path:
     return Path(f"{database}.archive-{policy}.lock")
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[bool]:
+def _flock(path: Path) -> int | None:
+    """Open ``path`` and lock it exclusively; ``None`` when another process holds it."""
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        os.ftruncate(descriptor, 0)
-        os.write(descriptor, f"{os.getpid()}\n".encode())
-        try:
-            yield True
-        finally:
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
-    finally:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         os.close(descriptor)
+        return None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode())
+    return descriptor

@@ -29,6 +29,7 @@ RUN_STATUSES = (
     "max_runtime",
     "stop_requested",
     "lock_busy",
+    "lock_lost",
     "error",
     "interrupted",
 )
@@ -89,10 +90,21 @@ class ArchiveRun(Model):
 
 
 class ArchiveRunTable(Model):
-    """Per-table counters of one run: selected, copied, verified and deleted rows."""
+    """Per-table counters of one run: selected, copied, verified and deleted rows.
+
+    ``pending_low``/``pending_high`` (on the policy's root table only) bound the root keys
+    this run copied but has not yet deleted from PRIMARY: set in the ARCHIVE transaction
+    that copies a batch, cleared once the run's deletes have caught up with its copies.
+    Rows in both databases can only lie in such a range, which is what keeps merged reports
+    from ever searching a whole run. ``skipped_locked`` counts root rows left for a later
+    run because an application transaction held them or one of their children.
+    """
 
     __bind_key__ = ARCHIVE
     __tablename__ = "archive_run_tables"
+    __table_args__ = (
+        sa.Index("ix_archive_run_tables_pending", "table_name", "pending_low"),
+    )
 
     run_id: Mapped[int] = mapped_column(sa.ForeignKey("archive_runs.id"), primary_key=True)
     table_name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
@@ -100,3 +112,6 @@ class ArchiveRunTable(Model):
     copied: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     verified: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     deleted: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    skipped_locked: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    pending_low: Mapped[int | None] = mapped_column(sa.BigInteger)
+    pending_high: Mapped[int | None] = mapped_column(sa.BigInteger)

@@ -4,9 +4,13 @@ The order is what makes a crash harmless:
 
 1. PRIMARY transaction opens; the next aged roots are selected by key and locked (``FOR
    UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), then their children.
+   Children are locked ``SKIP LOCKED`` too and compared with an unlocked read of them: a
+   root whose child a writer holds is left for a later run (``skipped_locked``), so one
+   application transaction cannot stall the run.
 2. ARCHIVE transaction: roots then children are upserted, stamped with the run id, read
-   back and compared with what was selected (count and an order-independent checksum). A
-   mismatch raises before anything is deleted. ARCHIVE commits.
+   back and compared with what was selected (as exact multisets of rows). A mismatch
+   raises before anything is deleted. The ledger's counters and the run's pending key
+   range are written in the same transaction. ARCHIVE commits.
 3. In the still-open PRIMARY transaction, children then roots are deleted by key, the roots
    re-checked against the age predicate, every count asserted. PRIMARY commits.
 
@@ -29,7 +33,6 @@ import sqlalchemy as sa
 from archive import ledger
 from archive.policy import ArchivePolicy, single_key
 from archive.transfer import Transfer, key_filters, transfer_for
-from reporting.db import SQLITE_WRITE_LOCK
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,8 @@ class BatchResult:
     roots: int
     selected: dict[str, int] = field(default_factory=dict)
     deleted: dict[str, int] = field(default_factory=dict)
+    #: Roots left for a later run because a writer held one of their children.
+    skipped_locked: int = 0
 
     @property
     def rows(self) -> int:
@@ -80,10 +85,19 @@ class _TableRows:
     twin: sa.Table
     rows: list[Any]
     keys: list[int]
+    #: For a child table on PostgreSQL: each child key's root key, read without locks.
+    parents: dict[int, int] | None = None
+
+    def without(self, roots: set[int]) -> _TableRows:
+        """These rows minus those of the given roots (the roots themselves, or children)."""
+        keep = [index for index, key in enumerate(self.keys)
+                if (self.parents[key] if self.parents is not None else key) not in roots]
+        return _TableRows(self.table, self.twin, [self.rows[i] for i in keep],
+                          [self.keys[i] for i in keep], self.parents)
 
 
 def move_batch(
-    primary: sa.Engine,
+    source: sa.Connection,
     archive: sa.Engine,
     policy: ArchivePolicy,
     *,
@@ -95,41 +109,57 @@ def move_batch(
 ) -> BatchResult | None:
     """Move the next batch of at most ``limit`` aged roots after ``after_key``.
 
+    :param source: the PRIMARY connection to run the batch's transaction on (on PostgreSQL
+        the one holding the policy's runner lock, so no batch outlives the lock).
     :returns: what moved, or ``None`` when no aged root is left after ``after_key``.
     :raises ArchiveError: when verification or a delete count fails; both transactions
         that had not committed are rolled back, so both databases stay consistent.
     :raises sqlalchemy.exc.OperationalError: when a connection drops; the batch is safe to
         retry as a whole.
     """
-    transfer = transfer_for(primary, archive)
-    with primary.connect().execution_options(**{SQLITE_WRITE_LOCK: True}) as source, \
-            source.begin():
+    transfer = transfer_for(source.engine, archive)
+    with source.begin():
         _apply_timeouts(source, timeouts)
         roots = transfer.select_roots(source, policy, cutoff, after_key, limit)
         if not roots:
             return None
         root_keys = [transfer.key_of(row) for row in roots]
         batch = [_TableRows(policy.root, policy.archive_root, roots, root_keys)]
+        blocked: set[int] = set()
         for link in policy.children:
             rows = transfer.select_children(source, link, root_keys)
+            parents = transfer.child_parents(source, link, root_keys)
+            if parents is not None:
+                locked = {transfer.key_of(row) for row in rows}
+                blocked.update(parent for key, parent in parents.items() if key not in locked)
             batch.append(_TableRows(link.table, link.archive_table, rows,
-                                    [transfer.key_of(row) for row in rows]))
+                                    [transfer.key_of(row) for row in rows], parents))
+        if blocked:
+            # A writer holds a child of these roots: moving the root without that child
+            # would fail the delete (or orphan it), and waiting would stall the batch.
+            logger.info("policy %s run %d: %d roots skipped, a writer holds their children",
+                        policy.name, run_id, len(blocked))
+            batch = [part.without(blocked) for part in batch]
         archived_at = datetime.now(UTC)  # per attempt: a retry must see its own earlier copy
-        with archive.begin() as target:
-            _apply_timeouts(target, timeouts)
-            for part in batch:
-                _copy_and_verify(transfer, target, part, run_id, archived_at)
+        if batch[0].rows:
+            with archive.begin() as target:
+                _apply_timeouts(target, timeouts)
+                for part in batch:
+                    pending = (min(part.keys), max(part.keys)) if part is batch[0] else None
+                    _copy_and_verify(transfer, target, part, run_id, archived_at, pending)
         deleted = _delete(source, policy, batch, cutoff)
     result = BatchResult(
-        last_key=root_keys[-1], roots=len(root_keys),
+        last_key=root_keys[-1], roots=len(batch[0].keys),
         selected={part.table.name: len(part.rows) for part in batch}, deleted=deleted,
+        skipped_locked=len(blocked),
     )
     logger.debug("policy %s run %d moved %s", policy.name, run_id, deleted)
     return result
 
 
 def _copy_and_verify(transfer: Transfer, connection: sa.Connection, part: _TableRows,
-                     run_id: int, archived_at: datetime) -> None:
+                     run_id: int, archived_at: datetime,
+                     pending: tuple[int, int] | None) -> None:
     if not part.rows:
         return
     columns = [column.name for column in part.table.columns]
@@ -144,7 +174,8 @@ def _copy_and_verify(transfer: Transfer, connection: sa.Connection, part: _Table
         logger.warning("run %d re-copied %d %s rows left in both databases by runs %s",
                        run_id, sum(taken_over.values()), part.table.name, sorted(taken_over))
     ledger.record_copy(connection, run_id, part.table.name, selected=len(part.rows),
-                       copied=len(part.rows), verified=len(found), taken_over=taken_over)
+                       copied=len(part.rows), verified=len(found), taken_over=taken_over,
+                       pending=pending)
 
 
 def _delete(connection: sa.Connection, policy: ArchivePolicy, batch: list[_TableRows],

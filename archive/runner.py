@@ -1,9 +1,11 @@
 """A run of one policy: batches until done, a limit, a stop request or an error.
 
 The CLI, the scheduler and the tests all call :func:`run_policy`. A run holds the policy's
-runner lock, records itself in the ledger, retries a batch whole when a connection drops
-(a batch is idempotent), sleeps only between batches with no transaction open, and stops
-cleanly after the current batch when asked.
+runner lock (checked, and taken back if it was lost, before every batch), records itself in
+the ledger, settles earlier runs that died mid-batch, retries a batch whole when a
+connection drops (a batch is idempotent), sleeps only between batches with no transaction
+open, and stops cleanly after the current batch when asked. However it ends, its status and
+cause go to the ledger, and the returned report says the same.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from archive import ledger
-from archive.locks import runner_lock
+from archive.locks import LockLost, RunnerLock
 from archive.mover import ArchiveError, BatchResult, Timeouts, move_batch
 from archive.policy import ArchivePolicy
+from archive.settle import settle_pending_runs
 from reporting.settings import ArchiveSettings, DatabaseSettings
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,8 @@ class RunReport:
     moved: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    #: Roots left for a later run because a writer held one of their children.
+    skipped_locked: int = 0
 
     @property
     def rows(self) -> int:
@@ -116,7 +121,9 @@ def run_policy(
     :param now: the instant the cutoff is computed from (``--now`` makes runs reproducible).
     :param stop: set it to stop cleanly after the current batch (SIGTERM, scheduler shutdown).
     :returns: the report; ``status`` is one of ``done``, ``max_rows``, ``max_runtime``,
-        ``stop_requested``, ``lock_busy`` or ``error``. Errors are reported, not raised.
+        ``stop_requested``, ``lock_busy``, ``lock_lost`` or ``error``, and is what the ledger
+        says too (or, when the ledger itself cannot be written, ``error`` saying so).
+        Errors are reported, not raised.
     """
     stop = stop or threading.Event()
     limits = limits or RunLimits()
@@ -124,80 +131,155 @@ def run_policy(
     report = RunReport(policy=policy.name, status="running", cutoff=cutoff,
                        moved={table.name: 0 for table in policy.tables})
     tables = [table.name for table in policy.tables]
-    with runner_lock(primary, policy.name) as acquired:
+    lock = RunnerLock(primary, policy.name)
+    try:
+        try:
+            acquired = lock.acquire()
+        except sa.exc.SQLAlchemyError as exc:
+            report.status, report.error = "error", f"PRIMARY unreachable: {first_line(exc)}"
+            logger.error("policy %s: cannot take the runner lock: %s", policy.name, report.error)
+            return report
         if not acquired:
             report.status = "lock_busy"
-            report.run_id = ledger.start_run(archive, policy.name, cutoff, tables, "lock_busy")
-            ledger.finish_run(archive, report.run_id, "lock_busy", rows_per_second=None,
-                              error="another runner holds this policy's lock")
             logger.warning("policy %s: another runner holds the lock; nothing done", policy.name)
+            try:
+                report.run_id = ledger.start_run(archive, policy.name, cutoff, tables,
+                                                 "lock_busy")
+                ledger.finish_run(archive, report.run_id, "lock_busy", rows_per_second=None,
+                                  error="another runner holds this policy's lock")
+            except sa.exc.SQLAlchemyError as exc:
+                logger.warning("policy %s: ARCHIVE unreachable, lock_busy not recorded: %s",
+                               policy.name, first_line(exc))
             return report
-        report.run_id = ledger.start_run(archive, policy.name, cutoff, tables)
-        stale = ledger.mark_interrupted(archive, policy.name, report.run_id)
-        if stale:
-            logger.warning("policy %s: runs %s had been interrupted; their rows are re-checked",
-                           policy.name, stale)
+        try:
+            report.run_id = _with_retries(settings, stop, lambda: ledger.start_run(
+                archive, policy.name, cutoff, tables))
+        except sa.exc.SQLAlchemyError as exc:
+            report.status, report.error = "error", f"ARCHIVE unreachable: {first_line(exc)}"
+            logger.error("policy %s: cannot start a run: %s", policy.name, report.error)
+            return report
         logger.info("policy %s run %d started: cutoff %s, batch size %d", policy.name,
                     report.run_id, cutoff.isoformat(), policy.batch_size)
-        _batches(primary, archive, policy, report, database, settings, limits, stop, progress)
-        ledger.finish_run(archive, report.run_id, report.status,
-                          rows_per_second=report.rows_per_second, error=report.error)
-    log = logger.error if report.status == "error" else logger.info
+        _batches(primary, archive, policy, report, lock, database, settings, limits, stop,
+                 progress)
+        _finish(archive, report, settings, stop)
+    finally:
+        lock.release()
+    log = logger.error if report.status in ("error", "lock_lost") else logger.info
     log("policy %s run %d ended %s: %d rows in %d batches, %.1fs%s", policy.name, report.run_id,
         report.status, report.rows, report.batches, report.seconds,
         f": {report.error}" if report.error else "")
     return report
 
 
-def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, report: RunReport,
-             database: DatabaseSettings, settings: ArchiveSettings, limits: RunLimits,
-             stop: threading.Event, progress: ProgressCallback | None) -> None:
+def _finish(archive: sa.Engine, report: RunReport, settings: ArchiveSettings,
+            stop: threading.Event) -> None:
+    """Write how the run ended; retried like a batch, since an outage may end a run too.
+
+    When the ledger stays unreachable, the report says ``error`` with both causes: the
+    ledger still says ``running``, and the next run marks it ``interrupted``.
+    """
     assert report.run_id is not None
+    run_id = report.run_id
+    try:
+        _with_retries(settings, threading.Event(), lambda: ledger.finish_run(
+            archive, run_id, report.status, rows_per_second=report.rows_per_second,
+            error=report.error))
+    except sa.exc.SQLAlchemyError as exc:
+        cause = f"; before that: {report.error}" if report.error else ""
+        report.status = "error"
+        report.error = (f"the ledger could not record the end of the run "
+                        f"({first_line(exc)}){cause}")
+
+
+def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, report: RunReport,
+             lock: RunnerLock, database: DatabaseSettings, settings: ArchiveSettings,
+             limits: RunLimits, stop: threading.Event,
+             progress: ProgressCallback | None) -> None:
+    assert report.run_id is not None
+    run_id = report.run_id
     timeouts = Timeouts(database.statement_timeout_ms, database.lock_timeout_ms)
     started = time.monotonic()
     after_key: int | None = None
+
+    def attempt(limit: int) -> BatchResult | None:
+        if lock.ensure_held():
+            _check_still_running(archive, run_id)
+        with lock.batch_connection() as source:
+            return move_batch(source, archive, policy, cutoff=report.cutoff,
+                              after_key=after_key, limit=limit, run_id=run_id,
+                              timeouts=timeouts)
+
     try:
+        stale = _with_retries(settings, stop, lambda: ledger.mark_interrupted(
+            archive, policy.name, run_id))
+        if stale:
+            logger.warning("policy %s: runs %s had been interrupted; their rows are re-checked",
+                           policy.name, stale)
+        _with_retries(settings, stop, lambda: settle_pending_runs(primary, archive, policy))
         while True:
             report.seconds = time.monotonic() - started
             limit = policy.batch_size
             if stop.is_set():
                 report.status = "stop_requested"
-                return
+                break
             runtime = limits.max_runtime
             if runtime is not None and report.seconds >= runtime.total_seconds():
                 report.status = "max_runtime"
-                return
+                break
             if limits.max_rows is not None:
                 if report.roots >= limits.max_rows:
                     report.status = "max_rows"
-                    return
+                    break
                 limit = min(limit, limits.max_rows - report.roots)
-            result = _with_retries(settings, stop, partial(
-                move_batch, primary, archive, policy, cutoff=report.cutoff,
-                after_key=after_key, limit=limit, run_id=report.run_id, timeouts=timeouts))
+            result = _with_retries(settings, stop, partial(attempt, limit))
             if result is None:
                 report.status = "done"
-                return
-            ledger.record_delete(archive, report.run_id, result.deleted)
+                break
+            _with_retries(settings, stop, partial(
+                ledger.record_delete, archive, run_id, result.deleted,
+                {policy.root.name: result.skipped_locked}))
             after_key = result.last_key
             report.batches += 1
             report.roots += result.roots
+            report.skipped_locked += result.skipped_locked
             for table, count in result.deleted.items():
                 report.moved[table] += count
             if progress is not None:
                 progress(result)
             if settings.throttle and stop.wait(settings.throttle.total_seconds()):
                 continue  # woken by a stop request: the loop head records it
+        _with_retries(settings, stop, lambda: settle_pending_runs(primary, archive, policy))
+    except LockLost as exc:
+        report.status, report.error = "lock_lost", str(exc)
     except (ArchiveError, sa.exc.SQLAlchemyError) as exc:
-        report.status = "error"
-        report.error = str(exc).splitlines()[0]
+        report.status, report.error = "error", first_line(exc)
     finally:
         report.seconds = time.monotonic() - started
 
 
+def _check_still_running(archive: sa.Engine, run_id: int) -> None:
+    """After the lock was taken back: make sure no other runner ran the policy meanwhile
+    (it would have marked this run ``interrupted``)."""
+    status = ledger.status_of(archive, run_id)
+    if status != "running":
+        raise LockLost(f"the runner lock was lost for a while, and another runner marked "
+                       f"this run {status!r} meanwhile")
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line: drivers append the SQL and parameters below it."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+T = TypeVar("T")
+
+
 def _with_retries(settings: ArchiveSettings, stop: threading.Event,
-                  attempt: Callable[[], BatchResult | None]) -> BatchResult | None:
-    """Run a whole batch, again after a dropped connection, with doubling backoff."""
+                  attempt: Callable[[], T]) -> T:
+    """Run a whole batch (or a ledger write), again after a dropped connection, with
+    doubling backoff."""
     delay = settings.retry_backoff.total_seconds()
     for number in range(1, settings.retry_attempts + 1):
         try:
@@ -206,7 +288,7 @@ def _with_retries(settings: ArchiveSettings, stop: threading.Event,
             if number == settings.retry_attempts or stop.is_set():
                 raise
             logger.warning("batch failed (%s); retry %d of %d in %.1fs",
-                           str(exc).splitlines()[0], number, settings.retry_attempts - 1, delay)
+                           first_line(exc), number, settings.retry_attempts - 1, delay)
             stop.wait(delay)
             delay *= 2
     raise AssertionError("unreachable")  # pragma: no cover

@@ -3,10 +3,10 @@
 Two interchangeable paths with one interface:
 
 * :class:`CopyTransfer`, when both databases are PostgreSQL: ``COPY (SELECT ... FOR UPDATE
-  SKIP LOCKED) TO STDOUT`` out of PRIMARY, ``COPY`` into a temporary staging table and one
-  ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` into ARCHIVE, and the batch read back with
-  ``COPY``. Rows stay COPY text lines the whole way, so the read-back comparison is exact
-  and no Python objects are built per row.
+  SKIP LOCKED) TO STDOUT`` out of PRIMARY, ``COPY`` straight into the archive table (inside
+  a savepoint; through a staging table and ``ON CONFLICT`` only when a key is already
+  there), and the batch read back with ``COPY``. Rows stay COPY text lines the whole way,
+  so the read-back comparison is exact and no Python objects are built per row.
 * :class:`CoreTransfer` everywhere else (SQLite, or one database of each kind): Core
   selects and a dialect upsert (``ON CONFLICT DO UPDATE``) through ``executemany``.
 
@@ -43,6 +43,9 @@ class Transfer(Protocol):
 
     def select_children(self, connection: sa.Connection, link: ChildLink,
                         parent_keys: Sequence[int]) -> list[Any]: ...
+
+    def child_parents(self, connection: sa.Connection, link: ChildLink,
+                      parent_keys: Sequence[int]) -> dict[int, int] | None: ...
 
     def key_of(self, row: Any) -> int: ...
 
@@ -94,9 +97,32 @@ def roots_query(policy: ArchivePolicy, cutoff: datetime, after_key: int | None,
 
 def children_query(link: ChildLink, of_parents: sa.ColumnElement[bool],
                    dialect: sa.Dialect) -> sa.Select[Any]:
-    """Children matching one :func:`key_filters` condition, locked on PostgreSQL."""
+    """Children matching one :func:`key_filters` condition, locked on PostgreSQL.
+
+    ``SKIP LOCKED``: a child an application transaction holds would otherwise make the
+    batch wait out ``lock_timeout`` and fail, again on every retry. What was skipped shows
+    in :func:`child_parents`, and its root stays for a later run.
+    """
     query = sa.select(*link.table.columns).where(of_parents).order_by(link.key)
-    return query.with_for_update() if dialect.name == "postgresql" else query
+    return query.with_for_update(skip_locked=True) if dialect.name == "postgresql" else query
+
+
+def child_parents(connection: sa.Connection, link: ChildLink,
+                  parent_keys: Sequence[int]) -> dict[int, int] | None:
+    """Every child of ``parent_keys`` (key -> root key), read without locks, or ``None``
+    where rows cannot be locked individually (SQLite's write lock covers the database).
+
+    Read after the locking select: a child missing from that one is held by a writer. No
+    child can appear in between, since inserting one needs a lock on its root, which the
+    batch holds.
+    """
+    if connection.dialect.name != "postgresql":
+        return None
+    parents: dict[int, int] = {}
+    for condition in key_filters(link.parent_column, parent_keys, connection.dialect):
+        query = sa.select(link.key, link.parent_column).where(condition)
+        parents.update((int(key), int(parent)) for key, parent in connection.execute(query))
+    return parents
 
 
 def previous_owners(connection: sa.Connection, twin: sa.Table,
@@ -126,6 +152,10 @@ class CoreTransfer:
             query = children_query(link, condition, connection.dialect)
             rows.extend(tuple(row) for row in connection.execute(query))
         return rows
+
+    def child_parents(self, connection: sa.Connection, link: ChildLink,
+                      parent_keys: Sequence[int]) -> dict[int, int] | None:
+        return child_parents(connection, link, parent_keys)
 
     def key_of(self, row: Any) -> int:
         return int(row[0])
@@ -171,6 +201,10 @@ class CopyTransfer:
         (of_parents,) = key_filters(link.parent_column, parent_keys, connection.dialect)
         return copy_out(connection, render(connection, children_query(
             link, of_parents, connection.dialect)))
+
+    def child_parents(self, connection: sa.Connection, link: ChildLink,
+                      parent_keys: Sequence[int]) -> dict[int, int] | None:
+        return child_parents(connection, link, parent_keys)
 
     def key_of(self, row: Any) -> int:
         return int(row[: row.index("\t")] if "\t" in row else row)

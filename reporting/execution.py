@@ -22,7 +22,13 @@ from reporting.pagination import PageCursor
 from reporting.pgfetch import fetch_direct
 from reporting.reports.base import AggregateReport, RowReport
 from reporting.request import ReportRequest
-from reporting.sources import ReportSources, apply_lookups, sources_of
+from reporting.sources import (
+    ReportSources,
+    apply_lookups,
+    drop_shared_rows,
+    pending_ranges,
+    sources_of,
+)
 from reporting.statements import SourceQuery, source_query
 
 STREAM_CHUNK = 1000
@@ -116,11 +122,17 @@ def _source_stream(sources: ReportSources, request: ReportRequest, report: RowRe
                    name: str, cursor: PageCursor | None, chunk: int
                    ) -> Generator[dict[str, Any]]:
     query = source_query(sources, request, report, name)
+    # ARCHIVE's side of a merge leaves out rows still in PRIMARY (caught mid-batch).
+    ranges = pending_ranges(sources, report.root) \
+        if name == "archive" and request.source == "all" else []
     last = cursor
     with sources.engines[name].connect() as connection:
         while True:
             rows = fetch_rows(connection, query, request, last, chunk)
-            yield from rows
+            if ranges:
+                yield from drop_shared_rows(sources, report.root, report.key[0], ranges, rows)
+            else:
+                yield from rows
             if len(rows) < chunk:
                 return
             last = PageCursor(tuple(rows[-1][c] for c in (request.sort, *request.key)))
@@ -150,7 +162,8 @@ def count_rows(sources: ReportSources, request: ReportRequest) -> tuple[int, str
     assert isinstance(report, RowReport)
     total, kind = 0, "exact"
     for name in sources_of(request):
-        query = source_query(sources, request, report, name)
+        query = source_query(sources, request, report, name,
+                             without_shared=request.count != "estimated")
         values = query.values(request.filters)
         engine = sources.engines[name]
         with engine.connect() as connection:

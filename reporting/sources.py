@@ -1,9 +1,12 @@
 """Where reports read from: the read-only engines and tables, and what both databases share.
 
 A row caught between the archiver's ARCHIVE commit and its PRIMARY delete is in both
-databases. The ledger says which runs may have left such rows (``copied > deleted``); the
-ones still in PRIMARY are excluded from ARCHIVE's side, so merged results count every row
-once. When no run is in flight that costs one small ledger query.
+databases. The ledger records the key range of every batch that may have left such rows
+(:func:`pending_ranges`); ARCHIVE rows in those ranges that are still in PRIMARY are left
+out of ARCHIVE's side, so merged results count every row once. Row pages check only the
+rows they are about to return (:func:`drop_shared_rows`); aggregates and exact counts
+exclude the few shared keys in SQL (:func:`exclude_shared`). When no batch is in flight all
+of this costs one small indexed ledger query.
 
 Reference columns that live only in PRIMARY (names, categories) reach ARCHIVE rows through
 :func:`apply_lookups`: one query per page, never a join across databases.
@@ -79,26 +82,62 @@ def in_parameter(column: sa.ColumnElement[Any], name: str,
     return column.in_(sa.bindparam(name, expanding=True))
 
 
-def shared_keys(sources: ReportSources, root: str) -> list[int]:
-    """Keys of ``root`` present in both databases (left by an in-flight or killed run)."""
-    archive = sources.tables["archive"]
-    ledger = archive["archive_run_tables"]
+def pending_ranges(sources: ReportSources, root: str) -> list[tuple[int, int, int]]:
+    """``(run, low, high)`` of every archival batch of ``root`` that may have left rows in
+    both databases: one indexed ledger query, empty unless a batch is in flight or a run
+    died mid-batch (see ``archive_run_tables.pending_low``)."""
+    ledger = sources.tables["archive"]["archive_run_tables"]
+    query = sa.select(ledger.c.run_id, ledger.c.pending_low, ledger.c.pending_high).where(
+        ledger.c.table_name == root, ledger.c.pending_low.is_not(None))
     with sources.engines["archive"].connect() as connection:
-        runs = list(connection.execute(sa.select(ledger.c.run_id).where(
-            ledger.c.table_name == root, ledger.c.copied > ledger.c.deleted)).scalars())
-        if not runs:
-            return []
-        twin = archive[root]
-        candidates = list(connection.execute(sa.select(twin.c.id).where(
-            twin.c.archive_run_id.in_(runs))).scalars())
+        return [(int(run), int(low), int(high)) for run, low, high in connection.execute(query)]
+
+
+def present_in_primary(sources: ReportSources, root: str, keys: Sequence[int]) -> set[int]:
+    """Which of ``keys`` are still in PRIMARY's ``root``: one indexed lookup."""
+    if not keys:
+        return set()
     table = sources.tables["primary"][root]
+    engine = sources.engines["primary"]
+    query = sa.select(table.c.id).where(in_parameter(table.c.id, "keys", engine.dialect.name))
+    with engine.connect() as connection:
+        return set(connection.execute(query, {"keys": list(keys)}).scalars())
+
+
+def drop_shared_rows(sources: ReportSources, root: str, key: str,
+                     ranges: Sequence[tuple[int, int, int]],
+                     rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ARCHIVE ``rows`` minus those whose ``key`` is still in PRIMARY (PRIMARY's copy wins).
+
+    Only keys inside a pending range can be in both databases, and only those of the rows
+    at hand are looked up: the cost is one lookup of at most a page of keys, whatever the
+    size of the run that left them.
+    """
+    suspects = [row[key] for row in rows
+                if any(low <= row[key] <= high for _run, low, high in ranges)]
+    shared = present_in_primary(sources, root, suspects)
+    return [row for row in rows if row[key] not in shared] if shared else rows
+
+
+def shared_keys(sources: ReportSources, root: str) -> list[int]:
+    """Keys of ``root`` present in both databases (left by an in-flight or killed batch).
+
+    Bounded by the pending batches, not by their runs: the candidates are ARCHIVE rows
+    stamped with a pending run inside its key range, then checked against PRIMARY.
+    """
+    ranges = pending_ranges(sources, root)
+    if not ranges:
+        return []
+    twin = sources.tables["archive"][root]
+    candidates: list[int] = []
+    with sources.engines["archive"].connect() as connection:
+        for run, low, high in ranges:
+            candidates += connection.execute(sa.select(twin.c.id).where(
+                twin.c.archive_run_id == run, twin.c.id.between(low, high))).scalars()
     present: list[int] = []
-    with sources.engines["primary"].connect() as connection:
-        for start in range(0, len(candidates), SHARED_KEY_CHUNK):
-            chunk = candidates[start:start + SHARED_KEY_CHUNK]
-            present += connection.execute(sa.select(table.c.id).where(table.c.id.in_(chunk))
-                                          ).scalars()
-    return present
+    for start in range(0, len(candidates), SHARED_KEY_CHUNK):
+        present += present_in_primary(sources, root, candidates[start:start + SHARED_KEY_CHUNK])
+    return sorted(present)
 
 
 def exclude_shared(sources: ReportSources, archive: SourceTables, root: str) -> SourceTables:

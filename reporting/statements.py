@@ -58,14 +58,16 @@ class SourceQuery:
 
 
 def source_query(sources: ReportSources, request: ReportRequest, report: RowReport,
-                 name: str) -> SourceQuery:
+                 name: str, *, without_shared: bool = False) -> SourceQuery:
     """The statements of ``request`` on database ``name``, from the cache when possible.
 
-    ARCHIVE's side of ``source=all`` is built afresh when rows caught between an archiver's
-    two commits must be left out: their keys are part of the statement then.
+    :param without_shared: on ARCHIVE's side of ``source=all``, leave out in SQL the rows
+        caught between an archiver's two commits (for counts, which see every row; pages
+        drop them as they read them). Such a statement holds their keys, so it is built
+        afresh whenever there are any.
     """
     tables = sources.tables[name]
-    if name == "archive" and request.source == "all":
+    if without_shared and name == "archive" and request.source == "all":
         tables = exclude_shared(sources, tables, report.root)
     dialect = sources.engines[name].dialect
     if tables is not sources.tables[name]:

@@ -7,6 +7,7 @@ process kills itself the N-th time it reaches POINT:
 * ``after_select``: the batch is selected and locked in PRIMARY; ARCHIVE is untouched.
 * ``after_archive_commit``: ARCHIVE holds the batch; PRIMARY has deleted nothing.
 * ``before_primary_commit``: PRIMARY's deletes ran but have not committed.
+* ``after_primary_commit``: PRIMARY committed its deletes; the ledger has not counted them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ POINT, NTH = sys.argv[1], int(sys.argv[2])
 ARCHIVE_DATABASE = sa.engine.make_url(os.environ["SEDIMENT_DATABASE__ARCHIVE_URL"]).database
 reached = 0
 deleting: set[int] = set()
+primary_committed = False
 
 
 def is_archive(connection: sa.Connection) -> bool:
@@ -39,6 +41,10 @@ def reach() -> None:
 @sa.event.listens_for(sa.Engine, "before_cursor_execute")
 def on_statement(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
     text = statement.lstrip().upper()
+    global primary_committed
+    if is_archive(conn) and primary_committed:
+        primary_committed = False  # the ledger's record of the deletes is next
+        reach()
     if is_archive(conn):
         # The first statement of a batch's ARCHIVE transaction: its timeouts on PostgreSQL,
         # the lookup of earlier owners on the portable path (ledger writes have neither).
@@ -54,8 +60,11 @@ def on_statement(conn, cursor, statement, parameters, context, executemany):  # 
 
 @sa.event.listens_for(sa.Engine, "commit")
 def on_commit(conn):  # type: ignore[no-untyped-def]
+    global primary_committed
     if POINT == "before_primary_commit" and id(conn) in deleting:
         reach()
+    if POINT == "after_primary_commit" and id(conn) in deleting:
+        primary_committed = True  # the commit event comes first: kill at the next statement
     deleting.discard(id(conn))
 
 

@@ -86,3 +86,44 @@ def test_a_writer_holding_an_aged_order_loses_no_update(
     quantities = {row[3] for row in archived_items.values() if row[1] == victim}  # quantity
     assert quantities == {99}
     assert_invariants(original, primary, archive, [orders])
+
+
+@pytest.mark.postgres
+def test_a_writer_holding_a_child_row_skips_its_order_not_the_run(
+    app: Flask, primary: sa.Engine, archive: sa.Engine
+) -> None:
+    """``SELECT ... FROM payments ... FOR UPDATE`` held by an application: its order stays
+    for a later run, counted ``skipped_locked``, and everything else moves."""
+    from archive.verify import verify_archive
+
+    seed_shop(primary, archive)
+    orders = small_batches(app)[0]
+    with primary.connect() as connection:
+        payment, victim = connection.execute(sa.text(
+            "SELECT p.id, p.order_id FROM payments p JOIN orders o ON o.id = p.order_id "
+            "WHERE o.status IN ('closed', 'cancelled') AND o.closed_at < :cutoff "
+            "ORDER BY o.id LIMIT 1"), {"cutoff": orders.cutoff(NOW)}).one()
+    quick = dataclasses.replace(settings_of(app).archive, retry_backoff=timedelta(0))
+    writer = primary.connect()
+    transaction = writer.begin()
+    writer.execute(sa.text("SELECT id FROM payments WHERE id = :id FOR UPDATE"), {"id": payment})
+    try:
+        first = run(app, primary, archive, orders, archive_settings=quick)
+        assert first.status == "done", first.error
+        assert first.skipped_locked == 1 and first.moved["orders"] > 0
+        assert victim in snapshot(primary)["orders"]
+        report = verify_archive(primary, archive, [orders])
+        assert report.ok, report.problems
+        assert any("skipped because a writer held them" in line for line in report.checks)
+    finally:
+        transaction.commit()
+        writer.close()
+    with archive.connect() as connection:
+        skipped = connection.execute(sa.text(
+            "SELECT skipped_locked FROM archive_run_tables WHERE table_name = 'orders'"
+        )).scalar_one()
+    assert skipped == 1
+    second = run(app, primary, archive, orders, archive_settings=quick)
+    assert second.status == "done" and second.moved["orders"] == 1
+    assert victim in snapshot(archive, twins=True)["orders"]
+    assert verify_archive(primary, archive, [orders]).ok

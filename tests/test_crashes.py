@@ -21,7 +21,8 @@ from reporting.migrations import upgrade_all
 from tests.archiving import NOW, assert_invariants, run, seed_shop, snapshot
 from tests.conftest import REPO, DatabaseFactory, empty_all_tables, make_settings
 
-POINTS = ("after_select", "after_archive_commit", "before_primary_commit", "random")
+POINTS = ("after_select", "after_archive_commit", "before_primary_commit", "after_primary_commit",
+          "random")
 BATCHES = {"SEDIMENT_POLICY__ORDERS__BATCH_SIZE": "3",
            "SEDIMENT_POLICY__EVENTS__BATCH_SIZE": "25"}
 

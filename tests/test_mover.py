@@ -190,10 +190,12 @@ def test_failure_at_every_statement_leaves_databases_consistent(
     policy = small_batches(app, orders=4, events=9)[policy_index]
     one_try = dataclasses.replace(settings_of(app).archive, retry_attempts=1)
     counter = {"n": 0, "fail_at": 0}
+    failed: list[str] = []
 
     def count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
         counter["n"] += 1
         if counter["n"] == counter["fail_at"]:
+            failed.append(statement)
             raise sa.exc.OperationalError(statement, parameters, RuntimeError("injected"))
 
     statements = None
@@ -216,8 +218,13 @@ def test_failure_at_every_statement_leaves_databases_consistent(
         if counter["n"] < n:  # the run finished before reaching statement n
             statements = n - 1
             assert status == "done"
+        elif "pg_locks" in failed[-1] or "pg_advisory_unlock" in failed[-1]:
+            # The check of the runner lock before a batch: a failing connection there means
+            # the lock went with it, and the runner takes it again on a new one. Releasing
+            # it after the run: the connection is discarded, which releases it too.
+            assert status == "done"
         else:
-            assert status in ("error", "raised")
+            assert status in ("error", "raised"), failed[-1]
         final = run(app, primary, archive, policy)
         assert final.status == "done", final.error
         assert_invariants(original, primary, archive, [policy])

@@ -1,0 +1,136 @@
+"""Rows caught in both databases by a batch that died between its two commits.
+
+Merged reports must stay as cheap as a page (never load a run's keys), and the next run
+must settle the ledger of the run that died, so that nothing looks in flight for ever.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from archive.ledger import run_tables
+from archive.runner import RunReport
+from archive.verify import verify_archive
+from reporting.app import settings_of
+from reporting.views import report_sources
+from tests.archiving import assert_invariants, run, seed_shop, small_batches, snapshot
+
+BATCH = 400
+
+
+def _fail_on(engine: sa.Engine, fragment: str) -> Any:
+    def fail(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if fragment in statement:
+            raise sa.exc.OperationalError(statement, parameters, RuntimeError("injected"))
+    sa.event.listen(engine, "before_cursor_execute", fail)
+    return fail
+
+
+def _run_failing_at(app: Flask, primary: sa.Engine, archive: sa.Engine, engine: sa.Engine,
+                    fragment: str) -> RunReport:
+    """One events run whose first batch fails at the first statement containing
+    ``fragment`` (no retry), as a process killed there would leave it."""
+    events = small_batches(app, events=BATCH)[1]
+    one_try = dataclasses.replace(settings_of(app).archive, retry_attempts=1)
+    fail = _fail_on(engine, fragment)
+    try:
+        report = run(app, primary, archive, events, archive_settings=one_try)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", fail)
+    assert report.status == "error"
+    return report
+
+
+def _counters(archive: sa.Engine) -> list[tuple[Any, ...]]:
+    with archive.connect() as connection:
+        return [tuple(row) for row in connection.execute(sa.select(
+            run_tables.c.run_id, run_tables.c.copied, run_tables.c.deleted,
+            run_tables.c.pending_low).order_by(run_tables.c.run_id))]
+
+
+@pytest.fixture
+def caught(app: Flask, primary: sa.Engine, archive: sa.Engine) -> Iterator[Flask]:
+    """A batch of events copied to ARCHIVE and still in PRIMARY (delete failed)."""
+    seed_shop(primary, archive)
+    _run_failing_at(app, primary, archive, primary, "DELETE")
+    in_both = snapshot(primary)["events"].keys() & snapshot(archive, twins=True)["events"].keys()
+    assert len(in_both) == BATCH
+    yield app
+
+
+def test_a_merged_page_looks_up_only_its_own_rows(caught: Flask, primary: sa.Engine) -> None:
+    sources = report_sources(caught)
+    seen: list[tuple[sa.Engine, str, Any]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        seen.append((conn.engine, statement, parameters))
+
+    for engine in sources.engines.values():
+        sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        body = caught.test_client().get("/api/v1/reports/events?sort=id&limit=10").get_json()
+    finally:
+        for engine in sources.engines.values():
+            sa.event.remove(engine, "before_cursor_execute", record)
+    ids = [row["id"] for row in body["rows"]]
+    assert ids == sorted(set(ids)) and len(ids) == 10
+    with primary.connect() as connection:
+        lowest = list(connection.execute(sa.text("SELECT id FROM events ORDER BY id LIMIT 10"))
+                      .scalars())
+    assert ids == lowest  # rows in both appear once; PRIMARY's are the lowest ids here
+    # Never a query by run (which reads every row the run archived) ...
+    assert not any("archive_run_id" in statement for _, statement, _ in seen)
+    # ... only the page's own ARCHIVE rows are looked up in PRIMARY.
+    lookups = [parameters for engine, statement, parameters in seen
+               if engine is sources.engines["primary"] and "FROM events" in statement]
+    assert lookups, "the page's ARCHIVE rows in the pending range were not checked"
+    for parameters in lookups:
+        keys = parameters["keys"] if isinstance(parameters, dict) else parameters
+        assert len(keys) <= 11
+
+
+def test_exact_counts_and_aggregates_count_rows_in_both_once(caught: Flask) -> None:
+    client = caught.test_client()
+    body = client.get("/api/v1/reports/events?count=exact&limit=1").get_json()
+    assert body["count"] == {"value": 900, "kind": "exact"}
+    summary = client.get("/api/v1/reports/events.csv")
+    assert summary.headers["X-Row-Count"] == "900"
+    assert len(summary.get_data(as_text=True).splitlines()) == 901
+
+
+def test_the_next_run_settles_a_batch_left_in_both(
+    caught: Flask, primary: sa.Engine, archive: sa.Engine,
+) -> None:
+    (_, copied, deleted, pending), = _counters(archive)
+    assert (copied, deleted) == (BATCH, 0) and pending is not None
+    original = snapshot(primary)
+    events = small_batches(caught, events=BATCH)[1]
+    assert run(caught, primary, archive, events).status == "done"
+    for run_id, copied, deleted, pending in _counters(archive):
+        assert copied == deleted and pending is None, run_id
+    assert_invariants(original, primary, archive, [events])
+
+
+def test_the_next_run_settles_deletes_the_ledger_never_recorded(
+    app: Flask, primary: sa.Engine, archive: sa.Engine,
+) -> None:
+    """Killed after the PRIMARY commit, before the ledger counted the deletes: the counters
+    stayed short for ever, and every merged page paid for it."""
+    seed_shop(primary, archive)
+    original = snapshot(primary)
+    _run_failing_at(app, primary, archive, archive, "SET deleted")
+    (_, copied, deleted, pending), = _counters(archive)
+    assert (copied, deleted) == (BATCH, 0) and pending is not None
+    events = small_batches(app, events=BATCH)[1]
+    unsettled = verify_archive(primary, archive, [events])
+    assert any("not settled" in problem for problem in unsettled.problems)
+    assert run(app, primary, archive, events).status == "done"
+    for run_id, copied, deleted, pending in _counters(archive):
+        assert copied == deleted and pending is None, run_id
+    assert_invariants(original, primary, archive, [events])
