@@ -29,7 +29,7 @@ from archive.mover import BatchResult
 from archive.runner import RunLimits, RunReport, plan_run
 from archive.scheduler import build_scheduler
 from archive.verify import verify_archive
-from reporting.app import create_app, policies_of, settings_of
+from reporting.app import create_checked_app, policies_of, settings_of
 from reporting.db import ARCHIVE, PRIMARY, db
 from reporting.settings import parse_duration
 
@@ -118,7 +118,7 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    app = create_app(args.settings_obj)
+    app = create_checked_app(args.settings_obj)
     settings = settings_of(app)
     names = args.policy or [p.name for p in policies_of(app) if p.enabled]
     for name in names:
@@ -181,7 +181,7 @@ def _print_summary(reports: list[RunReport]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    app = create_app(args.settings_obj)
+    app = create_checked_app(args.settings_obj)
     with app.app_context(), db.engines[ARCHIVE].connect() as connection:
         recent = connection.execute(
             sa.select(runs).order_by(runs.c.id.desc()).limit(args.limit)).all()
@@ -208,7 +208,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    app = create_app(args.settings_obj)
+    app = create_checked_app(args.settings_obj)
     with app.app_context():
         report = verify_archive(db.engines[PRIMARY], db.engines[ARCHIVE], policies_of(app))
     for line in report.checks:
@@ -245,7 +245,7 @@ def start_scheduler(app: Flask) -> BackgroundArchiver:
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
-    app = create_app(args.settings_obj)
+    app = create_checked_app(args.settings_obj)
     stop = threading.Event()
     scheduler = build_scheduler(
         policies_of(app), settings_of(app).scheduler,

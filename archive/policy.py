@@ -110,11 +110,18 @@ def resolve_policy(
     age_column = root.c[settings.age_column]
     if not _is_timestamp(age_column):
         raise SettingsError(f"{prefix}.age_column", f"{age_column.name!r} is not a timestamp")
-    for column in settings.match:
+    for column, values in settings.match.items():
         if column not in root.c:
             raise SettingsError(
                 f"{prefix}.match.{column}", f"table {root.name!r} has no such column"
             )
+        choices = declared_choices(root.c[column])
+        impossible = [value for value in values if choices is not None and value not in choices]
+        if impossible:
+            raise SettingsError(
+                f"{prefix}.match.{column}",
+                f"{root.name}.{column} can never hold {', '.join(map(repr, impossible))}; "
+                f"its values are {', '.join(choices or ())}")
     children = tuple(
         _child_link(name, root, f"{prefix}.children", primary_tables, archive_tables)
         for name in settings.children
@@ -140,6 +147,15 @@ def resolve_policies(
 ) -> tuple[ArchivePolicy, ...]:
     """Resolve every policy; see :func:`resolve_policy`."""
     return tuple(resolve_policy(s, primary_tables, archive_tables) for s in settings)
+
+
+def declared_choices(column: sa.Column[object]) -> tuple[str, ...] | None:
+    """The values a column may hold, where the schema says: an ``Enum`` type's labels, or
+    ``info["choices"]`` (the demo schema's check-constrained status columns)."""
+    if isinstance(column.type, sa.Enum):
+        return tuple(column.type.enums)
+    choices = column.info.get("choices")
+    return tuple(choices) if choices is not None else None
 
 
 def _is_timestamp(column: sa.Column[datetime]) -> bool:

@@ -12,9 +12,17 @@ from archive import models as archive_models
 from archive.policy import ArchivePolicy, resolve_policies
 from reporting import health, views
 from reporting.csv_export import ExportLimiter
-from reporting.db import ARCHIVE, db, engine_options, ensure_sqlite_folder, prepare_engine
+from reporting.db import (
+    ARCHIVE,
+    PRIMARY,
+    db,
+    engine_options,
+    ensure_sqlite_folder,
+    prepare_engine,
+)
 from reporting.errors import register_error_handlers
 from reporting.json_provider import OrjsonProvider
+from reporting.preflight import check_databases
 from reporting.readonly import create_readonly_engine
 from reporting.reports.base import SourceTables
 from reporting.settings import Settings, load_settings
@@ -69,6 +77,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(views.blueprint)
+    return app
+
+
+def create_checked_app(settings: Settings) -> Flask:
+    """Create the app for a command, then make sure both databases answer and are two
+    different databases (see :func:`reporting.preflight.check_databases`)."""
+    app = create_app(settings)
+    with app.app_context():
+        check_databases(db.engines[PRIMARY], db.engines[ARCHIVE])
     return app
 
 

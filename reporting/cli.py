@@ -15,16 +15,18 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import sqlalchemy as sa
 from flask import Flask
 from tqdm import tqdm
 
 from archive import cli as archive_cli
 from archive.models import archived_tables
-from reporting.app import create_app, settings_of
+from reporting.app import create_checked_app, settings_of
 from reporting.csv_export import check_row_cap, stream_csv
 from reporting.db import ARCHIVE, PRIMARY, db
 from reporting.errors import ReportError
-from reporting.migrations import upgrade_all
+from reporting.migrations import SchemaIncomplete, ensure_complete, upgrade_all
+from reporting.preflight import DatabaseUnreachable, first_line
 from reporting.reports import REPORTS
 from reporting.request import parse_request
 from reporting.seed import SeedError, SeedPlan, SeedResult, seed
@@ -60,12 +62,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"sediment: {exc}", file=sys.stderr)
         return exc.exit_code
+    except (DatabaseUnreachable, SchemaIncomplete) as exc:
+        print(f"sediment: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("sediment: interrupted", file=sys.stderr)
         return EXIT_ERROR
+    except sa.exc.DBAPIError as exc:
+        # One line for the operator; the driver's traceback is for DEBUG.
+        logger.debug("command failed", exc_info=True)
+        print(f"sediment: database error: {first_line(exc)} (--log-level DEBUG shows where)",
+              file=sys.stderr)
+        return EXIT_ERROR
     except Exception as exc:
         logger.exception("command failed")
-        print(f"sediment: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"sediment: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
 
 
@@ -113,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", help="upgrade both databases to the newest schema",
         description="Run the Alembic migrations of PRIMARY and ARCHIVE up to head.",
     )
+    migrate.add_argument("--repair", action="store_true",
+                         help="re-create, empty, tables a database lacks although its "
+                         "revision says it has them (otherwise that stops the command)")
     migrate.set_defaults(handler=cmd_migrate)
 
     seed_parser = commands.add_parser(
@@ -191,15 +205,19 @@ def _port(text: str) -> int:
 
 
 def make_app(args: argparse.Namespace) -> Flask:
-    """Create the app from the settings the command line chose."""
+    """Create the app from the settings the command line chose, and check that both of its
+    databases answer and are two different databases."""
     settings: Settings = args.settings_obj
-    return create_app(settings)
+    return create_checked_app(settings)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     app = make_app(args)
     with app.app_context():
         upgrade_all()
+        repaired = ensure_complete(repair=args.repair)
+    for label, tables in repaired.items():
+        print(f"re-created missing {label} tables, empty: {', '.join(tables)}")
     print("both databases are at the newest schema")
     return EXIT_OK
 
@@ -272,6 +290,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with app.app_context():
         if settings.service.migrate_on_start:
             upgrade_all()
+        ensure_complete()
         if settings.service.seed_when_empty:
             try:
                 run_seed(SeedPlan(), append=False)

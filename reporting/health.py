@@ -1,4 +1,4 @@
-"""``GET /healthz``: is each database reachable, and is its schema at the newest revision?"""
+"""``GET /healthz``: is each database reachable, at the newest revision, with every table?"""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify
 
 from reporting.db import db
 from reporting.migrations import HISTORIES, bind_label, current_revision, head_revision
+from reporting.preflight import missing_tables
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +26,16 @@ def database_health(bind_key: str | None) -> dict[str, Any]:
         current = current_revision(engine)
     except sa.exc.SQLAlchemyError as exc:
         logger.warning("health: %s database unreachable: %s", bind_label(bind_key), exc)
-        report.update(reachable=False, revision=None, at_head=False, error=type(exc).__name__)
+        report.update(reachable=False, revision=None, at_head=False, missing_tables=[],
+                      error=type(exc).__name__)
         return report
-    report.update(reachable=True, revision=current, at_head=current == head)
+    try:
+        missing = missing_tables(engine, db.metadatas[bind_key])
+    except sa.exc.SQLAlchemyError as exc:
+        logger.warning("health: %s database: %s", bind_label(bind_key), exc)
+        missing = []
+    report.update(reachable=True, revision=current, at_head=current == head,
+                  missing_tables=missing)
     return report
 
 
@@ -35,6 +43,7 @@ def database_health(bind_key: str | None) -> dict[str, Any]:
 def healthz() -> tuple[Response, int]:
     """Return 200 when both databases are reachable and migrated, else 503."""
     databases = {bind_label(key): database_health(key) for key in HISTORIES}
-    healthy = all(d["reachable"] and d["at_head"] for d in databases.values())
+    healthy = all(d["reachable"] and d["at_head"] and not d["missing_tables"]
+                  for d in databases.values())
     body = jsonify(status="ok" if healthy else "unavailable", databases=databases)
     return body, 200 if healthy else 503

@@ -18,6 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from reporting.db import ARCHIVE, PRIMARY, db
+from reporting.preflight import missing_tables
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,40 @@ def upgrade_all(revision: str = "head") -> None:
     for bind_key in HISTORIES:
         logger.info("migrating %s database to %s", bind_label(bind_key), revision)
         command.upgrade(alembic_config(bind_key), revision)
+
+
+class SchemaIncomplete(RuntimeError):
+    """A database is at the newest revision on paper but lacks tables."""
+
+
+def ensure_complete(*, repair: bool = False) -> dict[str, list[str]]:
+    """Check that each database has every table its history says it has.
+
+    Alembic trusts its version table: a table dropped by hand stays dropped through any
+    number of upgrades, and every query on it fails later. Call inside an app context,
+    after :func:`upgrade_all`.
+
+    :param repair: create the missing tables, empty, from the schema at head.
+    :returns: the tables re-created, per database (empty without ``repair``).
+    :raises SchemaIncomplete: naming the database and its missing tables, unless ``repair``.
+    """
+    repaired: dict[str, list[str]] = {}
+    for bind_key in HISTORIES:
+        engine, metadata = db.engines[bind_key], db.metadatas[bind_key]
+        missing = missing_tables(engine, metadata)
+        if not missing:
+            continue
+        label = bind_label(bind_key)
+        if not repair:
+            raise SchemaIncomplete(
+                f"the {label} database is at revision {current_revision(engine)} but lacks "
+                f"tables {', '.join(missing)}: restore them from a backup, or run "
+                "'run_service.py migrate --repair' to re-create them empty")
+        logger.warning("%s database: re-creating missing tables %s, empty", label,
+                       ", ".join(missing))
+        metadata.create_all(engine, tables=[metadata.tables[name] for name in missing])
+        repaired[label] = missing
+    return repaired
 
 
 def downgrade_all(revision: str = "base") -> None:

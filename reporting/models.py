@@ -53,7 +53,7 @@ class Order(Model):
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
     customer_id: Mapped[int] = mapped_column(sa.ForeignKey("customers.id"), index=True)
-    status: Mapped[str] = mapped_column(sa.String(16))
+    status: Mapped[str] = mapped_column(sa.String(16), info={"choices": ORDER_STATUSES})
     placed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
@@ -74,7 +74,7 @@ class Payment(Model):
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
     order_id: Mapped[int] = mapped_column(sa.ForeignKey("orders.id"), index=True)
     amount_cents: Mapped[int] = mapped_column(sa.BigInteger)
-    method: Mapped[str] = mapped_column(sa.String(16))
+    method: Mapped[str] = mapped_column(sa.String(16), info={"choices": PAYMENT_METHODS})
     paid_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 

@@ -56,6 +56,9 @@ class ServiceSettings:
     migrate_on_start: bool = True
     seed_when_empty: bool = True
     log_level: str = "INFO"
+    workers: int = 1
+    connection_limit: int = 1000
+    backlog: int = 2048
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class ReportSettings:
     statement_timeout_ms: int = 30_000
     csv_max_rows: int = 5_000_000
     csv_max_concurrent: int = 4
+    aggregate_cache: timedelta = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,20 @@ def resolve_sqlite_path(url: str, base: Path) -> str:
     if not path.is_absolute():
         parsed = parsed.set(database=str((base / path).resolve()))
     return parsed.render_as_string(hide_password=False)
+
+
+def same_sqlite_file(first: str, second: str) -> bool:
+    """Whether two SQLite URLs reach one file (through a symlink, ``..`` or a hard link)."""
+    paths = []
+    for url in (first, second):
+        parsed = sa.engine.make_url(url)
+        if parsed.get_backend_name() != "sqlite" or not parsed.database \
+                or parsed.database == ":memory:":
+            return False
+        paths.append(Path(parsed.database))
+    if os.path.realpath(paths[0]) == os.path.realpath(paths[1]):
+        return True
+    return all(p.exists() for p in paths) and os.path.samefile(paths[0], paths[1])
 
 
 def load_settings(
@@ -315,9 +333,11 @@ def _validate(settings: Settings, base: Path) -> Settings:
         except ValueError as exc:
             raise SettingsError(f"database.{key}", str(exc)) from exc
         urls[key] = resolve_sqlite_path(url, base)
-    if urls["primary_url"] == urls["archive_url"]:
+    if same_sqlite_file(urls["primary_url"], urls["archive_url"]) or \
+            urls["primary_url"] == urls["archive_url"]:
         raise SettingsError(
-            "database.archive_url", "must name a different database from database.primary_url"
+            "database.archive_url", "reaches the same database as database.primary_url; the "
+            "archive must be another database"
         )
     _require_positive("database.pool_size", db.pool_size)
     _require_positive("database.statement_timeout_ms", db.statement_timeout_ms)
@@ -326,6 +346,9 @@ def _validate(settings: Settings, base: Path) -> Settings:
     if not 0 < service.port < 65536:
         raise SettingsError("service.port", f"{service.port} is not a TCP port")
     _require_positive("service.threads", service.threads)
+    _require_positive("service.workers", service.workers)
+    _require_positive("service.connection_limit", service.connection_limit)
+    _require_positive("service.backlog", service.backlog)
     if service.log_level.upper() not in _LOG_LEVELS:
         raise SettingsError(
             "service.log_level", f"{service.log_level!r} is not one of {', '.join(_LOG_LEVELS)}"
@@ -336,6 +359,12 @@ def _validate(settings: Settings, base: Path) -> Settings:
         _require_positive(f"reports.{name}", getattr(reports, name))
     if reports.default_limit > reports.max_limit:
         raise SettingsError("reports.default_limit", "must not exceed reports.max_limit")
+    if reports.csv_max_concurrent >= service.threads:
+        raise SettingsError(
+            "reports.csv_max_concurrent",
+            f"{reports.csv_max_concurrent} would let slow CSV downloads hold all "
+            f"{service.threads} service.threads; make it at most {service.threads - 1}, or "
+            "raise service.threads")
     _require_positive("archive.retry_attempts", settings.archive.retry_attempts)
     seen: set[str] = set()
     for policy in settings.policies:

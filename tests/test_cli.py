@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from tests.conftest import REPO, DatabaseFactory
 
@@ -136,3 +138,61 @@ def test_archive_run_status_verify_and_lock_busy(databases: DatabaseFactory) -> 
     verify = run_cli("archive", "verify", env=env)
     assert verify.returncode == 0, verify.stdout
     assert "all checks passed" in verify.stdout
+
+
+def test_one_database_under_two_urls_is_refused_naming_the_key(
+    databases: DatabaseFactory,
+) -> None:
+    primary, _ = databases.pair("same_db")
+    if databases.backend == "postgres":
+        # 127.0.0.1 against localhost, and the port spelled out: one database all the same.
+        url = sa.engine.make_url(primary)
+        other = url.set(host="localhost" if url.host != "localhost" else "127.0.0.1",
+                        port=url.port or 5432).render_as_string(hide_password=False)
+    else:
+        path = sa.engine.make_url(primary).database
+        assert path
+        link = f"{path}.link"
+        sqlite3.connect(path).close()
+        os.symlink(path, link)
+        other = f"sqlite:///{link}"
+    result = run_cli("migrate", env=env_for(primary, other))
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip()
+    assert message.startswith("sediment: settings: database.archive_url:") and "same" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_an_unreachable_database_is_one_line_naming_it(databases: DatabaseFactory) -> None:
+    primary, _ = databases.pair("unreachable")
+    result = run_cli("migrate", env=env_for(primary, "postgresql://nobody@127.0.0.1:1/none"))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "cannot reach the archive database" in lines[0] and "127.0.0.1:1" in lines[0]
+
+
+def test_a_missing_archive_table_stops_migrate_until_repaired(
+    databases: DatabaseFactory,
+) -> None:
+    urls = databases.pair("missing_table")
+    env = env_for(*urls)
+    assert run_cli("migrate", env=env).returncode == 0
+    with sa.create_engine(urls[1], poolclass=sa.pool.NullPool).begin() as connection:
+        connection.execute(sa.text("DROP TABLE events"))
+    from reporting.app import create_app
+    from tests.conftest import make_settings
+
+    health = create_app(make_settings(*urls)).test_client().get("/healthz")
+    assert health.status_code == 503
+    assert health.get_json()["databases"]["archive"]["missing_tables"] == ["events"]
+    refused = run_cli("migrate", env=env)
+    assert refused.returncode == 1
+    last = refused.stderr.strip().splitlines()[-1]  # after the INFO lines of the upgrade
+    assert last.startswith("sediment: the archive database is at revision")
+    assert "lacks tables events" in last and "--repair" in last
+    assert "Traceback" not in refused.stderr
+    repaired = run_cli("migrate", "--repair", env=env)
+    assert repaired.returncode == 0, repaired.stderr
+    assert "re-created missing archive tables, empty: events" in repaired.stdout
+    assert create_app(make_settings(*urls)).test_client().get("/healthz").status_code == 200

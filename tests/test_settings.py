@@ -73,6 +73,13 @@ def test_environment_override_reaches_policy_tables(tmp_path: Path) -> None:
          "database.archive_url"),
         ("[archive]\nthrottle = 'soon'\n", {}, "archive.throttle"),
         ("[reports]\ndefault_limit = 5000\n", {}, "reports.default_limit"),
+        # Slow CSV readers must never hold every thread.
+        ("[reports]\ncsv_max_concurrent = 8\n", {}, "reports.csv_max_concurrent"),
+        ("[service]\nthreads = 4\n", {}, "reports.csv_max_concurrent"),
+        ("[service]\nconnection_limit = 0\n", {}, "service.connection_limit"),
+        # The same file spelled another way.
+        ("[database]\narchive_url = 'sqlite:///data/../data/primary.sqlite3'\n", {},
+         "database.archive_url"),
         ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\nschedule = '61 * * * *'\n", {},
          "policy.x.schedule"),
         ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\nolder_than = '0d'\n", {},
@@ -105,6 +112,9 @@ def test_missing_settings_file_is_an_error(tmp_path: Path) -> None:
         ("table = 'orders'\nage_column = 'closed_at'\nmatch = { colour = ['red'] }",
          "policy.p.match.colour"),
         ("table = 'orders'\nage_column = 'closed_at'\nchildren = ['events']", "policy.p.children"),
+        # A value the column's declared choices can never hold.
+        ("table = 'orders'\nage_column = 'closed_at'\nmatch = { status = ['closed', 'closd'] }",
+         "policy.p.match.status"),
     ],
 )
 def test_policy_naming_unknown_schema_stops_startup(tmp_path: Path, policy: str, key: str) -> None:
@@ -146,3 +156,13 @@ def test_every_setting_is_documented_in_settings_toml_and_readme() -> None:
         line = re.search(rf"^(?P<comments>(#.*\n)*){key} = ", block, re.MULTILINE)
         assert line and line.group("comments"), f"{dotted} has no comment in settings.toml"
         assert f"`{dotted}`" in readme, f"{dotted} is not documented in README.md"
+
+
+def test_a_symlinked_sqlite_archive_is_the_primary(tmp_path: Path) -> None:
+    (tmp_path / "primary.sqlite3").touch()
+    (tmp_path / "archive.sqlite3").symlink_to(tmp_path / "primary.sqlite3")
+    text = ("[database]\nprimary_url = 'sqlite:///primary.sqlite3'\n"
+            "archive_url = 'sqlite:///archive.sqlite3'\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(write(tmp_path, text), environ={})
+    assert caught.value.key == "database.archive_url"

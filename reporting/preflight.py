@@ -1,0 +1,89 @@
+"""Checks before a command touches the databases: both reachable, and really two.
+
+A leaf module. Each failure is one line an operator can act on, naming the database (by its
+setting and its URL without password) and the cause; the traceback goes to the DEBUG log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import sqlalchemy as sa
+
+from reporting.settings import SettingsError
+
+logger = logging.getLogger(__name__)
+
+
+class DatabaseUnreachable(RuntimeError):
+    """A database did not answer; the message names it and the cause."""
+
+
+def describe(engine: sa.Engine) -> str:
+    """The engine's URL without its password, for messages."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error (of the driver's error, for SQLAlchemy's wrappers)."""
+    cause = getattr(error, "orig", None) or error
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__
+
+
+def database_identity(connection: sa.Connection) -> tuple[object, ...]:
+    """What makes a database itself, as the server reports it (not as its URL spells it).
+
+    PostgreSQL: the cluster's system identifier where the role may read it, else the
+    postmaster's start time (no two servers share it to the microsecond), plus the
+    database's oid. SQLite: the main database file's device and inode.
+    """
+    if connection.dialect.name == "postgresql":
+        try:
+            with connection.begin_nested():
+                cluster: object = connection.execute(sa.text(
+                    "SELECT system_identifier FROM pg_control_system()")).scalar_one()
+        except sa.exc.DBAPIError:
+            cluster = connection.execute(sa.text("SELECT pg_postmaster_start_time()")
+                                         ).scalar_one()
+        database = connection.execute(sa.text(
+            "SELECT oid FROM pg_database WHERE datname = current_database()")).scalar_one()
+        return ("postgresql", cluster, database)
+    path = connection.execute(sa.text("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                              ).scalar_one()
+    if not path:
+        return ("sqlite", "memory", id(connection.engine))
+    found = os.stat(path)
+    return ("sqlite", found.st_dev, found.st_ino)
+
+
+def check_databases(primary: sa.Engine, archive: sa.Engine) -> None:
+    """Connect to both databases and make sure they are two.
+
+    :raises DatabaseUnreachable: naming the database that did not answer, and why.
+    :raises SettingsError: on ``database.archive_url`` when both URLs reach one database
+        (``localhost`` against ``127.0.0.1``, a port spelled out, a symlinked file...).
+    """
+    identities = {}
+    for label, engine in (("primary", primary), ("archive", archive)):
+        try:
+            with engine.connect() as connection:
+                identities[label] = database_identity(connection)
+        except sa.exc.DBAPIError as exc:
+            logger.debug("connecting to the %s database failed", label, exc_info=True)
+            raise DatabaseUnreachable(
+                f"cannot reach the {label} database (database.{label}_url = "
+                f"{describe(engine)}): {first_line(exc)}") from exc
+    if identities["primary"] == identities["archive"]:
+        raise SettingsError(
+            "database.archive_url",
+            f"{describe(archive)} reaches the same database as database.primary_url "
+            f"({describe(primary)}); the archive must be another database")
+
+
+def missing_tables(engine: sa.Engine, metadata: sa.MetaData) -> list[str]:
+    """Tables of ``metadata`` the database does not have."""
+    with engine.connect() as connection:
+        present = set(sa.inspect(connection).get_table_names())
+    return sorted(name for name in metadata.tables if name not in present)
