@@ -8,6 +8,7 @@ bad settings, 3 archival lock busy.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -25,11 +26,13 @@ from reporting.app import create_checked_app, settings_of
 from reporting.csv_export import check_row_cap, stream_csv
 from reporting.db import ARCHIVE, PRIMARY, db
 from reporting.errors import ReportError
+from reporting.logs import configure_logging
 from reporting.migrations import SchemaIncomplete, ensure_complete, upgrade_all
 from reporting.preflight import DatabaseUnreachable, first_line
 from reporting.reports import REPORTS
 from reporting.request import parse_request
 from reporting.seed import SeedError, SeedPlan, SeedResult, seed
+from reporting.server import serve_in_process, serve_with_workers
 from reporting.settings import Settings, SettingsError, load_settings
 from reporting.views import report_sources
 
@@ -80,22 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr with timestamps: the service's operational record."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    logging.getLogger("alembic.runtime.migration").addFilter(_quiet_alembic_context)
-
-
-def _quiet_alembic_context(record: logging.LogRecord) -> bool:
-    """Drop Alembic's per-connection preamble (logged on every /healthz); keep upgrades."""
-    return not record.getMessage().startswith(("Context impl", "Will assume"))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_service.py",
@@ -116,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to listen on (default: [service] host)")
     serve.add_argument("--port", type=_port, help="port to listen on (default: [service] port)")
+    serve.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="worker processes (default: [service] workers); more than 1 "
+                       "serves with gunicorn, the scheduler staying in this process")
     serve.add_argument("--no-scheduler", action="store_true",
                        help="do not run archival policies in this process")
     serve.set_defaults(handler=cmd_serve)
@@ -194,6 +184,13 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
 
 
@@ -281,39 +278,54 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from waitress import serve as waitress_serve
-
     app = make_app(args)
     settings = settings_of(app)
-    host = getattr(args, "host", None) or settings.service.host
-    port = getattr(args, "port", None) or settings.service.port
+    service = settings.service
+    host = getattr(args, "host", None) or service.host
+    port = getattr(args, "port", None) or service.port
+    workers = getattr(args, "workers", None) or service.workers
+    if workers != service.workers:
+        service = dataclasses.replace(service, workers=workers)
     with app.app_context():
-        if settings.service.migrate_on_start:
+        if service.migrate_on_start:
             upgrade_all()
         ensure_complete()
-        if settings.service.seed_when_empty:
+        if service.seed_when_empty:
             try:
                 run_seed(SeedPlan(), append=False)
             except CommandError:
                 logger.info("databases hold data: demo seeding skipped")
     scheduler = None
     if settings.scheduler.enabled and not getattr(args, "no_scheduler", False):
+        # In this process only: gunicorn's workers serve HTTP and never schedule.
         scheduler = archive_cli.start_scheduler(app)
-    print(f"Sediment is serving on http://{host}:{port}/  (health: http://{host}:{port}/healthz)",
-          flush=True)
-    previous = {sig: signal.signal(sig, _stop_serving) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def announce() -> None:
+        how = f"{workers} worker processes" if workers > 1 else f"{service.threads} threads"
+        print(f"Sediment is serving on http://{host}:{port}/  (health: "
+              f"http://{host}:{port}/healthz; {how})", flush=True)
+
+    code = EXIT_OK
     try:
-        # Returns when a signal handler raises SystemExit: waitress closes its sockets then.
-        waitress_serve(app, host=host, port=port, threads=settings.service.threads,
-                       ident="sediment")
+        if workers > 1:
+            code = serve_with_workers(host, port, service, settings.source, announce)
+        else:
+            previous = {sig: signal.signal(sig, _stop_serving)
+                        for sig in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                # Returns when a signal handler raises SystemExit; the sockets close then.
+                serve_in_process(app, host, port, service, announce)
+            except SystemExit:
+                pass
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         if scheduler is not None:
             logger.info("waiting for running archival batches to finish")
             scheduler.shutdown()
     logger.info("stopped")
-    return EXIT_OK
+    return code
 
 
 def _stop_serving(signum: int, _frame: object) -> None:

@@ -1,0 +1,25 @@
+"""The WSGI entry of gunicorn workers (``serve --workers N``).
+
+Each worker process builds its own app, engines and pools after gunicorn forked it: nothing
+that holds a connection crosses a fork. The settings file comes from ``SEDIMENT_SETTINGS_FILE``
+(set by ``serve``), ``SEDIMENT_*`` overrides from the inherited environment as usual.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+
+from reporting.app import create_app
+from reporting.logs import configure_logging
+from reporting.settings import load_settings
+
+SETTINGS_FILE_VARIABLE = "SEDIMENT_SETTINGS_FILE"
+
+
+def create_worker_app() -> Flask:
+    """Build one gunicorn worker's app (``reporting.wsgi:create_worker_app()``)."""
+    settings = load_settings(os.environ.get(SETTINGS_FILE_VARIABLE) or None)
+    configure_logging(settings.service.log_level)
+    return create_app(settings)
