@@ -26,6 +26,7 @@ from archive.locks import LockLost, RunnerLock
 from archive.mover import ArchiveError, BatchResult, Timeouts, move_batch
 from archive.policy import ArchivePolicy
 from archive.settle import settle_pending_runs
+from reporting.db import analyze
 from reporting.settings import ArchiveSettings, DatabaseSettings
 
 logger = logging.getLogger(__name__)
@@ -163,6 +164,8 @@ def run_policy(
         _batches(primary, archive, policy, report, lock, database, settings, limits, stop,
                  progress)
         _finish(archive, report, settings, stop)
+        if report.rows:
+            _refresh_statistics(archive, policy)
     finally:
         lock.release()
     log = logger.error if report.status in ("error", "lock_lost") else logger.info
@@ -256,6 +259,16 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, repo
         report.status, report.error = "error", first_line(exc)
     finally:
         report.seconds = time.monotonic() - started
+
+
+def _refresh_statistics(archive: sa.Engine, policy: ArchivePolicy) -> None:
+    """ANALYZE the twins a run added to, so merged reports are planned for their new size
+    (ARCHIVE is Sediment's own; PRIMARY's statistics are left to its autovacuum)."""
+    try:
+        analyze(archive, [policy.archive_root, *(link.archive_table for link in policy.children)])
+    except sa.exc.SQLAlchemyError as exc:
+        logger.warning("policy %s: ANALYZE of the archive tables failed: %s", policy.name,
+                       first_line(exc))
 
 
 def _check_still_running(archive: sa.Engine, run_id: int) -> None:

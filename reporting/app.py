@@ -108,7 +108,8 @@ def report_sources(settings: Settings) -> ReportSources:
                                 engines["primary"].dialect.name),
         "archive": SourceTables("archive", archive_tables, engines["archive"].dialect.name),
     }
-    return ReportSources(engines=engines, tables=tables)
+    return ReportSources(engines=engines, tables=tables,
+                         aggregate_ttl=settings.reports.aggregate_cache.total_seconds())
 
 
 def settings_of(app: Flask) -> Settings:

@@ -103,6 +103,18 @@ def ensure_sqlite_folder(url: str) -> None:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
+def analyze(engine: sa.Engine, tables: list[sa.Table]) -> None:
+    """Refresh the planner's statistics of ``tables`` after a bulk change.
+
+    Autovacuum gets there eventually; until it does, PostgreSQL plans report pages as if
+    the tables were empty. SQLite's planner gets the same from ``ANALYZE``.
+    """
+    with engine.begin() as connection:  # ANALYZE, unlike VACUUM, may run in a transaction
+        quote = connection.dialect.identifier_preparer.quote
+        for table in tables:
+            connection.exec_driver_sql(f"ANALYZE {quote(table.name)}")
+
+
 #: Execution option: on SQLite, open the transaction with ``BEGIN IMMEDIATE`` (take the
 #: write lock up front), the closest SQLite has to ``SELECT ... FOR UPDATE``.
 SQLITE_WRITE_LOCK = "sediment_sqlite_write_lock"

@@ -13,11 +13,12 @@ import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from reporting.aggregation import aggregate_frame, page_frame
+from reporting.aggregation import combined_groups, page_frame
 from reporting.pagination import PageCursor
 from reporting.pgfetch import fetch_direct
 from reporting.reports.base import AggregateReport, RowReport
@@ -44,6 +45,8 @@ class Page:
     count_kind: str = "none"
     took_ms: float = 0.0
     sources: list[str] = field(default_factory=list)
+    #: For aggregate reports: when the groups were combined (they may be reused a while).
+    computed_at: datetime | None = None
 
 
 def run_page(sources: ReportSources, request: ReportRequest, cursor: PageCursor | None) -> Page:
@@ -52,8 +55,9 @@ def run_page(sources: ReportSources, request: ReportRequest, cursor: PageCursor 
     wanted = request.limit + 1  # one more than the page tells whether another page follows
     report = request.report
     # An aggregate is combined once per request: the page and its count come from one frame.
-    frame = aggregate_frame(sources, request, report) \
+    combined = combined_groups(sources, request, report) \
         if isinstance(report, AggregateReport) else None
+    frame = combined.frame if combined is not None else None
     if frame is not None:
         rows = list(itertools.islice(page_frame(frame, request, cursor), wanted))
     elif request.source != "all":  # one database: the page is one query
@@ -74,7 +78,8 @@ def run_page(sources: ReportSources, request: ReportRequest, cursor: PageCursor 
     else:
         rows = [{c: row.get(c) for c in columns} for row in rows]
     page = Page(rows=rows, columns=columns, has_more=has_more, next_cursor=next_cursor,
-                sources=sources_of(request))
+                sources=sources_of(request),
+                computed_at=combined.computed_at if combined is not None else None)
     if request.count != "none":
         page.count, page.count_kind = ((len(frame), "exact") if frame is not None
                                        else count_rows(sources, request))
@@ -103,7 +108,7 @@ def iter_rows(sources: ReportSources, request: ReportRequest,
     """
     report = request.report
     if isinstance(report, AggregateReport):
-        frame = aggregate_frame(sources, request, report)
+        frame = combined_groups(sources, request, report).frame
         yield from page_frame(frame, request, cursor)
         return
     assert isinstance(report, RowReport)
@@ -158,7 +163,7 @@ def count_rows(sources: ReportSources, request: ReportRequest) -> tuple[int, str
     """Count matching rows: ``exact``, or the planner's ``estimated`` on PostgreSQL."""
     report = request.report
     if isinstance(report, AggregateReport):
-        return len(aggregate_frame(sources, request, report)), "exact"
+        return len(combined_groups(sources, request, report).frame), "exact"
     assert isinstance(report, RowReport)
     total, kind = 0, "exact"
     for name in sources_of(request):

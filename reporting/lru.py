@@ -28,8 +28,21 @@ class LRUCache(Generic[K, V]):
                 self._values.move_to_end(key)
                 return value
         value = build()
+        self.put(key, value)
+        return value
+
+    def get(self, key: K) -> V | None:
+        """The value cached for ``key``, if any (marked as just used)."""
+        with self._lock:
+            value = self._values.get(key)
+            if value is not None:
+                self._values.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        """Cache ``value`` for ``key``, dropping the least recently used beyond the size."""
         with self._lock:
             self._values[key] = value
+            self._values.move_to_end(key)
             while len(self._values) > self._size:
                 self._values.popitem(last=False)
-        return value

@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from reporting.db import analyze
 from reporting.models import Customer, Event, Order, OrderItem, Payment, Product
 from reporting.pgcopy import copy_in
 
@@ -151,6 +152,7 @@ def seed(
         _write_events(rng, writer, plan.events, next_ids, pick_customer, until)
     writer.flush()
     _advance_sequences(primary, next_ids)
+    analyze(primary, _all_tables())
     result = SeedResult(rows=counts, seconds=time.perf_counter() - started)
     logger.info("seeded %d rows in %.1fs (%.0f rows/s): %s", result.total, result.seconds,
                 result.rows_per_second, counts)

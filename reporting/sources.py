@@ -28,6 +28,9 @@ from reporting.request import ReportRequest
 SHARED_KEY_CHUNK = 5000
 #: Row-report statements kept per app, one per request shape (see reporting.statements).
 CACHED_STATEMENTS = 512
+#: Combined aggregate results kept per app (see reporting.aggregation); each holds one
+#: row per group, so a few dozen bound the memory.
+CACHED_AGGREGATES = 32
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,10 @@ class ReportSources:
     #: Built statements by request shape; they refer to these tables, so they live here.
     statements: LRUCache[Any, Any] = field(
         default_factory=lambda: LRUCache(CACHED_STATEMENTS), compare=False, repr=False)
+    #: Seconds a combined aggregate result is reused (0: never), and the results.
+    aggregate_ttl: float = 0.0
+    aggregates: LRUCache[Any, Any] = field(
+        default_factory=lambda: LRUCache(CACHED_AGGREGATES), compare=False, repr=False)
 
 
 def sources_of(request: ReportRequest) -> list[str]:

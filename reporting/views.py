@@ -130,7 +130,8 @@ def envelope(report_request: ReportRequest, page: Page, next_token: str | None) 
         "count": {"value": page.count, "kind": page.count_kind},
         "meta": {"report": report_request.report.name, "params": report_request.normalised(),
                  "sort": ("-" if report_request.descending else "") + report_request.sort,
-                 "sources": page.sources, "columns": page.columns, "took_ms": page.took_ms},
+                 "sources": page.sources, "columns": page.columns, "took_ms": page.took_ms,
+                 **({"computed_at": page.computed_at} if page.computed_at else {})},
     }
 
 

@@ -129,6 +129,9 @@ def make_settings(primary_url: str, archive_url: str, **overrides: str) -> Setti
         "SEDIMENT_DATABASE__PRIMARY_URL": primary_url,
         "SEDIMENT_DATABASE__ARCHIVE_URL": archive_url,
         "SEDIMENT_SERVICE__SEED_WHEN_EMPTY": "false",
+        # Tests change data between requests on one app: every aggregate computed afresh,
+        # except in the tests of the cache itself.
+        "SEDIMENT_REPORTS__AGGREGATE_CACHE": "0s",
         **overrides,
     }
     return load_settings(REPO / "settings.toml", environ=environ)

@@ -212,3 +212,33 @@ def test_direct_pages_equal_sqlalchemy_pages(
                 if not direct:
                     break
                 cursor = PageCursor(tuple(direct[-1][c] for c in (request.sort, *request.key)))
+
+
+def test_aggregate_results_are_reused_until_the_archiver_moves_rows(
+    app: Flask, primary: sa.Engine, archive: sa.Engine, urls: tuple[str, str],
+) -> None:
+    from reporting.app import create_app
+    from tests.conftest import make_settings
+
+    cached = create_app(make_settings(*urls, SEDIMENT_REPORTS__AGGREGATE_CACHE="60s"))
+    client = cached.test_client()
+    seed_shop(primary, archive)
+    orders = small_batches(app, orders=7)[0]
+    run(app, primary, archive, orders, limits=RunLimits(max_rows=20))
+    query = {"limit": "5", "sort": "-revenue_cents"}
+    first = client.get("/api/v1/reports/customer-summary", query_string=query).get_json()
+    computed = first["meta"]["computed_at"]
+    later = client.get("/api/v1/reports/customer-summary", query_string={
+        **query, "cursor": first["page"]["next_cursor"]}).get_json()
+    assert later["meta"]["computed_at"] == computed  # page two reuses page one's groups
+    rows = [r for body in pages(client, "customer-summary", query) for r in body["rows"]]
+    assert rows == expected_rows(primary, archive, "customer-summary", "all", "-revenue_cents",
+                                 {})
+    run(app, primary, archive, orders, limits=RunLimits(max_rows=20))  # rows move
+    moved = client.get("/api/v1/reports/customer-summary", query_string=query).get_json()
+    assert moved["meta"]["computed_at"] > computed
+    rows = [r for body in pages(client, "customer-summary", query) for r in body["rows"]]
+    assert rows == expected_rows(primary, archive, "customer-summary", "all", "-revenue_cents",
+                                 {})
+    for engine in report_sources(cached).engines.values():
+        engine.dispose()

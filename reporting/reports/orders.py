@@ -32,7 +32,10 @@ def query(tables: SourceTables, params: Mapping[str, Any]) -> sa.Select[Any]:
 REPORT = RowReport(
     name="orders",
     title="Orders",
-    description="One row per order: customer, status, item count, total and amount paid.",
+    description="One row per order: customer, status, item count, total and amount paid. "
+    "Sorting by total_cents computes every matching order's total for each page (no index "
+    "can hold a sum over items): filter first on large shops; reports.statement_timeout_ms "
+    "bounds it.",
     columns=(
         Column("id", "integer", "order id"),
         Column("customer_id", "integer", "customer id"),
