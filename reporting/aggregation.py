@@ -44,13 +44,15 @@ def combined_groups(sources: ReportSources, request: ReportRequest,
     """:func:`aggregate_frame`, reused for ``sources.aggregate_ttl`` seconds per query.
 
     Every page of an aggregate report needs all of its groups, so without reuse page ten
-    costs what page one does. A result is dropped early when the archiver has moved rows
-    since (the ledger's version changed), so archiving never shows a total twice or not
-    at all; application writes show after at most the TTL.
+    costs what page one does. Application writes show after at most the TTL. Archiving
+    moves rows between the databases without changing their union, so a ``source=all``
+    result stays exact while a run goes on (rows caught in both are counted once either
+    way); a one-database result is dropped as soon as the archiver has moved rows (the
+    ledger's version changed).
     """
     if sources.aggregate_ttl <= 0:
         return Combined(aggregate_frame(sources, request, report), datetime.now(UTC), (0, 0))
-    version = ledger_version(sources)
+    version = ledger_version(sources) if request.source != "all" else (0, 0)
     key = (report.name, request.source, tuple(sorted(request.params.items())),
            tuple((clause.column, clause.op, clause.value) for clause in request.filters))
     cached: Combined | None = sources.aggregates.get(key)

@@ -214,9 +214,11 @@ def test_direct_pages_equal_sqlalchemy_pages(
                 cursor = PageCursor(tuple(direct[-1][c] for c in (request.sort, *request.key)))
 
 
-def test_aggregate_results_are_reused_until_the_archiver_moves_rows(
+def test_aggregate_results_are_reused_and_stay_exact_while_the_archiver_moves_rows(
     app: Flask, primary: sa.Engine, archive: sa.Engine, urls: tuple[str, str],
 ) -> None:
+    """``source=all`` results survive a run (the union does not change); a one-database
+    result is recomputed once rows moved."""
     from reporting.app import create_app
     from tests.conftest import make_settings
 
@@ -225,20 +227,25 @@ def test_aggregate_results_are_reused_until_the_archiver_moves_rows(
     seed_shop(primary, archive)
     orders = small_batches(app, orders=7)[0]
     run(app, primary, archive, orders, limits=RunLimits(max_rows=20))
-    query = {"limit": "5", "sort": "-revenue_cents"}
-    first = client.get("/api/v1/reports/customer-summary", query_string=query).get_json()
-    computed = first["meta"]["computed_at"]
-    later = client.get("/api/v1/reports/customer-summary", query_string={
-        **query, "cursor": first["page"]["next_cursor"]}).get_json()
-    assert later["meta"]["computed_at"] == computed  # page two reuses page one's groups
-    rows = [r for body in pages(client, "customer-summary", query) for r in body["rows"]]
-    assert rows == expected_rows(primary, archive, "customer-summary", "all", "-revenue_cents",
-                                 {})
+
+    def computed_at(source: str, cursor: str | None = None) -> tuple[str, str | None]:
+        query = {"limit": "5", "sort": "-revenue_cents", "source": source,
+                 **({"cursor": cursor} if cursor else {})}
+        body = client.get("/api/v1/reports/customer-summary", query_string=query).get_json()
+        return body["meta"]["computed_at"], body["page"]["next_cursor"]
+
+    def all_rows(source: str) -> list[dict[str, Any]]:
+        query = {"limit": "5", "sort": "-revenue_cents", "source": source}
+        return [r for body in pages(client, "customer-summary", query) for r in body["rows"]]
+
+    merged, cursor = computed_at("all")
+    assert computed_at("all", cursor)[0] == merged  # page two reuses page one's groups
+    live, _ = computed_at("primary")
     run(app, primary, archive, orders, limits=RunLimits(max_rows=20))  # rows move
-    moved = client.get("/api/v1/reports/customer-summary", query_string=query).get_json()
-    assert moved["meta"]["computed_at"] > computed
-    rows = [r for body in pages(client, "customer-summary", query) for r in body["rows"]]
-    assert rows == expected_rows(primary, archive, "customer-summary", "all", "-revenue_cents",
-                                 {})
+    assert computed_at("all")[0] == merged
+    assert computed_at("primary")[0] > live
+    for source in ("all", "primary", "archive"):
+        assert all_rows(source) == expected_rows(primary, archive, "customer-summary", source,
+                                                 "-revenue_cents", {}), source
     for engine in report_sources(cached).engines.values():
         engine.dispose()
