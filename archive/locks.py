@@ -71,8 +71,9 @@ class RunnerLock:
 
         :returns: ``True`` when the lock had been lost and was taken back (the caller must
             then check that nobody ran the policy meanwhile).
-        :raises LockLost: when it was lost and another runner holds it now, or the
-            database cannot be reached to take it back.
+        :raises LockLost: when it was lost and another runner holds it now.
+        :raises sqlalchemy.exc.OperationalError: when the database cannot be reached to take
+            it back (retryable, like a batch).
         """
         if not self.is_postgresql:
             return False
@@ -83,13 +84,9 @@ class RunnerLock:
             except (sa.exc.OperationalError, sa.exc.InterfaceError):
                 pass  # the connection died, and the lock with it
         self._discard()
-        try:
-            taken = self._advisory_acquire()
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            self._discard()
-            raise LockLost(f"lost the runner lock of policy {self.policy!r} with its "
-                           f"connection, and could not take it again: "
-                           f"{str(exc).strip().splitlines()[0]}") from exc
+        # A database still down raises OperationalError here: the runner retries the batch
+        # (and so this) with backoff, and reports the outage itself if it outlasts that.
+        taken = self._advisory_acquire()
         if not taken:
             raise LockLost(f"lost the runner lock of policy {self.policy!r} with its "
                            "connection, and another runner holds it now")

@@ -24,6 +24,7 @@ from archive.ledger import runs
 from archive.locks import LOCK_NAMESPACE, RunnerLock, lock_key
 from archive.mover import BatchResult
 from reporting.app import settings_of
+from reporting.views import report_sources
 from tests.archiving import NOW, assert_invariants, run, seed_shop, small_batches, snapshot
 from tests.conftest import REPO
 
@@ -168,3 +169,45 @@ def test_the_lock_of_a_finished_run_is_free_and_no_connection_keeps_it(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :n"),
             {"n": LOCK_NAMESPACE}).scalar_one()
     assert held == 0
+
+
+def test_a_real_postgresql_restart_mid_run(
+    app: Flask, primary: sa.Engine, archive: sa.Engine, request: pytest.FixtureRequest
+) -> None:
+    """The server itself restarts while ``archive run`` is between batches: the run takes its
+    lock back and finishes, its exit code and ledger agree, and nothing is lost."""
+    if not request.config.getoption("--full"):
+        pytest.skip("restarts the PostgreSQL server: full suite only (--full, as CI runs it)")
+    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
+    if not versions or not os.access("/etc/postgresql", os.W_OK):
+        pytest.fail("no local PostgreSQL cluster this test may restart (pg_ctlcluster, root)")
+    seed_shop(primary, archive)
+    original = snapshot(primary)
+    env = {**os.environ,
+           "SEDIMENT_DATABASE__PRIMARY_URL": primary.url.render_as_string(hide_password=False),
+           "SEDIMENT_DATABASE__ARCHIVE_URL": archive.url.render_as_string(hide_password=False),
+           "SEDIMENT_POLICY__EVENTS__BATCH_SIZE": "40", "SEDIMENT_ARCHIVE__THROTTLE": "300ms",
+           "SEDIMENT_ARCHIVE__RETRY_ATTEMPTS": "6", "SEDIMENT_SERVICE__LOG_LEVEL": "WARNING"}
+    runner = subprocess.Popen(
+        [sys.executable, "run_service.py", "archive", "run", "--policy", "events", "--now",
+         NOW.isoformat()], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with archive.connect() as connection:
+            if connection.execute(sa.select(sa.func.max(runs.c.batches))).scalar():
+                break
+        time.sleep(0.05)
+    restarted = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1],
+                                "main", "restart", "-m", "fast"], capture_output=True, text=True,
+                               timeout=120)
+    assert restarted.returncode == 0, restarted.stderr
+    out, err = runner.communicate(timeout=180)
+    for engine in report_sources(app).engines.values():
+        engine.dispose()  # the session's report pools hold connections the restart ended
+    with archive.connect() as connection:
+        status = connection.execute(sa.select(runs.c.status).order_by(runs.c.id.desc())
+                                    .limit(1)).scalar_one()
+    assert (runner.returncode, status) == (0, "done"), (out, err)
+    assert "Traceback" not in err
+    assert_invariants(original, primary, archive, small_batches(app)[1:])
