@@ -9,7 +9,8 @@ Python: their number is bounded by the groups, not by the rows.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,9 +18,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 from reporting.pagination import PageCursor
-from reporting.reports.base import AggregateReport, ReferenceData
+from reporting.reports.base import AggregateReport, Lookup, ReferenceData
 from reporting.request import FilterClause, ReportRequest
-from reporting.sources import ReportSources, apply_lookups, exclude_shared, sources_of
+from reporting.sources import ReportSources, exclude_shared, reference_rows, sources_of
 
 
 def reference_data(sources: ReportSources) -> ReferenceData:
@@ -37,6 +38,21 @@ class Combined:
     frame: pd.DataFrame
     computed_at: datetime
     ledger_version: tuple[int, int]
+    #: Row positions of ``frame`` in each sort order asked for so far.
+    orders: dict[tuple[tuple[str, ...], bool], Any] = field(
+        default_factory=dict, compare=False, repr=False)
+
+    def order(self, columns: tuple[str, ...], descending: bool) -> Any:
+        """Positions of the rows sorted by ``columns`` (missing values last), computed once
+        per order; concurrent first requests may both compute it, with the same result."""
+        key = (columns, descending)
+        positions = self.orders.get(key)
+        if positions is None:
+            ranked = self.frame.reset_index(drop=True).sort_values(
+                list(columns), ascending=not descending, kind="stable", na_position="last")
+            positions = ranked.index.to_numpy()
+            self.orders[key] = positions
+        return positions
 
 
 def combined_groups(sources: ReportSources, request: ReportRequest,
@@ -79,17 +95,28 @@ def ledger_version(sources: ReportSources) -> tuple[int, int]:
 
 def aggregate_frame(sources: ReportSources, request: ReportRequest,
                     report: AggregateReport) -> pd.DataFrame:
-    """Combine each database's partial aggregates exactly, then finish and filter."""
+    """Combine each database's partial aggregates exactly, then finish and filter.
+
+    The two databases aggregate at the same time (each query is the database's work, not
+    this process's), and their partials become columns without a detour through row dicts.
+    """
     reference = reference_data(sources)
-    frames = []
-    for name in sources_of(request):
+
+    def partial(name: str) -> pd.DataFrame:
         tables = sources.tables[name]
         if name == "archive" and request.source == "all":
             tables = exclude_shared(sources, tables, report.root)
         statement = report.partials(tables, request.params, reference)
         with sources.engines[name].connect() as connection:
             result = connection.execute(statement)
-            frames.append(pd.DataFrame(result.fetchall(), columns=list(result.keys())))
+            return _columns_frame(list(result.keys()), result.fetchall())
+
+    names = sources_of(request)
+    if len(names) == 1:
+        frames = [partial(names[0])]
+    else:
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            frames = list(pool.map(partial, names))
     partial_columns = [*report.group_by, *report.combine]
     frames = [f for f in frames if not f.empty]
     if frames:
@@ -98,9 +125,8 @@ def aggregate_frame(sources: ReportSources, request: ReportRequest,
             dict(report.combine))
     else:
         combined = pd.DataFrame({c: pd.Series(dtype="object") for c in partial_columns})
-    rows = combined.to_dict("records")
-    apply_lookups(sources, report.lookups, rows)
-    frame = pd.DataFrame(rows, columns=[*partial_columns, *(lu.column for lu in report.lookups)])
+    frame = _with_lookups(sources, report.lookups, combined)
+    frame = frame[[*partial_columns, *(lookup.column for lookup in report.lookups)]]
     # Filter as early as the column exists: before a pivot folds it away, after ``finish``
     # for columns it derives (a rank).
     early = [c for c in request.filters if c.column in frame.columns]
@@ -108,6 +134,31 @@ def aggregate_frame(sources: ReportSources, request: ReportRequest,
     if report.finish is not None:
         frame = report.finish(frame, request.params)
     return _filter_frame(frame, [c for c in request.filters if c not in early])
+
+
+def _columns_frame(names: list[str], rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
+    if not rows:
+        return pd.DataFrame({name: pd.Series(dtype="object") for name in names})
+    columns = zip(*rows, strict=True)  # rows of one result: all of the same length
+    return pd.DataFrame({name: list(values) for name, values in zip(names, columns,
+                                                                     strict=True)})
+
+
+def _with_lookups(sources: ReportSources, lookups: Sequence[Lookup],
+                  frame: pd.DataFrame) -> pd.DataFrame:
+    """Add reference columns (names) from PRIMARY: one query and one merge per table."""
+    by_table: dict[tuple[str, str], list[Lookup]] = {}
+    for lookup in lookups:
+        by_table.setdefault((lookup.table, lookup.key), []).append(lookup)
+    for (table, key), group in by_table.items():
+        ids = frame[key].dropna().unique().tolist() if len(frame) else []
+        found = reference_rows(sources, table, [lookup.value for lookup in group], ids)
+        values = _columns_frame(["__lookup_key", *(lookup.column for lookup in group)], found)
+        if frame[key].dtype != values["__lookup_key"].dtype:
+            values["__lookup_key"] = values["__lookup_key"].astype(frame[key].dtype)
+        frame = frame.merge(values, how="left", left_on=key, right_on="__lookup_key",
+                            sort=False).drop(columns="__lookup_key")
+    return frame
 
 
 def _filter_frame(frame: pd.DataFrame, filters: Sequence[FilterClause]) -> pd.DataFrame:
@@ -121,20 +172,43 @@ def _filter_frame(frame: pd.DataFrame, filters: Sequence[FilterClause]) -> pd.Da
     return frame
 
 
-def page_frame(frame: pd.DataFrame, request: ReportRequest,
-                cursor: PageCursor | None) -> Iterator[dict[str, Any]]:
+#: Groups turned into Python rows at a time when streaming (a CSV of every group).
+ROWS_PER_CHUNK = 1000
+
+
+def page_frame(combined: Combined, request: ReportRequest,
+               cursor: PageCursor | None) -> Iterator[dict[str, Any]]:
+    """The groups in the request's order, from just after ``cursor``.
+
+    The sort order is computed once per combined result and sort (an index array, kept with
+    the result), the cursor is found by binary search in it, and only the rows read are
+    turned into Python values: page ten of 100,000 groups costs what page one does.
+    """
+    frame = combined.frame
     order = [request.sort, *request.key]
-    frame = frame.sort_values(order, ascending=not request.descending, kind="stable",
-                              na_position="last")
-    for row in frame.to_dict("records"):
-        record = {k: _python(v) for k, v in row.items()}
-        position = tuple(record[c] for c in order)
-        if cursor is not None:
-            if request.descending and not position < cursor.values:
-                continue
-            if not request.descending and not position > cursor.values:
-                continue
-        yield record
+    positions = combined.order(tuple(order), request.descending)
+    columns = [frame.columns.get_loc(c) for c in order]
+
+    def values_at(index: int) -> tuple[Any, ...]:
+        row = int(positions[index])
+        return tuple(_python(frame.iat[row, column]) for column in columns)
+
+    start = 0
+    if cursor is not None:
+        low, high = 0, len(positions)
+        while low < high:  # the first group strictly after the cursor in page order
+            middle = (low + high) // 2
+            here = values_at(middle)
+            after = here < cursor.values if request.descending else here > cursor.values
+            if after:
+                high = middle
+            else:
+                low = middle + 1
+        start = low
+    for chunk in range(start, len(positions), ROWS_PER_CHUNK):
+        rows = frame.iloc[positions[chunk:chunk + ROWS_PER_CHUNK]].to_dict("records")
+        for row in rows:
+            yield {k: _python(v) for k, v in row.items()}
 
 
 def _python(value: Any) -> Any:

@@ -59,7 +59,8 @@ def run_page(sources: ReportSources, request: ReportRequest, cursor: PageCursor 
         if isinstance(report, AggregateReport) else None
     frame = combined.frame if combined is not None else None
     if frame is not None:
-        rows = list(itertools.islice(page_frame(frame, request, cursor), wanted))
+        assert combined is not None
+        rows = list(itertools.islice(page_frame(combined, request, cursor), wanted))
     elif request.source != "all":  # one database: the page is one query
         assert isinstance(report, RowReport)
         query = source_query(sources, request, report, request.source)
@@ -108,8 +109,7 @@ def iter_rows(sources: ReportSources, request: ReportRequest,
     """
     report = request.report
     if isinstance(report, AggregateReport):
-        frame = combined_groups(sources, request, report).frame
-        yield from page_frame(frame, request, cursor)
+        yield from page_frame(combined_groups(sources, request, report), request, cursor)
         return
     assert isinstance(report, RowReport)
     streams = [_source_stream(sources, request, report, name, cursor, chunk)

@@ -58,25 +58,31 @@ def apply_lookups(sources: ReportSources, lookups: Sequence[Lookup],
     rows where they are still empty: those that came from ARCHIVE, which has no reference
     tables to join. (A PRIMARY row whose join found nothing is asked again, and again finds
     nothing.)"""
-    primary = sources.tables["primary"]
     by_table: dict[tuple[str, str], list[Lookup]] = {}
     for lookup in lookups:
         by_table.setdefault((lookup.table, lookup.key), []).append(lookup)
     for (table_name, key), group in by_table.items():
         empty = [row for row in rows if row.get(group[0].column) is None]
         ids = sorted({row[key] for row in empty if row.get(key) is not None})
-        table = primary[table_name]
-        values: dict[Any, Any] = {}
-        if ids:
-            engine = sources.engines["primary"]
-            query = sa.select(table.c.id, *(table.c[lookup.value] for lookup in group)).where(
-                in_parameter(table.c.id, "keys", engine.dialect.name))
-            with engine.connect() as connection:
-                values = {row[0]: row[1:] for row in connection.execute(query, {"keys": ids})}
+        found_rows = reference_rows(sources, table_name, [lookup.value for lookup in group], ids)
+        values: dict[Any, Any] = {row[0]: row[1:] for row in found_rows}
         for row in empty:
             found = values.get(row.get(key))
             for index, lookup in enumerate(group):
                 row[lookup.column] = found[index] if found else None
+
+
+def reference_rows(sources: ReportSources, table_name: str, columns: Sequence[str],
+                   ids: Sequence[Any]) -> list[Sequence[Any]]:
+    """``(id, *columns)`` of the PRIMARY reference rows with these ids: one query."""
+    if not len(ids):
+        return []
+    table = sources.tables["primary"][table_name]
+    engine = sources.engines["primary"]
+    query = sa.select(table.c.id, *(table.c[name] for name in columns)).where(
+        in_parameter(table.c.id, "keys", engine.dialect.name))
+    with engine.connect() as connection:
+        return list(connection.execute(query, {"keys": list(ids)}).all())
 
 
 def in_parameter(column: sa.ColumnElement[Any], name: str,
