@@ -28,6 +28,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from reporting.db import SQLITE_WRITE_LOCK
+from reporting.error_text import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +126,7 @@ class RunnerLock:
                 return
         except sa.exc.SQLAlchemyError as exc:
             logger.warning("policy %s: releasing the runner lock failed (%s); its connection "
-                           "is discarded, which releases it", self.policy,
-                           str(exc).strip().splitlines()[0])
+                           "is discarded, which releases it", self.policy, first_line(exc))
         self._discard()
 
     @property

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 
 from archive import ledger
 from archive.policy import ArchivePolicy, single_key
-from archive.transfer import Transfer, key_filters, transfer_for
+from archive.transfer import Transfer, child_parents, key_filters, transfer_for
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def move_batch(
         blocked: set[int] = set()
         for link in policy.children:
             rows = transfer.select_children(source, link, root_keys)
-            parents = transfer.child_parents(source, link, root_keys)
+            parents = child_parents(source, link, root_keys)
             if parents is not None:
                 locked = {transfer.key_of(row) for row in rows}
                 blocked.update(parent for key, parent in parents.items() if key not in locked)

@@ -27,6 +27,7 @@ from archive.mover import ArchiveError, BatchResult, Timeouts, move_batch
 from archive.policy import ArchivePolicy
 from archive.settle import settle_pending_runs
 from reporting.db import analyze
+from reporting.error_text import first_line
 from reporting.settings import ArchiveSettings, DatabaseSettings
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def run_policy(
                     report.run_id, cutoff.isoformat(), policy.batch_size)
         _batches(primary, archive, policy, report, lock, database, settings, limits, stop,
                  progress)
-        _finish(archive, report, settings, stop)
+        _finish(archive, report, settings)
         if report.rows:
             _refresh_statistics(archive, policy)
     finally:
@@ -175,8 +176,7 @@ def run_policy(
     return report
 
 
-def _finish(archive: sa.Engine, report: RunReport, settings: ArchiveSettings,
-            stop: threading.Event) -> None:
+def _finish(archive: sa.Engine, report: RunReport, settings: ArchiveSettings) -> None:
     """Write how the run ended; retried like a batch, since an outage may end a run too.
 
     When the ledger stays unreachable, the report says ``error`` with both causes: the
@@ -278,12 +278,6 @@ def _check_still_running(archive: sa.Engine, run_id: int) -> None:
     if status != "running":
         raise LockLost(f"the runner lock was lost for a while, and another runner marked "
                        f"this run {status!r} meanwhile")
-
-
-def first_line(error: BaseException) -> str:
-    """An error's first line: drivers append the SQL and parameters below it."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 T = TypeVar("T")

@@ -44,9 +44,6 @@ class Transfer(Protocol):
     def select_children(self, connection: sa.Connection, link: ChildLink,
                         parent_keys: Sequence[int]) -> list[Any]: ...
 
-    def child_parents(self, connection: sa.Connection, link: ChildLink,
-                      parent_keys: Sequence[int]) -> dict[int, int] | None: ...
-
     def key_of(self, row: Any) -> int: ...
 
     def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
@@ -153,10 +150,6 @@ class CoreTransfer:
             rows.extend(tuple(row) for row in connection.execute(query))
         return rows
 
-    def child_parents(self, connection: sa.Connection, link: ChildLink,
-                      parent_keys: Sequence[int]) -> dict[int, int] | None:
-        return child_parents(connection, link, parent_keys)
-
     def key_of(self, row: Any) -> int:
         return int(row[0])
 
@@ -201,10 +194,6 @@ class CopyTransfer:
         (of_parents,) = key_filters(link.parent_column, parent_keys, connection.dialect)
         return copy_out(connection, render(connection, children_query(
             link, of_parents, connection.dialect)))
-
-    def child_parents(self, connection: sa.Connection, link: ChildLink,
-                      parent_keys: Sequence[int]) -> dict[int, int] | None:
-        return child_parents(connection, link, parent_keys)
 
     def key_of(self, row: Any) -> int:
         return int(row[: row.index("\t")] if "\t" in row else row)

@@ -25,10 +25,11 @@ from archive.models import archived_tables
 from reporting.app import create_checked_app, settings_of
 from reporting.csv_export import check_row_cap, stream_csv
 from reporting.db import ARCHIVE, PRIMARY, db
+from reporting.error_text import first_line
 from reporting.errors import ReportError
 from reporting.logs import configure_logging
 from reporting.migrations import SchemaIncomplete, ensure_complete, upgrade_all
-from reporting.preflight import DatabaseUnreachable, first_line
+from reporting.preflight import DatabaseUnreachable
 from reporting.reports import REPORTS
 from reporting.request import parse_request
 from reporting.seed import SeedError, SeedPlan, SeedResult, seed

@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from flask import Flask, Response, json
 from werkzeug.exceptions import HTTPException
 
+from reporting.error_text import first_line
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -84,13 +86,13 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(sa.exc.DBAPIError)
     def _database_error(error: sa.exc.DBAPIError) -> Response:
         if is_outage(error):
-            logger.warning("report query failed: %s", first_line(error.orig))
+            logger.warning("report query failed: %s", first_line(error))
             return problem(503, "database_unavailable", "A database did not answer in time or "
                            "is unreachable; retry shortly.", headers={"Retry-After": "5"})
         if isinstance(error, sa.exc.DataError):
-            logger.info("report query refused a value: %s", first_line(error.orig))
+            logger.info("report query refused a value: %s", first_line(error))
             return problem(400, "invalid_value", "A value in the request is out of range or "
-                           f"not valid for its column: {first_line(error.orig)}")
+                           f"not valid for its column: {first_line(error)}")
         return _unexpected(error)
 
     @app.errorhandler(sa.exc.TimeoutError)
@@ -128,11 +130,7 @@ def is_outage(error: sa.exc.DBAPIError) -> bool:
         return True
     if not isinstance(error, sa.exc.OperationalError):
         return False
-    message = first_line(error.orig).lower()
+    message = first_line(error).lower()
     return not message.startswith(_SQLITE_STATEMENT_ERRORS)
 
 
-def first_line(error: BaseException | None) -> str:
-    """The first line of an error's message: drivers append SQL and hints below it."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

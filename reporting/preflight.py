@@ -11,6 +11,7 @@ import os
 
 import sqlalchemy as sa
 
+from reporting.error_text import first_line
 from reporting.settings import SettingsError
 
 logger = logging.getLogger(__name__)
@@ -23,13 +24,6 @@ class DatabaseUnreachable(RuntimeError):
 def describe(engine: sa.Engine) -> str:
     """The engine's URL without its password, for messages."""
     return engine.url.render_as_string(hide_password=True)
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error (of the driver's error, for SQLAlchemy's wrappers)."""
-    cause = getattr(error, "orig", None) or error
-    text = str(cause).strip()
-    return text.splitlines()[0] if text else type(cause).__name__
 
 
 def database_identity(connection: sa.Connection) -> tuple[object, ...]:

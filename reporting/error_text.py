@@ -1,0 +1,15 @@
+"""One line of an error, for logs, the ledger and the command line.
+
+A leaf module: drivers append the SQL, its parameters and hints below the first line, and
+SQLAlchemy wraps the driver's error; what an operator needs is the driver's first line.
+"""
+
+from __future__ import annotations
+
+
+def first_line(error: BaseException | None) -> str:
+    """The first line of ``error``'s message (of the driver's error, for SQLAlchemy's
+    wrappers), or its class name when it has no message."""
+    cause = getattr(error, "orig", None) or error
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__
