@@ -42,6 +42,26 @@ def terminate_lock_holder(primary: sa.Engine, policy: str) -> int:
     return int(ended)
 
 
+def wait_for_a_batch(archive: sa.Engine, seconds: float = 60) -> None:
+    """Wait until a run has recorded its first batch in the ledger."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with archive.connect() as connection:
+            if connection.execute(sa.select(sa.func.max(runs.c.batches))).scalar():
+                return
+        time.sleep(0.05)
+    pytest.fail(f"no batch recorded within {seconds}s")
+
+
+def cli_environment(primary: sa.Engine, archive: sa.Engine, **settings: str) -> dict[str, str]:
+    """The process environment of an ``archive run`` on these databases."""
+    return {**os.environ,
+            "SEDIMENT_DATABASE__PRIMARY_URL": primary.url.render_as_string(hide_password=False),
+            "SEDIMENT_DATABASE__ARCHIVE_URL": archive.url.render_as_string(hide_password=False),
+            "SEDIMENT_POLICY__EVENTS__BATCH_SIZE": "40", "SEDIMENT_SERVICE__LOG_LEVEL": "WARNING",
+            **settings}
+
+
 def run_with(app: Flask, primary: sa.Engine, archive: sa.Engine,
              after_first_batch: Callable[[], None]) -> tuple[str, dict[str, object]]:
     events = small_batches(app, events=60)[1]
@@ -118,22 +138,14 @@ def test_cli_runners_across_a_dropped_connection_never_both_move_rows(
     code matches what the ledger says."""
     seed_shop(primary, archive)
     original = snapshot(primary)
-    env = {**os.environ, "SEDIMENT_DATABASE__PRIMARY_URL": str(primary.url.render_as_string(
-        hide_password=False)), "SEDIMENT_DATABASE__ARCHIVE_URL": str(
-        archive.url.render_as_string(hide_password=False)),
-        "SEDIMENT_POLICY__EVENTS__BATCH_SIZE": "40", "SEDIMENT_SERVICE__LOG_LEVEL": "WARNING"}
+    env = cli_environment(primary, archive)
     command = [sys.executable, "run_service.py", "archive", "run", "--policy", "events",
                "--now", NOW.isoformat()]
     with primary.connect() as connection:
         started = connection.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
     first = subprocess.Popen(command, cwd=REPO, env={**env, "SEDIMENT_ARCHIVE__THROTTLE": "1s"},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with archive.connect() as connection:
-            if connection.execute(sa.select(sa.func.max(runs.c.batches))).scalar():
-                break
-        time.sleep(0.05)
+    wait_for_a_batch(archive)
     with primary.connect() as connection:
         ended = connection.execute(sa.text(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -183,21 +195,13 @@ def test_a_real_postgresql_restart_mid_run(
         pytest.fail("no local PostgreSQL cluster this test may restart (pg_ctlcluster, root)")
     seed_shop(primary, archive)
     original = snapshot(primary)
-    env = {**os.environ,
-           "SEDIMENT_DATABASE__PRIMARY_URL": primary.url.render_as_string(hide_password=False),
-           "SEDIMENT_DATABASE__ARCHIVE_URL": archive.url.render_as_string(hide_password=False),
-           "SEDIMENT_POLICY__EVENTS__BATCH_SIZE": "40", "SEDIMENT_ARCHIVE__THROTTLE": "300ms",
-           "SEDIMENT_ARCHIVE__RETRY_ATTEMPTS": "6", "SEDIMENT_SERVICE__LOG_LEVEL": "WARNING"}
+    env = cli_environment(primary, archive, SEDIMENT_ARCHIVE__THROTTLE="300ms",
+                          SEDIMENT_ARCHIVE__RETRY_ATTEMPTS="6")
     runner = subprocess.Popen(
         [sys.executable, "run_service.py", "archive", "run", "--policy", "events", "--now",
          NOW.isoformat()], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with archive.connect() as connection:
-            if connection.execute(sa.select(sa.func.max(runs.c.batches))).scalar():
-                break
-        time.sleep(0.05)
+    wait_for_a_batch(archive)
     restarted = subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1],
                                 "main", "restart", "-m", "fast"], capture_output=True, text=True,
                                timeout=120)
