@@ -32,7 +32,13 @@ import sqlalchemy as sa
 
 from archive import ledger
 from archive.policy import ArchivePolicy, single_key
-from archive.transfer import Transfer, child_parents, key_filters, transfer_for
+from archive.transfer import (
+    Transfer,
+    child_parents,
+    key_filters,
+    some_children_held,
+    transfer_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,15 +131,13 @@ def move_batch(
             return None
         root_keys = [transfer.key_of(row) for row in roots]
         batch = [_TableRows(policy.root, policy.archive_root, roots, root_keys)]
-        blocked: set[int] = set()
+        held = False
         for link in policy.children:
             rows = transfer.select_children(source, link, root_keys)
-            parents = child_parents(source, link, root_keys)
-            if parents is not None:
-                locked = {transfer.key_of(row) for row in rows}
-                blocked.update(parent for key, parent in parents.items() if key not in locked)
             batch.append(_TableRows(link.table, link.archive_table, rows,
-                                    [transfer.key_of(row) for row in rows], parents))
+                                    [transfer.key_of(row) for row in rows]))
+            held = held or some_children_held(source, link, root_keys, len(rows))
+        blocked = _roots_of_held_children(source, policy, batch, root_keys) if held else set()
         if blocked:
             # A writer holds a child of these roots: moving the root without that child
             # would fail the delete (or orphan it), and waiting would stall the batch.
@@ -155,6 +159,18 @@ def move_batch(
     )
     logger.debug("policy %s run %d moved %s", policy.name, run_id, deleted)
     return result
+
+
+def _roots_of_held_children(source: sa.Connection, policy: ArchivePolicy,
+                            batch: list[_TableRows], root_keys: list[int]) -> set[int]:
+    """Roots with a child the locking select skipped; every child part learns its rows'
+    roots on the way, so that it can drop theirs."""
+    blocked: set[int] = set()
+    for part, link in zip(batch[1:], policy.children, strict=True):
+        part.parents = child_parents(source, link, root_keys)
+        locked = set(part.keys)
+        blocked.update(root for key, root in part.parents.items() if key not in locked)
+    return blocked
 
 
 def _copy_and_verify(transfer: Transfer, connection: sa.Connection, part: _TableRows,

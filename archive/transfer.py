@@ -98,23 +98,33 @@ def children_query(link: ChildLink, of_parents: sa.ColumnElement[bool],
 
     ``SKIP LOCKED``: a child an application transaction holds would otherwise make the
     batch wait out ``lock_timeout`` and fail, again on every retry. What was skipped shows
-    in :func:`child_parents`, and its root stays for a later run.
+    in :func:`some_children_held`, and its root stays for a later run.
     """
     query = sa.select(*link.table.columns).where(of_parents).order_by(link.key)
     return query.with_for_update(skip_locked=True) if dialect.name == "postgresql" else query
 
 
-def child_parents(connection: sa.Connection, link: ChildLink,
-                  parent_keys: Sequence[int]) -> dict[int, int] | None:
-    """Every child of ``parent_keys`` (key -> root key), read without locks, or ``None``
-    where rows cannot be locked individually (SQLite's write lock covers the database).
+def some_children_held(connection: sa.Connection, link: ChildLink,
+                        parent_keys: Sequence[int], locked: int) -> bool:
+    """Whether a writer holds some child of ``parent_keys``: the locking select got
+    ``locked`` rows, and an unlocked count finds more. Never on SQLite, whose write lock
+    covers the whole database.
 
-    Read after the locking select: a child missing from that one is held by a writer. No
-    child can appear in between, since inserting one needs a lock on its root, which the
-    batch holds.
+    Counted after the locking select. No child can appear in between, since inserting one
+    needs a lock on its root, which the batch holds.
     """
     if connection.dialect.name != "postgresql":
-        return None
+        return False
+    total = 0
+    for condition in key_filters(link.parent_column, parent_keys, connection.dialect):
+        total += int(connection.execute(
+            sa.select(sa.func.count()).select_from(link.table).where(condition)).scalar_one())
+    return total > locked
+
+
+def child_parents(connection: sa.Connection, link: ChildLink,
+                  parent_keys: Sequence[int]) -> dict[int, int]:
+    """Every child of ``parent_keys`` (key -> root key), read without locks."""
     parents: dict[int, int] = {}
     for condition in key_filters(link.parent_column, parent_keys, connection.dialect):
         query = sa.select(link.key, link.parent_column).where(condition)
