@@ -85,12 +85,6 @@ def record_delete(archive: sa.Engine, run_id: int, deleted: Mapping[str, int],
         ).values(pending_low=None, pending_high=None))
 
 
-def record_skipped(archive: sa.Engine, run_id: int, table: str, count: int) -> None:
-    """Count roots a batch left for later because a writer held them (or their children)."""
-    with archive.begin() as connection:
-        _add(connection, run_id, table, skipped_locked=count)
-
-
 @dataclass(frozen=True)
 class PendingRange:
     """Root keys a run copied to ARCHIVE without (as far as the ledger knows) deleting them

@@ -53,8 +53,6 @@ class RunnerLock:
         self.policy = policy
         self._connection: sa.Connection | None = None
         self._file: int | None = None
-        #: Times the lock was lost and taken back during this run.
-        self.reacquired = 0
 
     @property
     def is_postgresql(self) -> bool:
@@ -91,7 +89,6 @@ class RunnerLock:
         if not taken:
             raise LockLost(f"lost the runner lock of policy {self.policy!r} with its "
                            "connection, and another runner holds it now")
-        self.reacquired += 1
         logger.warning("policy %s: the runner lock was lost with its connection and taken "
                        "again", self.policy)
         return True

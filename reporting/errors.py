@@ -50,8 +50,9 @@ def problem(
     title: str | None = None,
     param: str | None = None,
     headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Response:
-    """Build a problem-details response."""
+    """Build a problem-details response; ``extra`` adds members (RFC 9457 allows them)."""
     body: dict[str, Any] = {
         "type": f"https://sediment.invalid/problems/{code}",
         "title": title or code.replace("_", " ").capitalize(),
@@ -61,6 +62,7 @@ def problem(
     }
     if param is not None:
         body["param"] = param
+    body.update(extra or {})
     response = Response(json.dumps(body), status=status, mimetype=PROBLEM_MEDIA_TYPE)
     response.headers.update(headers or {})
     return response
@@ -106,11 +108,8 @@ def register_error_handlers(app: Flask) -> None:
         request_id = uuid.uuid4().hex
         logger.error("unhandled error while serving a request (request id %s)", request_id,
                      exc_info=error)
-        response = problem(500, "internal_error", "The server failed; the error has been "
-                           f"logged with request id {request_id}.")
-        body = json.loads(response.get_data())
-        response.set_data(json.dumps({**body, "request_id": request_id}))
-        return response
+        return problem(500, "internal_error", "The server failed; the error has been logged "
+                       f"with request id {request_id}.", extra={"request_id": request_id})
 
 
 #: SQLite reports a missing table or column, and a syntax error, as OperationalError too:

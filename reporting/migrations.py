@@ -18,7 +18,6 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from reporting.db import ARCHIVE, PRIMARY, db
-from reporting.preflight import missing_tables
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +69,13 @@ def ensure_complete(*, repair: bool = False) -> dict[str, list[str]]:
     repaired: dict[str, list[str]] = {}
     for bind_key in HISTORIES:
         engine, metadata = db.engines[bind_key], db.metadatas[bind_key]
-        missing = missing_tables(engine, metadata)
+        revision, missing = schema_state(engine, metadata)
         if not missing:
             continue
         label = bind_label(bind_key)
         if not repair:
             raise SchemaIncomplete(
-                f"the {label} database is at revision {current_revision(engine)} but lacks "
+                f"the {label} database is at revision {revision} but lacks "
                 f"tables {', '.join(missing)}: restore them from a backup, or run "
                 "'run_service.py migrate --repair' to re-create them empty")
         logger.warning("%s database: re-creating missing tables %s, empty", label,

@@ -74,10 +74,3 @@ def check_databases(primary: sa.Engine, archive: sa.Engine) -> None:
             "database.archive_url",
             f"{describe(archive)} reaches the same database as database.primary_url "
             f"({describe(primary)}); the archive must be another database")
-
-
-def missing_tables(engine: sa.Engine, metadata: sa.MetaData) -> list[str]:
-    """Tables of ``metadata`` the database does not have."""
-    with engine.connect() as connection:
-        present = set(sa.inspect(connection).get_table_names())
-    return sorted(name for name in metadata.tables if name not in present)
