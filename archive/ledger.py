@@ -19,14 +19,14 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from archive.models import ArchiveRun, ArchiveRunTable
+from sediment.core.schema.archive import RUN_STATUSES, ArchiveRun, ArchiveRunTable, RunStatus
 
 runs: sa.Table = ArchiveRun.__table__  # type: ignore[assignment]
 run_tables: sa.Table = ArchiveRunTable.__table__  # type: ignore[assignment]
 
 
 def start_run(archive: sa.Engine, policy: str, cutoff: datetime, tables: list[str],
-              status: str = "running") -> int:
+              status: RunStatus = "running") -> int:
     """Record a new run and its per-table counters; return its id."""
     with archive.begin() as connection:
         run_id = int(connection.execute(
@@ -132,7 +132,7 @@ def settle(archive: sa.Engine, run_id: int, still_in_primary: Mapping[str, int])
                                .values(pending_low=None, pending_high=None))
 
 
-def finish_run(archive: sa.Engine, run_id: int, status: str, *, rows_per_second: float | None,
+def finish_run(archive: sa.Engine, run_id: int, status: RunStatus, *, rows_per_second: float | None,
                error: str | None = None) -> None:
     """Close a run with its exit reason."""
     with archive.begin() as connection:
@@ -142,12 +142,12 @@ def finish_run(archive: sa.Engine, run_id: int, status: str, *, rows_per_second:
         ))
 
 
-def status_of(archive: sa.Engine, run_id: int) -> str | None:
+def status_of(archive: sa.Engine, run_id: int) -> RunStatus | None:
     """The ledger status of a run."""
     with archive.connect() as connection:
         status = connection.execute(sa.select(runs.c.status).where(runs.c.id == run_id)
                                     ).scalar_one_or_none()
-    return None if status is None else str(status)
+    return next((known for known in RUN_STATUSES if known == status), None)
 
 
 def mark_interrupted(archive: sa.Engine, policy: str, current_run: int) -> list[int]:

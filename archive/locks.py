@@ -27,8 +27,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from reporting.db import SQLITE_WRITE_LOCK
-from reporting.error_text import first_line
+from sediment.core.databases import SQLITE_WRITE_LOCK
+from sediment.core.error_text import first_line
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from reporting.settings import PolicySettings, SettingsError
+from sediment.core.settings import PolicySettings, SettingsError
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,10 @@ from archive.locks import LockLost, RunnerLock
 from archive.mover import ArchiveError, BatchResult, Timeouts, move_batch
 from archive.policy import ArchivePolicy
 from archive.settle import settle_pending_runs
-from reporting.db import analyze
-from reporting.error_text import first_line
-from reporting.settings import ArchiveSettings, DatabaseSettings
+from sediment.core.databases import analyze
+from sediment.core.error_text import first_line
+from sediment.core.schema.archive import RunStatus
+from sediment.core.settings import ArchiveSettings, DatabaseSettings
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class RunReport:
     """How a run ended and what it moved."""
 
     policy: str
-    status: str
+    status: RunStatus
     cutoff: datetime
     run_id: int | None = None
     batches: int = 0

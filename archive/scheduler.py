@@ -7,15 +7,18 @@ runner lock, not the scheduler, is what keeps a policy to one runner at a time.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from archive.archiver import Archiver
 from archive.policy import ArchivePolicy
-from reporting.settings import SchedulerSettings
+from sediment.core.settings import SchedulerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -60,3 +63,27 @@ def _timed(job: PolicyJob) -> Callable[[str], None]:
             logger.exception("scheduled archival of policy %s failed", policy)
     return run
 
+
+
+@dataclass
+class BackgroundArchiver:
+    """The archival schedule running in this process, and the flag that stops its jobs."""
+
+    scheduler: BackgroundScheduler
+    stop: threading.Event
+
+    def shutdown(self) -> None:
+        """Ask running jobs to stop after their current batch, then wait for them."""
+        self.stop.set()
+        self.scheduler.shutdown(wait=True)
+
+
+def start_in_background(archiver: Archiver) -> BackgroundArchiver:
+    """Start the archival schedule in a background thread of this process."""
+    stop = threading.Event()
+    settings = archiver.settings.scheduler
+    scheduler = BackgroundScheduler(timezone=settings.timezone)
+    build_scheduler(archiver.policies, settings,
+                    lambda name, now: archiver.run(name, now, stop=stop), scheduler)
+    scheduler.start()
+    return BackgroundArchiver(scheduler, stop)

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from archive import ledger
-from archive.models import ARCHIVE_RUN_ID
 from archive.policy import ArchivePolicy, single_key
 from archive.transfer import key_filters
+from sediment.core.schema.archive import ARCHIVE_RUN_ID
 
 logger = logging.getLogger(__name__)
 

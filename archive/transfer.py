@@ -27,9 +27,9 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from archive.models import ARCHIVE_RUN_ID, ARCHIVED_AT
 from archive.policy import ArchivePolicy, ChildLink, single_key
-from reporting.pgcopy import copy_lines_in, copy_out, encode_value, quote_columns, render
+from sediment.core.pgcopy import copy_lines_in, copy_out, encode_value, quote_columns, render
+from sediment.core.schema.archive import ARCHIVE_RUN_ID, ARCHIVED_AT
 
 #: Keys per ``IN (...)`` on SQLite, under its limit of 32,766 bound parameters.
 SQLITE_KEYS_PER_STATEMENT = 10_000

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from archive.ledger import run_tables, runs
-from archive.models import ARCHIVE_RUN_ID
 from archive.policy import ArchivePolicy, single_key
+from sediment.core.schema.archive import ARCHIVE_RUN_ID
 
 CLEAN_ENDINGS = ("done", "max_rows", "max_runtime", "stop_requested")
 STREAM_PARTITION = 10_000

@@ -22,15 +22,18 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from flask import Flask
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from archive.runner import RunLimits, run_policy
 from bench.common import databases, service_environ
-from reporting.app import create_app, policies_of, settings_of
-from reporting.db import ARCHIVE, PRIMARY, db
-from reporting.migrations import upgrade_all
-from reporting.seed import SeedPlan, seed
-from reporting.settings import load_settings
+from reporting.app import create_app
+from reporting.state import state_of
+from sediment.core.migrations import upgrade_all
+from sediment.core.seed import SeedPlan, seed
+from sediment.core.settings import load_settings
+from sediment.service import resolve_policies_of
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 PAGE = "/api/v1/reports/customer-summary?limit=50&sort=-revenue_cents"
@@ -63,21 +66,20 @@ def main() -> int:
 def prepare(urls: tuple[str, str], customers: int) -> None:
     app = create_app(load_settings(environ=service_environ(*urls)))
     with app.app_context():
-        upgrade_all()
-        primary, archive = db.engines[PRIMARY], db.engines[ARCHIVE]
+        upgrade_all(state_of(app).engines)
+        primary, archive = state_of(app).engines.primary, state_of(app).engines.archive
         seed(primary, SeedPlan(customers=customers, orders=customers * 10, events=0, seed=5,
                                until=NOW), archive=archive)
-        orders = next(p for p in policies_of(app) if p.name == "orders")
-        settings = settings_of(app)
+        orders = next(p for p in resolve_policies_of(state_of(app).settings) if p.name == "orders")
+        settings = state_of(app).settings
         run_policy(primary, archive, orders, now=NOW, database=settings.database,
                    settings=settings.archive, limits=RunLimits())
-        for engine in db.engines.values():
-            engine.dispose()
+        state_of(app).engines.dispose()
 
 
-def walk(app: object, walks: int) -> tuple[float, float]:
+def walk(app: Flask, walks: int) -> tuple[float, float]:
     """Median milliseconds of the first page, and of the tenth reached by cursor."""
-    client = app.test_client()  # type: ignore[attr-defined]
+    client = app.test_client()
     firsts, tenths = [], []
     for _ in range(walks):
         path = PAGE
@@ -92,7 +94,7 @@ def walk(app: object, walks: int) -> tuple[float, float]:
                 firsts.append(elapsed)
             path = f"{PAGE}&cursor={body['page']['next_cursor']}"
         tenths.append(elapsed)
-        app.extensions["sediment.report_sources"].aggregates.clear()  # type: ignore[attr-defined]
+        state_of(app).report_databases.aggregates.clear()
     return statistics.median(firsts), statistics.median(tenths)
 
 

@@ -27,16 +27,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
+from flask import Flask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from archive.models import archived_tables
 from archive.runner import run_policy
 from bench.common import databases
-from reporting.app import create_app, policies_of, settings_of
-from reporting.db import ARCHIVE, PRIMARY, db
-from reporting.migrations import upgrade_all
-from reporting.settings import load_settings
+from reporting.app import create_app
+from reporting.state import state_of
+from sediment.core.migrations import upgrade_all
+from sediment.core.schema.archive import archived_tables
+from sediment.core.settings import load_settings
+from sediment.service import resolve_policies_of
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 TABLES = ("payments", "order_items", "orders", "events")  # children first, for deletes
@@ -57,8 +59,8 @@ def main() -> int:
                    "SEDIMENT_DATABASE__ARCHIVE_URL": archive_url}
         app = create_app(load_settings(environ=environ))
         with app.app_context():
-            upgrade_all()
-            primary, archive = db.engines[PRIMARY], db.engines[ARCHIVE]
+            upgrade_all(state_of(app).engines)
+            primary, archive = state_of(app).engines.primary, state_of(app).engines.archive
             print(f"backend: {primary.dialect.name}; aged events: {events:,}; "
                   f"orders: {events // 10:,} with 3 items and 1 payment each", flush=True)
             baseline_name = "attach" if args.sqlite else "copy-pipe"
@@ -146,9 +148,9 @@ def load(primary: sa.Engine, events: int) -> None:
             c.exec_driver_sql("VACUUM ANALYZE")
 
 
-def run_sediment(app: object, primary: sa.Engine, archive: sa.Engine) -> None:
-    settings = settings_of(app)  # type: ignore[arg-type]
-    for policy in policies_of(app):  # type: ignore[arg-type]
+def run_sediment(app: Flask, primary: sa.Engine, archive: sa.Engine) -> None:
+    settings = state_of(app).settings
+    for policy in resolve_policies_of(state_of(app).settings):
         report = run_policy(primary, archive, policy, now=NOW, database=settings.database,
                             settings=settings.archive)
         if report.status != "done":
@@ -205,7 +207,7 @@ def naive_orm(primary: sa.Engine, archive: sa.Engine, seconds: float) -> None:
     """What a first attempt looks like: one ORM round trip pair per row, time-boxed."""
     from sqlalchemy.orm import Session
 
-    from reporting.models import Event
+    from sediment.core.schema.primary import Event
 
     twin = archived_tables["events"]
     deadline = time.perf_counter() + seconds

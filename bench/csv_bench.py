@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
+from flask import Flask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -40,14 +41,15 @@ from bench.common import databases, service_environ
 from bench.report_bench import serve
 from reporting.app import create_app
 from reporting.csv_export import copy_statement
-from reporting.db import PRIMARY, db
-from reporting.migrations import upgrade_all
-from reporting.pgcopy import render
 from reporting.reports import REPORTS
+from reporting.reports.base import RowReport
 from reporting.request import parse_request
-from reporting.settings import load_settings
+from reporting.state import state_of
 from reporting.statements import source_query
-from reporting.views import report_sources
+from sediment.core.databases import PRIMARY
+from sediment.core.migrations import upgrade_all
+from sediment.core.pgcopy import render
+from sediment.core.settings import load_settings
 
 Measure = Callable[[], tuple[float, float]]
 
@@ -62,8 +64,8 @@ def main() -> int:
         environ = service_environ(primary_url, archive_url)
         app = create_app(load_settings(environ=environ))
         with app.app_context():
-            upgrade_all()
-            primary = db.engines[PRIMARY]
+            upgrade_all(state_of(app).engines)
+            primary = state_of(app).engines.primary
             load_events(primary, rows)
             boundary = tenth_boundary(primary, rows)
             sql = export_sql(app, primary)
@@ -131,16 +133,18 @@ def tenth_boundary(primary: sa.Engine, count: int) -> str:
     return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).isoformat()
 
 
-def export_sql(app: object, primary: sa.Engine) -> str:
+def export_sql(app: Flask, primary: sa.Engine) -> str:
     """The exact SQL Sediment exports with (rendered), for the baselines to run."""
     request = parse_request(REPORTS["events"], {"source": ["primary"]}, default_limit=100,
                             max_limit=1000)
-    sources = report_sources(app)  # type: ignore[arg-type]
+    sources = state_of(app).report_databases
     if primary.dialect.name == "postgresql":
         with primary.connect() as connection:
-            return render(connection, *copy_statement(sources, request, escape=True))
+            return render(connection, *copy_statement(sources, request, True))
     # SQLite has no COPY: the report's own statement, ordered, as the sqlite3 shell runs it.
-    query = source_query(sources, request, REPORTS["events"], "primary")  # type: ignore[arg-type]
+    events = REPORTS["events"]
+    assert isinstance(events, RowReport)
+    query = source_query(sources, request, events, PRIMARY)
     return str(query.ordered.compile(dialect=primary.dialect,
                                      compile_kwargs={"literal_binds": True}))
 

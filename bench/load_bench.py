@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import databases, service_environ
 from bench.report_bench import get, load_events
 from reporting.app import create_app
-from reporting.db import ARCHIVE, PRIMARY, db
-from reporting.migrations import upgrade_all
-from reporting.seed import SeedPlan, seed
-from reporting.settings import load_settings
+from reporting.state import state_of
+from sediment.core.migrations import upgrade_all
+from sediment.core.seed import SeedPlan, seed
+from sediment.core.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 CLIENTS = 32
@@ -132,13 +132,12 @@ def prepare(environ: dict[str, str], events: int) -> None:
     """Migrate, then load the events (aged at ARCHIVE_NOW) and a shop for the aggregates."""
     app = create_app(load_settings(environ=environ))
     with app.app_context():
-        upgrade_all()
-        primary = db.engines[PRIMARY]
+        upgrade_all(state_of(app).engines)
+        primary = state_of(app).engines.primary
         load_events(primary, events)
         seed(primary, SeedPlan(customers=5_000, orders=30_000, events=0, seed=7),
-             archive=db.engines[ARCHIVE], append=True)
-        for engine in db.engines.values():
-            engine.dispose()
+             archive=state_of(app).engines.archive, append=True)
+        state_of(app).engines.dispose()
     print(f"loaded {events:,} events and a shop of 5,000 customers, 30,000 orders", flush=True)
 
 

@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import databases, service_environ
 from reporting.app import create_app
-from reporting.db import PRIMARY, db
-from reporting.migrations import upgrade_all
 from reporting.pagination import PageCursor, encode_cursor
 from reporting.reports import REPORTS
 from reporting.request import parse_request
-from reporting.settings import load_settings
+from reporting.state import state_of
+from sediment.core.migrations import upgrade_all
+from sediment.core.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 LIMIT = 100
@@ -66,8 +66,8 @@ def main() -> int:
         environ = service_environ(primary_url, archive_url, SEDIMENT_SERVICE__SECRET_KEY=SECRET)
         app = create_app(load_settings(environ=environ))
         with app.app_context():
-            upgrade_all()
-            primary = db.engines[PRIMARY]
+            upgrade_all(state_of(app).engines)
+            primary = state_of(app).engines.primary
             load_events(primary, events)
             sort_value, key = row_at(primary, depth)
             offset_ms = offset_latency(primary, depth, repeats)

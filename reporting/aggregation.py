@@ -18,14 +18,20 @@ import pandas as pd
 import sqlalchemy as sa
 
 from reporting.pagination import PageCursor
+from reporting.report_databases import (
+    ReportDatabases,
+    databases_of,
+    exclude_shared,
+    reference_rows,
+)
 from reporting.reports.base import AggregateReport, Lookup, ReferenceData
-from reporting.request import FilterClause, ReportRequest
-from reporting.sources import ReportSources, exclude_shared, reference_rows, sources_of
+from reporting.request import COMPARISONS, FilterClause, ReportRequest
+from sediment.core.databases import ARCHIVE, PRIMARY, Database
 
 
-def reference_data(sources: ReportSources) -> ReferenceData:
-    products = sources.tables["primary"]["products"]
-    with sources.engines["primary"].connect() as connection:
+def reference_data(databases: ReportDatabases) -> ReferenceData:
+    products = databases.tables[PRIMARY]["products"]
+    with databases.engines[PRIMARY].connect() as connection:
         categories = dict(connection.execute(sa.select(products.c.id, products.c.category)).all())
     return ReferenceData(product_categories=categories)
 
@@ -55,9 +61,9 @@ class Combined:
         return positions
 
 
-def combined_groups(sources: ReportSources, request: ReportRequest,
+def combined_groups(databases: ReportDatabases, request: ReportRequest,
                     report: AggregateReport) -> Combined:
-    """:func:`aggregate_frame`, reused for ``sources.aggregate_ttl`` seconds per query.
+    """:func:`aggregate_frame`, reused for ``databases.aggregate_ttl`` seconds per query.
 
     Every page of an aggregate report needs all of its groups, so without reuse page ten
     costs what page one does. Application writes show after at most the TTL. Archiving
@@ -66,52 +72,52 @@ def combined_groups(sources: ReportSources, request: ReportRequest,
     way); a one-database result is dropped as soon as the archiver has moved rows (the
     ledger's version changed).
     """
-    if sources.aggregate_ttl <= 0:
-        return Combined(aggregate_frame(sources, request, report), datetime.now(UTC), (0, 0))
-    version = ledger_version(sources) if request.source != "all" else (0, 0)
+    if databases.aggregate_ttl <= 0:
+        return Combined(aggregate_frame(databases, request, report), datetime.now(UTC), (0, 0))
+    version = ledger_version(databases) if request.source != "all" else (0, 0)
     key = (report.name, request.source, tuple(sorted(request.params.items())),
            tuple((clause.column, clause.op, clause.value) for clause in request.filters))
-    cached: Combined | None = sources.aggregates.get(key)
+    cached: Combined | None = databases.aggregates.get(key)
     now = datetime.now(UTC)
     if cached is not None and cached.ledger_version == version \
-            and (now - cached.computed_at).total_seconds() < sources.aggregate_ttl:
+            and (now - cached.computed_at).total_seconds() < databases.aggregate_ttl:
         return cached
-    fresh = Combined(aggregate_frame(sources, request, report), now, version)
-    sources.aggregates.put(key, fresh)
+    fresh = Combined(aggregate_frame(databases, request, report), now, version)
+    databases.aggregates.put(key, fresh)
     return fresh
 
 
-def ledger_version(sources: ReportSources) -> tuple[int, int]:
+def ledger_version(databases: ReportDatabases) -> tuple[int, int]:
     """Changes whenever an archival run starts, records a batch or ends: the newest run's id
     and the batches of the runs in progress (two indexed look-ups)."""
-    runs = sources.tables["archive"]["archive_runs"]
+    runs = databases.tables[ARCHIVE]["archive_runs"]
     newest = sa.select(sa.func.coalesce(sa.func.max(runs.c.id), 0)).scalar_subquery()
     running = (sa.select(sa.func.coalesce(sa.func.sum(runs.c.batches), 0))
                .where(runs.c.status == "running").scalar_subquery())
-    with sources.engines["archive"].connect() as connection:
+    with databases.engines[ARCHIVE].connect() as connection:
         first, second = connection.execute(sa.select(newest, running)).one()
     return int(first), int(second)
 
 
-def aggregate_frame(sources: ReportSources, request: ReportRequest,
+def aggregate_frame(databases: ReportDatabases, request: ReportRequest,
                     report: AggregateReport) -> pd.DataFrame:
     """Combine each database's partial aggregates exactly, then finish and filter.
 
     The two databases aggregate at the same time (each query is the database's work, not
     this process's), and their partials become columns without a detour through row dicts.
     """
-    reference = reference_data(sources)
+    reference = reference_data(databases)
 
-    def partial(name: str) -> pd.DataFrame:
-        tables = sources.tables[name]
-        if name == "archive" and request.source == "all":
-            tables = exclude_shared(sources, tables, report.root)
+    def partial(name: Database) -> pd.DataFrame:
+        tables = databases.tables[name]
+        if name == ARCHIVE and request.source == "all":
+            tables = exclude_shared(databases, tables, report.root)
         statement = report.partials(tables, request.params, reference)
-        with sources.engines[name].connect() as connection:
+        with databases.engines[name].connect() as connection:
             result = connection.execute(statement)
             return _columns_frame(list(result.keys()), result.fetchall())
 
-    names = sources_of(request)
+    names = databases_of(request)
     if len(names) == 1:
         frames = [partial(names[0])]
     else:
@@ -125,7 +131,7 @@ def aggregate_frame(sources: ReportSources, request: ReportRequest,
             dict(report.combine))
     else:
         combined = pd.DataFrame({c: pd.Series(dtype="object") for c in partial_columns})
-    frame = _with_lookups(sources, report.lookups, combined)
+    frame = _with_lookups(databases, report.lookups, combined)
     frame = frame[[*partial_columns, *(lookup.column for lookup in report.lookups)]]
     # Filter as early as the column exists: before a pivot folds it away, after ``finish``
     # for columns it derives (a rank).
@@ -144,7 +150,7 @@ def _columns_frame(names: list[str], rows: Sequence[Sequence[Any]]) -> pd.DataFr
                                                                      strict=True)})
 
 
-def _with_lookups(sources: ReportSources, lookups: Sequence[Lookup],
+def _with_lookups(databases: ReportDatabases, lookups: Sequence[Lookup],
                   frame: pd.DataFrame) -> pd.DataFrame:
     """Add reference columns (names) from PRIMARY: one query and one merge per table."""
     by_table: dict[tuple[str, str], list[Lookup]] = {}
@@ -152,7 +158,7 @@ def _with_lookups(sources: ReportSources, lookups: Sequence[Lookup],
         by_table.setdefault((lookup.table, lookup.key), []).append(lookup)
     for (table, key), group in by_table.items():
         ids = frame[key].dropna().unique().tolist() if len(frame) else []
-        found = reference_rows(sources, table, [lookup.value for lookup in group], ids)
+        found = reference_rows(databases, table, [lookup.value for lookup in group], ids)
         values = _columns_frame(["__lookup_key", *(lookup.column for lookup in group)], found)
         if frame[key].dtype != values["__lookup_key"].dtype:
             values["__lookup_key"] = values["__lookup_key"].astype(frame[key].dtype)
@@ -164,10 +170,8 @@ def _with_lookups(sources: ReportSources, lookups: Sequence[Lookup],
 def _filter_frame(frame: pd.DataFrame, filters: Sequence[FilterClause]) -> pd.DataFrame:
     for clause in filters:
         column = frame[clause.column]
-        mask = {"eq": lambda c, v: c == v, "ne": lambda c, v: c != v,
-                "in": lambda c, v: c.isin(v), "gt": lambda c, v: c > v,
-                "gte": lambda c, v: c >= v, "lt": lambda c, v: c < v,
-                "lte": lambda c, v: c <= v}[clause.op](column, clause.value)
+        mask = (column.isin(clause.value) if clause.op == "in"
+                else COMPARISONS[clause.op](column, clause.value))
         frame = frame[mask]
     return frame
 

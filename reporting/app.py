@@ -1,4 +1,10 @@
-"""The application factory: settings in, a configured Flask app with both binds out."""
+"""The application factory: settings in, a configured Flask app with both databases out.
+
+Flask-SQLAlchemy is the one place read-write engines are configured: one bind per
+database, named as everywhere else (``primary``, ``archive``). The app hands them on as
+:class:`~sediment.core.databases.Engines` in its :class:`~reporting.state.AppState`; the
+composition root (:mod:`sediment.cli`) passes them to the archiver from there.
+"""
 
 from __future__ import annotations
 
@@ -6,74 +12,69 @@ import logging
 
 import sqlalchemy as sa
 from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
 
-import reporting.models  # noqa: F401  (registers the PRIMARY tables)
-from archive import models as archive_models
-from archive.policy import ArchivePolicy, resolve_policies
 from reporting import health, views
 from reporting.csv_export import ExportLimiter
-from reporting.db import (
+from reporting.errors import register_error_handlers
+from reporting.json_provider import OrjsonProvider
+from reporting.readonly import create_readonly_engine
+from reporting.report_databases import ReportDatabases
+from reporting.reports.base import DatabaseTables
+from reporting.state import AppState, state_of
+from sediment.core.databases import (
     ARCHIVE,
     PRIMARY,
-    db,
+    Database,
+    Engines,
     engine_options,
     ensure_sqlite_folder,
     prepare_engine,
 )
-from reporting.errors import register_error_handlers
-from reporting.json_provider import OrjsonProvider
-from reporting.preflight import check_databases
-from reporting.readonly import create_readonly_engine
-from reporting.reports.base import SourceTables
-from reporting.settings import Settings, load_settings
-from reporting.sources import ReportSources
+from sediment.core.preflight import check_databases
+from sediment.core.schema import metadata_of
+from sediment.core.schema.archive import archived_tables
+from sediment.core.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
-SETTINGS_EXTENSION = "sediment.settings"
-POLICIES_EXTENSION = "sediment.policies"
+#: Flask-SQLAlchemy, used for what it is good at: engines from app config, per bind. The
+#: schema's tables carry their bind in ``MetaData.info``, so its session finds them too.
+db = SQLAlchemy(disable_autonaming=True)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Create the Sediment app.
+    """Create the Sediment app; no connection is opened.
 
     :param settings: validated settings; by default ``settings.toml`` and ``SEDIMENT_*``.
-    :raises reporting.settings.SettingsError: for bad settings, including archival policies
-        that name unknown tables or columns.
     """
     settings = settings if settings is not None else load_settings()
-    policies = resolve_policies(
-        settings.policies, db.metadatas[None].tables, archive_models.archived_tables
-    )
     database = settings.database
-    busy_ms = database.lock_timeout_ms
-    for url in (database.primary_url, database.archive_url):
+    urls: dict[Database, str] = {PRIMARY: database.primary_url, ARCHIVE: database.archive_url}
+    for url in urls.values():
         ensure_sqlite_folder(url)
     app = Flask("reporting")
     app.config.update(
         SECRET_KEY=settings.service.secret_key,
-        SQLALCHEMY_DATABASE_URI=database.primary_url,
-        SQLALCHEMY_ENGINE_OPTIONS=engine_options(
-            database.primary_url, pool_size=database.pool_size, busy_timeout_ms=busy_ms
-        ),
         SQLALCHEMY_BINDS={
-            ARCHIVE: {
-                "url": database.archive_url,
-                **engine_options(
-                    database.archive_url, pool_size=database.pool_size, busy_timeout_ms=busy_ms
-                ),
-            }
+            name: {"url": url, **engine_options(url, pool_size=database.pool_size,
+                                                busy_timeout_ms=database.lock_timeout_ms)}
+            for name, url in urls.items()
         },
     )
     app.json = OrjsonProvider(app)
-    app.extensions[SETTINGS_EXTENSION] = settings
-    app.extensions[POLICIES_EXTENSION] = policies
     db.init_app(app)
     with app.app_context():
-        for engine in db.engines.values():
-            prepare_engine(engine)
-    app.extensions[views.SOURCES_EXTENSION] = report_sources(settings)
-    app.extensions[views.EXPORTS_EXTENSION] = ExportLimiter(settings.reports.csv_max_concurrent)
+        engines = Engines(primary=db.engines[PRIMARY], archive=db.engines[ARCHIVE])
+    for _, engine in engines.items():
+        prepare_engine(engine)
+    AppState(
+        settings=settings,
+        engines=engines,
+        report_databases=report_databases(settings),
+        exports=ExportLimiter(settings.reports.csv_max_concurrent),
+        health=health.RecentHealth(engines),
+    ).install(app)
     register_error_handlers(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(views.blueprint)
@@ -82,43 +83,31 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 def create_checked_app(settings: Settings) -> Flask:
     """Create the app for a command, then make sure both databases answer and are two
-    different databases (see :func:`reporting.preflight.check_databases`)."""
+    different databases (see :func:`sediment.core.preflight.check_databases`)."""
     app = create_app(settings)
-    with app.app_context():
-        check_databases(db.engines[PRIMARY], db.engines[ARCHIVE])
+    engines = state_of(app).engines
+    check_databases(engines.primary, engines.archive)
     return app
 
 
-def report_sources(settings: Settings) -> ReportSources:
+def report_databases(settings: Settings) -> ReportDatabases:
     """Read-only engines and per-database tables for the reports (no connection is opened)."""
     database = settings.database
     timeout_ms = settings.reports.statement_timeout_ms
     engines = {
         name: create_readonly_engine(url, statement_timeout_ms=timeout_ms,
                                      pool_size=database.pool_size)
-        for name, url in (("primary", database.primary_url), ("archive", database.archive_url))
+        for name, url in ((PRIMARY, database.primary_url), (ARCHIVE, database.archive_url))
     }
+    ledger = metadata_of(ARCHIVE).tables
     archive_tables: dict[str, sa.FromClause] = {
-        **archive_models.archived_tables,
-        **{model.__tablename__: model.__table__
-           for model in (archive_models.ArchiveRun, archive_models.ArchiveRunTable)},
+        **archived_tables,
+        **{name: ledger[name] for name in ("archive_runs", "archive_run_tables")},
     }
     tables = {
-        "primary": SourceTables("primary", dict(db.metadatas[None].tables),
-                                engines["primary"].dialect.name),
-        "archive": SourceTables("archive", archive_tables, engines["archive"].dialect.name),
+        PRIMARY: DatabaseTables(PRIMARY, dict(metadata_of(PRIMARY).tables),
+                                engines[PRIMARY].dialect.name),
+        ARCHIVE: DatabaseTables(ARCHIVE, archive_tables, engines[ARCHIVE].dialect.name),
     }
-    return ReportSources(engines=engines, tables=tables,
-                         aggregate_ttl=settings.reports.aggregate_cache.total_seconds())
-
-
-def settings_of(app: Flask) -> Settings:
-    """Return the settings an app was created with."""
-    settings: Settings = app.extensions[SETTINGS_EXTENSION]
-    return settings
-
-
-def policies_of(app: Flask) -> tuple[ArchivePolicy, ...]:
-    """Return the resolved archival policies of an app."""
-    policies: tuple[ArchivePolicy, ...] = app.extensions[POLICIES_EXTENSION]
-    return policies
+    return ReportDatabases(engines=engines, tables=tables,
+                           aggregate_ttl=settings.reports.aggregate_cache.total_seconds())

@@ -33,18 +33,18 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from reporting.errors import ReportError
 from reporting.execution import (
     STREAM_CHUNK,
     count_rows,
     iter_rows,
     output_columns,
 )
-from reporting.pgcopy import raw_cursor, render
+from reporting.report_databases import ReportDatabases, apply_lookups, databases_of
+from reporting.report_error import ReportError
 from reporting.reports.base import RowReport
 from reporting.request import ReportRequest
-from reporting.sources import ReportSources, apply_lookups, sources_of
 from reporting.statements import source_query
+from sediment.core.pgcopy import raw_cursor, render
 
 logger = logging.getLogger(__name__)
 
@@ -97,49 +97,49 @@ def escape_formula(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_PREFIXES) else value
 
 
-def check_row_cap(sources: ReportSources, request: ReportRequest, cap: int) -> int:
+def check_row_cap(databases: ReportDatabases, request: ReportRequest, cap: int) -> int:
     """Count the rows before the first byte; refuse with 413 beyond ``cap``."""
-    count, _ = count_rows(sources, request)
+    count, _ = count_rows(databases, request)
     if count > cap:
         raise ReportError(413, "export_too_large", f"this download would hold {count:,} rows, "
                           f"more than the limit of {cap:,}; narrow it with filters")
     return count
 
 
-def uses_copy(sources: ReportSources, request: ReportRequest) -> bool:
+def uses_copy(databases: ReportDatabases, request: ReportRequest) -> bool:
     """Whether the COPY path can produce this CSV."""
     report = request.report
     if not isinstance(report, RowReport) or request.source == "all":
         return False
-    tables = sources.tables[request.source]
-    return (sources.engines[request.source].dialect.name == "postgresql"
+    tables = databases.tables[request.source]
+    return (databases.engines[request.source].dialect.name == "postgresql"
             and all(lookup.table in tables.tables for lookup in report.lookups))
 
 
-def stream_csv(sources: ReportSources, request: ReportRequest, *, escape: bool) -> Iterator[bytes]:
+def stream_csv(databases: ReportDatabases, request: ReportRequest) -> Iterator[bytes]:
     """The CSV bytes of every row of ``request``, header first, in ~64 KiB chunks."""
-    if uses_copy(sources, request):
-        return _copy_stream(sources, request, escape=escape)
-    return _chunked_stream(sources, request, escape=escape)
+    if uses_copy(databases, request):
+        return _copy_stream(databases, request, escape=request.escape_formulas)
+    return _chunked_stream(databases, request, escape=request.escape_formulas)
 
 
 def _columns(request: ReportRequest) -> list[str]:
     return output_columns(request, [])
 
 
-def _chunked_stream(sources: ReportSources, request: ReportRequest, *,
+def _chunked_stream(databases: ReportDatabases, request: ReportRequest, *,
                     escape: bool) -> Iterator[bytes]:
     report = request.report
     buffer = io.StringIO()
     # RFC 4180's CRLF: the csv module quotes a field only for characters of its line
     # terminator, so "\n" alone would leave a bare carriage return unquoted.
     writer = csv.writer(buffer, lineterminator="\r\n")
-    rows = iter_rows(sources, request, chunk=STREAM_CHUNK)
+    rows = iter_rows(databases, request, chunk=STREAM_CHUNK)
     header: list[str] | None = None
     while True:
         batch = [row for _, row in zip(range(STREAM_CHUNK), rows, strict=False)]
         if isinstance(report, RowReport):
-            apply_lookups(sources, report.lookups, batch)
+            apply_lookups(databases, report.lookups, batch)
         if header is None:
             header = output_columns(request, batch)
             writer.writerow(header)
@@ -163,13 +163,13 @@ def _cell(value: Any, escape: bool) -> Any:
     return value
 
 
-def copy_statement(sources: ReportSources, request: ReportRequest,
+def copy_statement(databases: ReportDatabases, request: ReportRequest,
                    escape: bool) -> tuple[sa.Select[Any], dict[str, Any]]:
     """The report's own SQL, ordered, with CSV cell formatting done by PostgreSQL, and the
     values of its bound parameters."""
     report = request.report
     assert isinstance(report, RowReport)
-    query = source_query(sources, request, report, sources_of(request)[0])
+    query = source_query(databases, request, report, databases_of(request)[0])
     inner = query.filtered.subquery("rows")
     types = {c.name: c.type for c in report.columns}
     cells: list[sa.ColumnElement[Any]] = []
@@ -222,10 +222,10 @@ class _Sink:
 _DONE = object()
 
 
-def _copy_stream(sources: ReportSources, request: ReportRequest, *,
+def _copy_stream(databases: ReportDatabases, request: ReportRequest, *,
                  escape: bool) -> Iterator[bytes]:
-    engine = sources.engines[sources_of(request)[0]]
-    statement, values = copy_statement(sources, request, escape)
+    engine = databases.engines[databases_of(request)[0]]
+    statement, values = copy_statement(databases, request, escape)
     chunks: queue.Queue[object] = queue.Queue(maxsize=QUEUE_CHUNKS)
     abort = threading.Event()
     sink = _Sink(chunks, abort)
@@ -260,22 +260,3 @@ def _copy_stream(sources: ReportSources, request: ReportRequest, *,
 
 def export_filename(request: ReportRequest, today: date) -> str:
     return f"{request.report.name}_{today.isoformat()}.csv"
-
-
-def formula_mode(args: dict[str, str]) -> bool:
-    """Whether to escape formulas: ``formula=escape`` (default) or ``formula=raw``.
-
-    :raises ReportError: 400 for any other value.
-    """
-    mode = args.get("formula", "escape")
-    if mode not in ("escape", "raw"):
-        raise ReportError(400, "invalid_value", "formula must be escape or raw", param="formula")
-    return mode == "escape"
-
-
-def refuse_paging(args: dict[str, str]) -> None:
-    """CSV has no pages: a ``limit`` or ``cursor`` would silently mean something else."""
-    for name in ("limit", "cursor"):
-        if name in args:
-            raise ReportError(400, "unknown_parameter", f"CSV downloads stream every row; "
-                              f"drop {name!r} (use filters to narrow)", param=name)

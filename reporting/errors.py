@@ -15,31 +15,12 @@ import sqlalchemy as sa
 from flask import Flask, Response, json
 from werkzeug.exceptions import HTTPException
 
-from reporting.error_text import first_line
+from reporting.report_error import ReportError
+from sediment.core.error_text import first_line
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-
-
-class ReportError(Exception):
-    """A request the API refuses, with the HTTP status and stable code to answer with."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        detail: str,
-        *,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.param = param
-        self.headers = headers or {}
 
 
 def problem(

@@ -19,18 +19,19 @@ from typing import Any
 import sqlalchemy as sa
 
 from reporting.aggregation import combined_groups, page_frame
-from reporting.pagination import PageCursor
+from reporting.pagination import PageCursor, cursor_after
 from reporting.pgfetch import fetch_direct
-from reporting.reports.base import AggregateReport, RowReport
-from reporting.request import ReportRequest
-from reporting.sources import (
-    ReportSources,
+from reporting.report_databases import (
+    ReportDatabases,
     apply_lookups,
+    databases_of,
     drop_shared_rows,
     pending_ranges,
-    sources_of,
 )
+from reporting.reports.base import AggregateReport, RowReport
+from reporting.request import ReportRequest
 from reporting.statements import SourceQuery, source_query
+from sediment.core.databases import ARCHIVE, Database
 
 STREAM_CHUNK = 1000
 
@@ -44,18 +45,18 @@ class Page:
     count: int | None = None
     count_kind: str = "none"
     took_ms: float = 0.0
-    sources: list[str] = field(default_factory=list)
+    databases: list[Database] = field(default_factory=list)
     #: For aggregate reports: when the groups were combined (they may be reused a while).
     computed_at: datetime | None = None
 
 
-def run_page(sources: ReportSources, request: ReportRequest, cursor: PageCursor | None) -> Page:
+def run_page(databases: ReportDatabases, request: ReportRequest, cursor: PageCursor | None) -> Page:
     """Compute one page of ``request`` starting after ``cursor``."""
     started = time.perf_counter()
     wanted = request.limit + 1  # one more than the page tells whether another page follows
     report = request.report
     # An aggregate is combined once per request: the page and its count come from one frame.
-    combined = combined_groups(sources, request, report) \
+    combined = combined_groups(databases, request, report) \
         if isinstance(report, AggregateReport) else None
     frame = combined.frame if combined is not None else None
     if frame is not None:
@@ -63,27 +64,27 @@ def run_page(sources: ReportSources, request: ReportRequest, cursor: PageCursor 
         rows = list(itertools.islice(page_frame(combined, request, cursor), wanted))
     elif request.source != "all":  # one database: the page is one query
         assert isinstance(report, RowReport)
-        query = source_query(sources, request, report, request.source)
-        with sources.engines[request.source].connect() as connection:
+        query = source_query(databases, request, report, request.source)
+        with databases.engines[request.source].connect() as connection:
             rows = fetch_rows(connection, query, request, cursor, wanted)
     else:
-        rows = list(itertools.islice(iter_rows(sources, request, cursor, chunk=wanted), wanted))
+        rows = list(itertools.islice(iter_rows(databases, request, cursor, chunk=wanted), wanted))
     has_more = len(rows) > request.limit
     rows = rows[: request.limit]
     next_cursor = None
     if has_more and rows:
-        next_cursor = PageCursor(tuple(rows[-1][c] for c in (request.sort, *request.key)))
+        next_cursor = cursor_after(rows[-1], request)
     columns = output_columns(request, rows)
     if isinstance(report, RowReport):
-        apply_lookups(sources, report.lookups, rows)  # rows are in their final shape
+        apply_lookups(databases, report.lookups, rows)  # rows are in their final shape
     else:
         rows = [{c: row.get(c) for c in columns} for row in rows]
     page = Page(rows=rows, columns=columns, has_more=has_more, next_cursor=next_cursor,
-                sources=sources_of(request),
+                databases=databases_of(request),
                 computed_at=combined.computed_at if combined is not None else None)
     if request.count != "none":
         page.count, page.count_kind = ((len(frame), "exact") if frame is not None
-                                       else count_rows(sources, request))
+                                       else count_rows(databases, request))
     page.took_ms = round((time.perf_counter() - started) * 1000, 2)
     return page
 
@@ -98,7 +99,7 @@ def output_columns(request: ReportRequest, rows: Sequence[Mapping[str, Any]]) ->
     return [c.name for c in report.columns]
 
 
-def iter_rows(sources: ReportSources, request: ReportRequest,
+def iter_rows(databases: ReportDatabases, request: ReportRequest,
               cursor: PageCursor | None = None,
               chunk: int = STREAM_CHUNK) -> Iterator[dict[str, Any]]:
     """Every row of ``request`` after ``cursor``, in order (lookups not yet applied for row
@@ -109,11 +110,11 @@ def iter_rows(sources: ReportSources, request: ReportRequest,
     """
     report = request.report
     if isinstance(report, AggregateReport):
-        yield from page_frame(combined_groups(sources, request, report), request, cursor)
+        yield from page_frame(combined_groups(databases, request, report), request, cursor)
         return
     assert isinstance(report, RowReport)
-    streams = [_source_stream(sources, request, report, name, cursor, chunk)
-               for name in sources_of(request)]
+    streams = [_source_stream(databases, request, report, name, cursor, chunk)
+               for name in databases_of(request)]
     if len(streams) == 1:
         yield from streams[0]
         return
@@ -123,24 +124,24 @@ def iter_rows(sources: ReportSources, request: ReportRequest,
                                reverse=request.descending)
 
 
-def _source_stream(sources: ReportSources, request: ReportRequest, report: RowReport,
-                   name: str, cursor: PageCursor | None, chunk: int
+def _source_stream(databases: ReportDatabases, request: ReportRequest, report: RowReport,
+                   name: Database, cursor: PageCursor | None, chunk: int
                    ) -> Generator[dict[str, Any]]:
-    query = source_query(sources, request, report, name)
+    query = source_query(databases, request, report, name)
     # ARCHIVE's side of a merge leaves out rows still in PRIMARY (caught mid-batch).
-    ranges = pending_ranges(sources, report.root) \
-        if name == "archive" and request.source == "all" else []
+    ranges = pending_ranges(databases, report.root) \
+        if name == ARCHIVE and request.source == "all" else []
     last = cursor
-    with sources.engines[name].connect() as connection:
+    with databases.engines[name].connect() as connection:
         while True:
             rows = fetch_rows(connection, query, request, last, chunk)
             if ranges:
-                yield from drop_shared_rows(sources, report.root, report.key[0], ranges, rows)
+                yield from drop_shared_rows(databases, report.root, report.key[0], ranges, rows)
             else:
                 yield from rows
             if len(rows) < chunk:
                 return
-            last = PageCursor(tuple(rows[-1][c] for c in (request.sort, *request.key)))
+            last = cursor_after(rows[-1], request)
 
 
 def fetch_rows(connection: sa.Connection, query: SourceQuery, request: ReportRequest,
@@ -159,18 +160,18 @@ def fetch_rows(connection: sa.Connection, query: SourceQuery, request: ReportReq
     return [dict(zip(names, row, strict=False)) for row in rows]
 
 
-def count_rows(sources: ReportSources, request: ReportRequest) -> tuple[int, str]:
+def count_rows(databases: ReportDatabases, request: ReportRequest) -> tuple[int, str]:
     """Count matching rows: ``exact``, or the planner's ``estimated`` on PostgreSQL."""
     report = request.report
     if isinstance(report, AggregateReport):
-        return len(combined_groups(sources, request, report).frame), "exact"
+        return len(combined_groups(databases, request, report).frame), "exact"
     assert isinstance(report, RowReport)
     total, kind = 0, "exact"
-    for name in sources_of(request):
-        query = source_query(sources, request, report, name,
+    for name in databases_of(request):
+        query = source_query(databases, request, report, name,
                              without_shared=request.count != "estimated")
         values = query.values(request.filters)
-        engine = sources.engines[name]
+        engine = databases.engines[name]
         with engine.connect() as connection:
             if request.count == "estimated" and engine.dialect.name == "postgresql":
                 expanded = query.filtered.compile(

@@ -8,25 +8,26 @@ import time
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 
-from reporting.db import db
-from reporting.migrations import HISTORIES, bind_label, head_revision, schema_state
+from reporting.state import current_state
+from sediment.core.databases import Database, Engines
+from sediment.core.migrations import head_revision, schema_state
+from sediment.core.schema import metadata_of
 
 logger = logging.getLogger(__name__)
 
 blueprint = Blueprint("health", __name__)
 
 
-def database_health(bind_key: str | None) -> dict[str, Any]:
-    """Report one bind: backend, reachability, current and head revision."""
-    engine = db.engines[bind_key]
-    head = head_revision(bind_key)
+def database_health(database: Database, engine: sa.Engine) -> dict[str, Any]:
+    """Report one database: backend, reachability, current and head revision."""
+    head = head_revision(database)
     report: dict[str, Any] = {"backend": engine.dialect.name, "head": head}
     try:
-        current, missing = schema_state(engine, db.metadatas[bind_key])
+        current, missing = schema_state(engine, metadata_of(database))
     except sa.exc.SQLAlchemyError as exc:
-        logger.warning("health: %s database unreachable: %s", bind_label(bind_key), exc)
+        logger.warning("health: %s database unreachable: %s", database, exc)
         report.update(reachable=False, revision=None, at_head=False, missing_tables=[],
                       error=type(exc).__name__)
         return report
@@ -38,14 +39,13 @@ def database_health(bind_key: str | None) -> dict[str, Any]:
 @blueprint.get("/healthz")
 def healthz() -> tuple[Response, int]:
     """Return 200 when both databases are reachable and migrated, else 503."""
-    databases, healthy = _recent_health()
+    databases, healthy = current_state().health.get()
     body = jsonify(status="ok" if healthy else "unavailable", databases=databases)
     return body, 200 if healthy else 503
 
 
 #: Probes within this many seconds share one check of the databases.
 HEALTH_REUSE_SECONDS = 1.0
-_EXTENSION = "sediment.health"
 
 
 class RecentHealth:
@@ -57,23 +57,19 @@ class RecentHealth:
     trips that wait behind busy report threads for the interpreter.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, engines: Engines) -> None:
+        self._engines = engines
         self._lock = threading.Lock()
-        self._checked: tuple[float, dict[str, dict[str, Any]], bool] | None = None
+        self._checked: tuple[float, dict[Database, dict[str, Any]], bool] | None = None
 
-    def get(self) -> tuple[dict[str, dict[str, Any]], bool]:
+    def get(self) -> tuple[dict[Database, dict[str, Any]], bool]:
         with self._lock:
             checked = self._checked
         if checked is not None and time.monotonic() - checked[0] < HEALTH_REUSE_SECONDS:
             return checked[1], checked[2]
-        databases = {bind_label(key): database_health(key) for key in HISTORIES}
+        databases = {name: database_health(name, engine) for name, engine in self._engines.items()}
         healthy = all(d["reachable"] and d["at_head"] and not d["missing_tables"]
                       for d in databases.values())
         with self._lock:
             self._checked = (time.monotonic(), databases, healthy)
         return databases, healthy
-
-
-def _recent_health() -> tuple[dict[str, dict[str, Any]], bool]:
-    recent: RecentHealth = current_app.extensions.setdefault(_EXTENSION, RecentHealth())
-    return recent.get()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from reporting.reports import REPORTS, Report
-from reporting.reports.base import JSON_TYPES
+from reporting.reports.base import JSON_TYPES, ValueType
 from reporting.request import COUNT_KINDS
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
@@ -16,7 +16,7 @@ LARGEST_INTEGER = 10**18 - 1
 _ITEM_PATTERNS = {"integer": r"-?[0-9]{1,18}", "string": r"[^,\x00]{1,200}"}
 
 
-def _schema(type_name: str, nullable: bool = True) -> dict[str, Any]:
+def _schema(type_name: ValueType, nullable: bool = True) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": JSON_TYPES[type_name]}
     if type_name == "datetime":
         schema["format"] = "date-time"
@@ -25,7 +25,7 @@ def _schema(type_name: str, nullable: bool = True) -> dict[str, Any]:
     return schema
 
 
-def _input_schema(type_name: str, choices: tuple[str, ...] | None) -> dict[str, Any]:
+def _input_schema(type_name: ValueType, choices: tuple[str, ...] | None) -> dict[str, Any]:
     """A query parameter's schema, as strict as the parser."""
     schema = _schema(type_name, nullable=False)
     if choices:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,8 +18,9 @@ from typing import Any
 import sqlalchemy as sa
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from reporting.errors import ReportError
-from reporting.request import ReportRequest, parse_datetime
+from reporting.report_error import ReportError
+from reporting.request import ReportRequest
+from sediment.core.instants import parse_instant
 
 _SALT = "sediment.report-cursor.v1"
 
@@ -29,6 +30,11 @@ class PageCursor:
     """Where the next page starts: the last row's sort value followed by its key values."""
 
     values: tuple[Any, ...]
+
+
+def cursor_after(row: Mapping[str, Any], request: ReportRequest) -> PageCursor:
+    """The cursor of the page that follows ``row``: its sort value, then its key values."""
+    return PageCursor(tuple(row[column] for column in (request.sort, *request.key)))
 
 
 def fingerprint(request: ReportRequest) -> str:
@@ -85,7 +91,7 @@ def _typed(value: Any, type_name: str) -> Any:
     if value is None:
         return None  # a NULL sort value; keys are never NULL, and SQL compares it safely
     if type_name == "datetime" and isinstance(value, str):
-        return parse_datetime(value)
+        return parse_instant(value)
     accepted = _CURSOR_TYPES.get(type_name, (str,))
     if isinstance(value, bool) and bool not in accepted:
         raise ValueError(value)  # bool is an int subclass in Python, not in SQL

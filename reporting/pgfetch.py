@@ -7,7 +7,7 @@ itself, and a page is one short query: going around it raised report-page throug
 load by about a fifth (``bench/report_bench.py``).
 
 Only statements whose results need no processing take this path: every column is of a type
-psycopg2 returns ready to use, or a :class:`~reporting.db.UTCDateTime`, which report
+psycopg2 returns ready to use, or a :class:`~sediment.core.databases.UTCDateTime`, which report
 sessions (``timezone=UTC``, see :mod:`reporting.readonly`) already return in UTC. Bound
 values still go through SQLAlchemy's bind processors, and driver errors surface as
 SQLAlchemy's, as they would from ``Connection.execute``.
@@ -22,8 +22,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from reporting.db import UTCDateTime
-from reporting.pgcopy import raw_cursor
+from sediment.core.pgcopy import raw_cursor
+from sediment.core.schema.types import UTCDateTime
 
 
 @dataclass(frozen=True)

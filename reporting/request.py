@@ -1,6 +1,8 @@
 """Turn query-string arguments into a validated :class:`ReportRequest`, or a 400.
 
-Every rejection names the parameter at fault (``param``) and has a stable ``code``:
+All of a request's query string is read here, the CSV download's included: the views and
+the ``report`` command hand over the arguments and get back a request or an error. Every
+rejection names the parameter at fault (``param``) and has a stable ``code``:
 ``unknown_parameter``, ``invalid_value``, ``unknown_operator``, ``invalid_sort``,
 ``invalid_limit``, ``invalid_source``, ``invalid_count``.
 """
@@ -8,24 +10,40 @@ Every rejection names the parameter at fault (``param``) and has a stable ``code
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal, TypeVar, get_args
 
-from reporting.errors import ReportError
-from reporting.reports.base import SOURCES, Report
+from reporting.report_error import ReportError
+from reporting.reports.base import SOURCES, Operator, Report, Source, ValueType
+from sediment.core.instants import parse_instant
 
 RESERVED = ("sort", "limit", "cursor", "source", "count", "formula")
-COUNT_KINDS = ("none", "estimated", "exact")
+#: ``?count=``: no count, the planner's estimate, or an exact count.
+CountKind = Literal["none", "estimated", "exact"]
+COUNT_KINDS: tuple[CountKind, ...] = get_args(CountKind)
+#: ``?formula=`` of a CSV download: escape cells a spreadsheet would run, or not.
+FORMULA_MODES = ("escape", "raw")
+_Choice = TypeVar("_Choice", bound=str)
 _FILTER_ARG = re.compile(r"^(?P<name>[a-z_]+)\[(?P<op>[a-z]+)\]$")
 
 
 @dataclass(frozen=True)
 class FilterClause:
+    """One validated filter: ``column op value`` (for ``in``, ``value`` is a tuple)."""
+
     column: str
-    op: str
+    op: Operator
     value: Any
+
+
+#: Every operator but ``in``, applied alike to a SQL column and a pandas Series.
+COMPARISONS: Mapping[Operator, Callable[[Any, Any], Any]] = {
+    "eq": lambda c, v: c == v, "ne": lambda c, v: c != v,
+    "gt": lambda c, v: c > v, "gte": lambda c, v: c >= v,
+    "lt": lambda c, v: c < v, "lte": lambda c, v: c <= v,
+}
 
 
 @dataclass(frozen=True)
@@ -39,8 +57,10 @@ class ReportRequest:
     descending: bool
     limit: int
     cursor: str | None
-    source: str
-    count: str
+    source: Source
+    count: CountKind
+    #: CSV only: escape cells a spreadsheet would run as formulas (``?formula=escape``).
+    escape_formulas: bool = True
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -56,9 +76,11 @@ class ReportRequest:
 
 
 def parse_request(report: Report, args: Mapping[str, list[str]], *, default_limit: int,
-                  max_limit: int) -> ReportRequest:
+                  max_limit: int, export: bool = False) -> ReportRequest:
     """Validate ``args`` (each name with all its values) against ``report``.
 
+    :param export: a CSV download: every row, so ``limit`` and ``cursor`` are refused (they
+        would silently mean something else), and ``formula`` is read.
     :raises ReportError: 400 naming the offending parameter.
     """
     single = {}
@@ -67,6 +89,7 @@ def parse_request(report: Report, args: Mapping[str, list[str]], *, default_limi
             raise ReportError(400, "invalid_value", f"{name!r} is given {len(values)} times",
                               param=name)
         single[name] = values[0]
+    escape_formulas = _export_options(single) if export else True
     params = {p.name: p.default for p in report.params}
     filters: list[FilterClause] = []
     for name, raw in single.items():
@@ -84,14 +107,15 @@ def parse_request(report: Report, args: Mapping[str, list[str]], *, default_limi
                             *RESERVED])
             raise ReportError(400, "unknown_parameter", f"{name!r} is not a parameter of "
                               f"{report.name!r}; known: {', '.join(known)}", param=name)
-        if op not in spec.operators:
+        operator = _choice(op, spec.operators)
+        if operator is None:
             raise ReportError(400, "unknown_operator", f"{column!r} takes "
                               f"{', '.join(spec.operators)}, not {op!r}", param=name)
-        if op == "in":
+        if operator == "in":
             value: Any = tuple(convert(v, spec.type, name, spec.choices) for v in raw.split(","))
         else:
             value = convert(raw, spec.type, name, spec.choices)
-        filters.append(FilterClause(column, op, value))
+        filters.append(FilterClause(column, operator, value))
     sort_text = single.get("sort", report.default_sort)
     descending = sort_text.startswith("-")
     sort = sort_text.lstrip("-")
@@ -100,17 +124,38 @@ def parse_request(report: Report, args: Mapping[str, list[str]], *, default_limi
                           f"keys: {', '.join(report.sort_keys_for(params))} (prefix - for "
                           "descending)", param="sort")
     limit = _limit(single.get("limit"), default_limit, max_limit)
-    source = single.get("source", report.sources[0] if len(report.sources) == 1 else "all")
-    if source not in SOURCES or source not in report.sources:
-        raise ReportError(400, "invalid_source", f"source {source!r} is not available for "
-                          f"{report.name!r}; use {', '.join(report.sources)}", param="source")
-    count = single.get("count", "none")
-    if count not in COUNT_KINDS:
+    source = _choice(single.get("source"), SOURCES)
+    if source is None:
+        source = report.sources[0] if len(report.sources) == 1 else "all"
+    if single.get("source", source) != source or source not in report.sources:
+        raise ReportError(400, "invalid_source", f"source {single['source']!r} is not "
+                          f"available for {report.name!r}; use {', '.join(report.sources)}",
+                          param="source")
+    count = _choice(single.get("count", "none"), COUNT_KINDS)
+    if count is None:
         raise ReportError(400, "invalid_count", f"count must be {', '.join(COUNT_KINDS)}",
                           param="count")
     return ReportRequest(report=report, params=params, filters=tuple(filters), sort=sort,
                          descending=descending, limit=limit, cursor=single.get("cursor"),
-                         source=source, count=count)
+                         source=source, count=count, escape_formulas=escape_formulas)
+
+
+def _choice(raw: str | None, choices: tuple[_Choice, ...]) -> _Choice | None:
+    """``raw`` as one of ``choices`` (typed as such), or ``None``."""
+    return next((choice for choice in choices if choice == raw), None)
+
+
+def _export_options(args: Mapping[str, str]) -> bool:
+    """Check a CSV download's arguments; return whether to escape formulas."""
+    for name in ("limit", "cursor"):
+        if name in args:
+            raise ReportError(400, "unknown_parameter", f"CSV downloads stream every row; "
+                              f"drop {name!r} (use filters to narrow)", param=name)
+    mode = args.get("formula", "escape")
+    if mode not in FORMULA_MODES:
+        raise ReportError(400, "invalid_value", "formula must be escape or raw",
+                          param="formula")
+    return mode == "escape"
 
 
 def _limit(raw: str | None, default: int, maximum: int) -> int:
@@ -123,7 +168,8 @@ def _limit(raw: str | None, default: int, maximum: int) -> int:
     return int(raw)
 
 
-def convert(raw: str, type_name: str, name: str, choices: tuple[str, ...] | None = None) -> Any:
+def convert(raw: str, type_name: ValueType, name: str,
+            choices: tuple[str, ...] | None = None) -> Any:
     """Convert one query-string value to its declared type.
 
     :raises ReportError: 400 ``invalid_value`` naming ``name``.
@@ -139,7 +185,7 @@ def convert(raw: str, type_name: str, name: str, choices: tuple[str, ...] | None
             if value != value or value in (float("inf"), float("-inf")):
                 raise ValueError
         elif type_name == "datetime":
-            value = parse_datetime(raw)
+            value = parse_instant(raw)
         elif type_name == "boolean":
             if raw not in ("true", "false"):
                 raise ValueError
@@ -154,21 +200,6 @@ def convert(raw: str, type_name: str, name: str, choices: tuple[str, ...] | None
     if choices is not None and value not in choices:
         raise ReportError(400, "invalid_value", f"{name}={raw!r}: choose one of "
                           f"{', '.join(choices)}", param=name)
-    return value
-
-
-def parse_datetime(raw: str) -> datetime:
-    """ISO-8601 date or instant; no zone means UTC. Raises ValueError, also for an instant
-    whose UTC year is outside 1 to 9998 (both databases' range, with room for arithmetic)."""
-    if "T" in raw:  # an unencoded "+02:00" arrives as " 02:00"
-        raw = raw.replace(" ", "+")
-    value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    try:
-        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    except OverflowError:  # 0001-01-01T00:00+05:00 is in year 0 in UTC
-        raise ValueError(raw) from None
-    if not 1 <= value.year <= 9998:
-        raise ValueError(raw)
     return value
 
 

@@ -21,8 +21,9 @@ from flask import Flask
 from waitress.server import create_server
 from waitress.task import ThreadedTaskDispatcher
 
-from reporting.settings import ServiceSettings
 from reporting.wsgi import SETTINGS_FILE_VARIABLE
+from sediment.core.commandline import on_stop_signals
+from sediment.core.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,12 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
 
 def serve_in_process(app: Flask, host: str, port: int, service: ServiceSettings,
                      on_listening: Callable[[], None]) -> None:
-    """Serve with waitress until a signal handler raises ``SystemExit``."""
+    """Serve with waitress until SIGTERM or SIGINT."""
+    def stop(received: signal.Signals) -> None:
+        # Leaves waitress's loop: it shuts down cleanly on SystemExit only.
+        logger.info("%s received: shutting down", received.name)
+        raise SystemExit(0)
+
     dispatcher = ProbeFirstDispatcher()
     dispatcher.set_thread_count(service.threads)
     # ``_dispatcher`` is waitress's documented-as-test hook for exactly this; the test of
@@ -68,7 +74,10 @@ def serve_in_process(app: Flask, host: str, port: int, service: ServiceSettings,
                            backlog=service.backlog, ident="sediment")
     on_listening()
     try:
-        server.run()
+        with on_stop_signals(stop):
+            server.run()
+    except SystemExit:
+        pass  # the sockets close below
     finally:
         server.close()
         dispatcher.shutdown()
@@ -92,13 +101,9 @@ def serve_with_workers(host: str, port: int, service: ServiceSettings,
     process = subprocess.Popen(command, env=environment)
     on_listening()
 
-    def forward(signum: int, _frame: object) -> None:
-        logger.info("%s received: stopping the workers", signal.Signals(signum).name)
+    def forward(received: signal.Signals) -> None:
+        logger.info("%s received: stopping the workers", received.name)
         process.send_signal(signal.SIGTERM)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with on_stop_signals(forward):
         return process.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -10,7 +10,7 @@ that shape, and SQLAlchemy's compiled cache, keyed on that object, is hit as wel
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +18,10 @@ import sqlalchemy as sa
 
 from reporting.pagination import PageCursor, after, cursor_values
 from reporting.pgfetch import DirectStatement, direct_statement
-from reporting.reports.base import Lookup, RowReport, SourceTables
-from reporting.request import FilterClause, ReportRequest
-from reporting.sources import ReportSources, exclude_shared, in_parameter
+from reporting.report_databases import ReportDatabases, exclude_shared, in_parameter
+from reporting.reports.base import DatabaseTables, Lookup, RowReport
+from reporting.request import COMPARISONS, FilterClause, ReportRequest
+from sediment.core.databases import ARCHIVE, Database
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ class SourceQuery:
         return values
 
 
-def source_query(sources: ReportSources, request: ReportRequest, report: RowReport,
-                 name: str, *, without_shared: bool = False) -> SourceQuery:
+def source_query(databases: ReportDatabases, request: ReportRequest, report: RowReport,
+                 name: Database, *, without_shared: bool = False) -> SourceQuery:
     """The statements of ``request`` on database ``name``, from the cache when possible.
 
     :param without_shared: on ARCHIVE's side of ``source=all``, leave out in SQL the rows
@@ -66,21 +67,21 @@ def source_query(sources: ReportSources, request: ReportRequest, report: RowRepo
         drop them as they read them). Such a statement holds their keys, so it is built
         afresh whenever there are any.
     """
-    tables = sources.tables[name]
-    if without_shared and name == "archive" and request.source == "all":
-        tables = exclude_shared(sources, tables, report.root)
-    dialect = sources.engines[name].dialect
-    if tables is not sources.tables[name]:
+    tables = databases.tables[name]
+    if without_shared and name == ARCHIVE and request.source == "all":
+        tables = exclude_shared(databases, tables, report.root)
+    dialect = databases.engines[name].dialect
+    if tables is not databases.tables[name]:
         return build_query(request, report, tables, dialect)
     shape = (name, report.name, tuple(sorted(request.params.items())),
              tuple((clause.column, clause.op) for clause in request.filters),
              request.sort, request.descending)
-    query: SourceQuery = sources.statements.get_or_build(
+    query: SourceQuery = databases.statements.get_or_build(
         shape, lambda: build_query(request, report, tables, dialect))
     return query
 
 
-def build_query(request: ReportRequest, report: RowReport, tables: SourceTables,
+def build_query(request: ReportRequest, report: RowReport, tables: DatabaseTables,
                 dialect: sa.Dialect) -> SourceQuery:
     subquery = report.query(tables, request.params).subquery("report")
     order_columns = [subquery.c[c] for c in (request.sort, *request.key)]
@@ -102,11 +103,11 @@ def build_query(request: ReportRequest, report: RowReport, tables: SourceTables,
         next_page_direct=direct_statement(next_page, dialect))
 
 
-def join_lookups(subquery: sa.Subquery, tables: SourceTables, lookups: Sequence[Lookup]
+def join_lookups(subquery: sa.Subquery, tables: DatabaseTables, lookups: Sequence[Lookup]
                  ) -> tuple[sa.FromClause, dict[str, sa.ColumnElement[Any]]]:
     """Join the reference tables that live in this database (PRIMARY) in SQL; the columns
     of those that do not (ARCHIVE) are NULL, filled by
-    :func:`reporting.sources.apply_lookups` from PRIMARY."""
+    :func:`reporting.report_databases.apply_lookups` from PRIMARY."""
     joined: sa.FromClause = subquery
     columns: dict[str, sa.ColumnElement[Any]] = {}
     for index, lookup in enumerate(lookups):
@@ -129,15 +130,8 @@ def filter_conditions(source: sa.Subquery, filters: Sequence[FilterClause], dial
             conditions.append(in_parameter(column, name, dialect))
             continue
         value = sa.bindparam(name, type_=column.type)
-        conditions.append(_COMPARISONS[clause.op](column, value))
+        conditions.append(COMPARISONS[clause.op](column, value))
     return conditions
-
-
-_COMPARISONS: Mapping[str, Any] = {
-    "eq": lambda c, v: c == v, "ne": lambda c, v: c != v,
-    "gt": lambda c, v: c > v, "gte": lambda c, v: c >= v,
-    "lt": lambda c, v: c < v, "lte": lambda c, v: c <= v,
-}
 
 
 def _filter_name(index: int) -> str:

@@ -10,33 +10,19 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 
-from reporting.csv_export import (
-    ExportLimiter,
-    check_row_cap,
-    export_filename,
-    formula_mode,
-    refuse_paging,
-    stream_csv,
-)
-from reporting.errors import ReportError
+from reporting.csv_export import check_row_cap, export_filename, stream_csv
 from reporting.execution import Page, run_page
 from reporting.openapi import openapi_document
 from reporting.pagination import decode_cursor, encode_cursor
+from reporting.report_error import ReportError
 from reporting.reports import REPORTS, Report
 from reporting.request import ReportRequest, parse_request
-from reporting.sources import ReportSources
+from reporting.state import current_state
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
-SOURCES_EXTENSION = "sediment.report_sources"
-EXPORTS_EXTENSION = "sediment.exports"
 _GET = {"provide_automatic_options": False}
-
-
-def report_sources(app: Flask) -> ReportSources:
-    sources: ReportSources = app.extensions[SOURCES_EXTENSION]
-    return sources
 
 
 def find_report(name: str) -> Report:
@@ -46,11 +32,12 @@ def find_report(name: str) -> Report:
     return REPORTS[name]
 
 
-def build_request(report: Report) -> ReportRequest:
+def build_request(report: Report, *, export: bool = False) -> ReportRequest:
     """Validate the current request's query string for ``report``."""
-    settings = current_app.extensions["sediment.settings"].reports
+    settings = current_state().settings.reports
     return parse_request(report, request.args.to_dict(flat=False),
-                         default_limit=settings.default_limit, max_limit=settings.max_limit)
+                         default_limit=settings.default_limit, max_limit=settings.max_limit,
+                         export=export)
 
 
 def cursor_types(report_request: ReportRequest) -> list[str]:
@@ -74,12 +61,12 @@ def catalog() -> Response:
 def report_page(name: str) -> Response:
     report = find_report(name)
     report_request = build_request(report)
-    secret = current_app.config["SECRET_KEY"]
+    secret = current_state().settings.service.secret_key
     cursor = None
     if report_request.cursor is not None:
         cursor = decode_cursor(report_request, report_request.cursor, secret,
                                cursor_types(report_request))
-    page = run_page(report_sources(current_app), report_request, cursor)
+    page = run_page(current_state().report_databases, report_request, cursor)
     next_token = (encode_cursor(report_request, page.next_cursor, secret)
                   if page.next_cursor is not None else None)
     response = jsonify(envelope(report_request, page, next_token))
@@ -92,18 +79,13 @@ def report_page(name: str) -> Response:
 
 @blueprint.get("/reports/<name>.csv", **_GET)
 def report_csv(name: str) -> Response:
-    report = find_report(name)
-    args = request.args.to_dict()
-    refuse_paging(args)
-    escape = formula_mode(args)
-    report_request = build_request(report)
-    settings = current_app.extensions["sediment.settings"].reports
-    limiter: ExportLimiter = current_app.extensions[EXPORTS_EXTENSION]
-    sources = report_sources(current_app)
-    slot = limiter.acquire()
+    report_request = build_request(find_report(name), export=True)
+    state = current_state()
+    databases = state.report_databases
+    slot = state.exports.acquire()
     try:
-        rows = check_row_cap(sources, report_request, settings.csv_max_rows)
-        body = stream_csv(sources, report_request, escape=escape)
+        rows = check_row_cap(databases, report_request, state.settings.reports.csv_max_rows)
+        body = stream_csv(databases, report_request)
     except BaseException:
         slot.release()
         raise
@@ -130,7 +112,7 @@ def envelope(report_request: ReportRequest, page: Page, next_token: str | None) 
         "count": {"value": page.count, "kind": page.count_kind},
         "meta": {"report": report_request.report.name, "params": report_request.normalised(),
                  "sort": ("-" if report_request.descending else "") + report_request.sort,
-                 "sources": page.sources, "columns": page.columns, "took_ms": page.took_ms,
+                 "sources": page.databases, "columns": page.columns, "took_ms": page.took_ms,
                  **({"computed_at": page.computed_at} if page.computed_at else {})},
     }
 

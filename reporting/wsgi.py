@@ -12,8 +12,8 @@ import os
 from flask import Flask
 
 from reporting.app import create_app
-from reporting.logs import configure_logging
-from reporting.settings import load_settings
+from sediment.core.logs import configure_logging
+from sediment.core.settings import load_settings
 
 SETTINGS_FILE_VARIABLE = "SEDIMENT_SETTINGS_FILE"
 

@@ -9,12 +9,12 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask
 
-from archive.models import archived_tables
 from archive.policy import ArchivePolicy
 from archive.runner import RunLimits, RunReport, run_policy
 from archive.verify import verify_archive
-from reporting.app import policies_of, settings_of
-from reporting.seed import SeedPlan, seed
+from sediment.core.schema.archive import archived_tables
+from sediment.core.seed import SeedPlan, seed
+from tests.support import policies_of, settings_of
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 SMALL_SHOP = SeedPlan(customers=25, orders=160, events=900, seed=3, until=NOW)

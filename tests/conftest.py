@@ -5,30 +5,33 @@ PostgreSQL databases are created for the session from the admin URL in
 ``SEDIMENT_TEST_POSTGRES_URL`` (default: the local server's ``test`` database) and
 dropped at the end. When PostgreSQL is unreachable the PostgreSQL half is skipped, loudly,
 except under ``CI=true``, where it fails: CI must never pass by skipping a backend.
+
+Helpers that tests import live in :mod:`tests.support`, never here.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from flask.testing import FlaskClient
 
-from reporting.app import create_app
-from reporting.db import ARCHIVE, PRIMARY, db
-from reporting.migrations import upgrade_all
-from reporting.settings import Settings, load_settings
-
-BACKENDS = ("sqlite", "postgres")
-POSTGRES_ADMIN_URL = os.environ.get(
-    "SEDIMENT_TEST_POSTGRES_URL", "postgresql+psycopg2://root@127.0.0.1:5432/test"
+from archive.archiver import Archiver
+from reporting.app import create_app, db
+from sediment.core.databases import Engines
+from sediment.core.migrations import upgrade_all
+from tests.support import (
+    BACKENDS,
+    DatabaseFactory,
+    archiver_of,
+    empty_all_tables,
+    engines_of,
+    in_ci,
+    make_settings,
+    postgres_unavailable_reason,
 )
-REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,61 +54,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", backends, scope="session")
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
-@dataclass
-class DatabaseFactory:
-    """Creates pairs of throw-away databases on one backend and drops them afterwards."""
-
-    backend: str
-    root: Path
-    created: list[str]
-
-    def pair(self, label: str) -> tuple[str, str]:
-        """Return fresh, empty (primary_url, archive_url)."""
-        suffix = f"{label}_{uuid.uuid4().hex[:8]}"
-        if self.backend == "sqlite":
-            return (f"sqlite:///{self.root / f'p_{suffix}.sqlite3'}",
-                    f"sqlite:///{self.root / f'a_{suffix}.sqlite3'}")
-        urls = []
-        for side in ("p", "a"):
-            name = f"sediment_test_{side}_{suffix}"
-            with admin_engine().connect() as connection:
-                connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-            self.created.append(name)
-            urls.append(sa.engine.make_url(POSTGRES_ADMIN_URL).set(database=name)
-                        .render_as_string(hide_password=False))
-        return urls[0], urls[1]
-
-    def drop_all(self) -> None:
-        for name in self.created:
-            with admin_engine().connect() as connection:
-                connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        self.created.clear()
-
-
-_admin: sa.Engine | None = None
-
-
-def admin_engine() -> sa.Engine:
-    global _admin
-    if _admin is None:
-        _admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT",
-                                  poolclass=sa.pool.NullPool)
-    return _admin
-
-
-def postgres_unavailable_reason() -> str | None:
-    try:
-        with admin_engine().connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError as exc:
-        return f"PostgreSQL at {POSTGRES_ADMIN_URL} unreachable: {str(exc).splitlines()[0]}"
-    return None
-
-
 @pytest.fixture(scope="session")
 def databases(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseFactory]:
     if backend == "postgres":
@@ -119,24 +67,6 @@ def databases(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     factory.drop_all()
 
 
-def make_settings(primary_url: str, archive_url: str, **overrides: str) -> Settings:
-    """Settings from the repository's settings.toml with the given URLs and overrides.
-
-    ``overrides`` maps ``SEDIMENT_*`` variable names to values, exactly as an operator
-    would set them; the real environment is not read.
-    """
-    environ = {
-        "SEDIMENT_DATABASE__PRIMARY_URL": primary_url,
-        "SEDIMENT_DATABASE__ARCHIVE_URL": archive_url,
-        "SEDIMENT_SERVICE__SEED_WHEN_EMPTY": "false",
-        # Tests change data between requests on one app: every aggregate computed afresh,
-        # except in the tests of the cache itself.
-        "SEDIMENT_REPORTS__AGGREGATE_CACHE": "0s",
-        **overrides,
-    }
-    return load_settings(REPO / "settings.toml", environ=environ)
-
-
 @pytest.fixture(scope="session")
 def urls(databases: DatabaseFactory) -> tuple[str, str]:
     """The session's migrated database pair on this backend."""
@@ -146,12 +76,9 @@ def urls(databases: DatabaseFactory) -> tuple[str, str]:
 @pytest.fixture(scope="session")
 def migrated_app(urls: tuple[str, str]) -> Iterator[Flask]:
     app = create_app(make_settings(*urls))
-    with app.app_context():
-        upgrade_all()
+    upgrade_all(engines_of(app))
     yield app
-    with app.app_context():
-        for engine in db.engines.values():
-            engine.dispose()
+    engines_of(app).dispose()
 
 
 @pytest.fixture
@@ -160,27 +87,31 @@ def app(migrated_app: Flask) -> Iterator[Flask]:
     with migrated_app.app_context():
         yield migrated_app
         db.session.remove()
-        empty_all_tables()
-
-
-def empty_all_tables() -> None:
-    for bind in (PRIMARY, ARCHIVE):
-        engine = db.engines[bind]
-        tables = list(reversed(db.metadatas[bind].sorted_tables))
-        with engine.begin() as connection:
-            if engine.dialect.name == "postgresql":
-                names = ", ".join(f'"{t.name}"' for t in tables)
-                connection.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-            else:
-                for table in tables:
-                    connection.execute(table.delete())
+        empty_all_tables(engines_of(migrated_app))
 
 
 @pytest.fixture
-def primary(app: Flask) -> sa.Engine:
-    return db.engines[PRIMARY]
+def engines(app: Flask) -> Engines:
+    return engines_of(app)
 
 
 @pytest.fixture
-def archive(app: Flask) -> sa.Engine:
-    return db.engines[ARCHIVE]
+def primary(engines: Engines) -> sa.Engine:
+    return engines.primary
+
+
+@pytest.fixture
+def archive(engines: Engines) -> sa.Engine:
+    return engines.archive
+
+
+@pytest.fixture
+def archiver(app: Flask) -> Archiver:
+    """The archiver over the test app's engines, as the composition root builds it."""
+    return archiver_of(app)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client of the migrated app (tables empty unless the test seeds them)."""
+    return app.test_client()

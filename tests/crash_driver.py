@@ -18,7 +18,7 @@ import sys
 
 import sqlalchemy as sa
 
-from reporting.cli import main
+from sediment.cli import main
 
 POINT, NTH = sys.argv[1], int(sys.argv[2])
 ARCHIVE_DATABASE = sa.engine.make_url(os.environ["SEDIMENT_DATABASE__ARCHIVE_URL"]).database

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,24 +13,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import REPO, DatabaseFactory
+from tests.support import REPO, DatabaseFactory, env_for, free_port, run_cli
 
 COMMANDS = [[], ["serve"], ["migrate"], ["seed"], ["report"], ["archive"], ["archive", "run"],
             ["archive", "status"], ["archive", "verify"], ["scheduler"]]
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO / "run_service.py"), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def env_for(primary_url: str, archive_url: str) -> dict[str, str]:
-    return {"SEDIMENT_DATABASE__PRIMARY_URL": primary_url,
-            "SEDIMENT_DATABASE__ARCHIVE_URL": archive_url}
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
@@ -72,12 +57,6 @@ def test_migrate_seed_and_refuse_reseed(databases: DatabaseFactory) -> None:
     assert "--append" in again.stderr.strip().splitlines()[-1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_migrates_seeds_and_reports_healthy(databases: DatabaseFactory) -> None:
     port = free_port()
     env = {**env_for(*databases.pair("serve")), "SEDIMENT_SERVICE__SEED_WHEN_EMPTY": "true"}
@@ -111,8 +90,7 @@ def test_serve_migrates_seeds_and_reports_healthy(databases: DatabaseFactory) ->
 def test_archive_run_status_verify_and_lock_busy(databases: DatabaseFactory) -> None:
     from archive.locks import runner_lock
     from reporting.app import create_app
-    from reporting.db import PRIMARY, db
-    from tests.conftest import make_settings
+    from tests.support import engines_of, make_settings
 
     urls = databases.pair("archive_cli")
     env = env_for(*urls)
@@ -123,11 +101,11 @@ def test_archive_run_status_verify_and_lock_busy(databases: DatabaseFactory) -> 
     assert dry.returncode == 0 and "would move" in dry.stdout
     unknown = run_cli("archive", "run", "--policy", "invoices", env=env)
     assert unknown.returncode == 2 and "'invoices'" in unknown.stderr.strip()
-    app = create_app(make_settings(*urls))
-    with app.app_context(), runner_lock(db.engines[PRIMARY], "events") as held:
+    primary = engines_of(create_app(make_settings(*urls))).primary
+    with runner_lock(primary, "events") as held:
         assert held
         busy = run_cli("archive", "run", "--policy", "events", "--now", "2026-01-01", env=env)
-        db.engines[PRIMARY].dispose()
+        primary.dispose()
     assert busy.returncode == 3, busy.stderr
     assert "lock_busy" in busy.stdout
     done = run_cli("archive", "run", "--now", "2026-01-01", env=env)
@@ -181,7 +159,7 @@ def test_a_missing_archive_table_stops_migrate_until_repaired(
     with sa.create_engine(urls[1], poolclass=sa.pool.NullPool).begin() as connection:
         connection.execute(sa.text("DROP TABLE events"))
     from reporting.app import create_app
-    from tests.conftest import make_settings
+    from tests.support import make_settings
 
     health = create_app(make_settings(*urls)).test_client().get("/healthz")
     assert health.status_code == 503
@@ -196,3 +174,13 @@ def test_a_missing_archive_table_stops_migrate_until_repaired(
     assert repaired.returncode == 0, repaired.stderr
     assert "re-created missing archive tables, empty: events" in repaired.stdout
     assert create_app(make_settings(*urls)).test_client().get("/healthz").status_code == 200
+
+
+def test_the_installed_console_command_is_the_same_command_line() -> None:
+    """``pip install`` puts ``sediment`` beside the interpreter; it runs the same main()."""
+    script = Path(sys.executable).parent / ("sediment.exe" if os.name == "nt" else "sediment")
+    assert script.exists(), f"{script} missing: is the project installed (scripts/dev.py)?"
+    result = subprocess.run([str(script), "archive", "run", "--help"], capture_output=True,
+                            text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: sediment archive run")

@@ -12,8 +12,8 @@ from flask import Flask
 
 from archive.locks import runner_lock
 from archive.runner import RunReport
-from reporting.app import settings_of
 from tests.archiving import NOW, assert_invariants, run, seed_shop, small_batches, snapshot
+from tests.support import settings_of
 
 
 def test_two_runners_started_together_exactly_one_moves_rows(

@@ -15,11 +15,17 @@ import pytest
 import sqlalchemy as sa
 
 from archive.locks import runner_lock
-from reporting.app import create_app, policies_of
-from reporting.db import ARCHIVE, PRIMARY, db
-from reporting.migrations import upgrade_all
+from reporting.app import create_app
+from sediment.core.migrations import upgrade_all
 from tests.archiving import NOW, assert_invariants, run, seed_shop, snapshot
-from tests.conftest import REPO, DatabaseFactory, empty_all_tables, make_settings
+from tests.support import (
+    REPO,
+    DatabaseFactory,
+    empty_all_tables,
+    engines_of,
+    make_settings,
+    policies_of,
+)
 
 POINTS = ("after_select", "after_archive_commit", "before_primary_commit", "after_primary_commit",
           "random")
@@ -43,30 +49,29 @@ def test_crashes_lose_and_duplicate_nothing(
         env["SEDIMENT_ARCHIVE__THROTTLE"] = "15ms"
     rng = random.Random(f"{point}-{databases.backend}")
     killed = rounds = 0
-    with app.app_context():
-        upgrade_all()
-        primary, archive = db.engines[PRIMARY], db.engines[ARCHIVE]
-        policies = list(policies_of(app))
+    engines = engines_of(app)
+    upgrade_all(engines)
+    primary, archive = engines.primary, engines.archive
+    policies = list(policies_of(app))
+    while killed < wanted:
+        rounds += 1
+        assert rounds <= 2 * wanted, "runs keep finishing before the crash point"
+        empty_all_tables(engines)
+        seed_shop(primary, archive)
+        original = snapshot(primary)
         while killed < wanted:
-            rounds += 1
-            assert rounds <= 2 * wanted, "runs keep finishing before the crash point"
-            empty_all_tables()
-            seed_shop(primary, archive)
-            original = snapshot(primary)
-            while killed < wanted:
-                code = crash_once(point, rng, env)
-                if code == 0:
-                    break  # this round's aged rows are all moved: start a fresh round
-                assert code == -9, f"the CLI exited {code} instead of being killed"
-                killed += 1
-            for policy in policies:
-                wait_for_lock(primary, policy.name)
-                assert run(app, primary, archive, policy).status == "done"
-            assert_invariants(original, primary, archive, policies)
-            for policy in policies:
-                assert run(app, primary, archive, policy).rows == 0
-        for engine in db.engines.values():
-            engine.dispose()
+            code = crash_once(point, rng, env)
+            if code == 0:
+                break  # this round's aged rows are all moved: start a fresh round
+            assert code == -9, f"the CLI exited {code} instead of being killed"
+            killed += 1
+        for policy in policies:
+            wait_for_lock(primary, policy.name)
+            assert run(app, primary, archive, policy).status == "done"
+        assert_invariants(original, primary, archive, policies)
+        for policy in policies:
+            assert run(app, primary, archive, policy).rows == 0
+    engines.dispose()
     assert killed >= wanted
 
 

@@ -15,10 +15,17 @@ from flask import Flask
 
 from reporting import execution
 from reporting.app import create_app
-from reporting.migrations import upgrade_all
 from reporting.reports import REPORTS
+from sediment.core.migrations import upgrade_all
 from tests.archiving import run, seed_shop, small_batches
-from tests.conftest import DatabaseFactory, make_settings
+from tests.support import (
+    DatabaseFactory,
+    bulk_events,
+    engines_of,
+    env_for,
+    make_settings,
+    run_cli,
+)
 
 TRICKY = ["=1+1", "+cmd", "-2+3", "@SUM(A1)", "\tlead tab", "\rcarriage", "\nnewline",
           'has "quotes"', "comma, inside", "line\nbreak", "plain"]
@@ -197,7 +204,7 @@ def test_copy_failure_mid_stream_breaks_the_download(
     chunks = iter(response.response)
     first = next(chunks)
     assert first.startswith(b"id,occurred_at")
-    from tests.conftest import admin_engine
+    from tests.support import admin_engine
     with admin_engine().connect() as connection:
         connection.execute(sa.text(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -207,19 +214,6 @@ def test_copy_failure_mid_stream_breaks_the_download(
         for chunk in chunks:
             received += chunk
     assert b"terminat" not in received
-
-
-def bulk_events(primary: sa.Engine, count: int) -> None:
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    with primary.begin() as connection:
-        connection.execute(sa.text(
-            "INSERT INTO customers (id, name, email, country, created_at) "
-            "VALUES (1, 'Bulk', 'bulk@x', 'DE', :now)"), {"now": start})
-        rows = [{"id": i, "at": start.replace(microsecond=i % 1_000_000), "detail": f"e{i}" * 8}
-                for i in range(1, count + 1)]
-        connection.execute(sa.text(
-            "INSERT INTO events (id, occurred_at, kind, customer_id, order_id, detail) "
-            "VALUES (:id, :at, 'login', 1, NULL, :detail)"), rows)
 
 
 @pytest.mark.parametrize("source", ["primary", "all"])
@@ -247,12 +241,9 @@ def test_memory_stays_flat_as_downloads_grow(
 
 
 def test_cli_writes_the_same_csv(databases: DatabaseFactory, tmp_path: Any) -> None:
-    from tests.test_cli import env_for, run_cli
-
     urls = databases.pair("csv_cli")
     app = create_app(make_settings(*urls))
-    with app.app_context():
-        upgrade_all()
+    upgrade_all(engines_of(app))
     env = env_for(*urls)
     assert run_cli("seed", "--customers", "20", "--orders", "60", "--events", "200",
                    env=env).returncode == 0

@@ -8,9 +8,9 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from archive.models import ArchiveRun
-from reporting.db import db
-from reporting.models import Customer
+from reporting.app import db
+from sediment.core.schema.archive import ArchiveRun
+from sediment.core.schema.primary import Customer
 
 
 def test_each_model_writes_to_its_own_database(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from reporting.app import create_app
-from tests.conftest import DatabaseFactory, make_settings
+from tests.support import DatabaseFactory, make_settings
 
 
 def test_healthy_when_both_databases_are_at_head(app: Flask) -> None:

@@ -9,11 +9,11 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from archive.models import archived_tables
 from archive.runner import RunLimits, plan_run
 from archive.verify import verify_archive
-from reporting.app import settings_of
-from reporting.models import Event
+from sediment.core.databases import Engines
+from sediment.core.schema.archive import archived_tables
+from sediment.core.schema.primary import Event
 from tests.archiving import (
     NOW,
     assert_invariants,
@@ -22,6 +22,7 @@ from tests.archiving import (
     small_batches,
     snapshot,
 )
+from tests.support import empty_all_tables, settings_of
 
 
 def test_runs_move_every_aged_row_once_and_nothing_else(
@@ -181,9 +182,10 @@ def test_verification_mismatch_stops_the_run_and_deletes_nothing(
 
 @pytest.mark.parametrize("policy_index", [0, 1], ids=["orders", "events"])
 def test_failure_at_every_statement_leaves_databases_consistent(
-    app: Flask, primary: sa.Engine, archive: sa.Engine, policy_index: int
+    app: Flask, engines: Engines, policy_index: int
 ) -> None:
     """Inject a failure at statement N, for every N of a small run; the next run completes."""
+    primary, archive = engines.primary, engines.archive
     plan = dataclasses.replace(
         __import__("tests.archiving", fromlist=["SMALL_SHOP"]).SMALL_SHOP,
         customers=5, orders=30, events=80)
@@ -204,9 +206,8 @@ def test_failure_at_every_statement_leaves_databases_consistent(
 
     statements = None
     n = 1
-    from tests.conftest import empty_all_tables
     while statements is None or n <= statements:
-        empty_all_tables()
+        empty_all_tables(engines)
         seed_shop(primary, archive, plan)
         original = snapshot(primary)
         counter.update(n=0, fail_at=n)

@@ -14,16 +14,17 @@ import sqlalchemy as sa
 from flask import Flask
 
 from archive.runner import RunLimits
-from reporting.app import settings_of
 from reporting.execution import fetch_rows
 from reporting.pagination import PageCursor
 from reporting.reports import REPORTS
 from reporting.reports.base import RowReport
-from reporting.request import parse_datetime, parse_request
+from reporting.request import parse_request
+from reporting.state import state_of
 from reporting.statements import source_query
-from reporting.views import report_sources
+from sediment.core.instants import parse_instant
 from tests import reference
 from tests.archiving import run, seed_shop, small_batches
+from tests.support import settings_of
 
 CASES: list[tuple[str, str, dict[str, str]]] = [
     ("orders", "-placed_at", {}),
@@ -108,7 +109,7 @@ def expected_rows(primary: sa.Engine, archive: sa.Engine, name: str, source: str
         column, _, op = arg.partition("[")
         op = op.rstrip("]") or "eq"
         spec = next(f for f in report.filters if f.column == column)
-        convert = {"integer": int, "datetime": parse_datetime}.get(spec.type, str)
+        convert = {"integer": int, "datetime": parse_instant}.get(spec.type, str)
         if op == "in":
             allowed = {convert(v) for v in raw.split(",")}
             rows = [r for r in rows if r[column] in allowed]
@@ -145,7 +146,7 @@ def test_top_products_range(shop: Flask, primary: sa.Engine, archive: sa.Engine)
     body = shop.test_client().get("/api/v1/reports/top-products", query_string={
         "from": "2025-01-01", "to": "2025-07-01", "limit": "1000"}).get_json()
     data = reference.dataset(primary, archive, "all")
-    start, end = parse_datetime("2025-01-01"), parse_datetime("2025-07-01")
+    start, end = parse_instant("2025-01-01"), parse_instant("2025-07-01")
     data["orders"] = {k: o for k, o in data["orders"].items() if start <= o["placed_at"] < end}
     want = sorted(reference.top_products(data), key=lambda r: (r["rank"], r["product_id"]))
     assert body["rows"] == want and want
@@ -163,7 +164,7 @@ def test_requests_differing_only_in_values_share_one_statement(
             got = [row for body in pages(client, "orders", query) for row in body["rows"]]
             assert got == expected_rows(primary, archive, "orders", source, "placed_at",
                                         {"status": status}), (source, status)
-    sources, report = report_sources(shop), REPORTS["orders"]
+    sources, report = state_of(shop).report_databases, REPORTS["orders"]
 
     def statement_for(args: dict[str, str]) -> object:
         request = parse_request(report, {k: [v] for k, v in args.items()},
@@ -187,7 +188,7 @@ def test_direct_pages_equal_sqlalchemy_pages(
     """On PostgreSQL, row-report pages run on the psycopg2 cursor (reporting.pgfetch) equal
     SQLAlchemy's value for value, types and time zones included; elsewhere there is no
     such path."""
-    sources, report = report_sources(shop), REPORTS[name]
+    sources, report = state_of(shop).report_databases, REPORTS[name]
     assert isinstance(report, RowReport)
     for source in (s for s in ("primary", "archive") if s in report.sources):
         args = {**params, "sort": sort, "source": source}
@@ -220,7 +221,7 @@ def test_aggregate_results_are_reused_and_stay_exact_while_the_archiver_moves_ro
     """``source=all`` results survive a run (the union does not change); a one-database
     result is recomputed once rows moved."""
     from reporting.app import create_app
-    from tests.conftest import make_settings
+    from tests.support import make_settings
 
     cached = create_app(make_settings(*urls, SEDIMENT_REPORTS__AGGREGATE_CACHE="60s"))
     client = cached.test_client()
@@ -247,5 +248,21 @@ def test_aggregate_results_are_reused_and_stay_exact_while_the_archiver_moves_ro
     for source in ("all", "primary", "archive"):
         assert all_rows(source) == expected_rows(primary, archive, "customer-summary", source,
                                                  "-revenue_cents", {}), source
-    for engine in report_sources(cached).engines.values():
+    for engine in state_of(cached).report_databases.engines.values():
         engine.dispose()
+
+
+def test_a_report_that_forgets_its_query_or_root_is_refused_when_declared() -> None:
+    """Required fields, not defaults: a report without its query cannot even be built."""
+    from reporting.reports.base import AggregateReport, Column, RowReport
+
+    common: dict[str, Any] = dict(name="x", title="X", description="", key=("id",),
+                                  columns=(Column("id", "integer"),), sort_keys=("id",),
+                                  default_sort="id")
+    with pytest.raises(TypeError, match="query"):
+        RowReport(**common, root="events")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="root"):
+        RowReport(**common, query=lambda tables, params: sa.select(1))  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="partials"):
+        AggregateReport(**common, root="orders", group_by=("id",),  # type: ignore[call-arg]
+                        combine={"n": "sum"})

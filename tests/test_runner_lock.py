@@ -23,10 +23,9 @@ from flask import Flask
 from archive.ledger import runs
 from archive.locks import LOCK_NAMESPACE, RunnerLock, lock_key
 from archive.mover import BatchResult
-from reporting.app import settings_of
-from reporting.views import report_sources
+from reporting.state import state_of
 from tests.archiving import NOW, assert_invariants, run, seed_shop, small_batches, snapshot
-from tests.conftest import REPO
+from tests.support import REPO, settings_of
 
 pytestmark = pytest.mark.postgres
 
@@ -207,7 +206,7 @@ def test_a_real_postgresql_restart_mid_run(
                                timeout=120)
     assert restarted.returncode == 0, restarted.stderr
     out, err = runner.communicate(timeout=180)
-    for engine in report_sources(app).engines.values():
+    for engine in state_of(app).report_databases.engines.values():
         engine.dispose()  # the session's report pools hold connections the restart ended
     with archive.connect() as connection:
         status = connection.execute(sa.select(runs.c.status).order_by(runs.c.id.desc())

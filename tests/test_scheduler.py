@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from flask import Flask
 
-from archive.cli import start_scheduler
-from archive.scheduler import build_scheduler
-from reporting.app import policies_of, settings_of
+from archive.archiver import Archiver
+from archive.scheduler import build_scheduler, start_in_background
 from tests.archiving import seed_shop
+from tests.support import policies_of, settings_of
 
 
 def test_one_job_per_enabled_policy_with_safe_options(app: Flask) -> None:
@@ -28,12 +28,12 @@ def test_one_job_per_enabled_policy_with_safe_options(app: Flask) -> None:
 
 
 def test_scheduled_job_archives_through_the_same_function_as_the_cli(
-    app: Flask, primary: sa.Engine, archive: sa.Engine
+    archiver: Archiver, primary: sa.Engine, archive: sa.Engine
 ) -> None:
     seed_shop(primary, archive)
-    archiver = start_scheduler(app)
+    background = start_in_background(archiver)
     try:
-        archiver.scheduler.get_job("archive:events").modify(next_run_time=datetime.now(UTC))
+        background.scheduler.get_job("archive:events").modify(next_run_time=datetime.now(UTC))
         deadline = time.monotonic() + 60
         status = None
         while time.monotonic() < deadline and status is None:
@@ -43,7 +43,7 @@ def test_scheduled_job_archives_through_the_same_function_as_the_cli(
                     "AND status <> 'running'")).scalar()
             time.sleep(0.1)
     finally:
-        archiver.shutdown()
+        background.shutdown()
     assert status == "done"
     with archive.connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM events")).scalar_one() > 0

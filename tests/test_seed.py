@@ -9,10 +9,11 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from archive.models import archived_tables
-from reporting.db import db
-from reporting.models import Order
-from reporting.seed import SeedError, SeedPlan, seed
+from sediment.core.schema import metadata_of
+from sediment.core.schema.archive import archived_tables
+from sediment.core.schema.primary import Order
+from sediment.core.seed import SeedError, SeedPlan, seed
+from tests.support import empty_all_tables, engines_of
 
 UNTIL = datetime(2026, 6, 1, tzinfo=UTC)
 SMALL = SeedPlan(customers=40, orders=150, events=600, seed=7, until=UNTIL)
@@ -21,7 +22,7 @@ SMALL = SeedPlan(customers=40, orders=150, events=600, seed=7, until=UNTIL)
 def fingerprint(engine: sa.Engine) -> dict[str, str]:
     digests = {}
     with engine.connect() as connection:
-        for table in db.metadatas[None].sorted_tables:
+        for table in metadata_of("primary").sorted_tables:
             rows = connection.execute(sa.select(table).order_by(*table.primary_key)).all()
             digests[table.name] = hashlib.sha256(repr(rows).encode()).hexdigest()
     return digests
@@ -32,8 +33,7 @@ def test_same_seed_gives_same_rows(app: Flask, primary: sa.Engine, archive: sa.E
     assert first.rows["customers"] == 40 and first.rows["orders"] == 150
     assert first.rows["events"] == 600 and first.rows["order_items"] >= 150
     before = fingerprint(primary)
-    from tests.conftest import empty_all_tables
-    empty_all_tables()
+    empty_all_tables(engines_of(app))
     seed(primary, SMALL, archive=archive, archive_tables=archived_tables)
     assert fingerprint(primary) == before
 

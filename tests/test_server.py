@@ -12,8 +12,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from reporting.server import ProbeFirstDispatcher
-from tests.conftest import REPO, DatabaseFactory
-from tests.test_cli import env_for, free_port
+from tests.support import REPO, DatabaseFactory, env_for, free_port
 
 
 @dataclass

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from reporting.app import create_app
-from reporting.settings import (
+from sediment.core.settings import (
     SettingsError,
     as_flat_dict,
     load_settings,
     normalise_database_url,
     parse_duration,
 )
+from sediment.service import resolve_policies_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,7 @@ def test_missing_settings_file_is_an_error(tmp_path: Path) -> None:
 def test_policy_naming_unknown_schema_stops_startup(tmp_path: Path, policy: str, key: str) -> None:
     settings = load_settings(write(tmp_path, f"[policy.p]\n{policy}\n"), environ={})
     with pytest.raises(SettingsError) as caught:
-        create_app(settings)
+        resolve_policies_of(settings)
     assert caught.value.key == key
 
 

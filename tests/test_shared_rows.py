@@ -17,9 +17,10 @@ from flask import Flask
 from archive.ledger import run_tables
 from archive.runner import RunReport
 from archive.verify import verify_archive
-from reporting.app import settings_of
-from reporting.views import report_sources
+from reporting.state import state_of
+from sediment.core.databases import PRIMARY
 from tests.archiving import assert_invariants, run, seed_shop, small_batches, snapshot
+from tests.support import settings_of
 
 BATCH = 400
 
@@ -65,7 +66,7 @@ def caught(app: Flask, primary: sa.Engine, archive: sa.Engine) -> Iterator[Flask
 
 
 def test_a_merged_page_looks_up_only_its_own_rows(caught: Flask, primary: sa.Engine) -> None:
-    sources = report_sources(caught)
+    sources = state_of(caught).report_databases
     seen: list[tuple[sa.Engine, str, Any]] = []
 
     def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
@@ -88,7 +89,7 @@ def test_a_merged_page_looks_up_only_its_own_rows(caught: Flask, primary: sa.Eng
     assert not any("archive_run_id" in statement for _, statement, _ in seen)
     # ... only the page's own ARCHIVE rows are looked up in PRIMARY.
     lookups = [parameters for engine, statement, parameters in seen
-               if engine is sources.engines["primary"] and "FROM events" in statement]
+               if engine is sources.engines[PRIMARY] and "FROM events" in statement]
     assert lookups, "the page's ARCHIVE rows in the pending range were not checked"
     for parameters in lookups:
         keys = parameters["keys"] if isinstance(parameters, dict) else parameters

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from flask.testing import FlaskClient
 
 from reporting.app import create_app
 from reporting.reports import REPORTS
-from reporting.views import report_sources
+from reporting.state import state_of
+from sediment.core.databases import PRIMARY
 from tests.archiving import seed_shop
-from tests.conftest import make_settings
+from tests.support import make_settings
 
 
 @pytest.fixture
-def client(app: Flask, primary: sa.Engine, archive: sa.Engine):  # type: ignore[no-untyped-def]
+def client(client: FlaskClient, primary: sa.Engine, archive: sa.Engine) -> FlaskClient:
+    """The test client, over the seeded demo shop."""
     seed_shop(primary, archive)
-    return app.test_client()
+    return client
 
 
-def test_catalog_describes_every_report(client) -> None:  # type: ignore[no-untyped-def]
+def test_catalog_describes_every_report(client: FlaskClient) -> None:
     body = client.get("/api/v1/reports").get_json()
     assert [r["name"] for r in body["reports"]] == list(REPORTS)
     orders = body["reports"][0]
@@ -51,7 +56,9 @@ def test_catalog_describes_every_report(client) -> None:  # type: ignore[no-unty
         ("status=closed&status=open", "invalid_value", "status"),
     ],
 )
-def test_bad_requests_are_400_problems(client, query: str, code: str, param: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_requests_are_400_problems(
+    client: FlaskClient, query: str, code: str, param: str
+) -> None:
     response = client.get(f"/api/v1/reports/orders?{query}")
     assert response.status_code == 400
     assert response.mimetype == "application/problem+json"
@@ -60,7 +67,7 @@ def test_bad_requests_are_400_problems(client, query: str, code: str, param: str
     assert body["detail"] and body["title"] and body["type"]
 
 
-def test_cursor_is_bound_to_its_query(client) -> None:  # type: ignore[no-untyped-def]
+def test_cursor_is_bound_to_its_query(client: FlaskClient) -> None:
     first = client.get("/api/v1/reports/orders?limit=2").get_json()
     cursor = first["page"]["next_cursor"]
     assert client.get(f"/api/v1/reports/orders?limit=2&cursor={cursor}").status_code == 200
@@ -73,14 +80,14 @@ def test_cursor_is_bound_to_its_query(client) -> None:  # type: ignore[no-untype
     assert client.get(f"/api/v1/reports/orders?cursor={tampered}").status_code == 400
 
 
-def test_unknown_report_is_404(client) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_report_is_404(client: FlaskClient) -> None:
     response = client.get("/api/v1/reports/invoices")
     assert response.status_code == 404
     assert response.get_json()["code"] == "unknown_report"
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
-def test_only_get_and_head(client, method: str) -> None:  # type: ignore[no-untyped-def]
+def test_only_get_and_head(client: FlaskClient, method: str) -> None:
     response = client.open("/api/v1/reports/orders", method=method)
     assert response.status_code == 405
     assert response.mimetype == "application/problem+json"
@@ -88,7 +95,7 @@ def test_only_get_and_head(client, method: str) -> None:  # type: ignore[no-unty
     assert client.head("/api/v1/reports/orders").status_code == 200
 
 
-def test_counts_are_labelled(client, backend: str, primary: sa.Engine) -> None:  # type: ignore[no-untyped-def]
+def test_counts_are_labelled(client: FlaskClient, backend: str, primary: sa.Engine) -> None:
     none = client.get("/api/v1/reports/events?limit=1").get_json()["count"]
     assert none == {"value": None, "kind": "none"}
     exact = client.get("/api/v1/reports/events?limit=1&count=exact").get_json()["count"]
@@ -105,14 +112,14 @@ def test_counts_are_labelled(client, backend: str, primary: sa.Engine) -> None: 
 
 
 def test_report_connections_refuse_writes(app: Flask) -> None:
-    for engine in report_sources(app).engines.values():
+    for engine in state_of(app).report_databases.engines.values():
         with engine.connect() as connection, pytest.raises(sa.exc.DBAPIError) as refused:
             connection.execute(sa.text("DELETE FROM events"))
         message = str(refused.value).lower()
         assert "read-only" in message or "readonly" in message
 
 
-def test_unreachable_database_is_503_with_retry_after(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_unreachable_database_is_503_with_retry_after(tmp_path: Path) -> None:
     app = create_app(make_settings(f"sqlite:///{tmp_path / 'p.sqlite3'}",
                                    "postgresql://nobody@127.0.0.1:1/none"))
     response = app.test_client().get("/api/v1/reports/events?source=archive")
@@ -126,13 +133,13 @@ def test_statement_timeout_is_503(app: Flask, primary: sa.Engine, archive: sa.En
     slow = create_app(make_settings(primary.url.render_as_string(hide_password=False),
                                     archive.url.render_as_string(hide_password=False),
                                     SEDIMENT_REPORTS__STATEMENT_TIMEOUT_MS="1"))
-    engine = report_sources(slow).engines["primary"]
+    engine = state_of(slow).report_databases.engines[PRIMARY]
     busy = ("SELECT pg_sleep(0.2)" if backend == "postgres" else
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000000) "
             "SELECT count(*) FROM n")
     with engine.connect() as connection, pytest.raises(sa.exc.OperationalError):
         connection.execute(sa.text(busy))
-    from tests.test_csv_export import bulk_events
+    from tests.support import bulk_events
 
     bulk_events(primary, 60_000)
     # A filter that reads every row (not just an index), so the count outlasts 1 ms.
@@ -144,7 +151,7 @@ def test_statement_timeout_is_503(app: Flask, primary: sa.Engine, archive: sa.En
 
 @pytest.mark.postgres
 def test_a_dropped_report_connection_is_one_503_then_replaced(
-    client, primary: sa.Engine,  # type: ignore[no-untyped-def]
+    client: FlaskClient, primary: sa.Engine,
 ) -> None:
     """Report pages on PostgreSQL run on the psycopg2 cursor (reporting.pgfetch): a
     connection the server dropped must still be a 503, and must leave the pool."""
@@ -163,7 +170,7 @@ def test_a_dropped_report_connection_is_one_503_then_replaced(
 
 
 @pytest.mark.parametrize("limit", ["²", "①", "٣", "1_0", " 5"])
-def test_a_limit_that_only_looks_like_digits_is_a_400(client, limit: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_limit_that_only_looks_like_digits_is_a_400(client: FlaskClient, limit: str) -> None:
     response = client.get("/api/v1/reports/events", query_string={"limit": limit})
     assert response.status_code == 400
     assert response.get_json()["code"] == "invalid_limit"
@@ -182,14 +189,14 @@ def test_a_limit_that_only_looks_like_digits_is_a_400(client, limit: str) -> Non
     ],
 )
 def test_a_signed_cursor_with_values_of_the_wrong_type_is_a_400(
-    client, app: Flask, report: str, values: list[object],  # type: ignore[no-untyped-def]
+    client: FlaskClient, app: Flask, report: str, values: list[object],
 ) -> None:
     """The signature only proves the service issued it under this key: the values inside
     are checked against the declared types before they reach a query."""
     from reporting.pagination import _serializer, fingerprint
     from reporting.request import parse_request
 
-    settings = app.extensions["sediment.settings"].reports
+    settings = state_of(app).settings.reports
     request = parse_request(REPORTS[report], {}, default_limit=settings.default_limit,
                             max_limit=settings.max_limit)
     values = values[:1] + values[1:] * len(request.key)
@@ -201,7 +208,7 @@ def test_a_signed_cursor_with_values_of_the_wrong_type_is_a_400(
 
 
 def test_an_unexpected_error_is_a_500_with_a_request_id_logged_with_its_traceback(
-    client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     def broken(*_args: object) -> None:
         raise RuntimeError("a bug")
@@ -217,7 +224,7 @@ def test_an_unexpected_error_is_a_500_with_a_request_id_logged_with_its_tracebac
 
 
 def test_a_database_error_that_is_not_an_outage_is_not_a_503(
-    client, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Only connection failures and timeouts ask the client to retry; a data error is the
     request's fault (400), and a broken statement the server's (500)."""

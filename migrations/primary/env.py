@@ -1,7 +1,7 @@
-"""Alembic environment of the PRIMARY database; see reporting/migrations.py."""
+"""Alembic environment of the PRIMARY database; see sediment/core/migrations.py."""
 
 from alembic import context
 
-from reporting.migrations import run_migrations
+from sediment.core.migrations import run_migrations
 
 run_migrations(context)

@@ -7,10 +7,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from reporting.reports.base import Column, Filter, RowReport, SourceTables
+from reporting.reports.base import Column, DatabaseTables, Filter, RowReport
 
 
-def query(tables: SourceTables, params: Mapping[str, Any]) -> sa.Select[Any]:
+def query(tables: DatabaseTables, params: Mapping[str, Any]) -> sa.Select[Any]:
     runs = tables["archive_runs"]
     return sa.select(runs.c.id, runs.c.policy, runs.c.status, runs.c.cutoff, runs.c.started_at,
                      runs.c.finished_at, runs.c.batches, runs.c.rows_moved,

@@ -15,20 +15,31 @@ product categories) arrive through :class:`Lookup` after the query, or as litera
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import sqlalchemy as sa
+
+from sediment.core.databases import Database
 
 if TYPE_CHECKING:
     import pandas as pd
 
-SOURCES = ("primary", "archive", "all")
-OPERATORS = ("eq", "ne", "in", "gt", "gte", "lt", "lte")
-#: JSON Schema types of column and parameter types.
-JSON_TYPES = {"integer": "integer", "number": "number", "string": "string",
-              "datetime": "string", "boolean": "boolean"}
+#: Which rows a request reads: one database's, or both merged (``?source=``).
+Source = Literal["primary", "archive", "all"]
+SOURCES: tuple[Source, ...] = get_args(Source)
+#: Filter operators: ``?column[op]=value``; a bare ``?column=value`` is ``eq``.
+Operator = Literal["eq", "ne", "in", "gt", "gte", "lt", "lte"]
+OPERATORS: tuple[Operator, ...] = get_args(Operator)
+#: The declared type of a column, parameter or filter value.
+ValueType = Literal["integer", "number", "string", "datetime", "boolean"]
+#: JSON Schema types of each value type.
+JSON_TYPES: dict[ValueType, str] = {"integer": "integer", "number": "number",
+                                    "string": "string", "datetime": "string",
+                                    "boolean": "boolean"}
+#: How partial aggregates of the two databases combine into one figure.
+Combine = Literal["sum", "min", "max"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,7 @@ class Column:
     """An output column."""
 
     name: str
-    type: str
+    type: ValueType
     description: str = ""
 
 
@@ -45,8 +56,8 @@ class Filter:
     """A filter on an output column: ``?name=v`` (eq) or ``?name[op]=v``."""
 
     column: str
-    type: str
-    operators: tuple[str, ...] = ("eq",)
+    type: ValueType
+    operators: tuple[Operator, ...] = ("eq",)
     description: str = ""
     choices: tuple[str, ...] | None = None
 
@@ -56,7 +67,7 @@ class Param:
     """A parameter that shapes the query itself (not a filter on its output)."""
 
     name: str
-    type: str
+    type: ValueType
     default: Any
     description: str
     choices: tuple[str, ...] | None = None
@@ -73,10 +84,10 @@ class Lookup:
 
 
 @dataclass(frozen=True)
-class SourceTables:
+class DatabaseTables:
     """The tables a report may read on one database (reference tables only in PRIMARY)."""
 
-    name: str
+    database: Database
     tables: Mapping[str, sa.FromClause]
     dialect: str
 
@@ -84,9 +95,14 @@ class SourceTables:
         return self.tables[name]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Report:
-    """Fields common to both kinds; see the module docstring."""
+    """Fields common to both kinds; see the module docstring.
+
+    ``root`` names the table whose primary key identifies a row's archival unit: merged
+    results drop ARCHIVE rows of it still present in PRIMARY (caught between an archiver's
+    two commits), and aggregates exclude them.
+    """
 
     name: str
     title: str
@@ -95,7 +111,8 @@ class Report:
     key: tuple[str, ...]
     sort_keys: tuple[str, ...]
     default_sort: str
-    sources: tuple[str, ...] = SOURCES
+    root: str
+    sources: tuple[Source, ...] = SOURCES
     filters: tuple[Filter, ...] = ()
     params: tuple[Param, ...] = ()
     lookups: tuple[Lookup, ...] = ()
@@ -116,20 +133,14 @@ class Report:
         return self.sort_keys
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RowReport(Report):
-    """A report of records; ``query`` returns a labelled Select including every key column.
+    """A report of records; ``query`` returns a labelled Select including every key column."""
 
-    ``root`` names the table whose primary key identifies a row, used to drop ARCHIVE rows
-    still present in PRIMARY (caught between an archiver's two commits) from merged results.
-    """
-
-    query: Callable[[SourceTables, Mapping[str, Any]], sa.Select[Any]] = field(
-        default=lambda tables, params: sa.select(sa.literal(1)))
-    root: str = ""
+    query: Callable[[DatabaseTables, Mapping[str, Any]], sa.Select[Any]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AggregateReport(Report):
     """A report of groups; ``partials`` returns one database's partial aggregates.
 
@@ -138,12 +149,10 @@ class AggregateReport(Report):
     the output (derived columns, lookups already applied, pivots).
     """
 
-    partials: Callable[[SourceTables, Mapping[str, Any], ReferenceData], sa.Select[Any]] = field(
-        default=lambda tables, params, reference: sa.select(sa.literal(1)))
-    group_by: tuple[str, ...] = ()
-    combine: Mapping[str, str] = field(default_factory=dict)
+    partials: Callable[[DatabaseTables, Mapping[str, Any], ReferenceData], sa.Select[Any]]
+    group_by: tuple[str, ...]
+    combine: Mapping[str, Combine]
     finish: Callable[[pd.DataFrame, Mapping[str, Any]], pd.DataFrame] | None = None
-    root: str = ""
     #: The key of the wide form, when a ``pivot`` parameter other than ``none`` is given.
     wide_key: tuple[str, ...] = ()
 

@@ -11,17 +11,17 @@ import sqlalchemy as sa
 from reporting.reports.base import (
     AggregateReport,
     Column,
+    DatabaseTables,
     Filter,
     Lookup,
     ReferenceData,
-    SourceTables,
     total,
 )
 
 OPEN_STATUSES = ("pending", "paid", "shipped")
 
 
-def partials(tables: SourceTables, params: Mapping[str, Any],
+def partials(tables: DatabaseTables, params: Mapping[str, Any],
              reference: ReferenceData) -> sa.Select[Any]:
     orders, items = tables["orders"], tables["order_items"]
     totals = (sa.select(items.c.order_id,

@@ -7,10 +7,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from reporting.reports.base import Column, Filter, Lookup, RowReport, SourceTables
+from reporting.reports.base import Column, DatabaseTables, Filter, Lookup, RowReport
 
 
-def query(tables: SourceTables, params: Mapping[str, Any]) -> sa.Select[Any]:
+def query(tables: DatabaseTables, params: Mapping[str, Any]) -> sa.Select[Any]:
     events = tables["events"]
     return sa.select(events.c.id, events.c.occurred_at, events.c.kind, events.c.customer_id,
                      events.c.order_id, events.c.detail)

@@ -11,16 +11,16 @@ import sqlalchemy as sa
 from reporting.reports.base import (
     AggregateReport,
     Column,
+    DatabaseTables,
     Filter,
     Param,
     ReferenceData,
-    SourceTables,
     month_of,
     total,
 )
 
 
-def partials(tables: SourceTables, params: Mapping[str, Any],
+def partials(tables: DatabaseTables, params: Mapping[str, Any],
              reference: ReferenceData) -> sa.Select[Any]:
     """Per (month, category): categories come from PRIMARY as a CASE literal, not a join.
 

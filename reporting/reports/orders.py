@@ -7,10 +7,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from reporting.reports.base import Column, Filter, Lookup, RowReport, SourceTables, total
+from reporting.reports.base import Column, DatabaseTables, Filter, Lookup, RowReport, total
 
 
-def query(tables: SourceTables, params: Mapping[str, Any]) -> sa.Select[Any]:
+def query(tables: DatabaseTables, params: Mapping[str, Any]) -> sa.Select[Any]:
     """Orders with correlated subqueries over their items and payments.
 
     Correlated subqueries (not a grouped join) are evaluated only for the rows a page

@@ -11,16 +11,16 @@ import sqlalchemy as sa
 from reporting.reports.base import (
     AggregateReport,
     Column,
+    DatabaseTables,
     Filter,
     Lookup,
     Param,
     ReferenceData,
-    SourceTables,
     total,
 )
 
 
-def partials(tables: SourceTables, params: Mapping[str, Any],
+def partials(tables: DatabaseTables, params: Mapping[str, Any],
              reference: ReferenceData) -> sa.Select[Any]:
     """Per product: a subquery picks the orders in range, the outer query sums their lines."""
     orders, items = tables["orders"], tables["order_items"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import reporting.db
+import sediment.core.schema.types
 
 revision = '0001_archive'
 down_revision = None
@@ -23,9 +23,9 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('policy', sa.String(length=64), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('cutoff', reporting.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('started_at', reporting.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('finished_at', reporting.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('cutoff', sediment.core.schema.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('started_at', sediment.core.schema.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', sediment.core.schema.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('batches', sa.Integer(), nullable=False),
     sa.Column('rows_moved', sa.BigInteger(), nullable=False),
     sa.Column('rows_per_second', sa.Float(), nullable=True),
@@ -41,12 +41,12 @@ def upgrade() -> None:
 
     op.create_table('events',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=False, nullable=False),
-    sa.Column('occurred_at', reporting.db.UTCDateTime(timezone=True), autoincrement=False, nullable=False),
+    sa.Column('occurred_at', sediment.core.schema.types.UTCDateTime(timezone=True), autoincrement=False, nullable=False),
     sa.Column('kind', sa.String(length=32), autoincrement=False, nullable=False),
     sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=False, nullable=True),
     sa.Column('order_id', sa.BigInteger(), autoincrement=False, nullable=True),
     sa.Column('detail', sa.Text(), autoincrement=False, nullable=False),
-    sa.Column('archived_at', reporting.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('archived_at', sediment.core.schema.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('archive_run_id', sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_events'))
     )
@@ -63,7 +63,7 @@ def upgrade() -> None:
     sa.Column('product_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=False, nullable=False),
     sa.Column('quantity', sa.Integer(), autoincrement=False, nullable=False),
     sa.Column('unit_price_cents', sa.Integer(), autoincrement=False, nullable=False),
-    sa.Column('archived_at', reporting.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('archived_at', sediment.core.schema.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('archive_run_id', sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_order_items'))
     )
@@ -76,9 +76,9 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=False, nullable=False),
     sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=False, nullable=False),
     sa.Column('status', sa.String(length=16), autoincrement=False, nullable=False),
-    sa.Column('placed_at', reporting.db.UTCDateTime(timezone=True), autoincrement=False, nullable=False),
-    sa.Column('closed_at', reporting.db.UTCDateTime(timezone=True), autoincrement=False, nullable=True),
-    sa.Column('archived_at', reporting.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('placed_at', sediment.core.schema.types.UTCDateTime(timezone=True), autoincrement=False, nullable=False),
+    sa.Column('closed_at', sediment.core.schema.types.UTCDateTime(timezone=True), autoincrement=False, nullable=True),
+    sa.Column('archived_at', sediment.core.schema.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('archive_run_id', sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_orders'))
     )
@@ -93,8 +93,8 @@ def upgrade() -> None:
     sa.Column('order_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=False, nullable=False),
     sa.Column('amount_cents', sa.BigInteger(), autoincrement=False, nullable=False),
     sa.Column('method', sa.String(length=16), autoincrement=False, nullable=False),
-    sa.Column('paid_at', reporting.db.UTCDateTime(timezone=True), autoincrement=False, nullable=False),
-    sa.Column('archived_at', reporting.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('paid_at', sediment.core.schema.types.UTCDateTime(timezone=True), autoincrement=False, nullable=False),
+    sa.Column('archived_at', sediment.core.schema.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('archive_run_id', sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_payments'))
     )

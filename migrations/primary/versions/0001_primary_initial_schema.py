@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import reporting.db
+import sediment.core.schema.types
 
 revision = '0001_primary'
 down_revision = None
@@ -24,7 +24,7 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=120), nullable=False),
     sa.Column('email', sa.String(length=254), nullable=False),
     sa.Column('country', sa.String(length=2), nullable=False),
-    sa.Column('created_at', reporting.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', sediment.core.schema.types.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_customers')),
     sa.UniqueConstraint('email', name=op.f('uq_customers_email'))
     )
@@ -42,7 +42,7 @@ def upgrade() -> None:
 
     op.create_table('events',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('occurred_at', reporting.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('occurred_at', sediment.core.schema.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('kind', sa.String(length=32), nullable=False),
     sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('order_id', sa.BigInteger(), nullable=True),
@@ -60,8 +60,8 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('placed_at', reporting.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('closed_at', reporting.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('placed_at', sediment.core.schema.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('closed_at', sediment.core.schema.types.UTCDateTime(timezone=True), nullable=True),
     sa.CheckConstraint("status IN ('pending', 'paid', 'shipped', 'closed', 'cancelled')", name=op.f('ck_orders_status_known')),
     sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], name=op.f('fk_orders_customer_id_customers')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_orders'))
@@ -90,7 +90,7 @@ def upgrade() -> None:
     sa.Column('order_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('amount_cents', sa.BigInteger(), nullable=False),
     sa.Column('method', sa.String(length=16), nullable=False),
-    sa.Column('paid_at', reporting.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('paid_at', sediment.core.schema.types.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['order_id'], ['orders.id'], name=op.f('fk_payments_order_id_orders')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_payments'))
     )

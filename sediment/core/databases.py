@@ -1,85 +1,51 @@
-"""The Flask-SQLAlchemy extension, the two binds, and column types shared by both databases.
+"""The two databases: their one name each, and how an engine of either is set up.
 
-A leaf module. Code reaches an engine only through :data:`PRIMARY` and :data:`ARCHIVE`
-(``db.engines[PRIMARY]``), so a bind is never named by a string literal elsewhere.
+A leaf module, free of Flask: Flask-SQLAlchemy creates the engines (in
+:func:`reporting.app.create_app`) with :func:`engine_options` and :func:`prepare_engine`
+from here, and hands them on as :class:`Engines`. Everything else names a database by
+:data:`Database` (``"primary"`` or ``"archive"``), the same word used as the bind key,
+the migration folder and the label in logs and health reports.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
-from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy.orm import DeclarativeBase
 
-#: The bind key of the live database (Flask-SQLAlchemy's default bind).
-PRIMARY: str | None = None
-#: The bind key of the archive database.
-ARCHIVE = "archive"
-
-#: Constraint names that are stable across SQLite and PostgreSQL, so that Alembic can
-#: drop and alter them in later migrations.
-NAMING_CONVENTION = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-#: A 64-bit key on PostgreSQL; SQLite only auto-increments a column declared INTEGER.
-BigIntKey = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+#: The name of a database: its bind key, its folder under ``migrations/``, its label.
+Database = Literal["primary", "archive"]
+PRIMARY: Database = "primary"
+ARCHIVE: Database = "archive"
+DATABASES: tuple[Database, ...] = (PRIMARY, ARCHIVE)
 
 
-class UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """A timezone-aware UTC timestamp that behaves the same on SQLite and PostgreSQL.
+@dataclass(frozen=True)
+class Engines:
+    """The read-write engine of each database, as the composition root hands them on."""
 
-    PostgreSQL stores ``timestamptz``; SQLite has no such type and would silently drop the
-    offset, so values are converted to UTC on the way in and marked UTC on the way out.
-    Naive datetimes are refused: a silent local-time guess is how archives lose a day.
-    """
+    primary: sa.Engine
+    archive: sa.Engine
 
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
+    def __getitem__(self, database: Database) -> sa.Engine:
+        return self.primary if database == PRIMARY else self.archive
 
-    @property
-    def python_type(self) -> type[datetime]:
-        return datetime
+    def items(self) -> Iterator[tuple[Database, sa.Engine]]:
+        """Each database's name and engine, PRIMARY first."""
+        yield PRIMARY, self.primary
+        yield ARCHIVE, self.archive
 
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value.isoformat()} given: pass a timezone-aware one")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None or value.tzinfo is UTC:  # PostgreSQL sessions here run in UTC
-            return value
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-
-
-class Base(DeclarativeBase):
-    """Declarative base for every model of both binds."""
-
-    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
-
-
-db = SQLAlchemy(model_class=Base, disable_autonaming=True)
-
-if TYPE_CHECKING:
-    Model = Base  # what ``db.Model`` is at run time, spelled so that type checkers can see it
-else:
-    Model = db.Model
+    def dispose(self) -> None:
+        """Close every pooled connection of both engines."""
+        for _, engine in self.items():
+            engine.dispose()
 
 
 def engine_options(url: str, *, pool_size: int, busy_timeout_ms: int) -> dict[str, Any]:
-    """Return the engine options Sediment uses for a bind at ``url``.
+    """Return the engine options Sediment uses for a database at ``url``.
 
     Every connection talks UTC (PostgreSQL renders ``timestamptz`` in the session's zone,
     and the archiver compares rendered rows across two servers). SQLite waits for a writer

@@ -1,4 +1,4 @@
-"""Where reports read from: the read-only engines and tables, and what both databases share.
+"""What reports read: each database's read-only engine and tables, and the rows both share.
 
 A row caught between the archiver's ARCHIVE commit and its PRIMARY delete is in both
 databases. The ledger records the key range of every batch that may have left such rows
@@ -22,8 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from reporting.lru import LRUCache
-from reporting.reports.base import Lookup, SourceTables
+from reporting.reports.base import DatabaseTables, Lookup
 from reporting.request import ReportRequest
+from sediment.core.databases import ARCHIVE, DATABASES, PRIMARY, Database
 
 SHARED_KEY_CHUNK = 5000
 #: Row-report statements kept per app, one per request shape (see reporting.statements).
@@ -34,11 +35,11 @@ CACHED_AGGREGATES = 32
 
 
 @dataclass(frozen=True)
-class ReportSources:
+class ReportDatabases:
     """The read-only engines and the tables of each database, as the app built them."""
 
-    engines: Mapping[str, sa.Engine]
-    tables: Mapping[str, SourceTables]
+    engines: Mapping[Database, sa.Engine]
+    tables: Mapping[Database, DatabaseTables]
     #: Built statements by request shape; they refer to these tables, so they live here.
     statements: LRUCache[Any, Any] = field(
         default_factory=lambda: LRUCache(CACHED_STATEMENTS), compare=False, repr=False)
@@ -48,11 +49,12 @@ class ReportSources:
         default_factory=lambda: LRUCache(CACHED_AGGREGATES), compare=False, repr=False)
 
 
-def sources_of(request: ReportRequest) -> list[str]:
-    return ["primary", "archive"] if request.source == "all" else [request.source]
+def databases_of(request: ReportRequest) -> list[Database]:
+    """The databases a request reads, PRIMARY first."""
+    return list(DATABASES) if request.source == "all" else [request.source]
 
 
-def apply_lookups(sources: ReportSources, lookups: Sequence[Lookup],
+def apply_lookups(databases: ReportDatabases, lookups: Sequence[Lookup],
                   rows: list[dict[str, Any]]) -> None:
     """Fill reference columns (names, categories) from PRIMARY, one query per table, in the
     rows where they are still empty: those that came from ARCHIVE, which has no reference
@@ -64,7 +66,7 @@ def apply_lookups(sources: ReportSources, lookups: Sequence[Lookup],
     for (table_name, key), group in by_table.items():
         empty = [row for row in rows if row.get(group[0].column) is None]
         ids = sorted({row[key] for row in empty if row.get(key) is not None})
-        found_rows = reference_rows(sources, table_name, [lookup.value for lookup in group], ids)
+        found_rows = reference_rows(databases, table_name, [lookup.value for lookup in group], ids)
         values: dict[Any, Any] = {row[0]: row[1:] for row in found_rows}
         for row in empty:
             found = values.get(row.get(key))
@@ -72,13 +74,13 @@ def apply_lookups(sources: ReportSources, lookups: Sequence[Lookup],
                 row[lookup.column] = found[index] if found else None
 
 
-def reference_rows(sources: ReportSources, table_name: str, columns: Sequence[str],
+def reference_rows(databases: ReportDatabases, table_name: str, columns: Sequence[str],
                    ids: Sequence[Any]) -> list[Sequence[Any]]:
     """``(id, *columns)`` of the PRIMARY reference rows with these ids: one query."""
     if not len(ids):
         return []
-    table = sources.tables["primary"][table_name]
-    engine = sources.engines["primary"]
+    table = databases.tables[PRIMARY][table_name]
+    engine = databases.engines[PRIMARY]
     query = sa.select(table.c.id, *(table.c[name] for name in columns)).where(
         in_parameter(table.c.id, "keys", engine.dialect.name))
     with engine.connect() as connection:
@@ -95,29 +97,29 @@ def in_parameter(column: sa.ColumnElement[Any], name: str,
     return column.in_(sa.bindparam(name, expanding=True))
 
 
-def pending_ranges(sources: ReportSources, root: str) -> list[tuple[int, int, int]]:
+def pending_ranges(databases: ReportDatabases, root: str) -> list[tuple[int, int, int]]:
     """``(run, low, high)`` of every archival batch of ``root`` that may have left rows in
     both databases: one indexed ledger query, empty unless a batch is in flight or a run
     died mid-batch (see ``archive_run_tables.pending_low``)."""
-    ledger = sources.tables["archive"]["archive_run_tables"]
+    ledger = databases.tables[ARCHIVE]["archive_run_tables"]
     query = sa.select(ledger.c.run_id, ledger.c.pending_low, ledger.c.pending_high).where(
         ledger.c.table_name == root, ledger.c.pending_low.is_not(None))
-    with sources.engines["archive"].connect() as connection:
+    with databases.engines[ARCHIVE].connect() as connection:
         return [(int(run), int(low), int(high)) for run, low, high in connection.execute(query)]
 
 
-def present_in_primary(sources: ReportSources, root: str, keys: Sequence[int]) -> set[int]:
+def present_in_primary(databases: ReportDatabases, root: str, keys: Sequence[int]) -> set[int]:
     """Which of ``keys`` are still in PRIMARY's ``root``: one indexed lookup."""
     if not keys:
         return set()
-    table = sources.tables["primary"][root]
-    engine = sources.engines["primary"]
+    table = databases.tables[PRIMARY][root]
+    engine = databases.engines[PRIMARY]
     query = sa.select(table.c.id).where(in_parameter(table.c.id, "keys", engine.dialect.name))
     with engine.connect() as connection:
         return set(connection.execute(query, {"keys": list(keys)}).scalars())
 
 
-def drop_shared_rows(sources: ReportSources, root: str, key: str,
+def drop_shared_rows(databases: ReportDatabases, root: str, key: str,
                      ranges: Sequence[tuple[int, int, int]],
                      rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """ARCHIVE ``rows`` minus those whose ``key`` is still in PRIMARY (PRIMARY's copy wins).
@@ -128,38 +130,39 @@ def drop_shared_rows(sources: ReportSources, root: str, key: str,
     """
     suspects = [row[key] for row in rows
                 if any(low <= row[key] <= high for _run, low, high in ranges)]
-    shared = present_in_primary(sources, root, suspects)
+    shared = present_in_primary(databases, root, suspects)
     return [row for row in rows if row[key] not in shared] if shared else rows
 
 
-def shared_keys(sources: ReportSources, root: str) -> list[int]:
+def shared_keys(databases: ReportDatabases, root: str) -> list[int]:
     """Keys of ``root`` present in both databases (left by an in-flight or killed batch).
 
     Bounded by the pending batches, not by their runs: the candidates are ARCHIVE rows
     stamped with a pending run inside its key range, then checked against PRIMARY.
     """
-    ranges = pending_ranges(sources, root)
+    ranges = pending_ranges(databases, root)
     if not ranges:
         return []
-    twin = sources.tables["archive"][root]
+    twin = databases.tables[ARCHIVE][root]
     candidates: list[int] = []
-    with sources.engines["archive"].connect() as connection:
+    with databases.engines[ARCHIVE].connect() as connection:
         for run, low, high in ranges:
             candidates += connection.execute(sa.select(twin.c.id).where(
                 twin.c.archive_run_id == run, twin.c.id.between(low, high))).scalars()
     present: list[int] = []
     for start in range(0, len(candidates), SHARED_KEY_CHUNK):
-        present += present_in_primary(sources, root, candidates[start:start + SHARED_KEY_CHUNK])
+        present += present_in_primary(databases, root, candidates[start:start + SHARED_KEY_CHUNK])
     return sorted(present)
 
 
-def exclude_shared(sources: ReportSources, archive: SourceTables, root: str) -> SourceTables:
+def exclude_shared(databases: ReportDatabases, archive: DatabaseTables,
+                   root: str) -> DatabaseTables:
     """ARCHIVE's tables without the rows of ``root`` keys still in PRIMARY (and their children)."""
-    keys = shared_keys(sources, root) if root in archive.tables else []
+    keys = shared_keys(databases, root) if root in archive.tables else []
     if not keys:
         return archive
     tables: dict[str, sa.FromClause] = dict(archive.tables)
-    primary = sources.tables["primary"]
+    primary = databases.tables[PRIMARY]
     for name, table in archive.tables.items():
         column = "id" if name == root else next(
             (fk.parent.name for fk in primary.tables[name].foreign_keys

@@ -1,7 +1,7 @@
 """The PRIMARY database: the live commerce schema that Sediment archives and reports on.
 
 Money is integer cents (no float rounding, no Numeric drift between backends); every
-timestamp is a :class:`~reporting.db.UTCDateTime`. Every age column and foreign key is
+timestamp is a :class:`~sediment.core.schema.types.UTCDateTime`. Every age column and foreign key is
 indexed: the archiver selects by age and deletes by key, and reports join on keys. A column
 reports page by is indexed together with the key, ``(column, id)``, the exact order of a
 keyset page, so a page is an index range scan without a sort, however deep.
@@ -12,9 +12,10 @@ from __future__ import annotations
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from reporting.db import BigIntKey, Model, UTCDateTime
+from sediment.core.databases import PRIMARY
+from sediment.core.schema.types import BigIntKey, UTCDateTime, metadata_for
 
 ORDER_STATUSES = ("pending", "paid", "shipped", "closed", "cancelled")
 #: Statuses after which an order never changes again; only these may be archived.
@@ -22,7 +23,13 @@ FINAL_ORDER_STATUSES = ("closed", "cancelled")
 PAYMENT_METHODS = ("card", "transfer", "wallet", "voucher")
 
 
-class Customer(Model):
+class PrimaryModel(DeclarativeBase):
+    """Declarative base of the demo PRIMARY schema (its own metadata, its own history)."""
+
+    metadata = metadata_for(PRIMARY)
+
+
+class Customer(PrimaryModel):
     __tablename__ = "customers"
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
@@ -32,7 +39,7 @@ class Customer(Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class Product(Model):
+class Product(PrimaryModel):
     __tablename__ = "products"
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
@@ -42,7 +49,7 @@ class Product(Model):
     price_cents: Mapped[int] = mapped_column(sa.Integer)
 
 
-class Order(Model):
+class Order(PrimaryModel):
     __tablename__ = "orders"
     __table_args__ = (
         sa.CheckConstraint(
@@ -58,7 +65,7 @@ class Order(Model):
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
 
-class OrderItem(Model):
+class OrderItem(PrimaryModel):
     __tablename__ = "order_items"
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
@@ -68,7 +75,7 @@ class OrderItem(Model):
     unit_price_cents: Mapped[int] = mapped_column(sa.Integer)
 
 
-class Payment(Model):
+class Payment(PrimaryModel):
     __tablename__ = "payments"
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
@@ -78,7 +85,7 @@ class Payment(Model):
     paid_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
-class Event(Model):
+class Event(PrimaryModel):
     """An append-only audit record.
 
     ``order_id`` is deliberately not a foreign key: the audit log outlives the orders it

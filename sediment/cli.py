@@ -1,8 +1,12 @@
-"""The ``run_service.py`` command line: serve, migrate, seed, archive, scheduler.
+"""The composition root: the ``sediment`` / ``run_service.py`` command line.
+
+This module and :mod:`sediment.service` are the only code that imports both
+:mod:`reporting` and :mod:`archive`. They load the settings, let the Flask app configure
+the engines, resolve the archival policies, and hand each part what it needs.
 
 Commands print what a person needs (URLs, progress bars, summaries) to the terminal and
-leave operational history to the logs. Exit codes: 0 success, 1 failure, 2 bad usage or
-bad settings, 3 archival lock busy.
+leave operational history to the logs. Exit codes are those of
+:mod:`sediment.core.commandline`.
 """
 
 from __future__ import annotations
@@ -10,36 +14,41 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import signal
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
-from flask import Flask
 from tqdm import tqdm
 
 from archive import cli as archive_cli
-from archive.models import archived_tables
-from reporting.app import create_checked_app, settings_of
+from archive.scheduler import start_in_background
 from reporting.csv_export import check_row_cap, stream_csv
-from reporting.db import ARCHIVE, PRIMARY, db
-from reporting.error_text import first_line
-from reporting.errors import ReportError
-from reporting.logs import configure_logging
-from reporting.migrations import SchemaIncomplete, ensure_complete, upgrade_all
-from reporting.preflight import DatabaseUnreachable
+from reporting.report_error import ReportError
 from reporting.reports import REPORTS
 from reporting.request import parse_request
-from reporting.seed import SeedError, SeedPlan, SeedResult, seed
 from reporting.server import serve_in_process, serve_with_workers
-from reporting.settings import Settings, SettingsError, load_settings
-from reporting.views import report_sources
+from reporting.state import state_of
+from sediment.core.commandline import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    count,
+    instant,
+    port,
+    positive_int,
+)
+from sediment.core.databases import Engines
+from sediment.core.error_text import first_line
+from sediment.core.logs import configure_logging
+from sediment.core.migrations import SchemaIncomplete, ensure_complete, upgrade_all
+from sediment.core.preflight import DatabaseUnreachable
+from sediment.core.schema.archive import archived_tables
+from sediment.core.seed import SeedError, SeedPlan, SeedResult, seed
+from sediment.core.settings import SettingsError, load_settings
+from sediment.service import Service, build_archiver, build_service, resolve_policies_of
 
 logger = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 class CommandError(Exception):
@@ -58,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.settings)
         configure_logging(args.log_level or settings.service.log_level)
+        resolve_policies_of(settings)  # a bad policy stops every command, naming its key
         args.settings_obj = settings
         return handler(args)
     except SettingsError as exc:
@@ -86,7 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="run_service.py",
         description="Sediment: archive aged rows from PRIMARY to ARCHIVE, and report over both.",
         epilog="With no command, 'serve' runs. Each command has its own --help.",
     )
@@ -103,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         "scheduler if enabled, and serve the API with a production WSGI server.",
     )
     serve.add_argument("--host", help="address to listen on (default: [service] host)")
-    serve.add_argument("--port", type=_port, help="port to listen on (default: [service] port)")
-    serve.add_argument("--workers", type=_positive_int, metavar="N",
+    serve.add_argument("--port", type=port, help="port to listen on (default: [service] port)")
+    serve.add_argument("--workers", type=positive_int, metavar="N",
                        help="worker processes (default: [service] workers); more than 1 "
                        "serves with gunicorn, the scheduler staying in this process")
     serve.add_argument("--no-scheduler", action="store_true",
@@ -126,15 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--until give the same rows. Refuses non-empty databases unless --append.",
     )
     defaults = SeedPlan()
-    seed_parser.add_argument("--customers", type=_count, default=defaults.customers,
+    seed_parser.add_argument("--customers", type=count, default=defaults.customers,
                              help=f"customers to create (default {defaults.customers:,})")
-    seed_parser.add_argument("--orders", type=_count, default=defaults.orders,
+    seed_parser.add_argument("--orders", type=count, default=defaults.orders,
                              help=f"orders, with 1-8 items each (default {defaults.orders:,})")
-    seed_parser.add_argument("--events", type=_count, default=defaults.events,
+    seed_parser.add_argument("--events", type=count, default=defaults.events,
                              help=f"audit events to create (default {defaults.events:,})")
     seed_parser.add_argument("--seed", type=int, default=defaults.seed,
                              help=f"random seed (default {defaults.seed})")
-    seed_parser.add_argument("--until", type=parse_instant, metavar="ISO-8601",
+    seed_parser.add_argument("--until", type=instant, metavar="ISO-8601",
                              help="last day of the generated history (default: today, UTC)")
     seed_parser.add_argument("--append", action="store_true",
                              help="add to existing data instead of refusing")
@@ -156,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="escape cells a spreadsheet would run as formulas (default)")
     report.set_defaults(handler=cmd_report)
 
-    archive_cli.add_commands(commands)
+    archive_cli.add_commands(commands, build_archiver)
     return parser
 
 
@@ -167,53 +176,16 @@ def _name_value(text: str) -> tuple[str, str]:
     return name, value
 
 
-def parse_instant(text: str) -> datetime:
-    """Parse an ISO-8601 instant; a value without a zone is taken as UTC."""
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO-8601 date or time, e.g. 2026-01-31T00:00:00Z"
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = _count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _count(text)
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
-    return value
-
-
-def make_app(args: argparse.Namespace) -> Flask:
-    """Create the app from the settings the command line chose, and check that both of its
-    databases answer and are two different databases."""
-    settings: Settings = args.settings_obj
-    return create_checked_app(settings)
+def service_for(args: argparse.Namespace) -> Service:
+    """The app and archiver of the settings the command line chose, after checking that
+    both databases answer and are two different databases."""
+    return build_service(args.settings_obj)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    app = make_app(args)
-    with app.app_context():
-        upgrade_all()
-        repaired = ensure_complete(repair=args.repair)
+    engines = service_for(args).engines
+    upgrade_all(engines)
+    repaired = ensure_complete(engines, repair=args.repair)
     for label, tables in repaired.items():
         print(f"re-created missing {label} tables, empty: {', '.join(tables)}")
     print("both databases are at the newest schema")
@@ -223,9 +195,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_seed(args: argparse.Namespace) -> int:
     plan = SeedPlan(customers=args.customers, orders=args.orders, events=args.events,
                     seed=args.seed, until=args.until)
-    app = make_app(args)
-    with app.app_context():
-        result = run_seed(plan, append=args.append)
+    result = run_seed(service_for(args).engines, plan, append=args.append)
     print(
         f"seeded {result.total:,} rows in {result.seconds:.1f}s "
         f"({result.rows_per_second:,.0f} rows/s): "
@@ -234,12 +204,12 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_seed(plan: SeedPlan, *, append: bool) -> SeedResult:
-    """Seed with a progress bar. Call inside an app context."""
+def run_seed(engines: Engines, plan: SeedPlan, *, append: bool) -> SeedResult:
+    """Seed with a progress bar."""
     with tqdm(total=plan.estimated_rows, unit=" rows", unit_scale=True, desc="seeding",
               file=sys.stderr, mininterval=0.5, delay=0.5) as bar:
         try:
-            result = seed(db.engines[PRIMARY], plan, archive=db.engines[ARCHIVE],
+            result = seed(engines.primary, plan, archive=engines.archive,
                           archive_tables=archived_tables, append=append, progress=bar.update)
         except SeedError as exc:
             raise CommandError(str(exc)) from exc
@@ -253,83 +223,67 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise CommandError(f"no report named {args.name!r} (known: {', '.join(REPORTS)})",
                            EXIT_USAGE)
     query = {name: [value] for name, value in args.param}
-    query.update({k: [v] for k, v in (("sort", args.sort), ("source", args.source)) if v})
-    app = make_app(args)
-    settings = settings_of(app).reports
+    query.update({k: [v] for k, v in (("sort", args.sort), ("source", args.source),
+                                       ("formula", args.formula)) if v})
+    state = state_of(service_for(args).app)
+    settings = state.settings.reports
+    databases = state.report_databases
     target = Path(args.csv)
     partial = target.with_name(f".{target.name}.partial")
-    with app.app_context():
-        sources = report_sources(app)
-        try:
-            request = parse_request(REPORTS[args.name], query, default_limit=1,
-                                    max_limit=settings.max_limit)
-            total = check_row_cap(sources, request, settings.csv_max_rows)
-        except ReportError as exc:
-            where = f" ({exc.param})" if exc.param else ""
-            raise CommandError(f"{exc.detail}{where}", EXIT_USAGE) from exc
-        with open(partial, "wb") as out, tqdm(total=total, unit=" rows", unit_scale=True,
-                                              desc=f"report {args.name}", file=sys.stderr,
-                                              mininterval=0.5) as bar:
-            for chunk in stream_csv(sources, request, escape=args.formula == "escape"):
-                out.write(chunk)
-                bar.update(chunk.count(b"\n"))
+    try:
+        request = parse_request(REPORTS[args.name], query, default_limit=1,
+                                max_limit=settings.max_limit, export=True)
+        total = check_row_cap(databases, request, settings.csv_max_rows)
+    except ReportError as exc:
+        where = f" ({exc.param})" if exc.param else ""
+        raise CommandError(f"{exc.detail}{where}", EXIT_USAGE) from exc
+    with open(partial, "wb") as out, tqdm(total=total, unit=" rows", unit_scale=True,
+                                          desc=f"report {args.name}", file=sys.stderr,
+                                          mininterval=0.5) as bar:
+        for chunk in stream_csv(databases, request):
+            out.write(chunk)
+            bar.update(chunk.count(b"\n"))
     partial.replace(target)
     print(f"wrote {total:,} rows of {args.name} to {target}")
     return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    app = make_app(args)
-    settings = settings_of(app)
-    service = settings.service
-    host = getattr(args, "host", None) or service.host
-    port = getattr(args, "port", None) or service.port
-    workers = getattr(args, "workers", None) or service.workers
-    if workers != service.workers:
-        service = dataclasses.replace(service, workers=workers)
-    with app.app_context():
-        if service.migrate_on_start:
-            upgrade_all()
-        ensure_complete()
-        if service.seed_when_empty:
-            try:
-                run_seed(SeedPlan(), append=False)
-            except CommandError:
-                logger.info("databases hold data: demo seeding skipped")
+    service = service_for(args)
+    settings = service.archiver.settings
+    serving = settings.service
+    host = getattr(args, "host", None) or serving.host
+    port_number = getattr(args, "port", None) or serving.port
+    workers = getattr(args, "workers", None) or serving.workers
+    if workers != serving.workers:
+        serving = dataclasses.replace(serving, workers=workers)
+    if serving.migrate_on_start:
+        upgrade_all(service.engines)
+    ensure_complete(service.engines)
+    if serving.seed_when_empty:
+        try:
+            run_seed(service.engines, SeedPlan(), append=False)
+        except CommandError:
+            logger.info("databases hold data: demo seeding skipped")
     scheduler = None
     if settings.scheduler.enabled and not getattr(args, "no_scheduler", False):
         # In this process only: gunicorn's workers serve HTTP and never schedule.
-        scheduler = archive_cli.start_scheduler(app)
+        scheduler = start_in_background(service.archiver)
 
     def announce() -> None:
-        how = f"{workers} worker processes" if workers > 1 else f"{service.threads} threads"
-        print(f"Sediment is serving on http://{host}:{port}/  (health: "
-              f"http://{host}:{port}/healthz; {how})", flush=True)
+        how = f"{workers} worker processes" if workers > 1 else f"{serving.threads} threads"
+        print(f"Sediment is serving on http://{host}:{port_number}/  (health: "
+              f"http://{host}:{port_number}/healthz; {how})", flush=True)
 
     code = EXIT_OK
     try:
         if workers > 1:
-            code = serve_with_workers(host, port, service, settings.source, announce)
+            code = serve_with_workers(host, port_number, serving, settings.source, announce)
         else:
-            previous = {sig: signal.signal(sig, _stop_serving)
-                        for sig in (signal.SIGTERM, signal.SIGINT)}
-            try:
-                # Returns when a signal handler raises SystemExit; the sockets close then.
-                serve_in_process(app, host, port, service, announce)
-            except SystemExit:
-                pass
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+            serve_in_process(service.app, host, port_number, serving, announce)
     finally:
         if scheduler is not None:
             logger.info("waiting for running archival batches to finish")
             scheduler.shutdown()
     logger.info("stopped")
     return code
-
-
-def _stop_serving(signum: int, _frame: object) -> None:
-    """Leave the WSGI server's loop: waitress shuts down cleanly on SystemExit only."""
-    logger.info("%s received: shutting down", signal.Signals(signum).name)
-    raise SystemExit(EXIT_OK)

@@ -27,7 +27,9 @@ import sqlalchemy as sa
 from apscheduler.triggers.cron import CronTrigger
 
 ENV_PREFIX = "SEDIMENT_"
-DEFAULT_SETTINGS_PATH = Path(__file__).resolve().parent.parent / "settings.toml"
+#: The repository checkout Sediment runs from: ``settings.toml`` and ``migrations/`` live here.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SETTINGS_PATH = PROJECT_ROOT / "settings.toml"
 
 
 class SettingsError(ValueError):

@@ -10,19 +10,22 @@ keys could never be enforced here, and the links between archived tables are che
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal, get_args
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from reporting import models as primary_models
-from reporting.db import ARCHIVE, BigIntKey, Model, UTCDateTime, db
+from sediment.core.databases import ARCHIVE
+from sediment.core.schema.primary import PrimaryModel
+from sediment.core.schema.types import BigIntKey, UTCDateTime, metadata_for
 
 #: PRIMARY tables that have an ARCHIVE twin. Policies may only name these.
 ARCHIVED_TABLES = ("orders", "order_items", "payments", "events")
 ARCHIVED_AT = "archived_at"
 ARCHIVE_RUN_ID = "archive_run_id"
 
-RUN_STATUSES = (
+#: How a run stands in the ledger: ``running`` until it ends one of the other ways.
+RunStatus = Literal[
     "running",
     "done",
     "max_rows",
@@ -32,7 +35,14 @@ RUN_STATUSES = (
     "lock_lost",
     "error",
     "interrupted",
-)
+]
+RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
+
+
+class ArchiveModel(DeclarativeBase):
+    """Declarative base of the ARCHIVE database: the twins and the ledger."""
+
+    metadata = metadata_for(ARCHIVE)
 
 
 def _mirror(source: sa.Table) -> sa.Table:
@@ -53,26 +63,25 @@ def _mirror(source: sa.Table) -> sa.Table:
         for index in source.indexes
         if len(index.columns) > 1
     ]
-    return db.Table(
+    return sa.Table(
         source.name,
+        ArchiveModel.metadata,
         *columns,
         *composite,
         sa.Column(ARCHIVED_AT, UTCDateTime, nullable=False),
         sa.Column(ARCHIVE_RUN_ID, sa.BigInteger, nullable=False, index=True),
-        bind_key=ARCHIVE,
     )
 
 
 #: The ARCHIVE twins, keyed by table name.
 archived_tables: dict[str, sa.Table] = {
-    name: _mirror(primary_models.Order.metadata.tables[name]) for name in ARCHIVED_TABLES
+    name: _mirror(PrimaryModel.metadata.tables[name]) for name in ARCHIVED_TABLES
 }
 
 
-class ArchiveRun(Model):
+class ArchiveRun(ArchiveModel):
     """One archiver run of one policy: what it set out to do and how it ended."""
 
-    __bind_key__ = ARCHIVE
     __tablename__ = "archive_runs"
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
@@ -89,7 +98,7 @@ class ArchiveRun(Model):
     pid: Mapped[int] = mapped_column(sa.Integer, default=0)
 
 
-class ArchiveRunTable(Model):
+class ArchiveRunTable(ArchiveModel):
     """Per-table counters of one run: selected, copied, verified and deleted rows.
 
     ``pending_low``/``pending_high`` (on the policy's root table only) bound the root keys
@@ -100,7 +109,6 @@ class ArchiveRunTable(Model):
     run because an application transaction held them or one of their children.
     """
 
-    __bind_key__ = ARCHIVE
     __tablename__ = "archive_run_tables"
     __table_args__ = (
         sa.Index("ix_archive_run_tables_pending", "table_name", "pending_low"),

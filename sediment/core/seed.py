@@ -20,9 +20,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from reporting.db import analyze
-from reporting.models import Customer, Event, Order, OrderItem, Payment, Product
-from reporting.pgcopy import copy_in
+from sediment.core.databases import analyze
+from sediment.core.pgcopy import copy_in
+from sediment.core.schema.primary import Customer, Event, Order, OrderItem, Payment, Product
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import os
 
 import sqlalchemy as sa
 
-from reporting.error_text import first_line
-from reporting.settings import SettingsError
+from sediment.core.error_text import first_line
+from sediment.core.settings import SettingsError
 
 logger = logging.getLogger(__name__)
 

@@ -1,15 +1,17 @@
 """Alembic, configured in code: one migration history per database.
 
-The engines come from the Flask app, never from a URL in ``alembic.ini``: Flask-SQLAlchemy
-decides where a SQLite file lives, and a migration that opened its own URL could upgrade a
-different file than the one the service reads.
+``run_service.py migrate`` hands Alembic the engines the service itself uses, so a
+migration can never upgrade a different SQLite file than the one the service reads. The
+plain ``alembic`` command works too (``alembic -n primary upgrade head``, with
+``alembic.ini`` at the repository root): ``env.py`` then builds the engine from the same
+settings (``settings.toml`` and ``SEDIMENT_*``) the service loads.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from pathlib import Path
+import logging.config
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,86 +19,79 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from reporting.db import ARCHIVE, PRIMARY, db
+from sediment.core.databases import DATABASES, Database, Engines, engine_options, prepare_engine
+from sediment.core.schema import metadata_of
+from sediment.core.settings import PROJECT_ROOT, load_settings
 
 logger = logging.getLogger(__name__)
 
-MIGRATIONS_ROOT = Path(__file__).resolve().parent.parent / "migrations"
-#: Bind key -> folder under ``migrations/``.
-HISTORIES: dict[str | None, str] = {PRIMARY: "primary", ARCHIVE: "archive"}
+MIGRATIONS_ROOT = PROJECT_ROOT / "migrations"
 #: Alembic's table of the applied revision, in each database.
 VERSION_TABLE = "alembic_version"
 #: Serialises ``migrate`` across replicas that start at the same time (PostgreSQL only).
 _MIGRATION_LOCK_KEY = 0x5EDD_0001
 
 
-def bind_label(bind_key: str | None) -> str:
-    """Return the human name of a bind: ``primary`` or ``archive``."""
-    return HISTORIES[bind_key]
-
-
-def alembic_config(bind_key: str | None) -> Config:
-    """Build the Alembic config for one bind. Call inside an app context."""
+def alembic_config(database: Database, engine: sa.Engine) -> Config:
+    """Build the Alembic config that migrates ``database`` through ``engine``."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_ROOT / HISTORIES[bind_key]))
-    config.attributes["engine"] = db.engines[bind_key]
-    config.attributes["metadata"] = db.metadatas[bind_key]
+    config.set_main_option("script_location", str(MIGRATIONS_ROOT / database))
+    config.attributes["engine"] = engine
+    config.attributes["metadata"] = metadata_of(database)
     return config
 
 
-def upgrade_all(revision: str = "head") -> None:
-    """Upgrade both databases to ``revision``. Call inside an app context."""
-    for bind_key in HISTORIES:
-        logger.info("migrating %s database to %s", bind_label(bind_key), revision)
-        command.upgrade(alembic_config(bind_key), revision)
+def upgrade_all(engines: Engines, revision: str = "head") -> None:
+    """Upgrade both databases to ``revision``."""
+    for database, engine in engines.items():
+        logger.info("migrating %s database to %s", database, revision)
+        command.upgrade(alembic_config(database, engine), revision)
 
 
 class SchemaIncomplete(RuntimeError):
     """A database is at the newest revision on paper but lacks tables."""
 
 
-def ensure_complete(*, repair: bool = False) -> dict[str, list[str]]:
+def ensure_complete(engines: Engines, *, repair: bool = False) -> dict[Database, list[str]]:
     """Check that each database has every table its history says it has.
 
     Alembic trusts its version table: a table dropped by hand stays dropped through any
-    number of upgrades, and every query on it fails later. Call inside an app context,
-    after :func:`upgrade_all`.
+    number of upgrades, and every query on it fails later. Call after :func:`upgrade_all`.
 
     :param repair: create the missing tables, empty, from the schema at head.
     :returns: the tables re-created, per database (empty without ``repair``).
     :raises SchemaIncomplete: naming the database and its missing tables, unless ``repair``.
     """
-    repaired: dict[str, list[str]] = {}
-    for bind_key in HISTORIES:
-        engine, metadata = db.engines[bind_key], db.metadatas[bind_key]
+    repaired: dict[Database, list[str]] = {}
+    for database, engine in engines.items():
+        metadata = metadata_of(database)
         revision, missing = schema_state(engine, metadata)
         if not missing:
             continue
-        label = bind_label(bind_key)
         if not repair:
             raise SchemaIncomplete(
-                f"the {label} database is at revision {revision} but lacks "
+                f"the {database} database is at revision {revision} but lacks "
                 f"tables {', '.join(missing)}: restore them from a backup, or run "
                 "'run_service.py migrate --repair' to re-create them empty")
-        logger.warning("%s database: re-creating missing tables %s, empty", label,
+        logger.warning("%s database: re-creating missing tables %s, empty", database,
                        ", ".join(missing))
         metadata.create_all(engine, tables=[metadata.tables[name] for name in missing])
-        repaired[label] = missing
+        repaired[database] = missing
     return repaired
 
 
-def downgrade_all(revision: str = "base") -> None:
-    """Downgrade both databases to ``revision``. Call inside an app context."""
-    for bind_key in HISTORIES:
-        command.downgrade(alembic_config(bind_key), revision)
+def downgrade_all(engines: Engines, revision: str = "base") -> None:
+    """Downgrade both databases to ``revision``."""
+    for database, engine in engines.items():
+        command.downgrade(alembic_config(database, engine), revision)
 
 
 @functools.cache
-def head_revision(bind_key: str | None) -> str | None:
-    """Return the newest revision of a bind's history (read from the scripts once: they do
-    not change while the process runs, and ``/healthz`` asks for it on every probe)."""
+def head_revision(database: Database) -> str | None:
+    """Return the newest revision of a database's history (read from the scripts once:
+    they do not change while the process runs, and ``/healthz`` asks on every probe)."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_ROOT / HISTORIES[bind_key]))
+    config.set_main_option("script_location", str(MIGRATIONS_ROOT / database))
     return ScriptDirectory.from_config(config).get_current_head()
 
 
@@ -135,14 +130,13 @@ def run_migrations(context: Any) -> None:
     """
     config = context.config
     engine: sa.Engine | None = config.attributes.get("engine")
-    if engine is None:
-        raise RuntimeError(
-            "these migrations take their engine from the app: run 'python run_service.py migrate'"
-        )
+    metadata: sa.MetaData | None = config.attributes.get("metadata")
+    if engine is None or metadata is None:
+        engine, metadata = _engine_from_settings(config)
     with engine.connect() as connection:
         context.configure(
             connection=connection,
-            target_metadata=config.attributes["metadata"],
+            target_metadata=metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
         )
@@ -153,3 +147,20 @@ def run_migrations(context: Any) -> None:
                     sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
                 )
             context.run_migrations()
+
+
+def _engine_from_settings(config: Any) -> tuple[sa.Engine, sa.MetaData]:
+    """The engine of the plain ``alembic`` command: the database its section names (``-n
+    primary`` or ``-n archive``), at the URL the service's settings give it."""
+    database = config.config_ini_section
+    if database not in DATABASES:
+        raise RuntimeError(f"alembic section {database!r} names no database: run "
+                           "'alembic -n primary ...' or 'alembic -n archive ...'")
+    if config.config_file_name:
+        logging.config.fileConfig(config.config_file_name, disable_existing_loggers=False)
+    settings = load_settings()
+    url = getattr(settings.database, f"{database}_url")
+    engine = sa.create_engine(url, **engine_options(
+        url, pool_size=1, busy_timeout_ms=settings.database.lock_timeout_ms))
+    prepare_engine(engine)
+    return engine, metadata_of(database)

@@ -1,0 +1,52 @@
+"""Everything the app builds once and its requests share, as one typed object.
+
+The app factory stores an :class:`AppState` under one extension key; views and probes read
+it through :func:`state_of` / :func:`current_state` and never look up loose string keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flask import Flask, current_app
+
+from sediment.core.databases import Engines
+from sediment.core.settings import Settings
+
+if TYPE_CHECKING:
+    from reporting.csv_export import ExportLimiter
+    from reporting.health import RecentHealth
+    from reporting.report_databases import ReportDatabases
+
+_EXTENSION = "sediment"
+
+
+@dataclass(frozen=True)
+class AppState:
+    """What one Sediment app was built with."""
+
+    settings: Settings
+    #: The read-write engines Flask-SQLAlchemy configured (migrations, seeding, archiving).
+    engines: Engines
+    #: The read-only engines and tables the reports run on, with their caches.
+    report_databases: ReportDatabases
+    #: Bounds concurrent CSV downloads.
+    exports: ExportLimiter
+    #: The last health check, shared by the probes of the next second.
+    health: RecentHealth
+
+    def install(self, app: Flask) -> None:
+        """Attach this state to ``app``."""
+        app.extensions[_EXTENSION] = self
+
+
+def state_of(app: Flask) -> AppState:
+    """The state an app was created with."""
+    state: AppState = app.extensions[_EXTENSION]
+    return state
+
+
+def current_state() -> AppState:
+    """The state of the app handling the current request."""
+    return state_of(current_app)

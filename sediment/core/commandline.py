@@ -1,0 +1,83 @@
+"""What every Sediment command shares: exit codes, argument types and stop signals.
+
+Exit codes: 0 success (an archival run that ended cleanly or at a limit), 1 failure,
+2 bad usage or bad settings, 3 another runner holds the archival lock (``lock_busy``), or
+took it while this run had lost it (``lock_lost``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from sediment.core.instants import parse_instant
+from sediment.core.settings import parse_duration
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_LOCK_BUSY = 0, 1, 2, 3
+
+#: The signals that ask a Sediment process to stop: ``kill``/systemd, and Ctrl-C.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number, zero or more (``1_000_000`` allowed)."""
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number, one or more."""
+    value = count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port."""
+    value = count(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return value
+
+
+def instant(text: str) -> datetime:
+    """An argparse type: an ISO-8601 date or instant (no zone means UTC)."""
+    try:
+        return parse_instant(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO-8601 date or instant, e.g. 2026-01-31T00:00:00Z"
+        ) from None
+
+
+def duration(text: str) -> timedelta:
+    """An argparse type: a duration such as ``90s``, ``10m`` or ``2h``."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+@contextmanager
+def on_stop_signals(handler: Callable[[signal.Signals], None]) -> Iterator[None]:
+    """Call ``handler`` on SIGTERM or SIGINT while the block runs; restore the previous
+    handlers after it."""
+    def receive(signum: int, _frame: Any) -> None:
+        handler(signal.Signals(signum))
+
+    previous = {sig: signal.signal(sig, receive) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,56 @@
+"""Wiring: one Flask app and one archiver over the same engines, from one set of settings.
+
+With :mod:`sediment.cli`, the only code that imports both :mod:`reporting` and
+:mod:`archive`. Flask-SQLAlchemy (inside :func:`reporting.app.create_app`) stays the one
+place read-write engines are configured; the archiver is handed them from the app's state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Flask
+
+from archive.archiver import Archiver
+from archive.policy import ArchivePolicy, resolve_policies
+from reporting.app import create_checked_app
+from reporting.state import state_of
+from sediment.core.databases import PRIMARY, Engines
+from sediment.core.schema import metadata_of
+from sediment.core.schema.archive import archived_tables
+from sediment.core.settings import Settings
+
+
+@dataclass(frozen=True)
+class Service:
+    """The web app and the archiver of one process, sharing its engines."""
+
+    app: Flask
+    archiver: Archiver
+
+    @property
+    def engines(self) -> Engines:
+        return self.archiver.engines
+
+
+def resolve_policies_of(settings: Settings) -> tuple[ArchivePolicy, ...]:
+    """The settings' archival policies resolved against the schema (no connection).
+
+    :raises sediment.core.settings.SettingsError: naming a policy's unknown table, column
+        or value.
+    """
+    return resolve_policies(settings.policies, metadata_of(PRIMARY).tables, archived_tables)
+
+
+def build_service(settings: Settings) -> Service:
+    """Create the app, check both databases (reachable, and really two), and build the
+    archiver over the app's engines."""
+    app = create_checked_app(settings)
+    archiver = Archiver(settings=settings, engines=state_of(app).engines,
+                        policies=resolve_policies_of(settings))
+    return Service(app=app, archiver=archiver)
+
+
+def build_archiver(settings: Settings) -> Archiver:
+    """The archiver of ``settings``, for the archive commands."""
+    return build_service(settings).archiver

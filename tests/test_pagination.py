@@ -1,0 +1,54 @@
+"""Signed keyset cursors on their own: bound to their query, typed on the way back in."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from reporting.pagination import PageCursor, cursor_after, decode_cursor, encode_cursor
+from reporting.report_error import ReportError
+from reporting.reports import REPORTS
+from reporting.request import ReportRequest, parse_request
+
+SECRET = "test-secret"
+TYPES = ["datetime", "integer"]  # events: sort column, then key
+WHEN = datetime(2025, 5, 1, 12, 30, tzinfo=UTC)
+
+
+def events(**query: str) -> ReportRequest:
+    return parse_request(REPORTS["events"], {k: [v] for k, v in query.items()},
+                         default_limit=50, max_limit=1000)
+
+
+def test_cursor_after_a_row_holds_its_sort_value_then_its_key() -> None:
+    row = {"id": 41, "occurred_at": WHEN, "kind": "login"}
+    assert cursor_after(row, events()) == PageCursor((WHEN, 41))
+    assert cursor_after(row, events(sort="id")) == PageCursor((41, 41))
+
+
+def test_a_cursor_round_trips_with_its_types() -> None:
+    request = events(kind="login")
+    token = encode_cursor(request, PageCursor((WHEN, 41)), SECRET)
+    assert decode_cursor(request, token, SECRET, TYPES) == PageCursor((WHEN, 41))
+
+
+@pytest.mark.parametrize("other", [{"kind": "view"}, {"source": "primary"}, {"sort": "id"}])
+def test_a_cursor_is_refused_by_another_query(other: dict[str, str]) -> None:
+    token = encode_cursor(events(kind="login"), PageCursor((WHEN, 41)), SECRET)
+    with pytest.raises(ReportError, match="another report"):
+        decode_cursor(events(**{"kind": "login", **other}), token, SECRET, TYPES)
+
+
+def test_a_cursor_signed_with_another_key_is_refused() -> None:
+    token = encode_cursor(events(), PageCursor((WHEN, 41)), "someone-else")
+    with pytest.raises(ReportError, match="not one this service issued"):
+        decode_cursor(events(), token, SECRET, TYPES)
+
+
+@pytest.mark.parametrize("values", [(WHEN, "41"), (WHEN, True), ("yesterday", 41), (WHEN,)])
+def test_a_signed_cursor_with_wrong_values_is_malformed(values: tuple[object, ...]) -> None:
+    token = encode_cursor(events(), PageCursor(values), SECRET)
+    with pytest.raises(ReportError, match="malformed") as caught:
+        decode_cursor(events(), token, SECRET, TYPES)
+    assert caught.value.param == "cursor"

@@ -1,0 +1,70 @@
+"""Archival policies resolved against the schema, with no database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from archive.policy import cutoff_for, resolve_policy, single_key
+from sediment.core.databases import PRIMARY
+from sediment.core.schema import metadata_of
+from sediment.core.schema.archive import archived_tables
+from sediment.core.settings import PolicySettings, SettingsError
+
+TABLES = metadata_of(PRIMARY).tables
+
+
+def orders_policy(**changes: object) -> PolicySettings:
+    fields: dict[str, object] = {
+        "name": "orders", "table": "orders", "age_column": "closed_at",
+        "older_than": timedelta(days=365), "match": {"status": ("closed",)},
+        "children": ("order_items", "payments")}
+    fields.update(changes)
+    return PolicySettings(**fields)  # type: ignore[arg-type]
+
+
+def test_a_policy_resolves_to_tables_twins_and_child_links() -> None:
+    policy = resolve_policy(orders_policy(), TABLES, archived_tables)
+    assert policy.root is TABLES["orders"] and policy.archive_root is archived_tables["orders"]
+    assert [t.name for t in policy.tables] == ["orders", "order_items", "payments"]
+    assert [c.parent_column.name for c in policy.children] == ["order_id", "order_id"]
+    assert policy.key.name == "id"
+
+
+def test_aged_selects_by_age_and_match() -> None:
+    policy = resolve_policy(orders_policy(), TABLES, archived_tables)
+    cutoff = datetime(2025, 1, 1, tzinfo=UTC)
+    sql = str(policy.aged(cutoff).compile(compile_kwargs={"literal_binds": True}))
+    assert "orders.closed_at <" in sql and "orders.status IN ('closed')" in sql
+
+
+def test_cutoff_refuses_a_naive_now() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert cutoff_for(now, timedelta(days=1)) == datetime(2025, 12, 31, tzinfo=UTC)
+    with pytest.raises(ValueError, match="no timezone"):
+        cutoff_for(datetime(2026, 1, 1), timedelta(days=1))
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [({"table": "customers"}, "policy.orders.table"),
+     ({"age_column": "placed"}, "policy.orders.age_column"),
+     ({"age_column": "status"}, "policy.orders.age_column"),
+     ({"match": {"status": ("closd",)}}, "policy.orders.match.status"),
+     ({"children": ("events",)}, "policy.orders.children")],
+)
+def test_a_policy_the_schema_cannot_satisfy_names_its_key(
+    changes: dict[str, object], key: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        resolve_policy(orders_policy(**changes), TABLES, archived_tables)
+    assert caught.value.key == key
+
+
+def test_single_key_refuses_a_composite_key() -> None:
+    table = sa.Table("pairs", sa.MetaData(), sa.Column("a", sa.Integer, primary_key=True),
+                     sa.Column("b", sa.Integer, primary_key=True))
+    with pytest.raises(ValueError):
+        single_key(table)
