@@ -8,6 +8,7 @@ always agrees with the status the ledger records.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -15,14 +16,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from apscheduler.schedulers.blocking import BlockingScheduler
 from tqdm import tqdm
 
 from archive.archiver import Archiver
 from archive.ledger import run_tables, runs
 from archive.mover import BatchResult
 from archive.runner import RunLimits, RunReport, plan_run
-from archive.scheduler import build_scheduler
+from archive.scheduler import start_in_background
 from archive.verify import verify_archive
 from sediment.core.commandline import (
     EXIT_ERROR,
@@ -93,7 +93,7 @@ def cmd_run(args: argparse.Namespace, archiver: Archiver) -> int:
         return _dry_run(archiver, names, now)
     stop = threading.Event()
 
-    def request_stop(received: Any) -> None:
+    def request_stop(received: signal.Signals) -> None:
         print(f"\n{received.name}: stopping after the current batch", file=sys.stderr,
               flush=True)
         stop.set()
@@ -186,17 +186,17 @@ def cmd_verify(args: argparse.Namespace, archiver: Archiver) -> int:
 
 
 def cmd_scheduler(args: argparse.Namespace, archiver: Archiver) -> int:
-    stop = threading.Event()
-    settings = archiver.settings.scheduler
-    scheduler = build_scheduler(
-        archiver.policies, settings, lambda name, now: archiver.run(name, now, stop=stop),
-        BlockingScheduler(timezone=settings.timezone))
+    """Run the schedule until SIGTERM/SIGINT, then let running batches finish.
 
-    def request_stop(_received: Any) -> None:
-        stop.set()
-        scheduler.shutdown(wait=False)
-
-    print("archival scheduler running; SIGTERM or Ctrl-C stops it", flush=True)
-    with on_stop_signals(request_stop):
-        scheduler.start()
+    The signal only sets a flag: a signal that arrives while APScheduler is still starting
+    must not ask a scheduler that is not running yet to shut down.
+    """
+    requested = threading.Event()
+    with on_stop_signals(lambda _received: requested.set()):
+        background = start_in_background(archiver)
+        print("archival scheduler running; SIGTERM or Ctrl-C stops it", flush=True)
+        while not requested.wait(1.0):
+            pass
+        print("stopping: running batches finish first", file=sys.stderr, flush=True)
+        background.shutdown()
     return EXIT_OK

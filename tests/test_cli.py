@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -184,3 +185,24 @@ def test_the_installed_console_command_is_the_same_command_line() -> None:
                             text=True, timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: sediment archive run")
+
+
+def test_scheduler_command_runs_until_sigterm(databases: DatabaseFactory) -> None:
+    env = env_for(*databases.pair("scheduler"))
+    assert run_cli("migrate", env=env).returncode == 0
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "run_service.py"), "scheduler"], cwd=REPO,
+        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if "archival scheduler running" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        output = "".join(lines) + process.communicate(timeout=30)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert "policy events scheduled" in output and "Scheduler has been shut down" in output
