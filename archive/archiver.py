@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from archive.policy import ArchivePolicy
-from archive.runner import ProgressCallback, RunLimits, RunReport, run_policy
+from archive.runner import ProgressCallback, RunLimits, RunOutcome, run_policy
 from sediment.core.databases import Engines
 from sediment.core.settings import Settings
 
@@ -48,7 +48,7 @@ class Archiver:
         limits: RunLimits | None = None,
         stop: threading.Event | None = None,
         progress: ProgressCallback | None = None,
-    ) -> RunReport:
+    ) -> RunOutcome:
         """Run the policy called ``name`` as of ``now``."""
         return run_policy(
             self.engines.primary, self.engines.archive, self.policy(name), now=now,

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from archive.archiver import Archiver
 from archive.ledger import run_tables, runs
 from archive.mover import BatchResult
-from archive.runner import RunLimits, RunReport, plan_run
+from archive.runner import RunLimits, RunOutcome, plan_run
 from archive.scheduler import start_in_background
 from archive.verify import verify_archive
 from sediment.core.commandline import (
@@ -98,16 +98,16 @@ def cmd_run(args: argparse.Namespace, archiver: Archiver) -> int:
               flush=True)
         stop.set()
 
-    reports: list[RunReport] = []
+    outcomes: list[RunOutcome] = []
     with on_stop_signals(request_stop):
         for name in names:
             if stop.is_set():
                 break
-            reports.append(_run_with_progress(archiver, name, now, args, stop))
-    _print_summary(reports)
-    if any(r.status == "error" for r in reports):
+            outcomes.append(_run_with_progress(archiver, name, now, args, stop))
+    _print_summary(outcomes)
+    if any(r.status == "error" for r in outcomes):
         return EXIT_ERROR
-    if any(r.status in ("lock_busy", "lock_lost") for r in reports):
+    if any(r.status in ("lock_busy", "lock_lost") for r in outcomes):
         return EXIT_LOCK_BUSY
     return EXIT_OK
 
@@ -121,7 +121,7 @@ def _dry_run(archiver: Archiver, names: list[str], now: datetime) -> int:
 
 
 def _run_with_progress(archiver: Archiver, name: str, now: datetime,
-                       args: argparse.Namespace, stop: threading.Event) -> RunReport:
+                       args: argparse.Namespace, stop: threading.Event) -> RunOutcome:
     policy = archiver.policy(name)
     planned = plan_run(archiver.engines.primary, policy, now).counts
     total = sum(planned.values())
@@ -135,10 +135,10 @@ def _run_with_progress(archiver: Archiver, name: str, now: datetime,
                             stop=stop, progress=advance)
 
 
-def _print_summary(reports: list[RunReport]) -> None:
+def _print_summary(outcomes: list[RunOutcome]) -> None:
     print(f"{'policy':<10} {'run':>5} {'status':<15} {'batches':>8} {'rows':>10} {'rows/s':>9}  "
           "moved")
-    for r in reports:
+    for r in outcomes:
         rate = f"{r.rows_per_second:,.0f}" if r.rows_per_second else "-"
         moved = ", ".join(f"{t} {n:,}" for t, n in r.moved.items())
         print(f"{r.policy:<10} {r.run_id or '-':>5} {r.status:<15} {r.batches:>8} {r.rows:>10,} "
@@ -174,15 +174,15 @@ def cmd_status(args: argparse.Namespace, archiver: Archiver) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, archiver: Archiver) -> int:
-    report = verify_archive(archiver.engines.primary, archiver.engines.archive,
+    verification = verify_archive(archiver.engines.primary, archiver.engines.archive,
                             archiver.policies)
-    for line in report.checks:
+    for line in verification.checks:
         print(f"ok    {line}")
-    for line in report.problems:
+    for line in verification.problems:
         print(f"FAIL  {line}")
-    print("archive verified: all checks passed" if report.ok
-          else f"archive verify found {len(report.problems)} problem(s)")
-    return EXIT_OK if report.ok else EXIT_ERROR
+    print("archive verified: all checks passed" if verification.ok
+          else f"archive verify found {len(verification.problems)} problem(s)")
+    return EXIT_OK if verification.ok else EXIT_ERROR
 
 
 def cmd_scheduler(args: argparse.Namespace, archiver: Archiver) -> int:

@@ -5,7 +5,7 @@ runner lock (checked, and taken back if it was lost, before every batch), record
 the ledger, settles earlier runs that died mid-batch, retries a batch whole when a
 connection drops (a batch is idempotent), sleeps only between batches with no transaction
 open, and stops cleanly after the current batch when asked. However it ends, its status and
-cause go to the ledger, and the returned report says the same.
+cause go to the ledger, and the returned outcome says the same.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class RunLimits:
 
 
 @dataclass
-class RunReport:
+class RunOutcome:
     """How a run ended and what it moved."""
 
     policy: str
@@ -118,12 +118,12 @@ def run_policy(
     limits: RunLimits | None = None,
     stop: threading.Event | None = None,
     progress: ProgressCallback | None = None,
-) -> RunReport:
+) -> RunOutcome:
     """Run ``policy`` once and record it in the ledger.
 
     :param now: the instant the cutoff is computed from (``--now`` makes runs reproducible).
     :param stop: set it to stop cleanly after the current batch (SIGTERM, scheduler shutdown).
-    :returns: the report; ``status`` is one of ``done``, ``max_rows``, ``max_runtime``,
+    :returns: the outcome; ``status`` is one of ``done``, ``max_rows``, ``max_runtime``,
         ``stop_requested``, ``lock_busy``, ``lock_lost`` or ``error``, and is what the ledger
         says too (or, when the ledger itself cannot be written, ``error`` saying so).
         Errors are reported, not raised.
@@ -131,7 +131,7 @@ def run_policy(
     stop = stop or threading.Event()
     limits = limits or RunLimits()
     cutoff = policy.cutoff(now)
-    report = RunReport(policy=policy.name, status="running", cutoff=cutoff,
+    outcome = RunOutcome(policy=policy.name, status="running", cutoff=cutoff,
                        moved={table.name: 0 for table in policy.tables})
     tables = [table.name for table in policy.tables]
     lock = RunnerLock(primary, policy.name)
@@ -139,69 +139,69 @@ def run_policy(
         try:
             acquired = lock.acquire()
         except sa.exc.SQLAlchemyError as exc:
-            report.status, report.error = "error", f"PRIMARY unreachable: {first_line(exc)}"
-            logger.error("policy %s: cannot take the runner lock: %s", policy.name, report.error)
-            return report
+            outcome.status, outcome.error = "error", f"PRIMARY unreachable: {first_line(exc)}"
+            logger.error("policy %s: cannot take the runner lock: %s", policy.name, outcome.error)
+            return outcome
         if not acquired:
-            report.status = "lock_busy"
+            outcome.status = "lock_busy"
             logger.warning("policy %s: another runner holds the lock; nothing done", policy.name)
             try:
-                report.run_id = ledger.start_run(archive, policy.name, cutoff, tables,
+                outcome.run_id = ledger.start_run(archive, policy.name, cutoff, tables,
                                                  "lock_busy")
-                ledger.finish_run(archive, report.run_id, "lock_busy", rows_per_second=None,
+                ledger.finish_run(archive, outcome.run_id, "lock_busy", rows_per_second=None,
                                   error="another runner holds this policy's lock")
             except sa.exc.SQLAlchemyError as exc:
                 logger.warning("policy %s: ARCHIVE unreachable, lock_busy not recorded: %s",
                                policy.name, first_line(exc))
-            return report
+            return outcome
         try:
-            report.run_id = _with_retries(settings, stop, lambda: ledger.start_run(
+            outcome.run_id = _with_retries(settings, stop, lambda: ledger.start_run(
                 archive, policy.name, cutoff, tables))
         except sa.exc.SQLAlchemyError as exc:
-            report.status, report.error = "error", f"ARCHIVE unreachable: {first_line(exc)}"
-            logger.error("policy %s: cannot start a run: %s", policy.name, report.error)
-            return report
+            outcome.status, outcome.error = "error", f"ARCHIVE unreachable: {first_line(exc)}"
+            logger.error("policy %s: cannot start a run: %s", policy.name, outcome.error)
+            return outcome
         logger.info("policy %s run %d started: cutoff %s, batch size %d", policy.name,
-                    report.run_id, cutoff.isoformat(), policy.batch_size)
-        _batches(primary, archive, policy, report, lock, database, settings, limits, stop,
+                    outcome.run_id, cutoff.isoformat(), policy.batch_size)
+        _batches(primary, archive, policy, outcome, lock, database, settings, limits, stop,
                  progress)
-        _finish(archive, report, settings)
-        if report.rows:
+        _finish(archive, outcome, settings)
+        if outcome.rows:
             _refresh_statistics(archive, policy)
     finally:
         lock.release()
-    log = logger.error if report.status in ("error", "lock_lost") else logger.info
-    log("policy %s run %d ended %s: %d rows in %d batches, %.1fs%s", policy.name, report.run_id,
-        report.status, report.rows, report.batches, report.seconds,
-        f": {report.error}" if report.error else "")
-    return report
+    log = logger.error if outcome.status in ("error", "lock_lost") else logger.info
+    log("policy %s run %d ended %s: %d rows in %d batches, %.1fs%s", policy.name, outcome.run_id,
+        outcome.status, outcome.rows, outcome.batches, outcome.seconds,
+        f": {outcome.error}" if outcome.error else "")
+    return outcome
 
 
-def _finish(archive: sa.Engine, report: RunReport, settings: ArchiveSettings) -> None:
+def _finish(archive: sa.Engine, outcome: RunOutcome, settings: ArchiveSettings) -> None:
     """Write how the run ended; retried like a batch, since an outage may end a run too.
 
-    When the ledger stays unreachable, the report says ``error`` with both causes: the
+    When the ledger stays unreachable, the outcome says ``error`` with both causes: the
     ledger still says ``running``, and the next run marks it ``interrupted``.
     """
-    assert report.run_id is not None
-    run_id = report.run_id
+    assert outcome.run_id is not None
+    run_id = outcome.run_id
     try:
         _with_retries(settings, threading.Event(), lambda: ledger.finish_run(
-            archive, run_id, report.status, rows_per_second=report.rows_per_second,
-            error=report.error))
+            archive, run_id, outcome.status, rows_per_second=outcome.rows_per_second,
+            error=outcome.error))
     except sa.exc.SQLAlchemyError as exc:
-        cause = f"; before that: {report.error}" if report.error else ""
-        report.status = "error"
-        report.error = (f"the ledger could not record the end of the run "
+        cause = f"; before that: {outcome.error}" if outcome.error else ""
+        outcome.status = "error"
+        outcome.error = (f"the ledger could not record the end of the run "
                         f"({first_line(exc)}){cause}")
 
 
-def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, report: RunReport,
+def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outcome: RunOutcome,
              lock: RunnerLock, database: DatabaseSettings, settings: ArchiveSettings,
              limits: RunLimits, stop: threading.Event,
              progress: ProgressCallback | None) -> None:
-    assert report.run_id is not None
-    run_id = report.run_id
+    assert outcome.run_id is not None
+    run_id = outcome.run_id
     timeouts = Timeouts(database.statement_timeout_ms, database.lock_timeout_ms)
     started = time.monotonic()
     after_key: int | None = None
@@ -210,7 +210,7 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, repo
         if lock.ensure_held():
             _check_still_running(archive, run_id)
         with lock.batch_connection() as source:
-            return move_batch(source, archive, policy, cutoff=report.cutoff,
+            return move_batch(source, archive, policy, cutoff=outcome.cutoff,
                               after_key=after_key, limit=limit, run_id=run_id,
                               timeouts=timeouts)
 
@@ -222,44 +222,44 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, repo
                            policy.name, stale)
         _with_retries(settings, stop, lambda: settle_pending_runs(primary, archive, policy))
         while True:
-            report.seconds = time.monotonic() - started
+            outcome.seconds = time.monotonic() - started
             limit = policy.batch_size
             if stop.is_set():
-                report.status = "stop_requested"
+                outcome.status = "stop_requested"
                 break
             runtime = limits.max_runtime
-            if runtime is not None and report.seconds >= runtime.total_seconds():
-                report.status = "max_runtime"
+            if runtime is not None and outcome.seconds >= runtime.total_seconds():
+                outcome.status = "max_runtime"
                 break
             if limits.max_rows is not None:
-                if report.roots >= limits.max_rows:
-                    report.status = "max_rows"
+                if outcome.roots >= limits.max_rows:
+                    outcome.status = "max_rows"
                     break
-                limit = min(limit, limits.max_rows - report.roots)
+                limit = min(limit, limits.max_rows - outcome.roots)
             result = _with_retries(settings, stop, partial(attempt, limit))
             if result is None:
-                report.status = "done"
+                outcome.status = "done"
                 break
             _with_retries(settings, stop, partial(
                 ledger.record_delete, archive, run_id, result.deleted,
                 {policy.root.name: result.skipped_locked}))
             after_key = result.last_key
-            report.batches += 1
-            report.roots += result.roots
-            report.skipped_locked += result.skipped_locked
+            outcome.batches += 1
+            outcome.roots += result.roots
+            outcome.skipped_locked += result.skipped_locked
             for table, count in result.deleted.items():
-                report.moved[table] += count
+                outcome.moved[table] += count
             if progress is not None:
                 progress(result)
             if settings.throttle and stop.wait(settings.throttle.total_seconds()):
                 continue  # woken by a stop request: the loop head records it
         _with_retries(settings, stop, lambda: settle_pending_runs(primary, archive, policy))
     except LockLost as exc:
-        report.status, report.error = "lock_lost", str(exc)
+        outcome.status, outcome.error = "lock_lost", str(exc)
     except (ArchiveError, sa.exc.SQLAlchemyError) as exc:
-        report.status, report.error = "error", first_line(exc)
+        outcome.status, outcome.error = "error", first_line(exc)
     finally:
-        report.seconds = time.monotonic() - started
+        outcome.seconds = time.monotonic() - started
 
 
 def _refresh_statistics(archive: sa.Engine, policy: ArchivePolicy) -> None:

@@ -27,7 +27,9 @@ STREAM_PARTITION = 10_000
 
 
 @dataclass
-class VerifyReport:
+class Verification:
+    """What ``archive verify`` found: the checks that passed and the problems."""
+
     checks: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -37,30 +39,30 @@ class VerifyReport:
 
 
 def verify_archive(primary: sa.Engine, archive: sa.Engine,
-                   policies: Sequence[ArchivePolicy]) -> VerifyReport:
+                   policies: Sequence[ArchivePolicy]) -> Verification:
     """Run every check for every policy; return what passed and what did not."""
-    report = VerifyReport()
+    found = Verification()
     running = _has_running_runs(archive)
     for policy in policies:
         for table, twin in ((policy.root, policy.archive_root),
                             *((link.table, link.archive_table) for link in policy.children)):
             both = _keys_in_both(primary, table, archive, twin)
             if both and not running:
-                report.problems.append(f"{table.name}: {len(both)} keys in both databases, "
+                found.problems.append(f"{table.name}: {len(both)} keys in both databases, "
                                        f"e.g. {both[:5]}; run 'archive run' to finish moving them")
             else:
-                report.checks.append(f"{table.name}: no key in both databases")
+                found.checks.append(f"{table.name}: no key in both databases")
         for link in policy.children:
             orphans = _orphans(archive, link.archive_table, link.parent_column.name,
                                policy.archive_root)
             if orphans:
-                report.problems.append(f"{link.table.name}: {orphans} archived rows without "
+                found.problems.append(f"{link.table.name}: {orphans} archived rows without "
                                        f"their archived {policy.root.name} row")
             else:
-                report.checks.append(f"{link.table.name}: every archived row has its parent")
-        _check_ledger(archive, policy, report)
-        _check_nothing_left(primary, archive, policy, report)
-    return report
+                found.checks.append(f"{link.table.name}: every archived row has its parent")
+        _check_ledger(archive, policy, found)
+        _check_nothing_left(primary, archive, policy, found)
+    return found
 
 
 def _has_running_runs(archive: sa.Engine) -> bool:
@@ -99,7 +101,7 @@ def _orphans(archive: sa.Engine, child: sa.Table, parent_column: str, parent: sa
         return int(connection.execute(query).scalar_one())
 
 
-def _check_ledger(archive: sa.Engine, policy: ArchivePolicy, report: VerifyReport) -> None:
+def _check_ledger(archive: sa.Engine, policy: ArchivePolicy, found: Verification) -> None:
     twins = {policy.root.name: policy.archive_root,
              **{link.table.name: link.archive_table for link in policy.children}}
     with archive.connect() as connection:
@@ -129,13 +131,13 @@ def _check_ledger(archive: sa.Engine, policy: ArchivePolicy, report: VerifyRepor
                        "deleted: not settled yet; the next 'archive run' of the policy "
                        "settles it")
     if bad:
-        report.problems.extend(f"ledger: {line}" for line in bad)
+        found.problems.extend(f"ledger: {line}" for line in bad)
     else:
-        report.checks.append(f"ledger of policy {policy.name}: counters match archived rows")
+        found.checks.append(f"ledger of policy {policy.name}: counters match archived rows")
 
 
 def _check_nothing_left(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy,
-                        report: VerifyReport) -> None:
+                        found: Verification) -> None:
     """Aged roots left in PRIMARY after the last finished run: fine as long as that run
     counted as many skipped because a writer held them (or a child); the rest were left
     behind."""
@@ -147,7 +149,7 @@ def _check_nothing_left(primary: sa.Engine, archive: sa.Engine, policy: ArchiveP
             .where(runs.c.policy == policy.name, runs.c.status == "done")
             .order_by(runs.c.id.desc()).limit(1)).first()
     if last is None:
-        report.checks.append(f"policy {policy.name}: no finished run yet")
+        found.checks.append(f"policy {policy.name}: no finished run yet")
         return
     run_id, cutoff, skipped = last
     with primary.connect() as connection:
@@ -155,11 +157,11 @@ def _check_nothing_left(primary: sa.Engine, archive: sa.Engine, policy: ArchiveP
                                   .where(policy.aged(cutoff))).scalar_one()
     behind = left - min(left, skipped)
     if behind:
-        report.problems.append(f"policy {policy.name}: {behind} {policy.root.name} rows older "
+        found.problems.append(f"policy {policy.name}: {behind} {policy.root.name} rows older "
                                f"than the last finished run's cutoff {cutoff.isoformat()} "
                                "are still in PRIMARY and were not skipped as locked; run again")
     elif left:
-        report.checks.append(f"policy {policy.name}: {left} aged rows skipped because a writer "
+        found.checks.append(f"policy {policy.name}: {left} aged rows skipped because a writer "
                              f"held them during run {run_id}; the next run takes them")
     else:
-        report.checks.append(f"policy {policy.name}: nothing aged left behind")
+        found.checks.append(f"policy {policy.name}: nothing aged left behind")

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from archive.policy import ArchivePolicy
-from archive.runner import RunLimits, RunReport, run_policy
+from archive.runner import RunLimits, RunOutcome, run_policy
 from archive.verify import verify_archive
 from sediment.core.schema.archive import archived_tables
 from sediment.core.seed import SeedPlan, seed
@@ -45,7 +45,7 @@ def snapshot(engine: sa.Engine, twins: bool = False) -> Snapshot:
 
 
 def run(app: Flask, primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy,
-        now: datetime = NOW, **kwargs: Any) -> RunReport:
+        now: datetime = NOW, **kwargs: Any) -> RunOutcome:
     settings = settings_of(app)
     return run_policy(primary, archive, policy, now=now, database=settings.database,
                       settings=kwargs.pop("archive_settings", settings.archive),

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from archive.locks import runner_lock
-from archive.runner import RunReport
+from archive.runner import RunOutcome
 from tests.archiving import NOW, assert_invariants, run, seed_shop, small_batches, snapshot
 from tests.support import settings_of
 
@@ -24,7 +24,7 @@ def test_two_runners_started_together_exactly_one_moves_rows(
     events = small_batches(app, events=20)[1]
     slow = dataclasses.replace(settings_of(app).archive, throttle=timedelta(milliseconds=20))
     start = threading.Barrier(2)
-    reports: list[RunReport] = []
+    reports: list[RunOutcome] = []
 
     def runner() -> None:
         start.wait()

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from archive.ledger import run_tables
-from archive.runner import RunReport
+from archive.runner import RunOutcome
 from archive.verify import verify_archive
 from reporting.state import state_of
 from sediment.core.databases import PRIMARY
@@ -34,7 +34,7 @@ def _fail_on(engine: sa.Engine, fragment: str) -> Any:
 
 
 def _run_failing_at(app: Flask, primary: sa.Engine, archive: sa.Engine, engine: sa.Engine,
-                    fragment: str) -> RunReport:
+                    fragment: str) -> RunOutcome:
     """One events run whose first batch fails at the first statement containing
     ``fragment`` (no retry), as a process killed there would leave it."""
     events = small_batches(app, events=BATCH)[1]
