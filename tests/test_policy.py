@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -16,13 +18,13 @@ from sediment.core.settings import PolicySettings, SettingsError
 TABLES = metadata_of(PRIMARY).tables
 
 
-def orders_policy(**changes: object) -> PolicySettings:
-    fields: dict[str, object] = {
-        "name": "orders", "table": "orders", "age_column": "closed_at",
-        "older_than": timedelta(days=365), "match": {"status": ("closed",)},
-        "children": ("order_items", "payments")}
-    fields.update(changes)
-    return PolicySettings(**fields)  # type: ignore[arg-type]
+ORDERS = PolicySettings(name="orders", table="orders", age_column="closed_at",
+                        older_than=timedelta(days=365), match={"status": ("closed",)},
+                        children=("order_items", "payments"))
+
+
+def orders_policy(**changes: Any) -> PolicySettings:
+    return dataclasses.replace(ORDERS, **changes)
 
 
 def test_a_policy_resolves_to_tables_twins_and_child_links() -> None:
