@@ -65,16 +65,16 @@ def main() -> int:
 
 def prepare(urls: tuple[str, str], customers: int) -> None:
     app = create_app(load_settings(environ=service_environ(*urls)))
-    with app.app_context():
-        upgrade_all(state_of(app).engines)
-        primary, archive = state_of(app).engines.primary, state_of(app).engines.archive
-        seed(primary, SeedPlan(customers=customers, orders=customers * 10, events=0, seed=5,
-                               until=NOW), archive=archive)
-        orders = next(p for p in resolve_policies_of(state_of(app).settings) if p.name == "orders")
-        settings = state_of(app).settings
-        run_policy(primary, archive, orders, now=NOW, database=settings.database,
-                   settings=settings.archive, limits=RunLimits())
-        state_of(app).engines.dispose()
+    engines = state_of(app).engines
+    upgrade_all(engines)
+    primary, archive = engines.primary, engines.archive
+    seed(primary, SeedPlan(customers=customers, orders=customers * 10, events=0, seed=5,
+                           until=NOW), archive=archive)
+    orders = next(p for p in resolve_policies_of(state_of(app).settings) if p.name == "orders")
+    settings = state_of(app).settings
+    run_policy(primary, archive, orders, now=NOW, database=settings.database,
+               settings=settings.archive, limits=RunLimits())
+    engines.dispose()
 
 
 def walk(app: Flask, walks: int) -> tuple[float, float]:

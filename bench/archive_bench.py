@@ -58,20 +58,20 @@ def main() -> int:
         environ = {"SEDIMENT_DATABASE__PRIMARY_URL": primary_url,
                    "SEDIMENT_DATABASE__ARCHIVE_URL": archive_url}
         app = create_app(load_settings(environ=environ))
-        with app.app_context():
-            upgrade_all(state_of(app).engines)
-            primary, archive = state_of(app).engines.primary, state_of(app).engines.archive
-            print(f"backend: {primary.dialect.name}; aged events: {events:,}; "
-                  f"orders: {events // 10:,} with 3 items and 1 payment each", flush=True)
-            baseline_name = "attach" if args.sqlite else "copy-pipe"
-            baseline = measure(baseline_name, primary, archive, events,
-                               attach_pipe if args.sqlite else copy_pipe)
-            naive = measure("naive ORM", primary, archive, events,
-                            lambda p, a: naive_orm(p, a, naive_seconds))
-            sediment = measure("sediment", primary, archive, events,
-                               lambda p, a: run_sediment(app, p, a))
-            for engine in (primary, archive):
-                engine.dispose()
+        engines = state_of(app).engines
+        upgrade_all(engines)
+        primary, archive = engines.primary, engines.archive
+        print(f"backend: {primary.dialect.name}; aged events: {events:,}; "
+              f"orders: {events // 10:,} with 3 items and 1 payment each", flush=True)
+        baseline_name = "attach" if args.sqlite else "copy-pipe"
+        baseline = measure(baseline_name, primary, archive, events,
+                           attach_pipe if args.sqlite else copy_pipe)
+        naive = measure("naive ORM", primary, archive, events,
+                        lambda p, a: naive_orm(p, a, naive_seconds))
+        sediment = measure("sediment", primary, archive, events,
+                           lambda p, a: run_sediment(app, p, a))
+        for engine in (primary, archive):
+            engine.dispose()
     print(f"sediment / naive ORM = {sediment / naive:.1f}x")
     print(f"archive_vs_copy_pipe={sediment / baseline:.2f}")
     return 0

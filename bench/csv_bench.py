@@ -63,13 +63,12 @@ def main() -> int:
     with databases(args.sqlite) as (primary_url, archive_url):
         environ = service_environ(primary_url, archive_url)
         app = create_app(load_settings(environ=environ))
-        with app.app_context():
-            upgrade_all(state_of(app).engines)
-            primary = state_of(app).engines.primary
-            load_events(primary, rows)
-            boundary = tenth_boundary(primary, rows)
-            sql = export_sql(app, primary)
-            primary.dispose()
+        upgrade_all(state_of(app).engines)
+        primary = state_of(app).engines.primary
+        load_events(primary, rows)
+        boundary = tenth_boundary(primary, rows)
+        sql = export_sql(app, primary)
+        primary.dispose()
         print(f"backend: {'sqlite' if args.sqlite else 'postgresql'}; events report, "
               f"source=primary; {rows:,} rows", flush=True)
         small = download(environ, {"source": "primary", "occurred_at[gte]": boundary})

@@ -131,13 +131,12 @@ def main() -> int:
 def prepare(environ: dict[str, str], events: int) -> None:
     """Migrate, then load the events (aged at ARCHIVE_NOW) and a shop for the aggregates."""
     app = create_app(load_settings(environ=environ))
-    with app.app_context():
-        upgrade_all(state_of(app).engines)
-        primary = state_of(app).engines.primary
-        load_events(primary, events)
-        seed(primary, SeedPlan(customers=5_000, orders=30_000, events=0, seed=7),
-             archive=state_of(app).engines.archive, append=True)
-        state_of(app).engines.dispose()
+    upgrade_all(state_of(app).engines)
+    primary = state_of(app).engines.primary
+    load_events(primary, events)
+    seed(primary, SeedPlan(customers=5_000, orders=30_000, events=0, seed=7),
+         archive=state_of(app).engines.archive, append=True)
+    state_of(app).engines.dispose()
     print(f"loaded {events:,} events and a shop of 5,000 customers, 30,000 orders", flush=True)
 
 

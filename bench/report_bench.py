@@ -65,13 +65,12 @@ def main() -> int:
     with databases(sqlite=False) as (primary_url, archive_url):
         environ = service_environ(primary_url, archive_url, SEDIMENT_SERVICE__SECRET_KEY=SECRET)
         app = create_app(load_settings(environ=environ))
-        with app.app_context():
-            upgrade_all(state_of(app).engines)
-            primary = state_of(app).engines.primary
-            load_events(primary, events)
-            sort_value, key = row_at(primary, depth)
-            offset_ms = offset_latency(primary, depth, repeats)
-            primary.dispose()
+        upgrade_all(state_of(app).engines)
+        primary = state_of(app).engines.primary
+        load_events(primary, events)
+        sort_value, key = row_at(primary, depth)
+        offset_ms = offset_latency(primary, depth, repeats)
+        primary.dispose()
         print(f"events: {events:,} in PRIMARY; page size {LIMIT}; depth {depth:,}", flush=True)
         query = {"limit": str(LIMIT), "source": "primary"}
         report_request = parse_request(REPORTS["events"], {k: [v] for k, v in query.items()},
