@@ -39,6 +39,8 @@ class ArchivePolicy:
     age_column: sa.Column[datetime]
     older_than: timedelta
     match: Mapping[str, tuple[str, ...]]
+    #: The operator's extra condition on the root table (SQL), or ``""``.
+    where: str
     children: tuple[ChildLink, ...]
     batch_size: int
     schedule: str
@@ -58,10 +60,17 @@ class ArchivePolicy:
         return cutoff_for(now, self.older_than)
 
     def aged(self, cutoff: datetime) -> sa.ColumnElement[bool]:
-        """Return the predicate selecting aged root rows (age and match conditions)."""
+        """Return the predicate selecting aged root rows (age, match and where conditions)."""
         conditions = [self.age_column < cutoff]
         conditions += [self.root.c[column].in_(values) for column, values in self.match.items()]
+        if self.where:
+            conditions.append(self.condition)
         return sa.and_(*conditions)
+
+    @property
+    def condition(self) -> sa.ColumnElement[bool]:
+        """The ``where`` setting as SQL, parenthesised so that it cannot leak into the rest."""
+        return sa.literal_column(f"({self.where})", sa.Boolean())
 
 
 def cutoff_for(now: datetime, older_than: timedelta) -> datetime:
@@ -126,6 +135,8 @@ def resolve_policy(
         _child_link(name, root, f"{prefix}.children", primary_tables, archive_tables)
         for name in settings.children
     )
+    _refuse_uncovered_references((root, *(child.table for child in children)),
+                                 f"{prefix}.children", primary_tables)
     return ArchivePolicy(
         name=settings.name,
         root=root,
@@ -133,6 +144,7 @@ def resolve_policy(
         age_column=age_column,
         older_than=settings.older_than,
         match=settings.match,
+        where=settings.where.strip(),
         children=children,
         batch_size=settings.batch_size,
         schedule=settings.schedule,
@@ -195,3 +207,33 @@ def _child_link(
     except ValueError as exc:
         raise SettingsError(key, str(exc)) from exc
     return ChildLink(table=table, archive_table=archive[name], parent_column=links[0])
+
+
+def _refuse_uncovered_references(covered: Sequence[sa.Table], key: str,
+                                 primary: Mapping[str, sa.Table]) -> None:
+    """Refuse a policy whose deletes another table's foreign key would stop, or cascade into.
+
+    A row of a table outside the policy that references a row the policy deletes makes the
+    PRIMARY delete fail on every batch; with ``ON DELETE CASCADE`` (or ``SET NULL``) the
+    delete succeeds and changes rows that were never copied, which is worse.
+    """
+    names = {table.name for table in covered}
+    for table in primary.values():
+        if table.name in names:
+            continue
+        for constraint in table.foreign_key_constraints:
+            referred = constraint.referred_table.name
+            if referred not in names:
+                continue
+            columns = ", ".join(constraint.column_keys)
+            label = f"{table.name}.{constraint.name or f'({columns})'}"
+            action = (constraint.ondelete or "").upper()
+            if action in ("CASCADE", "SET NULL", "SET DEFAULT"):
+                raise SettingsError(key, (
+                    f"{label} references {referred} ON DELETE {action}: deleting archived "
+                    f"{referred} rows would change {table.name} rows that were never copied; "
+                    f"archive {table.name} with them (add it to children)"))
+            raise SettingsError(key, (
+                f"{label} references {referred}, which this policy deletes from, but "
+                f"{table.name} is not archived with it: the PRIMARY delete would fail; add "
+                f"{table.name} to children"))

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from tqdm import tqdm
 
 from archive import cli as archive_cli
+from archive.preflight import check_conditions
 from archive.scheduler import start_in_background
 from reporting.csv_export import check_row_cap, stream_csv
 from reporting.report_error import ReportError
@@ -183,9 +184,11 @@ def service_for(args: argparse.Namespace) -> Service:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    engines = service_for(args).engines
+    service = service_for(args)
+    engines = service.engines
     upgrade_all(engines)
     repaired = ensure_complete(engines, repair=args.repair)
+    check_conditions(engines.primary, service.archiver.policies)
     for label, tables in repaired.items():
         print(f"re-created missing {label} tables, empty: {', '.join(tables)}")
     print("both databases are at the newest schema")
@@ -265,6 +268,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             run_seed(service.engines, SeedPlan(), append=False)
         except CommandError:
             logger.info("databases hold data: demo seeding skipped")
+    check_conditions(service.engines.primary, service.archiver.policies)
     scheduler = None
     if settings.scheduler.enabled and not getattr(args, "no_scheduler", False):
         # In this process only: gunicorn's workers serve HTTP and never schedule.

@@ -13,6 +13,7 @@ from flask import Flask
 
 from archive.archiver import Archiver
 from archive.policy import ArchivePolicy, resolve_policies
+from archive.preflight import check_conditions
 from reporting.app import create_checked_app
 from reporting.state import state_of
 from sediment.core.databases import PRIMARY, Engines
@@ -52,5 +53,8 @@ def build_service(settings: Settings) -> Service:
 
 
 def build_archiver(settings: Settings) -> Archiver:
-    """The archiver of ``settings``, for the archive commands."""
-    return build_service(settings).archiver
+    """The archiver of ``settings``, for the archive commands, its policies' conditions
+    checked against PRIMARY (which they need migrated)."""
+    archiver = build_service(settings).archiver
+    check_conditions(archiver.engines.primary, archiver.policies)
+    return archiver

@@ -49,3 +49,8 @@ def test_plain_alembic_command_migrates_the_configured_database(
     for database, engine in engines.items():
         assert current_revision(engine) == head_revision(database)
     engines.dispose()
+    unnamed = subprocess.run([*alembic, "upgrade", "head"], cwd=REPO, env=environment,
+                             capture_output=True, text=True, timeout=120)
+    assert unnamed.returncode != 0
+    assert unnamed.stderr.strip() == ("FAILED: alembic section 'alembic' names no database: "
+                                      "run 'alembic -n primary ...' or 'alembic -n archive ...'")

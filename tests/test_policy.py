@@ -70,3 +70,33 @@ def test_single_key_refuses_a_composite_key() -> None:
                      sa.Column("b", sa.Integer, primary_key=True))
     with pytest.raises(ValueError):
         single_key(table)
+
+
+def test_a_table_outside_the_policy_referencing_its_rows_stops_startup() -> None:
+    """payments.order_id references orders: leaving payments out would fail every delete."""
+    with pytest.raises(SettingsError) as caught:
+        resolve_policy(orders_policy(children=("order_items",)), TABLES, archived_tables)
+    assert caught.value.key == "policy.orders.children"
+    assert "payments.fk_payments_order_id_orders references orders" in str(caught.value)
+    assert "add payments to children" in str(caught.value)
+
+
+def test_a_cascading_foreign_key_outside_the_policy_stops_startup() -> None:
+    metadata = sa.MetaData()
+    parents = sa.Table("parents", metadata, sa.Column("id", sa.Integer, primary_key=True),
+                       sa.Column("made_at", sa.DateTime(timezone=True)))
+    sa.Table("notes", metadata, sa.Column("id", sa.Integer, primary_key=True),
+             sa.Column("parent_id", sa.ForeignKey("parents.id", ondelete="CASCADE",
+                                                  name="notes_parent_fk")))
+    settings = PolicySettings(name="p", table="parents", age_column="made_at")
+    with pytest.raises(SettingsError) as caught:
+        resolve_policy(settings, metadata.tables, {"parents": parents})
+    assert caught.value.key == "policy.p.children"
+    assert "notes.notes_parent_fk references parents ON DELETE CASCADE" in str(caught.value)
+
+
+def test_the_where_condition_joins_the_aged_predicate() -> None:
+    policy = resolve_policy(orders_policy(where=" customer_id <> 7 "), TABLES, archived_tables)
+    sql = str(policy.aged(datetime(2025, 1, 1, tzinfo=UTC)))
+    assert policy.where == "customer_id <> 7"
+    assert sql.endswith("AND (customer_id <> 7)")

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 
 from sediment.core.databases import DATABASES, Database, Engines, engine_options, prepare_engine
 from sediment.core.schema import metadata_of
@@ -154,7 +155,8 @@ def _engine_from_settings(config: Any) -> tuple[sa.Engine, sa.MetaData]:
     primary`` or ``-n archive``), at the URL the service's settings give it."""
     database = config.config_ini_section
     if database not in DATABASES:
-        raise RuntimeError(f"alembic section {database!r} names no database: run "
+        # Alembic's CLI prints a CommandError as one line ("FAILED: ..."), no traceback.
+        raise CommandError(f"alembic section {database!r} names no database: run "
                            "'alembic -n primary ...' or 'alembic -n archive ...'")
     if config.config_file_name:
         logging.config.fileConfig(config.config_file_name, disable_existing_loggers=False)

@@ -97,6 +97,8 @@ class PolicySettings:
     older_than: timedelta = timedelta(days=365)
     match: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     children: tuple[str, ...] = ()
+    #: An extra SQL condition on the root table (operator-written, checked against PRIMARY).
+    where: str = ""
     batch_size: int = 5_000
     schedule: str = "*/30 * * * *"
     enabled: bool = True
