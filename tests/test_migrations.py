@@ -52,5 +52,6 @@ def test_plain_alembic_command_migrates_the_configured_database(
     unnamed = subprocess.run([*alembic, "upgrade", "head"], cwd=REPO, env=environment,
                              capture_output=True, text=True, timeout=120)
     assert unnamed.returncode != 0
-    assert unnamed.stderr.strip() == ("FAILED: alembic section 'alembic' names no database: "
-                                      "run 'alembic -n primary ...' or 'alembic -n archive ...'")
+    said = (unnamed.stdout + unnamed.stderr).strip()  # Alembic prints FAILED to stdout
+    assert said == ("FAILED: alembic section 'alembic' names no database: "
+                    "run 'alembic -n primary ...' or 'alembic -n archive ...'")
