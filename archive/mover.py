@@ -91,7 +91,8 @@ class _TableRows:
     twin: sa.Table
     rows: list[Any]
     keys: list[int]
-    #: For a child table on PostgreSQL: each child key's root key, read without locks.
+    #: For a child table, once a writer held some row: each row's root key (through its
+    #: parent's), read without locks.
     parents: dict[int, int] | None = None
 
     def without(self, roots: set[int]) -> _TableRows:
@@ -131,13 +132,18 @@ def move_batch(
             return None
         root_keys = [transfer.key_of(row) for row in roots]
         batch = [_TableRows(policy.root, policy.archive_root, roots, root_keys)]
+        parts = {policy.root.name: batch[0]}
         held = False
-        for link in policy.children:
-            rows = transfer.select_children(source, link, root_keys)
-            batch.append(_TableRows(link.table, link.archive_table, rows,
-                                    [transfer.key_of(row) for row in rows]))
-            held = held or some_children_held(source, link, root_keys, len(rows))
-        blocked = _roots_of_held_children(source, policy, batch, root_keys) if held else set()
+        for link in policy.children:  # parents first, so each level selects by the one above
+            parent_keys = parts[link.parent.name].keys
+            rows = transfer.select_children(source, link, parent_keys) if parent_keys else []
+            part = _TableRows(link.table, link.archive_table, rows,
+                              [transfer.key_of(row) for row in rows])
+            batch.append(part)
+            parts[link.table.name] = part
+            held = held or (bool(parent_keys)
+                            and some_children_held(source, link, parent_keys, len(rows)))
+        blocked = _roots_of_held_children(source, policy, parts) if held else set()
         if blocked:
             # A writer holds a child of these roots: moving the root without that child
             # would fail the delete (or orphan it), and waiting would stall the batch.
@@ -162,12 +168,18 @@ def move_batch(
 
 
 def _roots_of_held_children(source: sa.Connection, policy: ArchivePolicy,
-                            batch: list[_TableRows], root_keys: list[int]) -> set[int]:
-    """Roots with a child the locking select skipped; every child part learns its rows'
-    roots on the way, so that it can drop theirs."""
+                            parts: dict[str, _TableRows]) -> set[int]:
+    """Roots with a descendant the locking selects skipped; every child part learns its
+    rows' roots on the way (through its parent's), so that it can drop theirs."""
+    root_part = parts[policy.root.name]
+    root_of: dict[str, dict[int, int]] = {policy.root.name: {k: k for k in root_part.keys}}
     blocked: set[int] = set()
-    for part, link in zip(batch[1:], policy.children, strict=True):
-        part.parents = child_parents(source, link, root_keys)
+    for link in policy.children:
+        part, parent_roots = parts[link.table.name], root_of[link.parent.name]
+        parent_keys = parts[link.parent.name].keys
+        immediate = child_parents(source, link, parent_keys) if parent_keys else {}
+        part.parents = {key: parent_roots[parent] for key, parent in immediate.items()}
+        root_of[link.table.name] = part.parents
         locked = set(part.keys)
         blocked.update(root for key, root in part.parents.items() if key not in locked)
     return blocked

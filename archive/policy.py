@@ -18,11 +18,17 @@ from sediment.core.settings import PolicySettings, SettingsError
 
 @dataclass(frozen=True)
 class ChildLink:
-    """A table whose rows travel with their parent root row."""
+    """A table whose rows travel with their parent row: the root's, or another child's.
+
+    ``parent`` is the table ``parent_column`` references (the root, or a child listed
+    before this one: a policy's children are kept parents first, to any depth).
+    """
 
     table: sa.Table
     archive_table: sa.Table
     parent_column: sa.Column[int]
+    parent: sa.Table
+    archive_parent: sa.Table
 
     @property
     def key(self) -> sa.Column[int]:
@@ -131,10 +137,9 @@ def resolve_policy(
                 f"{prefix}.match.{column}",
                 f"{root.name}.{column} can never hold {', '.join(map(repr, impossible))}; "
                 f"its values are {', '.join(choices or ())}")
-    children = tuple(
-        _child_link(name, root, f"{prefix}.children", primary_tables, archive_tables)
-        for name in settings.children
-    )
+    names = (_descendants(root, primary_tables) if settings.children == "auto"
+             else settings.children)
+    children = _child_links(names, root, f"{prefix}.children", primary_tables, archive_tables)
     _refuse_uncovered_references((root, *(child.table for child in children)),
                                  f"{prefix}.children", primary_tables)
     return ArchivePolicy(
@@ -189,24 +194,63 @@ def _archivable(
     return primary[name]
 
 
-def _child_link(
-    name: str,
+def _descendants(root: sa.Table, primary: Mapping[str, sa.Table]) -> tuple[str, ...]:
+    """``children = "auto"``: every table whose foreign key points at the root, then at
+    those tables, and so on (breadth first, each table once)."""
+    found: list[str] = []
+    level = {root.name}
+    while level:
+        level = {table.name for table in primary.values()
+                 if table.name != root.name and table.name not in found
+                 and any(fk.column.table.name in level for fk in table.foreign_keys)}
+        found.extend(sorted(level))
+    return tuple(found)
+
+
+def _child_links(
+    names: Sequence[str],
     root: sa.Table,
     key: str,
     primary: Mapping[str, sa.Table],
     archive: Mapping[str, sa.Table],
-) -> ChildLink:
-    table = _archivable(name, key, primary, archive)
-    links = [fk.parent for fk in table.foreign_keys if fk.column.table is root]
+) -> tuple[ChildLink, ...]:
+    """Resolve the children, parents first: each needs exactly one foreign key to the root
+    or to another child of the policy (a grandchild may be listed before its parent)."""
+    tables = [_archivable(name, key, primary, archive) for name in names]
+    covered = {root.name: root}
+    links: list[ChildLink] = []
+    waiting = list(tables)
+    while waiting:
+        ready = [table for table in waiting
+                 if any(fk.column.table.name in covered for fk in table.foreign_keys)]
+        if not ready:
+            raise SettingsError(key, (
+                f"table {waiting[0].name!r} has no foreign key to {root.name!r} or to another "
+                "of the policy's children"))
+        for table in ready:
+            links.append(_child_link(table, covered, key, archive))
+            covered[table.name] = table
+            waiting.remove(table)
+    return tuple(links)
+
+
+def _child_link(table: sa.Table, covered: Mapping[str, sa.Table], key: str,
+                archive: Mapping[str, sa.Table]) -> ChildLink:
+    links = [fk for fk in table.foreign_keys if fk.column.table.name in covered]
     if len(links) != 1:
-        raise SettingsError(
-            key, f"table {name!r} needs exactly one foreign key to {root.name!r}, has {len(links)}"
-        )
+        referred = ", ".join(sorted({fk.column.table.name for fk in links}))
+        raise SettingsError(key, (
+            f"table {table.name!r} needs exactly one foreign key to the policy's tables, has "
+            f"{len(links)} (to {referred})"))
     try:
         single_key(table)
     except ValueError as exc:
         raise SettingsError(key, str(exc)) from exc
-    return ChildLink(table=table, archive_table=archive[name], parent_column=links[0])
+    parent = links[0].column.table
+    assert isinstance(parent, sa.Table)
+    return ChildLink(table=table, archive_table=archive[table.name],
+                     parent_column=links[0].parent, parent=parent,
+                     archive_parent=archive[parent.name])
 
 
 def _refuse_uncovered_references(covered: Sequence[sa.Table], key: str,

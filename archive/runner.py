@@ -93,9 +93,11 @@ def plan_run(primary: sa.Engine, policy: ArchivePolicy, now: datetime) -> DryRun
             connection.exec_driver_sql("PRAGMA query_only = ON")
         try:
             counts = {policy.root.name: _count(connection, aged)}
-            for link in policy.children:
-                children = sa.select(link.key).where(link.parent_column.in_(aged))
-                counts[link.table.name] = _count(connection, children)
+            keys = {policy.root.name: aged}
+            for link in policy.children:  # parents first: each level selects by the one above
+                keys[link.table.name] = sa.select(link.key).where(
+                    link.parent_column.in_(keys[link.parent.name]))
+                counts[link.table.name] = _count(connection, keys[link.table.name])
         finally:
             if connection.dialect.name == "sqlite":
                 connection.exec_driver_sql("PRAGMA query_only = OFF")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -35,8 +36,8 @@ def settle_pending_runs(primary: sa.Engine, archive: sa.Engine, policy: ArchiveP
         pending = ledger.pending_ranges(connection, policy.root.name, policy.name)
     settled: dict[int, dict[str, int]] = {}
     for batch in pending:
-        present = {table.name: _still_in_primary(primary, archive, table, twin, column, batch)
-                   for table, twin, column in _stamped_by_root(policy)}
+        present = {table.name: _still_in_primary(primary, archive, table, twin, stamped)
+                   for table, twin, stamped in _stamped_in_range(policy, batch)}
         ledger.settle(archive, batch.run_id, present)
         settled[batch.run_id] = present
         if any(present.values()):
@@ -48,18 +49,28 @@ def settle_pending_runs(primary: sa.Engine, archive: sa.Engine, policy: ArchiveP
     return settled
 
 
-def _stamped_by_root(policy: ArchivePolicy) -> list[tuple[sa.Table, sa.Table, str]]:
-    """Each table of the policy, its twin, and the twin column holding the root key."""
-    return [(policy.root, policy.archive_root, policy.key.name),
-            *((link.table, link.archive_table, link.parent_column.name)
-              for link in policy.children)]
+def _stamped_in_range(policy: ArchivePolicy, batch: ledger.PendingRange
+                      ) -> list[tuple[sa.Table, sa.Table, sa.Select[Any]]]:
+    """Each table of the policy, its twin, and the keys of its twin rows that ``batch``'s run
+    stamped under roots in the pending range (a child through its archived parent)."""
+    root_twin = policy.archive_root
+    root_key = single_key(root_twin)
+    stamped = {policy.root.name: sa.select(root_key).where(
+        root_twin.c[ARCHIVE_RUN_ID] == batch.run_id, root_key.between(batch.low, batch.high))}
+    tables = [(policy.root, root_twin, stamped[policy.root.name])]
+    for link in policy.children:  # parents first
+        twin = link.archive_table
+        under = (twin.c[link.parent_column.name].between(batch.low, batch.high)
+                 if link.parent is policy.root
+                 else twin.c[link.parent_column.name].in_(stamped[link.parent.name]))
+        stamped[link.table.name] = sa.select(single_key(twin)).where(
+            twin.c[ARCHIVE_RUN_ID] == batch.run_id, under)
+        tables.append((link.table, twin, stamped[link.table.name]))
+    return tables
 
 
 def _still_in_primary(primary: sa.Engine, archive: sa.Engine, table: sa.Table,
-                      twin: sa.Table, root_column: str, batch: ledger.PendingRange) -> int:
-    stamped = sa.select(single_key(twin)).where(
-        twin.c[ARCHIVE_RUN_ID] == batch.run_id,
-        twin.c[root_column].between(batch.low, batch.high))
+                      twin: sa.Table, stamped: sa.Select[Any]) -> int:
     with archive.connect() as connection:
         keys: Sequence[int] = list(connection.execute(stamped).scalars())
     return count_present(primary, table, keys)

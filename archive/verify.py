@@ -54,10 +54,10 @@ def verify_archive(primary: sa.Engine, archive: sa.Engine,
                 found.checks.append(f"{table.name}: no key in both databases")
         for link in policy.children:
             orphans = _orphans(archive, link.archive_table, link.parent_column.name,
-                               policy.archive_root)
+                               link.archive_parent)
             if orphans:
                 found.problems.append(f"{link.table.name}: {orphans} archived rows without "
-                                       f"their archived {policy.root.name} row")
+                                       f"their archived {link.parent.name} row")
             else:
                 found.checks.append(f"{link.table.name}: every archived row has its parent")
         _check_ledger(archive, policy, found)

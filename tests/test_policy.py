@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from archive.policy import cutoff_for, resolve_policy, single_key
 from sediment.core.databases import PRIMARY
 from sediment.core.schema import metadata_of
 from sediment.core.schema.archive import archived_tables
-from sediment.core.settings import PolicySettings, SettingsError
+from sediment.core.settings import PolicySettings, SettingsError, load_settings
 
 TABLES = metadata_of(PRIMARY).tables
 
@@ -100,3 +101,32 @@ def test_the_where_condition_joins_the_aged_predicate() -> None:
     sql = str(policy.aged(datetime(2025, 1, 1, tzinfo=UTC)))
     assert policy.where == "customer_id <> 7"
     assert sql.endswith("AND (customer_id <> 7)")
+
+
+def test_auto_children_follow_foreign_keys_to_any_depth() -> None:
+    """``children = "auto"`` finds the demo's order_items and payments, and, on a schema
+    with a grandchild, that too, ordered parents first."""
+    auto = resolve_policy(orders_policy(children="auto"), TABLES, archived_tables)
+    assert [link.table.name for link in auto.children] == ["order_items", "payments"]
+    metadata = sa.MetaData()
+    parents = sa.Table("parents", metadata, sa.Column("id", sa.Integer, primary_key=True),
+                       sa.Column("made_at", sa.DateTime(timezone=True)))
+    kids = sa.Table("kids", metadata, sa.Column("id", sa.Integer, primary_key=True),
+                    sa.Column("parent_id", sa.ForeignKey("parents.id")))
+    toys = sa.Table("toys", metadata, sa.Column("id", sa.Integer, primary_key=True),
+                    sa.Column("kid_id", sa.ForeignKey("kids.id")))
+    sa.Table("unrelated", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    twins = {"parents": parents, "kids": kids, "toys": toys}
+    settings = PolicySettings(name="p", table="parents", age_column="made_at", children="auto")
+    policy = resolve_policy(settings, metadata.tables, twins)
+    assert [(link.table.name, link.parent.name) for link in policy.children] == [
+        ("kids", "parents"), ("toys", "kids")]
+
+
+def test_children_must_be_a_list_or_auto(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text("[policy.p]\ntable = 'orders'\nage_column = 'closed_at'\nchildren = 'all'\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path, environ={})
+    assert caught.value.key == "policy.p.children"
+    assert "a list of strings or 'auto'" in str(caught.value)

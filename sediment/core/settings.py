@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from apscheduler.triggers.cron import CronTrigger
@@ -96,7 +96,8 @@ class PolicySettings:
     age_column: str = ""
     older_than: timedelta = timedelta(days=365)
     match: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    children: tuple[str, ...] = ()
+    #: Tables archived with the root, or ``"auto"``: every table whose foreign key leads to it.
+    children: tuple[str, ...] | Literal["auto"] = ()
     #: An extra SQL condition on the root table (operator-written, checked against PRIMARY).
     where: str = ""
     batch_size: int = 5_000
@@ -312,6 +313,17 @@ def _coerce(value: Any, hint: Any, key: str, from_env: bool) -> Any:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise SettingsError(key, f"{value!r} is not a list of strings")
+    if origin is Literal:
+        if value in typing.get_args(hint):
+            return value
+        raise SettingsError(key, f"{value!r} is not {_describe(hint)}")
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(hint):
+            try:
+                return _coerce(value, arm, key, False)
+            except SettingsError:
+                continue
+        raise SettingsError(key, f"{value!r} is not {_describe(hint)}")
     if origin in (Mapping, dict) or hint is Mapping:
         if not isinstance(value, dict):
             raise SettingsError(key, f"{value!r} is not a table")
@@ -319,6 +331,18 @@ def _coerce(value: Any, hint: Any, key: str, from_env: bool) -> Any:
             {k: _coerce(v, tuple[str, ...], f"{key}.{k}", False) for k, v in value.items()}
         )
     raise SettingsError(key, f"unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def _describe(hint: Any) -> str:
+    """How a settings type reads in a message: ``a list of strings or 'auto'``."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return " or ".join(repr(choice) for choice in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arm) for arm in typing.get_args(hint))
+    if origin is tuple:
+        return "a list of strings"
+    return getattr(hint, "__name__", str(hint))
 
 
 def _parse_env_value(value: str, key: str) -> Any:

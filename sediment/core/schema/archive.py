@@ -45,7 +45,10 @@ class ArchiveModel(DeclarativeBase):
     metadata = metadata_for(ARCHIVE)
 
 
-def _mirror(source: sa.Table) -> sa.Table:
+def twin_of(source: sa.Table, metadata: sa.MetaData) -> sa.Table:
+    """The ARCHIVE twin of a PRIMARY table, declared in ``metadata``: the same columns,
+    types and key, no foreign keys, indexes on former foreign-key columns, plus
+    ``archived_at`` and ``archive_run_id``."""
     columns = [
         sa.Column(
             column.name,
@@ -65,7 +68,7 @@ def _mirror(source: sa.Table) -> sa.Table:
     ]
     return sa.Table(
         source.name,
-        ArchiveModel.metadata,
+        metadata,
         *columns,
         *composite,
         sa.Column(ARCHIVED_AT, UTCDateTime, nullable=False),
@@ -75,7 +78,8 @@ def _mirror(source: sa.Table) -> sa.Table:
 
 #: The ARCHIVE twins, keyed by table name.
 archived_tables: dict[str, sa.Table] = {
-    name: _mirror(PrimaryModel.metadata.tables[name]) for name in ARCHIVED_TABLES
+    name: twin_of(PrimaryModel.metadata.tables[name], ArchiveModel.metadata)
+    for name in ARCHIVED_TABLES
 }
 
 
