@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from archive.ages import AgeColumn, resolve_age_column
 from sediment.core.settings import PolicySettings, SettingsError
 
 
@@ -42,7 +43,7 @@ class ArchivePolicy:
     name: str
     root: sa.Table
     archive_root: sa.Table
-    age_column: sa.Column[datetime]
+    age: AgeColumn
     older_than: timedelta
     match: Mapping[str, tuple[str, ...]]
     #: The operator's extra condition on the root table (SQL), or ``""``.
@@ -67,7 +68,7 @@ class ArchivePolicy:
 
     def aged(self, cutoff: datetime) -> sa.ColumnElement[bool]:
         """Return the predicate selecting aged root rows (age, match and where conditions)."""
-        conditions = [self.age_column < cutoff]
+        conditions = [self.age.before(cutoff)]
         conditions += [self.root.c[column].in_(values) for column, values in self.match.items()]
         if self.where:
             conditions.append(self.condition)
@@ -122,9 +123,8 @@ def resolve_policy(
         raise SettingsError(
             f"{prefix}.age_column", f"table {root.name!r} has no column {settings.age_column!r}"
         )
-    age_column = root.c[settings.age_column]
-    if not _is_timestamp(age_column):
-        raise SettingsError(f"{prefix}.age_column", f"{age_column.name!r} is not a timestamp")
+    age = resolve_age_column(root.c[settings.age_column], settings.age_format,
+                             settings.age_zone, f"{prefix}.age_column")
     for column, values in settings.match.items():
         if column not in root.c:
             raise SettingsError(
@@ -146,7 +146,7 @@ def resolve_policy(
         name=settings.name,
         root=root,
         archive_root=archive_tables[root.name],
-        age_column=age_column,
+        age=age,
         older_than=settings.older_than,
         match=settings.match,
         where=settings.where.strip(),
@@ -173,13 +173,6 @@ def declared_choices(column: sa.Column[object]) -> tuple[str, ...] | None:
         return tuple(column.type.enums)
     choices = column.info.get("choices")
     return tuple(choices) if choices is not None else None
-
-
-def _is_timestamp(column: sa.Column[datetime]) -> bool:
-    try:
-        return column.type.python_type is datetime
-    except NotImplementedError:
-        return False
 
 
 def _archivable(

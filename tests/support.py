@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,11 +20,13 @@ import sqlalchemy as sa
 from flask import Flask
 
 from archive.archiver import Archiver
-from archive.policy import ArchivePolicy
+from archive.policy import ArchivePolicy, resolve_policy
+from archive.runner import RunLimits, RunOutcome, run_policy
 from reporting.state import state_of
-from sediment.core.databases import Engines
+from sediment.core.databases import ARCHIVE, Engines, engine_options, prepare_engine
 from sediment.core.schema import metadata_of
-from sediment.core.settings import Settings, load_settings
+from sediment.core.schema.archive import twin_of
+from sediment.core.settings import ArchiveSettings, PolicySettings, Settings, load_settings
 from sediment.service import resolve_policies_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -171,3 +174,47 @@ def bulk_events(primary: sa.Engine, count: int) -> None:
         connection.execute(sa.text(
             "INSERT INTO events (id, occurred_at, kind, customer_id, order_id, detail) "
             "VALUES (:id, :at, 'login', 1, NULL, :detail)"), rows)
+
+
+@dataclass
+class OwnSchema:
+    """A PRIMARY schema written for a test (not the demo's), its ARCHIVE twins and the
+    ledger, created in a fresh database pair: what an application's database looks like to
+    the archiver."""
+
+    engines: Engines
+    settings: Settings
+    primary: sa.MetaData
+    twins: dict[str, sa.Table]
+
+    def policy(self, settings: PolicySettings) -> ArchivePolicy:
+        return resolve_policy(settings, self.primary.tables, self.twins)
+
+    def run(self, policy: ArchivePolicy, now: datetime, *,
+            archive_settings: ArchiveSettings | None = None,
+            limits: RunLimits | None = None) -> RunOutcome:
+        return run_policy(self.engines.primary, self.engines.archive, policy, now=now,
+                          database=self.settings.database,
+                          settings=archive_settings or self.settings.archive, limits=limits)
+
+    def dispose(self) -> None:
+        self.engines.dispose()
+
+
+def own_schema(databases: DatabaseFactory, primary: sa.MetaData,
+               archived: Sequence[str]) -> OwnSchema:
+    """Create ``primary``'s tables, the twins of ``archived`` and the ledger."""
+    settings = make_settings(*databases.pair("own"))
+    urls = (settings.database.primary_url, settings.database.archive_url)
+    engines = Engines(*(sa.create_engine(url, **engine_options(
+        url, pool_size=5, busy_timeout_ms=5000)) for url in urls))
+    for _, engine in engines.items():
+        prepare_engine(engine)
+    twins_metadata = sa.MetaData()
+    twins = {name: twin_of(primary.tables[name], twins_metadata) for name in archived}
+    primary.create_all(engines.primary)
+    twins_metadata.create_all(engines.archive)
+    ledger = metadata_of(ARCHIVE)
+    ledger.create_all(engines.archive, tables=[ledger.tables["archive_runs"],
+                                               ledger.tables["archive_run_tables"]])
+    return OwnSchema(engines, settings, primary, twins)

@@ -15,15 +15,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from archive.policy import ArchivePolicy, resolve_policy
-from archive.runner import RunLimits, RunOutcome, plan_run, run_policy
+from archive.policy import ArchivePolicy
+from archive.runner import RunLimits, RunOutcome, plan_run
 from archive.verify import verify_archive
-from sediment.core.databases import ARCHIVE, Engines, engine_options, prepare_engine
-from sediment.core.schema import metadata_of
-from sediment.core.schema.archive import ARCHIVE_RUN_ID, ARCHIVED_AT, twin_of
+from sediment.core.databases import Engines
+from sediment.core.schema.archive import ARCHIVE_RUN_ID, ARCHIVED_AT
 from sediment.core.schema.types import UTCDateTime
-from sediment.core.settings import PolicySettings, Settings
-from tests.support import DatabaseFactory, make_settings
+from sediment.core.settings import ArchiveSettings, PolicySettings, Settings
+from tests.support import DatabaseFactory, OwnSchema, own_schema
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 PRIMARY_SCHEMA = sa.MetaData()
@@ -39,8 +38,6 @@ sa.Table("line_taxes", PRIMARY_SCHEMA, sa.Column("id", sa.Integer, primary_key=T
          sa.Column("line_id", sa.ForeignKey("invoice_lines.id"), index=True),
          sa.Column("rate", sa.Numeric(5, 4)), sa.Column("note", sa.Text, nullable=True))
 ARCHIVED = ("invoices", "invoice_lines", "line_taxes")
-TWINS_SCHEMA = sa.MetaData()
-TWINS = {name: twin_of(PRIMARY_SCHEMA.tables[name], TWINS_SCHEMA) for name in ARCHIVED}
 #: The grandchild listed before its parent: the policy orders its children itself.
 POLICY = PolicySettings(name="invoices", table="invoices", age_column="issued_at",
                         older_than=timedelta(days=90), children=("line_taxes", "invoice_lines"),
@@ -49,33 +46,28 @@ POLICY = PolicySettings(name="invoices", table="invoices", age_column="issued_at
 
 @dataclasses.dataclass
 class Invoicing:
-    engines: Engines
-    settings: Settings
+    schema: OwnSchema
     policy: ArchivePolicy
 
-    def run(self, **kwargs: object) -> RunOutcome:
-        return run_policy(self.engines.primary, self.engines.archive, self.policy, now=NOW,
-                          database=self.settings.database,
-                          settings=kwargs.pop("archive_settings", self.settings.archive),
-                          **kwargs)  # type: ignore[arg-type]
+    @property
+    def engines(self) -> Engines:
+        return self.schema.engines
+
+    @property
+    def settings(self) -> Settings:
+        return self.schema.settings
+
+    def run(self, *, archive_settings: ArchiveSettings | None = None,
+            limits: RunLimits | None = None) -> RunOutcome:
+        return self.schema.run(self.policy, NOW, archive_settings=archive_settings,
+                               limits=limits)
 
 
 @pytest.fixture
 def invoicing(databases: DatabaseFactory) -> Iterator[Invoicing]:
-    settings = make_settings(*databases.pair("deep"))
-    engines = Engines(*(sa.create_engine(url, **engine_options(
-        url, pool_size=5, busy_timeout_ms=5000)) for url in
-        (settings.database.primary_url, settings.database.archive_url)))
-    for _, engine in engines.items():
-        prepare_engine(engine)
-    PRIMARY_SCHEMA.create_all(engines.primary)
-    TWINS_SCHEMA.create_all(engines.archive)
-    ledger = metadata_of(ARCHIVE)
-    ledger.create_all(engines.archive, tables=[ledger.tables["archive_runs"],
-                                               ledger.tables["archive_run_tables"]])
-    policy = resolve_policy(POLICY, PRIMARY_SCHEMA.tables, TWINS)
-    yield Invoicing(engines, settings, policy)
-    engines.dispose()
+    schema = own_schema(databases, PRIMARY_SCHEMA, ARCHIVED)
+    yield Invoicing(schema, schema.policy(POLICY))
+    schema.dispose()
 
 
 def fill(primary: sa.Engine, invoices: int = 60) -> None:
@@ -129,7 +121,7 @@ def test_every_level_moves_with_its_root_and_nothing_is_lost(invoicing: Invoicin
 
     assert outcome.status == "done" and outcome.batches > 1
     assert outcome.moved == planned
-    left, archived = contents(primary, primary_tables()), contents(archive, TWINS)
+    left, archived = contents(primary, primary_tables()), contents(archive, invoicing.schema.twins)
     for name in ARCHIVED:  # every row in exactly one database, unchanged
         assert left[name] | archived[name] == before[name]
         assert not left[name] & archived[name]
@@ -161,10 +153,10 @@ def test_a_failed_delete_is_settled_and_finished_by_the_next_run(invoicing: Invo
     finally:
         sa.event.remove(primary, "before_cursor_execute", fail_delete)
     assert failed.status == "error"
-    assert contents(archive, TWINS)["line_taxes"]  # copied, not deleted: in both
+    assert contents(archive, invoicing.schema.twins)["line_taxes"]  # copied, not deleted: in both
 
     assert invoicing.run().status == "done"
-    left, archived = contents(primary, primary_tables()), contents(archive, TWINS)
+    left, archived = contents(primary, primary_tables()), contents(archive, invoicing.schema.twins)
     for name in ARCHIVED:
         assert left[name] | archived[name] == before[name]
         assert not left[name] & archived[name]
@@ -217,9 +209,11 @@ def test_a_failure_at_any_statement_leaves_every_level_consistent(invoicing: Inv
     statements = None
     n = 1
     while statements is None:
-        for engine, tables in ((primary, PRIMARY_SCHEMA), (archive, TWINS_SCHEMA)):
+        empty = ((primary, PRIMARY_SCHEMA.sorted_tables),
+                 (archive, list(invoicing.schema.twins.values())))
+        for engine, tables in empty:
             with engine.begin() as connection:
-                for table in reversed(tables.sorted_tables):
+                for table in reversed(tables):
                     connection.execute(table.delete())
         with archive.begin() as connection:
             connection.execute(sa.text("DELETE FROM archive_run_tables"))
@@ -240,7 +234,8 @@ def test_a_failure_at_any_statement_leaves_every_level_consistent(invoicing: Inv
             statements = n - 1
         final = invoicing.run()
         assert final.status == "done", (n, final.error)
-        left, archived = contents(primary, primary_tables()), contents(archive, TWINS)
+        left = contents(primary, primary_tables())
+        archived = contents(archive, invoicing.schema.twins)
         for name in ARCHIVED:
             assert left[name] | archived[name] == before[name], (n, name)
             assert not left[name] & archived[name], (n, name)

@@ -36,7 +36,7 @@ def test_only_rows_meeting_the_condition_move(
     assert moved.get(True, 0) == 0 and moved[False] == outcome.rows
     with primary.connect() as connection:
         aged_logins = connection.execute(sa.select(sa.func.count()).where(
-            policy.age_column < outcome.cutoff, policy.root.c.kind == "login")).scalar_one()
+            policy.age.before(outcome.cutoff), policy.root.c.kind == "login")).scalar_one()
     assert aged_logins > 0  # aged, but excluded by the condition: still in PRIMARY
     found = verify_archive(primary, archive, [policy])
     assert found.ok, found.problems

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 from apscheduler.triggers.cron import CronTrigger
@@ -98,6 +99,12 @@ class PolicySettings:
     match: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: Tables archived with the root, or ``"auto"``: every table whose foreign key leads to it.
     children: tuple[str, ...] | Literal["auto"] = ()
+    #: What the age column holds: "timestamp" (with or without a zone, or a date),
+    #: "epoch_seconds", "epoch_milliseconds" or "iso_text".
+    age_format: Literal["timestamp", "epoch_seconds", "epoch_milliseconds", "iso_text"] = (
+        "timestamp")
+    #: The zone of zone-less timestamps and of dates (IANA name).
+    age_zone: str = "UTC"
     #: An extra SQL condition on the root table (operator-written, checked against PRIMARY).
     where: str = ""
     batch_size: int = 5_000
@@ -414,6 +421,11 @@ def _validate_policy(policy: PolicySettings, timezone: str) -> None:
     _require_positive(f"{prefix}.batch_size", policy.batch_size)
     if policy.older_than <= timedelta(0):
         raise SettingsError(f"{prefix}.older_than", "must be longer than zero")
+    try:
+        ZoneInfo(policy.age_zone)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise SettingsError(f"{prefix}.age_zone", f"{policy.age_zone!r} is not a time zone "
+                            "name such as 'UTC' or 'Europe/Berlin'") from None
     try:
         CronTrigger.from_crontab(policy.schedule, timezone=timezone)
     except ValueError as exc:

@@ -1,0 +1,116 @@
+"""How a policy's age column is compared with a cutoff, whatever the column holds.
+
+Pure: no connections. Application schemas keep "when" in many shapes: ``timestamptz``;
+``timestamp`` without a zone (in UTC, or in the zone the application wrote it in); a
+``date``; an integer Unix epoch in seconds or milliseconds; ISO-8601 text (common on
+SQLite). Each is compared with the cutoff converted to the column's own shape, so the
+comparison stays a plain ``column < value`` an index can serve, except ISO text, which
+is normalised by the database first (its spellings do not sort alike).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Literal, get_args
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+
+from sediment.core.settings import SettingsError
+
+#: What the age column holds: ``timestamp`` covers timestamps with and without a zone and
+#: dates (told apart by the column's type); the others must be declared.
+AgeFormat = Literal["timestamp", "epoch_seconds", "epoch_milliseconds", "iso_text"]
+AGE_FORMATS: tuple[AgeFormat, ...] = get_args(AgeFormat)
+
+
+@dataclass(frozen=True)
+class AgeColumn:
+    """A root table's age column, its format, and the zone of zone-less values."""
+
+    column: sa.Column[Any]
+    format: AgeFormat
+    zone: ZoneInfo
+
+    def before(self, cutoff: datetime) -> sa.ColumnElement[bool]:
+        """Rows whose age is before ``cutoff`` (an aware instant)."""
+        column = self.column
+        if self.format == "epoch_seconds":
+            return column < int(cutoff.timestamp())
+        if self.format == "epoch_milliseconds":
+            return column < int(cutoff.timestamp() * 1000)
+        if self.format == "iso_text":
+            text = cutoff.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%d %H:%M:%S")
+            return _iso_instant(column) < _iso_instant(sa.literal(text))
+        if _is_date(column):
+            # A day counts as aged once all of it is before the cutoff, in the zone it was
+            # written in: the cutoff's own day waits for the next run.
+            return column < cutoff.astimezone(self.zone).date()
+        if getattr(column.type, "timezone", False):
+            return column < cutoff
+        return column < cutoff.astimezone(self.zone).replace(tzinfo=None)
+
+
+def resolve_age_column(column: sa.Column[Any], age_format: AgeFormat, zone: str,
+                       key: str) -> AgeColumn:
+    """Check that ``column`` can hold ``age_format``.
+
+    :raises SettingsError: naming ``key`` (the policy's ``age_column``) and the mismatch.
+    """
+    python_type = _python_type(column)
+    expected: dict[AgeFormat, tuple[type, ...]] = {
+        "timestamp": (datetime, date),
+        "epoch_seconds": (int, float),
+        "epoch_milliseconds": (int, float),
+        "iso_text": (str,),
+    }
+    if python_type is None or not issubclass(python_type, expected[age_format]):
+        shown = python_type.__name__ if python_type else str(column.type)
+        hint = {"timestamp": "a timestamp or a date; for numbers declare age_format = "
+                             "'epoch_seconds', for ISO-8601 text age_format = 'iso_text'",
+                "epoch_seconds": "a number of seconds", "epoch_milliseconds":
+                "a number of milliseconds", "iso_text": "ISO-8601 text"}[age_format]
+        raise SettingsError(key, f"{column.table.name}.{column.name} holds {shown}, "
+                            f"not {hint}")
+    return AgeColumn(column=column, format=age_format, zone=ZoneInfo(zone))
+
+
+def _python_type(column: sa.Column[Any]) -> type | None:
+    try:
+        python_type: type = column.type.python_type
+    except NotImplementedError:
+        return None
+    return python_type
+
+
+def _is_date(column: sa.Column[Any]) -> bool:
+    python_type = _python_type(column)
+    return python_type is date
+
+
+def _iso_instant(value: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """ISO-8601 text as a UTC instant the database compares correctly: SQLite's
+    ``datetime()`` (which also reads ``T``, ``Z`` and offsets), PostgreSQL's cast."""
+    return _IsoInstant(value)
+
+
+class _IsoInstant(sa.sql.expression.FunctionElement[Any]):
+    """``datetime(x)`` on SQLite, ``x::timestamptz`` on PostgreSQL."""
+
+    inherit_cache = True
+    name = "iso_instant"
+
+    def __init__(self, value: sa.ColumnElement[Any]) -> None:
+        super().__init__(value)
+
+
+@compiles(_IsoInstant, "sqlite")
+def _iso_instant_sqlite(element: _IsoInstant, compiler: Any, **kw: Any) -> str:
+    return f"datetime({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_IsoInstant, "postgresql")
+def _iso_instant_postgresql(element: _IsoInstant, compiler: Any, **kw: Any) -> str:
+    return f"CAST({compiler.process(element.clauses, **kw)} AS timestamptz)"
