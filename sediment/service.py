@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from flask import Flask
 
 from archive.archiver import Archiver
+from archive.compat import check_engines_hold
 from archive.policy import ArchivePolicy, resolve_policies
 from archive.preflight import check_conditions
 from reporting.app import create_checked_app
@@ -44,11 +45,14 @@ def resolve_policies_of(settings: Settings) -> tuple[ArchivePolicy, ...]:
 
 
 def build_service(settings: Settings) -> Service:
-    """Create the app, check both databases (reachable, and really two), and build the
-    archiver over the app's engines."""
+    """Create the app, check both databases (reachable, and really two, and able to hold
+    each other's columns when they run different engines), and build the archiver over the
+    app's engines."""
     app = create_checked_app(settings)
-    archiver = Archiver(settings=settings, engines=state_of(app).engines,
+    engines = state_of(app).engines
+    archiver = Archiver(settings=settings, engines=engines,
                         policies=resolve_policies_of(settings))
+    check_engines_hold(engines.primary, engines.archive, archiver.policies)
     return Service(app=app, archiver=archiver)
 
 
