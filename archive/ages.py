@@ -43,8 +43,8 @@ class AgeColumn:
             return column < int(cutoff.timestamp() * 1000)
         if self.format == "iso_text":
             text = cutoff.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%d %H:%M:%S")
-            return _iso_instant(column) < _iso_instant(sa.literal(text))
-        if _is_date(column):
+            return _IsoInstant(column) < _IsoInstant(sa.literal(text))
+        if _python_type(column) is date:
             # A day counts as aged once all of it is before the cutoff, in the zone it was
             # written in: the cutoff's own day waits for the next run.
             return column < cutoff.astimezone(self.zone).date()
@@ -85,25 +85,12 @@ def _python_type(column: sa.Column[Any]) -> type | None:
     return python_type
 
 
-def _is_date(column: sa.Column[Any]) -> bool:
-    python_type = _python_type(column)
-    return python_type is date
-
-
-def _iso_instant(value: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    """ISO-8601 text as a UTC instant the database compares correctly: SQLite's
-    ``datetime()`` (which also reads ``T``, ``Z`` and offsets), PostgreSQL's cast."""
-    return _IsoInstant(value)
-
-
 class _IsoInstant(sa.sql.expression.FunctionElement[Any]):
-    """``datetime(x)`` on SQLite, ``x::timestamptz`` on PostgreSQL."""
+    """ISO-8601 text as a UTC instant the database compares correctly: SQLite's
+    ``datetime(x)`` (which also reads ``T``, ``Z`` and offsets), PostgreSQL's cast."""
 
     inherit_cache = True
     name = "iso_instant"
-
-    def __init__(self, value: sa.ColumnElement[Any]) -> None:
-        super().__init__(value)
 
 
 @compiles(_IsoInstant, "sqlite")
