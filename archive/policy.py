@@ -97,8 +97,13 @@ def single_key(table: sa.Table) -> sa.Column[int]:
     :raises ValueError: for a table without a primary key or with a composite one.
     """
     columns = list(table.primary_key.columns)
-    if len(columns) != 1:
-        raise ValueError(f"table {table.name!r} needs a single-column primary key to be archived")
+    if not columns:
+        raise ValueError(f"table {table.name!r} has no primary key: the archiver copies, "
+                         "verifies and deletes rows by key")
+    if len(columns) > 1:
+        names = ", ".join(column.name for column in columns)
+        raise ValueError(f"table {table.name!r} has a composite primary key ({names}): only "
+                         "single-column keys can be archived so far")
     return columns[0]
 
 

@@ -130,3 +130,27 @@ def test_children_must_be_a_list_or_auto(tmp_path: Path) -> None:
         load_settings(path, environ={})
     assert caught.value.key == "policy.p.children"
     assert "a list of strings or 'auto'" in str(caught.value)
+
+
+@pytest.mark.parametrize("key_columns", [(), ("a", "b")], ids=["no key", "composite key"])
+@pytest.mark.parametrize("role", ["root", "child"])
+def test_a_table_without_a_single_column_key_names_the_policy_key(
+    key_columns: tuple[str, ...], role: str
+) -> None:
+    metadata = sa.MetaData()
+    sa.Table("roots", metadata, sa.Column("id", sa.Integer, primary_key=True),
+             sa.Column("made_at", sa.DateTime(timezone=True)))
+    odd = sa.Table("odd", metadata,
+                   *(sa.Column(name, sa.Integer, primary_key=name in key_columns)
+                     for name in ("a", "b")),
+                   sa.Column("made_at", sa.DateTime(timezone=True)),
+                   sa.Column("root_id", sa.ForeignKey("roots.id")))
+    settings = (PolicySettings(name="p", table="odd", age_column="made_at") if role == "root"
+                else PolicySettings(name="p", table="roots", age_column="made_at",
+                                    children=("odd",)))
+    with pytest.raises(SettingsError) as caught:
+        resolve_policy(settings, metadata.tables, {"roots": metadata.tables["roots"],
+                                                   "odd": odd})
+    assert caught.value.key == ("policy.p.table" if role == "root" else "policy.p.children")
+    assert ("has no primary key" if not key_columns
+            else "has a composite primary key (a, b)") in str(caught.value)
