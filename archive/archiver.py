@@ -12,9 +12,14 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
+import sqlalchemy as sa
+
+from archive.existing import prepare_run
 from archive.policy import ArchivePolicy
 from archive.runner import ProgressCallback, RunLimits, RunOutcome, run_policy
+from archive.twins import TwinPlan, apply_plan, plan_twins
 from sediment.core.databases import Engines
 from sediment.core.settings import Settings
 
@@ -26,6 +31,16 @@ class Archiver:
     settings: Settings
     engines: Engines
     policies: tuple[ArchivePolicy, ...]
+    #: The ARCHIVE twins of an existing PRIMARY's tables (the demo's are Alembic's).
+    twins: tuple[sa.Table, ...] = ()
+
+    def plan_twins(self) -> TwinPlan:
+        """What ARCHIVE lacks for the policies' twins (nothing for the demo schema)."""
+        return plan_twins(self.engines.archive, self.twins)
+
+    def apply_twins(self, plan: TwinPlan) -> None:
+        """Create or evolve the twins as planned, recording each change in the ledger."""
+        apply_plan(self.engines.archive, plan, self.twins)
 
     def policy(self, name: str) -> ArchivePolicy:
         """The resolved policy called ``name``.
@@ -49,9 +64,17 @@ class Archiver:
         stop: threading.Event | None = None,
         progress: ProgressCallback | None = None,
     ) -> RunOutcome:
-        """Run the policy called ``name`` as of ``now``."""
+        """Run the policy called ``name`` as of ``now``.
+
+        Beside an existing PRIMARY the policy is resolved again, holding the runner lock,
+        from PRIMARY's schema as it is now, and the twins follow it first.
+        """
+        prepare = None
+        if self.settings.database.primary_schema == "existing":
+            prepare = partial(prepare_run, self.settings.policy(name), self.engines,
+                              evolve=self.settings.archive.evolve_schema)
         return run_policy(
             self.engines.primary, self.engines.archive, self.policy(name), now=now,
             database=self.settings.database, settings=self.settings.archive, limits=limits,
-            stop=stop, progress=progress,
+            stop=stop, progress=progress, prepare=prepare,
         )

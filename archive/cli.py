@@ -23,6 +23,7 @@ from archive.ledger import run_tables, runs
 from archive.mover import BatchResult
 from archive.runner import RunLimits, RunOutcome, plan_run
 from archive.scheduler import start_in_background
+from archive.twins import recent_changes
 from archive.verify import verify_archive
 from sediment.core.commandline import (
     EXIT_ERROR,
@@ -78,6 +79,16 @@ def add_commands(commands: Any, archiver_for: ArchiverFactory) -> None:
         "parent, the ledger matches the archived rows, and finished runs left nothing aged.")
     verify.set_defaults(handler=handler(cmd_verify))
 
+    schema = sub.add_parser(
+        "schema", help="show (or apply) what ARCHIVE needs for the policies' twins",
+        description="Compare the ARCHIVE twins of the policies' tables with PRIMARY's tables "
+        "as they are now, and print the plan: twins to create, columns to add, columns to "
+        "make nullable, types to widen, and type changes no twin can follow. With "
+        "database.primary_schema = \"demo\" the twins are Alembic's ('migrate').")
+    schema.add_argument("--apply", action="store_true",
+                        help="make the planned changes, each recorded in the ledger")
+    schema.set_defaults(handler=handler(cmd_schema))
+
     scheduler = commands.add_parser(
         "scheduler", help="run the archival schedule without the HTTP service",
         description="Run every enabled policy on its cron schedule until SIGTERM/SIGINT.")
@@ -105,7 +116,7 @@ def cmd_run(args: argparse.Namespace, archiver: Archiver) -> int:
                 break
             outcomes.append(_run_with_progress(archiver, name, now, args, stop))
     _print_summary(outcomes)
-    if any(r.status == "error" for r in outcomes):
+    if any(r.status in ("error", "schema_drift") for r in outcomes):
         return EXIT_ERROR
     if any(r.status in ("lock_busy", "lock_lost") for r in outcomes):
         return EXIT_LOCK_BUSY
@@ -125,8 +136,8 @@ def _run_with_progress(archiver: Archiver, name: str, now: datetime,
     policy = archiver.policy(name)
     planned = plan_run(archiver.engines.primary, policy, now).counts
     total = sum(planned.values())
-    if args.max_rows is not None and planned[policy.root.name]:
-        total = min(total, round(total * args.max_rows / planned[policy.root.name]))
+    if args.max_rows is not None and planned[policy.root.fullname]:
+        total = min(total, round(total * args.max_rows / planned[policy.root.fullname]))
     with tqdm(total=total, desc=f"archive {name}", unit=" rows", unit_scale=True,
               file=sys.stderr, mininterval=0.5) as bar:
         def advance(result: BatchResult) -> None:
@@ -170,10 +181,46 @@ def cmd_status(args: argparse.Namespace, archiver: Archiver) -> int:
               + ", ".join(per_run.get(r.id, [])))
         if r.error:
             print(f"      {r.error}")
+    changes = recent_changes(archiver.engines.archive, args.limit)
+    if changes:
+        print("\nARCHIVE twin changes, newest first:")
+        for change in changes:
+            print(f"  {change['changed_at']:%Y-%m-%d %H:%M:%S}  {change['table_name']}: "
+                  f"{change['detail']}")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace, archiver: Archiver) -> int:
+    if archiver.settings.database.primary_schema == "demo":
+        print("PRIMARY holds the demo schema: its ARCHIVE twins are migrated by 'migrate'")
+        return EXIT_OK
+    plan = archiver.plan_twins()
+    for conflict in plan.conflicts:
+        print(f"conflict: {conflict}")
+    for change in plan.changes:
+        print(f"{'applied' if args.apply and not plan.conflicts else 'planned'}: {change}")
+    if plan.conflicts:
+        print(f"{len(plan.conflicts)} type changes cannot be followed: nothing applied",
+              file=sys.stderr)
+        return EXIT_ERROR
+    if not plan.changes:
+        print(f"ARCHIVE twins are up to date ({len(archiver.twins)} tables)")
+    elif args.apply:
+        archiver.apply_twins(plan)
+        print(f"{len(plan.changes)} changes applied and recorded in the ledger")
+    else:
+        print(f"{len(plan.changes)} changes planned; 'archive schema --apply' or 'migrate' "
+              "makes them")
     return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace, archiver: Archiver) -> int:
+    missing = sorted({change.table for change in archiver.plan_twins().changes
+                      if change.kind == "create_table"})
+    if missing:
+        print(f"ARCHIVE has no twin of {', '.join(missing)} yet: run 'migrate' (or 'archive "
+              "schema --apply') first", file=sys.stderr)
+        return EXIT_ERROR
     verification = verify_archive(archiver.engines.primary, archiver.engines.archive,
                             archiver.policies)
     for line in verification.checks:

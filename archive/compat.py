@@ -30,7 +30,7 @@ def unportable_columns(policies: Sequence[ArchivePolicy]) -> list[str]:
     found: list[str] = []
     for policy in policies:
         for table in policy.tables:
-            found.extend(f"{table.name}.{column.name} ({column.type})"
+            found.extend(f"{table.fullname}.{column.name} ({column.type})"
                          for column in table.columns if not _portable(column.type))
     return found
 

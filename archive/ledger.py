@@ -16,6 +16,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -42,27 +43,59 @@ def start_run(archive: sa.Engine, policy: str, cutoff: datetime, tables: list[st
     return run_id
 
 
+@dataclass(frozen=True)
+class Pending:
+    """What marks a batch's rows as possibly in both databases until its deletes commit.
+
+    ``since`` is the batch's ``archived_at``: every row it copied (children too) carries the
+    run id and an ``archived_at`` no earlier than that, whatever its key type. ``keys`` is
+    the lowest and highest root key, for a single integer key only (the merged reports look
+    rows up by that range).
+    """
+
+    since: datetime
+    keys: tuple[int, int] | None = None
+
+
+def ensure_tables(archive: sa.Engine, run_id: int, tables: list[str]) -> None:
+    """Add per-table counters for tables a run's policy gained after it started (a child
+    found by ``children = "auto"`` in PRIMARY's schema as it is now)."""
+    with archive.begin() as connection:
+        known = set(connection.execute(sa.select(run_tables.c.table_name).where(
+            run_tables.c.run_id == run_id)).scalars())
+        missing = [name for name in tables if name not in known]
+        if missing:
+            connection.execute(run_tables.insert(), [
+                {"run_id": run_id, "table_name": name, "selected": 0, "copied": 0,
+                 "verified": 0, "deleted": 0, "skipped_locked": 0} for name in missing])
+
+
 def record_copy(connection: sa.Connection, run_id: int, table: str, *, selected: int,
                 copied: int, verified: int, taken_over: Mapping[int, int],
-                pending: tuple[int, int] | None = None) -> None:
+                pending: Pending | None = None) -> None:
     """Add a batch's copy counters, inside the ARCHIVE transaction that copied it.
 
     :param taken_over: rows this batch overwrote, by the run id they carried before.
-    :param pending: for the root table, the lowest and highest root key of the batch: the
-        run's pending range grows to cover it until its deletes catch up.
+    :param pending: for the root table, the batch's mark: the run's pending window (and key
+        range) grows to cover it until its deletes catch up.
     """
     for previous_run, count in taken_over.items():  # this run too, when a batch is retried
         _add(connection, previous_run, table, copied=-count, verified=-count)
     _add(connection, run_id, table, selected=selected, copied=copied, verified=verified)
-    if pending is not None:
-        low, high = pending
+    if pending is None:
+        return
+    since = run_tables.c.pending_since
+    values: dict[str, Any] = {
+        "pending_since": sa.case((since.is_(None) | (since > pending.since), pending.since),
+                                 else_=since)}
+    if pending.keys is not None:
+        low, high = pending.keys
         low_column, high_column = run_tables.c.pending_low, run_tables.c.pending_high
-        connection.execute(_of(run_id, table).values(
-            pending_low=sa.case((low_column.is_(None) | (low_column > low), low),
-                                else_=low_column),
-            pending_high=sa.case((high_column.is_(None) | (high_column < high), high),
-                                 else_=high_column),
-        ))
+        values["pending_low"] = sa.case((low_column.is_(None) | (low_column > low), low),
+                                        else_=low_column)
+        values["pending_high"] = sa.case((high_column.is_(None) | (high_column < high), high),
+                                         else_=high_column)
+    connection.execute(_of(run_id, table).values(values))
 
 
 def record_delete(archive: sa.Engine, run_id: int, deleted: Mapping[str, int],
@@ -81,33 +114,36 @@ def record_delete(archive: sa.Engine, run_id: int, deleted: Mapping[str, int],
         other = run_tables.alias("other")
         unsettled = sa.exists().where(other.c.run_id == run_id, other.c.copied != other.c.deleted)
         connection.execute(run_tables.update().where(
-            run_tables.c.run_id == run_id, run_tables.c.pending_low.is_not(None), ~unsettled,
-        ).values(pending_low=None, pending_high=None))
+            run_tables.c.run_id == run_id, run_tables.c.pending_since.is_not(None), ~unsettled,
+        ).values(CLEARED))
+
+
+#: The ledger values of a run with nothing left in both databases.
+CLEARED = {"pending_since": None, "pending_low": None, "pending_high": None}
 
 
 @dataclass(frozen=True)
-class PendingRange:
-    """Root keys a run copied to ARCHIVE without (as far as the ledger knows) deleting them
-    from PRIMARY: the only place rows in both databases can be."""
+class PendingRun:
+    """A run that copied rows to ARCHIVE without (as far as the ledger knows) deleting them
+    from PRIMARY: they carry its id and were archived at ``since`` or later, the only
+    place rows in both databases can be."""
 
     run_id: int
-    low: int
-    high: int
+    since: datetime
 
 
-def pending_ranges(connection: sa.Connection, table: str,
-                   policy: str | None = None) -> list[PendingRange]:
-    """The pending ranges of ``table``'s roots (of one policy's runs, if given).
+def pending_runs(connection: sa.Connection, table: str,
+                 policy: str | None = None) -> list[PendingRun]:
+    """The pending runs of ``table``'s roots (of one policy's runs, if given).
 
     One indexed query; empty whenever no batch is in flight and no run died mid-batch.
     """
-    query = sa.select(run_tables.c.run_id, run_tables.c.pending_low, run_tables.c.pending_high
-                      ).where(run_tables.c.table_name == table,
-                              run_tables.c.pending_low.is_not(None))
+    query = sa.select(run_tables.c.run_id, run_tables.c.pending_since).where(
+        run_tables.c.table_name == table, run_tables.c.pending_since.is_not(None))
     if policy is not None:
         query = query.join(runs, runs.c.id == run_tables.c.run_id).where(runs.c.policy == policy)
-    return [PendingRange(int(r), int(low), int(high))
-            for r, low, high in connection.execute(query.order_by(run_tables.c.run_id))]
+    return [PendingRun(int(run), since)
+            for run, since in connection.execute(query.order_by(run_tables.c.run_id))]
 
 
 def settle(archive: sa.Engine, run_id: int, still_in_primary: Mapping[str, int]) -> None:
@@ -121,7 +157,7 @@ def settle(archive: sa.Engine, run_id: int, still_in_primary: Mapping[str, int])
     recorded its deletes).
 
     :param still_in_primary: per table, rows stamped with this run (inside its pending
-        range) whose keys are still in PRIMARY.
+        window) whose keys are still in PRIMARY.
     """
     with archive.begin() as connection:
         for table, present in still_in_primary.items():
@@ -129,7 +165,7 @@ def settle(archive: sa.Engine, run_id: int, still_in_primary: Mapping[str, int])
                 deleted=run_tables.c.copied - present))
         if not any(still_in_primary.values()):
             connection.execute(run_tables.update().where(run_tables.c.run_id == run_id)
-                               .values(pending_low=None, pending_high=None))
+                               .values(CLEARED))
 
 
 def finish_run(archive: sa.Engine, run_id: int, status: RunStatus, *, rows_per_second: float | None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,9 @@ from sediment.core.databases import SQLITE_WRITE_LOCK
 from sediment.core.error_text import first_line
 
 logger = logging.getLogger(__name__)
+
+#: How long a lock held by a connection this process just discarded may take to be freed.
+RELEASE_GRACE_SECONDS = 2.0
 
 #: First half of the two-integer advisory lock key: "Sediment archiver".
 LOCK_NAMESPACE = 0x5EDD
@@ -86,6 +90,12 @@ class RunnerLock:
         # A database still down raises OperationalError here: the runner retries the batch
         # (and so this) with backoff, and reports the outage itself if it outlasts that.
         taken = self._advisory_acquire()
+        # The discarded connection's server process ends its session (and lock) only after
+        # the socket closes: give it a moment before concluding another runner took over.
+        deadline = time.monotonic() + RELEASE_GRACE_SECONDS
+        while not taken and time.monotonic() < deadline:
+            time.sleep(0.05)
+            taken = self._advisory_acquire()
         if not taken:
             raise LockLost(f"lost the runner lock of policy {self.policy!r} with its "
                            "connection, and another runner holds it now")

@@ -31,14 +31,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from archive import ledger
-from archive.policy import ArchivePolicy, single_key
-from archive.transfer import (
-    Transfer,
-    child_parents,
-    key_filters,
-    some_children_held,
-    transfer_for,
-)
+from archive.keys import Key, integer_key, key_columns, key_filters
+from archive.policy import ArchivePolicy, ChildLink
+from archive.reflection import column_names
+from archive.transfer import Transfer, child_parents, some_children_held, transfer_for
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +43,15 @@ class ArchiveError(RuntimeError):
     """A batch refused to complete; nothing was deleted from PRIMARY."""
 
 
+class SchemaDrift(ArchiveError):
+    """PRIMARY's tables changed in a way the twins do not follow (yet): nothing was copied."""
+
+
 class VerificationError(ArchiveError):
     """Rows read back from ARCHIVE differ from the rows selected in PRIMARY."""
 
-    def __init__(self, table: str, expected: int, found: int, keys: Sequence[int]) -> None:
-        shown = ", ".join(map(str, keys[:10])) + (" ..." if len(keys) > 10 else "")
+    def __init__(self, table: str, expected: int, found: int, keys: Sequence[Key]) -> None:
+        shown = ", ".join(_shown(key) for key in keys[:10]) + (" ..." if len(keys) > 10 else "")
         super().__init__(
             f"verification failed for table {table!r}: selected {expected} rows, read back "
             f"{found} matching; differing keys: {shown or 'none'}. Nothing was deleted from "
@@ -59,6 +59,10 @@ class VerificationError(ArchiveError):
         )
         self.table = table
         self.keys = list(keys)
+
+
+def _shown(key: Key) -> str:
+    return str(key[0]) if len(key) == 1 else "(" + ", ".join(map(str, key)) + ")"
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ class Timeouts:
 class BatchResult:
     """What one batch moved, per table (root first)."""
 
-    last_key: int
+    last_key: Key
     roots: int
     selected: dict[str, int] = field(default_factory=dict)
     deleted: dict[str, int] = field(default_factory=dict)
@@ -90,17 +94,17 @@ class _TableRows:
     table: sa.Table
     twin: sa.Table
     rows: list[Any]
-    keys: list[int]
+    keys: list[Key]
     #: For a child table, once a writer held some row: each row's root key (through its
     #: parent's), read without locks.
-    parents: dict[int, int] | None = None
+    roots: dict[Key, Key] | None = None
 
-    def without(self, roots: set[int]) -> _TableRows:
+    def without(self, blocked: set[Key]) -> _TableRows:
         """These rows minus those of the given roots (the roots themselves, or children)."""
         keep = [index for index, key in enumerate(self.keys)
-                if (self.parents[key] if self.parents is not None else key) not in roots]
+                if (self.roots[key] if self.roots is not None else key) not in blocked]
         return _TableRows(self.table, self.twin, [self.rows[i] for i in keep],
-                          [self.keys[i] for i in keep], self.parents)
+                          [self.keys[i] for i in keep], self.roots)
 
 
 def move_batch(
@@ -109,7 +113,7 @@ def move_batch(
     policy: ArchivePolicy,
     *,
     cutoff: datetime,
-    after_key: int | None,
+    after_key: Key | None,
     limit: int,
     run_id: int,
     timeouts: Timeouts,
@@ -130,20 +134,22 @@ def move_batch(
         roots = transfer.select_roots(source, policy, cutoff, after_key, limit)
         if not roots:
             return None
-        root_keys = [transfer.key_of(row) for row in roots]
+        root_keys = transfer.values_of(policy.root, policy.key, roots)
         batch = [_TableRows(policy.root, policy.archive_root, roots, root_keys)]
-        parts = {policy.root.name: batch[0]}
+        parts = {policy.root.fullname: batch[0]}
         held = False
         for link in policy.children:  # parents first, so each level selects by the one above
-            parent_keys = parts[link.parent.name].keys
-            rows = transfer.select_children(source, link, parent_keys) if parent_keys else []
+            parent_values = _referenced_values(transfer, link, parts[link.parent.fullname])
+            rows = (transfer.select_children(source, link, parent_values)
+                    if parent_values else [])
             part = _TableRows(link.table, link.archive_table, rows,
-                              [transfer.key_of(row) for row in rows])
+                              transfer.values_of(link.table, link.key, rows))
             batch.append(part)
-            parts[link.table.name] = part
-            held = held or (bool(parent_keys)
-                            and some_children_held(source, link, parent_keys, len(rows)))
-        blocked = _roots_of_held_children(source, policy, parts) if held else set()
+            parts[link.table.fullname] = part
+            held = held or (bool(parent_values)
+                            and some_children_held(source, link, parent_values, len(rows)))
+        _check_columns(source, [part.table for part in batch if part.rows])
+        blocked = _roots_of_held_children(source, transfer, policy, parts) if held else set()
         if blocked:
             # A writer holds a child of these roots: moving the root without that child
             # would fail the delete (or orphan it), and waiting would stall the batch.
@@ -155,39 +161,80 @@ def move_batch(
             with archive.begin() as target:
                 _apply_timeouts(target, timeouts)
                 for part in batch:
-                    pending = (min(part.keys), max(part.keys)) if part is batch[0] else None
+                    pending = (ledger.Pending(archived_at, _integer_range(part))
+                               if part is batch[0] else None)
                     _copy_and_verify(transfer, target, part, run_id, archived_at, pending)
         deleted = _delete(source, policy, batch, cutoff)
     result = BatchResult(
         last_key=root_keys[-1], roots=len(batch[0].keys),
-        selected={part.table.name: len(part.rows) for part in batch}, deleted=deleted,
+        selected={part.table.fullname: len(part.rows) for part in batch}, deleted=deleted,
         skipped_locked=len(blocked),
     )
     logger.debug("policy %s run %d moved %s", policy.name, run_id, deleted)
     return result
 
 
-def _roots_of_held_children(source: sa.Connection, policy: ArchivePolicy,
-                            parts: dict[str, _TableRows]) -> set[int]:
+def _check_columns(connection: sa.Connection, tables: Sequence[sa.Table]) -> None:
+    """Refuse to copy rows of a table whose columns changed since the run read its schema.
+
+    Checked under the batch's row locks, which an ``ALTER TABLE`` has to wait for: a column
+    added after this check cannot hold values this batch would leave behind.
+    """
+    for table in tables:
+        now = column_names(connection, table)
+        known = {column.name for column in table.columns}
+        if now != known:
+            added, dropped = sorted(now - known), sorted(known - now)
+            raise SchemaDrift(
+                f"{table.fullname} changed during the run (added: {', '.join(added) or '-'}; "
+                f"dropped: {', '.join(dropped) or '-'}): nothing of this batch was copied; "
+                "the next run follows the change")
+
+
+def _integer_range(part: _TableRows) -> tuple[int, int] | None:
+    """The lowest and highest key of a batch's roots, for a single integer key (the merged
+    reports look for rows in both databases by this range)."""
+    if not integer_key(key_columns(part.table)):
+        return None
+    keys = [int(key[0]) for key in part.keys]
+    return min(keys), max(keys)
+
+
+def _referenced_values(transfer: Transfer, link: ChildLink, parent: _TableRows) -> list[Key]:
+    """The values of the parent rows that ``link``'s foreign key references: their keys,
+    or the referenced unique columns (a NULL there references nothing)."""
+    if link.references_key:
+        return parent.keys
+    values = transfer.values_of(parent.table, link.referenced, parent.rows)
+    return [value for value in dict.fromkeys(values) if None not in value]
+
+
+def _roots_of_held_children(source: sa.Connection, transfer: Transfer, policy: ArchivePolicy,
+                            parts: dict[str, _TableRows]) -> set[Key]:
     """Roots with a descendant the locking selects skipped; every child part learns its
     rows' roots on the way (through its parent's), so that it can drop theirs."""
-    root_part = parts[policy.root.name]
-    root_of: dict[str, dict[int, int]] = {policy.root.name: {k: k for k in root_part.keys}}
-    blocked: set[int] = set()
+    root_part = parts[policy.root.fullname]
+    root_of: dict[str, dict[Key, Key]] = {policy.root.fullname: {k: k for k in root_part.keys}}
+    blocked: set[Key] = set()
     for link in policy.children:
-        part, parent_roots = parts[link.table.name], root_of[link.parent.name]
-        parent_keys = parts[link.parent.name].keys
-        immediate = child_parents(source, link, parent_keys) if parent_keys else {}
-        part.parents = {key: parent_roots[parent] for key, parent in immediate.items()}
-        root_of[link.table.name] = part.parents
+        part, parent = parts[link.table.fullname], parts[link.parent.fullname]
+        parent_roots = root_of[link.parent.fullname]
+        if not link.references_key:  # key the parent's roots by the referenced values
+            referenced = transfer.values_of(parent.table, link.referenced, parent.rows)
+            parent_roots = {value: parent_roots[key]
+                            for value, key in zip(referenced, parent.keys, strict=True)}
+        parent_values = _referenced_values(transfer, link, parent)
+        immediate = child_parents(source, transfer, link, parent_values) if parent_values else {}
+        part.roots = {key: parent_roots[value] for key, value in immediate.items()}
+        root_of[link.table.fullname] = part.roots
         locked = set(part.keys)
-        blocked.update(root for key, root in part.parents.items() if key not in locked)
+        blocked.update(root for key, root in part.roots.items() if key not in locked)
     return blocked
 
 
 def _copy_and_verify(transfer: Transfer, connection: sa.Connection, part: _TableRows,
                      run_id: int, archived_at: datetime,
-                     pending: tuple[int, int] | None) -> None:
+                     pending: ledger.Pending | None) -> None:
     if not part.rows:
         return
     columns = [column.name for column in part.table.columns]
@@ -195,13 +242,15 @@ def _copy_and_verify(transfer: Transfer, connection: sa.Connection, part: _Table
                                  run_id=run_id, archived_at=archived_at)
     found = transfer.read_back(connection, part.twin, columns, part.keys)
     if Counter(found) != Counter(part.rows):
-        differing = sorted({transfer.key_of(row) for row in set(part.rows) ^ set(found)})
-        raise VerificationError(part.table.name, len(part.rows),
+        differing = sorted(set(transfer.values_of(part.table, key_columns(part.table),
+                                                  list(set(part.rows) ^ set(found)))),
+                           key=str)
+        raise VerificationError(part.table.fullname, len(part.rows),
                                 len(part.rows) - len(differing), differing)
     if taken_over:
         logger.warning("run %d re-copied %d %s rows left in both databases by runs %s",
-                       run_id, sum(taken_over.values()), part.table.name, sorted(taken_over))
-    ledger.record_copy(connection, run_id, part.table.name, selected=len(part.rows),
+                       run_id, sum(taken_over.values()), part.table.fullname, sorted(taken_over))
+    ledger.record_copy(connection, run_id, part.table.fullname, selected=len(part.rows),
                        copied=len(part.rows), verified=len(found), taken_over=taken_over,
                        pending=pending)
 
@@ -212,19 +261,19 @@ def _delete(connection: sa.Connection, policy: ArchivePolicy, batch: list[_Table
     for part in reversed(batch):  # children first: the roots' foreign keys point at them
         is_root = part.table is policy.root
         count = 0
-        for condition in key_filters(single_key(part.table), part.keys, connection.dialect):
+        for condition in key_filters(key_columns(part.table), part.keys, connection.dialect):
             statement = part.table.delete().where(condition)
             if is_root:
                 statement = statement.where(policy.aged(cutoff))
             count += connection.execute(statement).rowcount
         if count != len(part.keys):
             raise ArchiveError(
-                f"deleting {part.table.name!r} removed {count} rows, expected {len(part.keys)}: "
-                "rows changed under the lock; PRIMARY rolled back, the ARCHIVE copies will be "
-                "overwritten on the next run"
+                f"deleting {part.table.fullname!r} removed {count} rows, expected "
+                f"{len(part.keys)}: rows changed under the lock; PRIMARY rolled back, the "
+                "ARCHIVE copies will be overwritten on the next run"
             )
-        deleted[part.table.name] = count
-    return {part.table.name: deleted[part.table.name] for part in batch}
+        deleted[part.table.fullname] = count
+    return {part.table.fullname: deleted[part.table.fullname] for part in batch}
 
 
 def _apply_timeouts(connection: sa.Connection, timeouts: Timeouts) -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
 from archive.ages import AgeColumn, resolve_age_column
+from archive.keys import key_columns
 from sediment.core.settings import PolicySettings, SettingsError
 
 
@@ -21,19 +23,27 @@ from sediment.core.settings import PolicySettings, SettingsError
 class ChildLink:
     """A table whose rows travel with their parent row: the root's, or another child's.
 
-    ``parent`` is the table ``parent_column`` references (the root, or a child listed
-    before this one: a policy's children are kept parents first, to any depth).
+    ``parent`` is the table the foreign key ``columns`` -> ``referenced`` points at (the
+    root, or a child listed before this one: a policy's children are kept parents first,
+    to any depth). ``referenced`` is usually the parent's primary key, but may be any of
+    its unique columns; either may have several columns.
     """
 
     table: sa.Table
     archive_table: sa.Table
-    parent_column: sa.Column[int]
+    columns: tuple[sa.Column[Any], ...]
     parent: sa.Table
+    referenced: tuple[sa.Column[Any], ...]
     archive_parent: sa.Table
 
     @property
-    def key(self) -> sa.Column[int]:
-        return single_key(self.table)
+    def key(self) -> tuple[sa.Column[Any], ...]:
+        return key_columns(self.table)
+
+    @property
+    def references_key(self) -> bool:
+        """Whether the foreign key points at the parent's primary key."""
+        return [c.name for c in self.referenced] == [c.name for c in key_columns(self.parent)]
 
 
 @dataclass(frozen=True)
@@ -54,8 +64,8 @@ class ArchivePolicy:
     enabled: bool
 
     @property
-    def key(self) -> sa.Column[int]:
-        return single_key(self.root)
+    def key(self) -> tuple[sa.Column[Any], ...]:
+        return key_columns(self.root)
 
     @property
     def tables(self) -> tuple[sa.Table, ...]:
@@ -91,22 +101,6 @@ def cutoff_for(now: datetime, older_than: timedelta) -> datetime:
     return now - older_than
 
 
-def single_key(table: sa.Table) -> sa.Column[int]:
-    """Return the one primary-key column of ``table``.
-
-    :raises ValueError: for a table without a primary key or with a composite one.
-    """
-    columns = list(table.primary_key.columns)
-    if not columns:
-        raise ValueError(f"table {table.name!r} has no primary key: the archiver copies, "
-                         "verifies and deletes rows by key")
-    if len(columns) > 1:
-        names = ", ".join(column.name for column in columns)
-        raise ValueError(f"table {table.name!r} has a composite primary key ({names}): only "
-                         "single-column keys can be archived so far")
-    return columns[0]
-
-
 def resolve_policy(
     settings: PolicySettings,
     primary_tables: Mapping[str, sa.Table],
@@ -121,26 +115,26 @@ def resolve_policy(
     prefix = f"policy.{settings.name}"
     root = _archivable(settings.table, f"{prefix}.table", primary_tables, archive_tables)
     try:
-        single_key(root)
+        key_columns(root)
     except ValueError as exc:
         raise SettingsError(f"{prefix}.table", str(exc)) from exc
     if settings.age_column not in root.c:
         raise SettingsError(
-            f"{prefix}.age_column", f"table {root.name!r} has no column {settings.age_column!r}"
+            f"{prefix}.age_column", f"table {root.fullname!r} has no column {settings.age_column!r}"
         )
     age = resolve_age_column(root.c[settings.age_column], settings.age_format,
                              settings.age_zone, f"{prefix}.age_column")
     for column, values in settings.match.items():
         if column not in root.c:
             raise SettingsError(
-                f"{prefix}.match.{column}", f"table {root.name!r} has no such column"
+                f"{prefix}.match.{column}", f"table {root.fullname!r} has no such column"
             )
         choices = declared_choices(root.c[column])
         impossible = [value for value in values if choices is not None and value not in choices]
         if impossible:
             raise SettingsError(
                 f"{prefix}.match.{column}",
-                f"{root.name}.{column} can never hold {', '.join(map(repr, impossible))}; "
+                f"{root.fullname}.{column} can never hold {', '.join(map(repr, impossible))}; "
                 f"its values are {', '.join(choices or ())}")
     names = (_descendants(root, primary_tables) if settings.children == "auto"
              else settings.children)
@@ -150,7 +144,7 @@ def resolve_policy(
     return ArchivePolicy(
         name=settings.name,
         root=root,
-        archive_root=archive_tables[root.name],
+        archive_root=archive_tables[root.fullname],
         age=age,
         older_than=settings.older_than,
         match=settings.match,
@@ -196,11 +190,11 @@ def _descendants(root: sa.Table, primary: Mapping[str, sa.Table]) -> tuple[str, 
     """``children = "auto"``: every table whose foreign key points at the root, then at
     those tables, and so on (breadth first, each table once)."""
     found: list[str] = []
-    level = {root.name}
+    level = {root.fullname}
     while level:
-        level = {table.name for table in primary.values()
-                 if table.name != root.name and table.name not in found
-                 and any(fk.column.table.name in level for fk in table.foreign_keys)}
+        level = {table.fullname for table in primary.values()
+                 if table.fullname != root.fullname and table.fullname not in found
+                 and any(fk.column.table.fullname in level for fk in table.foreign_keys)}
         found.extend(sorted(level))
     return tuple(found)
 
@@ -215,40 +209,43 @@ def _child_links(
     """Resolve the children, parents first: each needs exactly one foreign key to the root
     or to another child of the policy (a grandchild may be listed before its parent)."""
     tables = [_archivable(name, key, primary, archive) for name in names]
-    covered = {root.name: root}
+    covered = {root.fullname: root}
     links: list[ChildLink] = []
     waiting = list(tables)
     while waiting:
         ready = [table for table in waiting
-                 if any(fk.column.table.name in covered for fk in table.foreign_keys)]
+                 if any(fk.column.table.fullname in covered for fk in table.foreign_keys)]
         if not ready:
             raise SettingsError(key, (
-                f"table {waiting[0].name!r} has no foreign key to {root.name!r} or to another "
-                "of the policy's children"))
+                f"table {waiting[0].fullname!r} has no foreign key to {root.fullname!r} or "
+                "to another of the policy's children"))
         for table in ready:
             links.append(_child_link(table, covered, key, archive))
-            covered[table.name] = table
+            covered[table.fullname] = table
             waiting.remove(table)
     return tuple(links)
 
 
 def _child_link(table: sa.Table, covered: Mapping[str, sa.Table], key: str,
                 archive: Mapping[str, sa.Table]) -> ChildLink:
-    links = [fk for fk in table.foreign_keys if fk.column.table.name in covered]
+    links = [constraint for constraint in table.foreign_key_constraints
+             if constraint.referred_table.fullname in covered]
     if len(links) != 1:
-        referred = ", ".join(sorted({fk.column.table.name for fk in links}))
+        referred = ", ".join(sorted({fk.referred_table.fullname for fk in links}))
         raise SettingsError(key, (
-            f"table {table.name!r} needs exactly one foreign key to the policy's tables, has "
+            f"table {table.fullname!r} needs exactly one foreign key to the policy's tables, has "
             f"{len(links)} (to {referred})"))
     try:
-        single_key(table)
+        key_columns(table)
     except ValueError as exc:
         raise SettingsError(key, str(exc)) from exc
-    parent = links[0].column.table
-    assert isinstance(parent, sa.Table)
-    return ChildLink(table=table, archive_table=archive[table.name],
-                     parent_column=links[0].parent, parent=parent,
-                     archive_parent=archive[parent.name])
+    (constraint,) = links
+    parent = constraint.referred_table
+    return ChildLink(table=table, archive_table=archive[table.fullname],
+                     columns=tuple(element.parent for element in constraint.elements),
+                     parent=parent,
+                     referenced=tuple(element.column for element in constraint.elements),
+                     archive_parent=archive[parent.fullname])
 
 
 def _refuse_uncovered_references(covered: Sequence[sa.Table], key: str,
@@ -259,23 +256,23 @@ def _refuse_uncovered_references(covered: Sequence[sa.Table], key: str,
     PRIMARY delete fail on every batch; with ``ON DELETE CASCADE`` (or ``SET NULL``) the
     delete succeeds and changes rows that were never copied, which is worse.
     """
-    names = {table.name for table in covered}
+    names = {table.fullname for table in covered}
     for table in primary.values():
-        if table.name in names:
+        if table.fullname in names:
             continue
         for constraint in table.foreign_key_constraints:
-            referred = constraint.referred_table.name
+            referred = constraint.referred_table.fullname
             if referred not in names:
                 continue
             columns = ", ".join(constraint.column_keys)
-            label = f"{table.name}.{constraint.name or f'({columns})'}"
+            label = f"{table.fullname}.{constraint.name or f'({columns})'}"
             action = (constraint.ondelete or "").upper()
             if action in ("CASCADE", "SET NULL", "SET DEFAULT"):
                 raise SettingsError(key, (
                     f"{label} references {referred} ON DELETE {action}: deleting archived "
-                    f"{referred} rows would change {table.name} rows that were never copied; "
-                    f"archive {table.name} with them (add it to children)"))
+                    f"{referred} rows would change {table.fullname} rows that were never copied; "
+                    f"archive {table.fullname} with them (add it to children)"))
             raise SettingsError(key, (
                 f"{label} references {referred}, which this policy deletes from, but "
-                f"{table.name} is not archived with it: the PRIMARY delete would fail; add "
-                f"{table.name} to children"))
+                f"{table.fullname} is not archived with it: the PRIMARY delete would fail; add "
+                f"{table.fullname} to children"))

@@ -36,6 +36,6 @@ def check_conditions(primary: sa.Engine, policies: Sequence[ArchivePolicy]) -> N
                 raise SettingsError(
                     f"policy.{policy.name}.where",
                     f"{policy.where!r} is not a condition PRIMARY accepts on table "
-                    f"{policy.root.name!r}: {first_line(exc)}") from exc
+                    f"{policy.root.fullname!r}: {first_line(exc)}") from exc
             finally:
                 connection.rollback()

@@ -17,19 +17,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import sqlalchemy as sa
 
 from archive import ledger
+from archive.keys import Key, columns_in
 from archive.locks import LockLost, RunnerLock
-from archive.mover import ArchiveError, BatchResult, Timeouts, move_batch
+from archive.mover import ArchiveError, BatchResult, SchemaDrift, Timeouts, move_batch
 from archive.policy import ArchivePolicy
 from archive.settle import settle_pending_runs
 from sediment.core.databases import analyze
 from sediment.core.error_text import first_line
 from sediment.core.schema.archive import RunStatus
-from sediment.core.settings import ArchiveSettings, DatabaseSettings
+from sediment.core.settings import ArchiveSettings, DatabaseSettings, SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -85,28 +86,28 @@ def plan_run(primary: sa.Engine, policy: ArchivePolicy, now: datetime) -> DryRun
     ``query_only`` mode for the count and restored, so any write would fail either way.
     """
     cutoff = policy.cutoff(now)
-    aged = sa.select(policy.key).where(policy.aged(cutoff))
+    moving: dict[str, sa.ColumnElement[bool]] = {policy.root.fullname: policy.aged(cutoff)}
     with primary.connect() as connection, connection.begin():
         if connection.dialect.name == "postgresql":
             connection.exec_driver_sql("SET TRANSACTION READ ONLY")
         else:
             connection.exec_driver_sql("PRAGMA query_only = ON")
         try:
-            counts = {policy.root.name: _count(connection, aged)}
-            keys = {policy.root.name: aged}
             for link in policy.children:  # parents first: each level selects by the one above
-                keys[link.table.name] = sa.select(link.key).where(
-                    link.parent_column.in_(keys[link.parent.name]))
-                counts[link.table.name] = _count(connection, keys[link.table.name])
+                parents = sa.select(*link.referenced).where(moving[link.parent.fullname])
+                moving[link.table.fullname] = columns_in(link.columns, parents)
+            counts = {table.fullname: _count(connection, table, moving[table.fullname])
+                      for table in policy.tables}
         finally:
             if connection.dialect.name == "sqlite":
                 connection.exec_driver_sql("PRAGMA query_only = OFF")
     return DryRunPlan(policy=policy.name, cutoff=cutoff, counts=counts)
 
 
-def _count(connection: sa.Connection, query: sa.Select[Any]) -> int:
-    return int(connection.execute(sa.select(sa.func.count()).select_from(query.subquery()))
-               .scalar_one())
+def _count(connection: sa.Connection, table: sa.Table,
+           condition: sa.ColumnElement[bool]) -> int:
+    return int(connection.execute(sa.select(sa.func.count()).select_from(table)
+                                  .where(condition)).scalar_one())
 
 
 def run_policy(
@@ -120,9 +121,13 @@ def run_policy(
     limits: RunLimits | None = None,
     stop: threading.Event | None = None,
     progress: ProgressCallback | None = None,
+    prepare: Callable[[], ArchivePolicy] | None = None,
 ) -> RunOutcome:
     """Run ``policy`` once and record it in the ledger.
 
+    :param prepare: called holding the runner lock, before the first batch: the policy as
+        PRIMARY's schema is now, its twins brought up to date (an existing PRIMARY). A
+        :class:`SchemaDrift` (or a table gone) ends the run ``schema_drift``.
     :param now: the instant the cutoff is computed from (``--now`` makes runs reproducible).
     :param stop: set it to stop cleanly after the current batch (SIGTERM, scheduler shutdown).
     :returns: the outcome; ``status`` is one of ``done``, ``max_rows``, ``max_runtime``,
@@ -134,8 +139,8 @@ def run_policy(
     limits = limits or RunLimits()
     cutoff = policy.cutoff(now)
     outcome = RunOutcome(policy=policy.name, status="running", cutoff=cutoff,
-                       moved={table.name: 0 for table in policy.tables})
-    tables = [table.name for table in policy.tables]
+                       moved={table.fullname: 0 for table in policy.tables})
+    tables = [table.fullname for table in policy.tables]
     lock = RunnerLock(primary, policy.name)
     try:
         try:
@@ -165,14 +170,26 @@ def run_policy(
             return outcome
         logger.info("policy %s run %d started: cutoff %s, batch size %d", policy.name,
                     outcome.run_id, cutoff.isoformat(), policy.batch_size)
-        _batches(primary, archive, policy, outcome, lock, database, settings, limits, stop,
-                 progress)
+        if prepare is not None:
+            try:
+                policy = prepare()
+                ledger.ensure_tables(archive, outcome.run_id,
+                                     [table.fullname for table in policy.tables])
+                outcome.moved = {table.fullname: 0 for table in policy.tables}
+            except (SchemaDrift, SettingsError) as exc:
+                outcome.status, outcome.error = "schema_drift", str(exc)
+            except sa.exc.SQLAlchemyError as exc:
+                outcome.status, outcome.error = "error", first_line(exc)
+        if outcome.status == "running":
+            _batches(primary, archive, policy, outcome, lock, database, settings, limits, stop,
+                     progress)
         _finish(archive, outcome, settings)
         if outcome.rows:
             _refresh_statistics(archive, policy)
     finally:
         lock.release()
-    log = logger.error if outcome.status in ("error", "lock_lost") else logger.info
+    log = logger.error if outcome.status in ("error", "lock_lost", "schema_drift") \
+        else logger.info
     log("policy %s run %d ended %s: %d rows in %d batches, %.1fs%s", policy.name, outcome.run_id,
         outcome.status, outcome.rows, outcome.batches, outcome.seconds,
         f": {outcome.error}" if outcome.error else "")
@@ -206,7 +223,7 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
     run_id = outcome.run_id
     timeouts = Timeouts(database.statement_timeout_ms, database.lock_timeout_ms)
     started = time.monotonic()
-    after_key: int | None = None
+    after_key: Key | None = None
 
     def attempt(limit: int) -> BatchResult | None:
         if lock.ensure_held():
@@ -244,7 +261,7 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
                 break
             _with_retries(settings, stop, partial(
                 ledger.record_delete, archive, run_id, result.deleted,
-                {policy.root.name: result.skipped_locked}))
+                {policy.root.fullname: result.skipped_locked}))
             after_key = result.last_key
             outcome.batches += 1
             outcome.roots += result.roots
@@ -258,6 +275,8 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
         _with_retries(settings, stop, lambda: settle_pending_runs(primary, archive, policy))
     except LockLost as exc:
         outcome.status, outcome.error = "lock_lost", str(exc)
+    except SchemaDrift as exc:
+        outcome.status, outcome.error = "schema_drift", str(exc)
     except (ArchiveError, sa.exc.SQLAlchemyError) as exc:
         outcome.status, outcome.error = "error", first_line(exc)
     finally:

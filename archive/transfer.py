@@ -20,38 +20,53 @@ overwritten rows each earlier run had copied, so the ledger can hand them over.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from archive.policy import ArchivePolicy, ChildLink, single_key
-from sediment.core.pgcopy import copy_lines_in, copy_out, encode_value, quote_columns, render
+from archive.keys import Key, is_integer, key_after, key_columns, key_filters
+from archive.policy import ArchivePolicy, ChildLink
+from sediment.core.pgcopy import (
+    copy_lines_in,
+    copy_out,
+    decode_field,
+    encode_value,
+    quote_columns,
+    render,
+)
 from sediment.core.schema.archive import ARCHIVE_RUN_ID, ARCHIVED_AT
-
-#: Keys per ``IN (...)`` on SQLite, under its limit of 32,766 bound parameters.
-SQLITE_KEYS_PER_STATEMENT = 10_000
 
 
 class Transfer(Protocol):
-    """Moves one table's rows of a batch; rows are opaque to everyone else."""
+    """Moves one table's rows of a batch; rows are opaque to everyone else.
+
+    Keys (and other column values) are read out of rows with :meth:`values_of`, in the
+    form :func:`archive.keys.key_filters` binds: Python values on the portable path, the
+    server's text form for non-integer columns on the COPY path. :meth:`key_expression`
+    selects a column in that same form, so that keys read by a plain query compare equal
+    to keys read out of rows.
+    """
 
     def select_roots(self, connection: sa.Connection, policy: ArchivePolicy, cutoff: datetime,
-                     after_key: int | None, limit: int) -> list[Any]: ...
+                     after_key: Key | None, limit: int) -> list[Any]: ...
 
     def select_children(self, connection: sa.Connection, link: ChildLink,
-                        parent_keys: Sequence[int]) -> list[Any]: ...
+                        parent_values: Sequence[Key]) -> list[Any]: ...
 
-    def key_of(self, row: Any) -> int: ...
+    def values_of(self, table: sa.Table, columns: Sequence[sa.Column[Any]],
+                  rows: Sequence[Any]) -> list[Key]: ...
+
+    def key_expression(self, column: sa.Column[Any]) -> sa.ColumnElement[Any]: ...
 
     def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
-               rows: list[Any], keys: Sequence[int], *, run_id: int,
+               rows: list[Any], keys: Sequence[Key], *, run_id: int,
                archived_at: datetime) -> dict[int, int]: ...
 
     def read_back(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
-                  keys: Sequence[int]) -> list[Any]: ...
+                  keys: Sequence[Key]) -> list[Any]: ...
 
 
 def transfer_for(primary: sa.Engine, archive: sa.Engine) -> Transfer:
@@ -61,30 +76,19 @@ def transfer_for(primary: sa.Engine, archive: sa.Engine) -> Transfer:
     return CoreTransfer()
 
 
-def key_filters(column: sa.ColumnElement[int], keys: Sequence[int],
-                dialect: sa.Dialect) -> Iterator[sa.ColumnElement[bool]]:
-    """Yield conditions that together select ``keys``: one ``= ANY(array)`` on PostgreSQL,
-    chunks of ``IN`` lists on SQLite."""
-    if not keys:
-        return
-    if dialect.name == "postgresql":
-        # One text parameter cast to bigint[]: psycopg2 adapts a 20,000-element list item by
-        # item, and the range lets the planner walk one stretch of the index.
-        literal = "{" + ",".join(map(str, keys)) + "}"
-        array = sa.cast(sa.bindparam(None, literal, type_=sa.Text), postgresql.ARRAY(sa.BigInteger))
-        yield sa.and_(column.between(min(keys), max(keys)), column == sa.any_(array))
-        return
-    for start in range(0, len(keys), SQLITE_KEYS_PER_STATEMENT):
-        yield column.in_(keys[start:start + SQLITE_KEYS_PER_STATEMENT])
+def positions(table: sa.Table, columns: Sequence[sa.Column[Any]]) -> list[int]:
+    """Where ``columns`` sit in a row of ``table`` (rows hold every column, in table order)."""
+    names = [column.name for column in table.columns]
+    return [names.index(column.name) for column in columns]
 
 
-def roots_query(policy: ArchivePolicy, cutoff: datetime, after_key: int | None,
+def roots_query(policy: ArchivePolicy, cutoff: datetime, after_key: Key | None,
                 limit: int, dialect: sa.Dialect) -> sa.Select[Any]:
     """The next batch of aged roots by key (keyset, never OFFSET), locked on PostgreSQL."""
     query = sa.select(*policy.root.columns).where(policy.aged(cutoff))
     if after_key is not None:
-        query = query.where(policy.key > after_key)
-    query = query.order_by(policy.key).limit(limit)
+        query = query.where(key_after(policy.key, after_key, dialect))
+    query = query.order_by(*policy.key).limit(limit)
     if dialect.name == "postgresql":
         # A row an application transaction holds stays for a later batch instead of
         # blocking this one; a second runner likewise skips what the first has locked.
@@ -100,44 +104,47 @@ def children_query(link: ChildLink, of_parents: sa.ColumnElement[bool],
     batch wait out ``lock_timeout`` and fail, again on every retry. What was skipped shows
     in :func:`some_children_held`, and its root stays for a later run.
     """
-    query = sa.select(*link.table.columns).where(of_parents).order_by(link.key)
+    query = sa.select(*link.table.columns).where(of_parents).order_by(*link.key)
     return query.with_for_update(skip_locked=True) if dialect.name == "postgresql" else query
 
 
 def some_children_held(connection: sa.Connection, link: ChildLink,
-                        parent_keys: Sequence[int], locked: int) -> bool:
-    """Whether a writer holds some child of ``parent_keys``: the locking select got
+                       parent_values: Sequence[Key], locked: int) -> bool:
+    """Whether a writer holds some child of ``parent_values``: the locking select got
     ``locked`` rows, and an unlocked count finds more. Never on SQLite, whose write lock
     covers the whole database.
 
     Counted after the locking select. No child can appear in between, since inserting one
-    needs a lock on its root, which the batch holds.
+    needs a lock on its parent, which the batch holds.
     """
     if connection.dialect.name != "postgresql":
         return False
     total = 0
-    for condition in key_filters(link.parent_column, parent_keys, connection.dialect):
+    for condition in key_filters(link.columns, parent_values, connection.dialect):
         total += int(connection.execute(
             sa.select(sa.func.count()).select_from(link.table).where(condition)).scalar_one())
     return total > locked
 
 
-def child_parents(connection: sa.Connection, link: ChildLink,
-                  parent_keys: Sequence[int]) -> dict[int, int]:
-    """Every child of ``parent_keys`` (key -> root key), read without locks."""
-    parents: dict[int, int] = {}
-    for condition in key_filters(link.parent_column, parent_keys, connection.dialect):
-        query = sa.select(link.key, link.parent_column).where(condition)
-        parents.update((int(key), int(parent)) for key, parent in connection.execute(query))
+def child_parents(connection: sa.Connection, transfer: Transfer, link: ChildLink,
+                  parent_values: Sequence[Key]) -> dict[Key, Key]:
+    """Every child of ``parent_values``: its key -> the parent value it references, read
+    without locks, in the transfer's key form."""
+    parents: dict[Key, Key] = {}
+    width = len(link.key)
+    expressions = [transfer.key_expression(column) for column in (*link.key, *link.columns)]
+    for condition in key_filters(link.columns, parent_values, connection.dialect):
+        for row in connection.execute(sa.select(*expressions).where(condition)):
+            parents[tuple(row[:width])] = tuple(row[width:])
     return parents
 
 
 def previous_owners(connection: sa.Connection, twin: sa.Table,
-                    keys: Sequence[int]) -> dict[int, int]:
+                    keys: Sequence[Key]) -> dict[int, int]:
     """Count rows of ``keys`` already in ARCHIVE, by the run that copied them."""
     owners: dict[int, int] = {}
     run_column = twin.c[ARCHIVE_RUN_ID]
-    for condition in key_filters(single_key(twin), keys, connection.dialect):
+    for condition in key_filters(key_columns(twin), keys, connection.dialect):
         query = sa.select(run_column, sa.func.count()).where(condition).group_by(run_column)
         for run, count in connection.execute(query):
             owners[int(run)] = owners.get(int(run), 0) + int(count)
@@ -148,32 +155,39 @@ class CoreTransfer:
     """Rows as tuples in table-column order; portable across backends."""
 
     def select_roots(self, connection: sa.Connection, policy: ArchivePolicy, cutoff: datetime,
-                     after_key: int | None, limit: int) -> list[Any]:
+                     after_key: Key | None, limit: int) -> list[Any]:
         query = roots_query(policy, cutoff, after_key, limit, connection.dialect)
         return [tuple(row) for row in connection.execute(query)]
 
     def select_children(self, connection: sa.Connection, link: ChildLink,
-                        parent_keys: Sequence[int]) -> list[Any]:
+                        parent_values: Sequence[Key]) -> list[Any]:
         rows: list[Any] = []
-        for condition in key_filters(link.parent_column, parent_keys, connection.dialect):
+        for condition in key_filters(link.columns, parent_values, connection.dialect):
             query = children_query(link, condition, connection.dialect)
             rows.extend(tuple(row) for row in connection.execute(query))
         return rows
 
-    def key_of(self, row: Any) -> int:
-        return int(row[0])
+    def values_of(self, table: sa.Table, columns: Sequence[sa.Column[Any]],
+                  rows: Sequence[Any]) -> list[Key]:
+        at = positions(table, columns)
+        if at == [0]:
+            return [(row[0],) for row in rows]
+        return [tuple(row[i] for i in at) for row in rows]
+
+    def key_expression(self, column: sa.Column[Any]) -> sa.ColumnElement[Any]:
+        return column
 
     def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
-               rows: list[Any], keys: Sequence[int], *, run_id: int,
+               rows: list[Any], keys: Sequence[Key], *, run_id: int,
                archived_at: datetime) -> dict[int, int]:
         owners = previous_owners(connection, twin, keys)
         insert = (postgresql.insert(twin) if connection.dialect.name == "postgresql"
                   else sqlite.insert(twin))
-        key = single_key(twin).name
+        key = [column.name for column in key_columns(twin)]
         overwrite = [*columns, ARCHIVED_AT, ARCHIVE_RUN_ID]
         statement = insert.on_conflict_do_update(
-            index_elements=[key],
-            set_={name: insert.excluded[name] for name in overwrite if name != key},
+            index_elements=key,
+            set_={name: insert.excluded[name] for name in overwrite if name not in key},
         )
         stamp = {ARCHIVED_AT: archived_at, ARCHIVE_RUN_ID: run_id}
         connection.execute(statement, [{**dict(zip(columns, row, strict=True)), **stamp}
@@ -181,35 +195,51 @@ class CoreTransfer:
         return owners
 
     def read_back(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
-                  keys: Sequence[int]) -> list[Any]:
+                  keys: Sequence[Key]) -> list[Any]:
         rows: list[Any] = []
-        key = single_key(twin)
-        for condition in key_filters(key, keys, connection.dialect):
+        for condition in key_filters(key_columns(twin), keys, connection.dialect):
             query = sa.select(*(twin.c[name] for name in columns)).where(condition)
             rows.extend(tuple(row) for row in connection.execute(query))
         return rows
 
 
-
 class CopyTransfer:
-    """Rows as PostgreSQL COPY text lines; the key is the first field."""
+    """Rows as PostgreSQL COPY text lines, never parsed except for the keys they carry:
+    integer columns as ``int``, any other column as the server's text form of its value."""
 
     def select_roots(self, connection: sa.Connection, policy: ArchivePolicy, cutoff: datetime,
-                     after_key: int | None, limit: int) -> list[Any]:
+                     after_key: Key | None, limit: int) -> list[Any]:
         query = roots_query(policy, cutoff, after_key, limit, connection.dialect)
         return copy_out(connection, render(connection, query))
 
     def select_children(self, connection: sa.Connection, link: ChildLink,
-                        parent_keys: Sequence[int]) -> list[Any]:
-        (of_parents,) = key_filters(link.parent_column, parent_keys, connection.dialect)
+                        parent_values: Sequence[Key]) -> list[Any]:
+        (of_parents,) = key_filters(link.columns, parent_values, connection.dialect)
         return copy_out(connection, render(connection, children_query(
             link, of_parents, connection.dialect)))
 
-    def key_of(self, row: Any) -> int:
-        return int(row[: row.index("\t")] if "\t" in row else row)
+    def values_of(self, table: sa.Table, columns: Sequence[sa.Column[Any]],
+                  rows: Sequence[Any]) -> list[Key]:
+        at = positions(table, columns)
+        if at == [0] and is_integer(columns[0]):  # the common case, without splitting lines
+            return [(int(row[: row.index("\t")] if "\t" in row else row),) for row in rows]
+        readers = [_integer_field if is_integer(column) else decode_field for column in columns]
+        last = max(at)
+        if len(at) == 1:
+            ((read, i),) = zip(readers, at, strict=True)
+            return [(read(row.split("\t", last + 1)[i]),) for row in rows]
+        values: list[Key] = []
+        for row in rows:
+            fields = row.split("\t", last + 1)
+            values.append(tuple(read(fields[i]) for read, i in zip(readers, at, strict=True)))
+        return values
+
+    def key_expression(self, column: sa.Column[Any]) -> sa.ColumnElement[Any]:
+        # ``::text`` runs the type's output function, as COPY does.
+        return column if is_integer(column) else sa.cast(column, sa.Text)
 
     def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
-               rows: list[Any], keys: Sequence[int], *, run_id: int,
+               rows: list[Any], keys: Sequence[Key], *, run_id: int,
                archived_at: datetime) -> dict[int, int]:
         """COPY the lines straight into the archive table; stage them if a key is there.
 
@@ -221,7 +251,7 @@ class CopyTransfer:
         """
         stamp = f"\t{encode_value(archived_at)}\t{run_id}"
         names = quote_columns(connection, [*columns, ARCHIVED_AT, ARCHIVE_RUN_ID])
-        target = f"{connection.dialect.identifier_preparer.quote(twin.name)} ({names})"
+        target = f"{_quoted_table(connection, twin)} ({names})"
         try:
             with connection.begin_nested():
                 copy_lines_in(connection, target, [line + stamp for line in rows])
@@ -232,9 +262,9 @@ class CopyTransfer:
     def _upsert_staged(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
                        rows: list[Any], run_id: int, archived_at: datetime) -> dict[int, int]:
         quote = connection.dialect.identifier_preparer.quote
-        stage, table = quote(f"sediment_stage_{twin.name}"), quote(twin.name)
+        stage, table = quote(f"sediment_stage_{twin.name}"), _quoted_table(connection, twin)
         names = quote_columns(connection, columns)
-        key = quote(single_key(twin).name)
+        key = [quote(column.name) for column in key_columns(twin)]
         connection.exec_driver_sql(
             f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA"
         )
@@ -243,23 +273,35 @@ class CopyTransfer:
         inserted = connection.exec_driver_sql(
             f"INSERT INTO {table} ({names}, {ARCHIVED_AT}, {ARCHIVE_RUN_ID}) "
             f"SELECT {names}, %(archived_at)s, %(run_id)s FROM {stage} "
-            f"ON CONFLICT ({key}) DO NOTHING", stamp,
+            f"ON CONFLICT ({', '.join(key)}) DO NOTHING", stamp,
         ).rowcount
         if inserted == len(rows):
             return {}
         # Rows this statement inserted carry this batch's stamp; the others were there before.
-        conflicting = f"{stage} s WHERE t.{key} = s.{key} AND t.{ARCHIVED_AT} <> %(archived_at)s"
+        same_key = " AND ".join(f"t.{name} = s.{name}" for name in key)
+        conflicting = f"{stage} s WHERE {same_key} AND t.{ARCHIVED_AT} <> %(archived_at)s"
         owners = {int(run): int(count) for run, count in connection.exec_driver_sql(
             f"SELECT t.{ARCHIVE_RUN_ID}, count(*) FROM {table} t, {conflicting} "
             f"GROUP BY t.{ARCHIVE_RUN_ID}", stamp)}
-        updates = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in columns if quote(c) != key)
+        updates = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in columns if quote(c) not in key)
+        assignments = f"{updates}, " if updates else ""
         connection.exec_driver_sql(
-            f"UPDATE {table} t SET {updates}, {ARCHIVED_AT} = %(archived_at)s, "
+            f"UPDATE {table} t SET {assignments}{ARCHIVED_AT} = %(archived_at)s, "
             f"{ARCHIVE_RUN_ID} = %(run_id)s FROM {conflicting}", stamp)
         return owners
 
     def read_back(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
-                  keys: Sequence[int]) -> list[Any]:
-        (condition,) = key_filters(single_key(twin), keys, connection.dialect)
+                  keys: Sequence[Key]) -> list[Any]:
+        (condition,) = key_filters(key_columns(twin), keys, connection.dialect)
         query = sa.select(*(twin.c[name] for name in columns)).where(condition)
         return copy_out(connection, render(connection, query))
+
+
+def _integer_field(field: str) -> int | None:
+    return None if field == "\\N" else int(field)
+
+
+def _quoted_table(connection: sa.Connection, table: sa.Table) -> str:
+    """``schema.table`` (or ``table``), each part quoted as the dialect requires."""
+    preparer = connection.dialect.identifier_preparer
+    return preparer.format_table(table)

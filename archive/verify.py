@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from archive.keys import Key, columns_match, key_columns
 from archive.ledger import run_tables, runs
-from archive.policy import ArchivePolicy, single_key
+from archive.policy import ArchivePolicy, ChildLink
 from sediment.core.schema.archive import ARCHIVE_RUN_ID
 
 CLEAN_ENDINGS = ("done", "max_rows", "max_runtime", "stop_requested")
@@ -48,18 +49,18 @@ def verify_archive(primary: sa.Engine, archive: sa.Engine,
                             *((link.table, link.archive_table) for link in policy.children)):
             both = _keys_in_both(primary, table, archive, twin)
             if both and not running:
-                found.problems.append(f"{table.name}: {len(both)} keys in both databases, "
-                                       f"e.g. {both[:5]}; run 'archive run' to finish moving them")
+                shown = [key[0] if len(key) == 1 else key for key in both[:5]]
+                found.problems.append(f"{table.fullname}: {len(both)} keys in both databases, "
+                                      f"e.g. {shown}; run 'archive run' to finish moving them")
             else:
-                found.checks.append(f"{table.name}: no key in both databases")
+                found.checks.append(f"{table.fullname}: no key in both databases")
         for link in policy.children:
-            orphans = _orphans(archive, link.archive_table, link.parent_column.name,
-                               link.archive_parent)
+            orphans = _orphans(archive, link)
             if orphans:
-                found.problems.append(f"{link.table.name}: {orphans} archived rows without "
-                                       f"their archived {link.parent.name} row")
+                found.problems.append(f"{link.table.fullname}: {orphans} archived rows without "
+                                      f"their archived {link.parent.fullname} row")
             else:
-                found.checks.append(f"{link.table.name}: every archived row has its parent")
+                found.checks.append(f"{link.table.fullname}: every archived row has its parent")
         _check_ledger(archive, policy, found)
         _check_nothing_left(primary, archive, policy, found)
     return found
@@ -71,19 +72,23 @@ def _has_running_runs(archive: sa.Engine) -> bool:
             sa.select(sa.func.count()).where(runs.c.status == "running")).scalar_one() > 0
 
 
-def _sorted_keys(engine: sa.Engine, table: sa.Table) -> Iterator[int]:
-    key = single_key(table)
+def _sorted_keys(engine: sa.Engine, table: sa.Table) -> Iterator[Key]:
+    """Every key of ``table``, in the order Python compares them (text by code point:
+    PostgreSQL is asked for its ``C`` collation, whatever the column's own)."""
+    columns = key_columns(table)
+    order = [column.collate("C") if engine.dialect.name == "postgresql"
+             and isinstance(column.type, sa.String) else column for column in columns]
     with engine.connect() as connection:
         result = connection.execution_options(stream_results=True, yield_per=STREAM_PARTITION) \
-            .execute(sa.select(key).order_by(key))
-        for partition in result.scalars().partitions(STREAM_PARTITION):
-            yield from partition
+            .execute(sa.select(*columns).order_by(*order))
+        for partition in result.partitions(STREAM_PARTITION):
+            yield from (tuple(row) for row in partition)
 
 
 def _keys_in_both(primary: sa.Engine, table: sa.Table, archive: sa.Engine,
-                  twin: sa.Table) -> list[int]:
-    both: list[int] = []
-    previous: int | None = None
+                  twin: sa.Table) -> list[Key]:
+    both: list[Key] = []
+    previous: Key | None = None
     merged = heapq.merge(_sorted_keys(primary, table), _sorted_keys(archive, twin))
     for key in merged:
         if key == previous:
@@ -92,18 +97,21 @@ def _keys_in_both(primary: sa.Engine, table: sa.Table, archive: sa.Engine,
     return both
 
 
-def _orphans(archive: sa.Engine, child: sa.Table, parent_column: str, parent: sa.Table) -> int:
-    parent_key = single_key(parent)
+def _orphans(archive: sa.Engine, link: ChildLink) -> int:
+    """Archived rows of ``link``'s table whose archived parent is missing."""
+    child, parent = link.archive_table, link.archive_parent
+    referencing = [child.c[column.name] for column in link.columns]
+    referenced = [parent.c[column.name] for column in link.referenced]
     query = (sa.select(sa.func.count()).select_from(child)
-             .outerjoin(parent, parent_key == child.c[parent_column])
-             .where(parent_key.is_(None)))
+             .outerjoin(parent, columns_match(referenced, referencing))
+             .where(referenced[0].is_(None), *(column.is_not(None) for column in referencing)))
     with archive.connect() as connection:
         return int(connection.execute(query).scalar_one())
 
 
 def _check_ledger(archive: sa.Engine, policy: ArchivePolicy, found: Verification) -> None:
-    twins = {policy.root.name: policy.archive_root,
-             **{link.table.name: link.archive_table for link in policy.children}}
+    twins = {policy.root.fullname: policy.archive_root,
+             **{link.table.fullname: link.archive_table for link in policy.children}}
     with archive.connect() as connection:
         counters = connection.execute(
             sa.select(runs.c.id, runs.c.status, run_tables.c.table_name, run_tables.c.copied,
@@ -145,7 +153,7 @@ def _check_nothing_left(primary: sa.Engine, archive: sa.Engine, policy: ArchiveP
         last = connection.execute(
             sa.select(runs.c.id, runs.c.cutoff, run_tables.c.skipped_locked)
             .join(run_tables, sa.and_(run_tables.c.run_id == runs.c.id,
-                                      run_tables.c.table_name == policy.root.name))
+                                      run_tables.c.table_name == policy.root.fullname))
             .where(runs.c.policy == policy.name, runs.c.status == "done")
             .order_by(runs.c.id.desc()).limit(1)).first()
     if last is None:
@@ -157,7 +165,7 @@ def _check_nothing_left(primary: sa.Engine, archive: sa.Engine, policy: ArchiveP
                                   .where(policy.aged(cutoff))).scalar_one()
     behind = left - min(left, skipped)
     if behind:
-        found.problems.append(f"policy {policy.name}: {behind} {policy.root.name} rows older "
+        found.problems.append(f"policy {policy.name}: {behind} {policy.root.fullname} rows older "
                                f"than the last finished run's cutoff {cutoff.isoformat()} "
                                "are still in PRIMARY and were not skipped as locked; run again")
     elif left:

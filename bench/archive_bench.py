@@ -14,7 +14,12 @@ Each contender starts from the same freshly loaded PRIMARY and an empty ARCHIVE:
   a commit pair per row (time-boxed);
 * Sediment: ``run_policy`` for the shipped policies, exactly as the CLI runs them.
 
-The last line is ``archive_vs_copy_pipe=<ratio>`` (rows/s over rows/s).
+On PostgreSQL a second schema follows (``bench/reflected_schema.py``): an application's
+own composite-key parent with ``uuid``-keyed children, archived by reflection, against the
+same COPY pipe (``--parents`` of them, 3 children each).
+
+The last lines are ``reflected_archive_vs_copy_pipe=<ratio>`` (PostgreSQL) and
+``archive_vs_copy_pipe=<ratio>`` (rows/s over rows/s).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from flask import Flask
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from archive.runner import run_policy
+from bench import reflected_schema
 from bench.common import databases
 from reporting.app import create_app
 from reporting.state import state_of
@@ -49,6 +55,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="100,000 events (CI)")
     parser.add_argument("--events", type=int, help="aged events to load (default 1,000,000)")
     parser.add_argument("--sqlite", action="store_true", help="benchmark the SQLite path")
+    parser.add_argument("--parents", type=int,
+                        help="composite-key parents of the reflected schema (default 200,000; "
+                        "quick 20,000)")
     parser.add_argument("--naive-seconds", type=float, default=None,
                         help="time box of the naive ORM loop (default 10, quick 4)")
     args = parser.parse_args()
@@ -72,6 +81,11 @@ def main() -> int:
                            lambda p, a: run_sediment(app, p, a))
         for engine in (primary, archive):
             engine.dispose()
+    if not args.sqlite:
+        parents = args.parents or (20_000 if args.quick else 200_000)
+        with databases(False) as (primary_url, archive_url):
+            pipe, reflected = reflected_schema.measure(primary_url, archive_url, parents)
+        print(f"reflected_archive_vs_copy_pipe={reflected / pipe:.2f}")
     print(f"sediment / naive ORM = {sediment / naive:.1f}x")
     print(f"archive_vs_copy_pipe={sediment / baseline:.2f}")
     return 0

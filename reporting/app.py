@@ -20,6 +20,7 @@ from reporting.errors import register_error_handlers
 from reporting.json_provider import OrjsonProvider
 from reporting.readonly import create_readonly_engine
 from reporting.report_databases import ReportDatabases
+from reporting.reports import REPORTS
 from reporting.reports.base import DatabaseTables
 from reporting.state import AppState, state_of
 from sediment.core.databases import (
@@ -73,7 +74,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         engines=engines,
         report_databases=report_databases(settings),
         exports=ExportLimiter(settings.reports.csv_max_concurrent),
-        health=health.RecentHealth(engines),
+        health=health.RecentHealth(engines, settings.database.primary_schema),
+        reports=REPORTS if settings.database.primary_schema == "demo" else {},
     ).install(app)
     register_error_handlers(app)
     app.register_blueprint(health.blueprint)

@@ -11,21 +11,25 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, jsonify
 
 from reporting.state import current_state
-from sediment.core.databases import Database, Engines
+from sediment.core.databases import PRIMARY, Database, Engines
 from sediment.core.migrations import head_revision, schema_state
-from sediment.core.schema import metadata_of
+from sediment.core.schema import PrimarySchema, metadata_of
 
 logger = logging.getLogger(__name__)
 
 blueprint = Blueprint("health", __name__)
 
 
-def database_health(database: Database, engine: sa.Engine) -> dict[str, Any]:
-    """Report one database: backend, reachability, current and head revision."""
-    head = head_revision(database)
+def database_health(database: Database, engine: sa.Engine,
+                    primary_schema: PrimarySchema = "demo") -> dict[str, Any]:
+    """Report one database: backend, reachability, current and head revision (an existing
+    application's PRIMARY has neither: Sediment does not migrate it)."""
+    migrated = primary_schema == "demo" or database != PRIMARY
+    head = head_revision(database) if migrated else None
     report: dict[str, Any] = {"backend": engine.dialect.name, "head": head}
     try:
-        current, missing = schema_state(engine, metadata_of(database))
+        current, missing = schema_state(engine, metadata_of(database, primary_schema))
+        current = current if migrated else None
     except sa.exc.SQLAlchemyError as exc:
         logger.warning("health: %s database unreachable: %s", database, exc)
         report.update(reachable=False, revision=None, at_head=False, missing_tables=[],
@@ -57,8 +61,9 @@ class RecentHealth:
     trips that wait behind busy report threads for the interpreter.
     """
 
-    def __init__(self, engines: Engines) -> None:
+    def __init__(self, engines: Engines, primary_schema: PrimarySchema = "demo") -> None:
         self._engines = engines
+        self._primary_schema = primary_schema
         self._lock = threading.Lock()
         self._checked: tuple[float, dict[Database, dict[str, Any]], bool] | None = None
 
@@ -67,7 +72,8 @@ class RecentHealth:
             checked = self._checked
         if checked is not None and time.monotonic() - checked[0] < HEALTH_REUSE_SECONDS:
             return checked[1], checked[2]
-        databases = {name: database_health(name, engine) for name, engine in self._engines.items()}
+        databases = {name: database_health(name, engine, self._primary_schema)
+                     for name, engine in self._engines.items()}
         healthy = all(d["reachable"] and d["at_head"] and not d["missing_tables"]
                       for d in databases.values())
         with self._lock:

@@ -6,6 +6,7 @@ it through :func:`state_of` / :func:`current_state` and never look up loose stri
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from reporting.csv_export import ExportLimiter
     from reporting.health import RecentHealth
     from reporting.report_databases import ReportDatabases
+    from reporting.reports import Report
 
 _EXTENSION = "sediment"
 
@@ -35,6 +37,9 @@ class AppState:
     exports: ExportLimiter
     #: The last health check, shared by the probes of the next second.
     health: RecentHealth
+    #: The reports this app serves, by name: the built-in ones over the demo schema, none
+    #: (yet) beside an existing application's PRIMARY.
+    reports: Mapping[str, Report]
 
     def install(self, app: Flask) -> None:
         """Attach this state to ``app``."""

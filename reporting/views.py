@@ -17,7 +17,7 @@ from reporting.execution import Page, run_page
 from reporting.openapi import openapi_document
 from reporting.pagination import decode_cursor, encode_cursor
 from reporting.report_error import ReportError
-from reporting.reports import REPORTS, Report
+from reporting.reports import Report
 from reporting.request import ReportRequest, parse_request
 from reporting.state import current_state
 
@@ -26,10 +26,11 @@ _GET = {"provide_automatic_options": False}
 
 
 def find_report(name: str) -> Report:
-    if name not in REPORTS:
+    reports = current_state().reports
+    if name not in reports:
         raise ReportError(404, "unknown_report", f"there is no report {name!r}; "
-                          f"GET /api/v1/reports lists them: {', '.join(REPORTS)}")
-    return REPORTS[name]
+                          f"GET /api/v1/reports lists them: {', '.join(reports) or 'none'}")
+    return reports[name]
 
 
 def build_request(report: Report, *, export: bool = False) -> ReportRequest:
@@ -54,7 +55,7 @@ def index() -> Response:
 
 @blueprint.get("/reports", **_GET)
 def catalog() -> Response:
-    return jsonify(reports=[describe(report) for report in REPORTS.values()])
+    return jsonify(reports=[describe(report) for report in current_state().reports.values()])
 
 
 @blueprint.get("/reports/<name>", **_GET)
@@ -100,7 +101,7 @@ def report_csv(name: str) -> Response:
 
 @blueprint.get("/openapi.json", **_GET)
 def openapi() -> Response:
-    return jsonify(openapi_document())
+    return jsonify(openapi_document(current_state().reports))
 
 
 def envelope(report_request: ReportRequest, page: Page, next_token: str | None) -> dict[str, Any]:

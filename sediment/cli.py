@@ -26,7 +26,6 @@ from archive.preflight import check_conditions
 from archive.scheduler import start_in_background
 from reporting.csv_export import check_row_cap, stream_csv
 from reporting.report_error import ReportError
-from reporting.reports import REPORTS
 from reporting.request import parse_request
 from reporting.server import serve_in_process, serve_with_workers
 from reporting.state import state_of
@@ -68,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.settings)
         configure_logging(args.log_level or settings.service.log_level)
-        resolve_policies_of(settings)  # a bad policy stops every command, naming its key
+        if settings.database.primary_schema == "demo":
+            resolve_policies_of(settings)  # a bad policy stops every command, naming its key
         args.settings_obj = settings
         return handler(args)
     except SettingsError as exc:
@@ -186,16 +186,40 @@ def service_for(args: argparse.Namespace) -> Service:
 def cmd_migrate(args: argparse.Namespace) -> int:
     service = service_for(args)
     engines = service.engines
-    upgrade_all(engines)
-    repaired = ensure_complete(engines, repair=args.repair)
+    primary_schema = service.archiver.settings.database.primary_schema
+    upgrade_all(engines, primary_schema=primary_schema)
+    repaired = ensure_complete(engines, repair=args.repair, primary_schema=primary_schema)
     check_conditions(engines.primary, service.archiver.policies)
     for label, tables in repaired.items():
         print(f"re-created missing {label} tables, empty: {', '.join(tables)}")
-    print("both databases are at the newest schema")
+    if primary_schema == "demo":
+        print("both databases are at the newest schema")
+        return EXIT_OK
+    changes = apply_twin_plan(service)
+    print(f"ARCHIVE is at the newest schema; {changes} twin changes applied; PRIMARY (an "
+          "existing application's database) was not touched")
     return EXIT_OK
 
 
+def apply_twin_plan(service: Service) -> int:
+    """Create or evolve the twins of an existing PRIMARY's tables; return the changes made.
+
+    :raises CommandError: naming every type change no twin can follow.
+    """
+    plan = service.archiver.plan_twins()
+    if plan.conflicts:
+        raise CommandError("; ".join(map(str, plan.conflicts)))
+    for change in plan.changes:
+        print(f"ARCHIVE twin: {change}")
+    service.archiver.apply_twins(plan)
+    return len(plan.changes)
+
+
 def cmd_seed(args: argparse.Namespace) -> int:
+    if args.settings_obj.database.primary_schema == "existing":
+        raise CommandError("database.primary_schema is \"existing\": seed writes the demo "
+                           "shop, and Sediment never writes an application's database",
+                           EXIT_USAGE)
     plan = SeedPlan(customers=args.customers, orders=args.orders, events=args.events,
                     seed=args.seed, until=args.until)
     result = run_seed(service_for(args).engines, plan, append=args.append)
@@ -222,19 +246,19 @@ def run_seed(engines: Engines, plan: SeedPlan, *, append: bool) -> SeedResult:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write a report's CSV to a file, atomically: a failed export leaves no partial file."""
-    if args.name not in REPORTS:
-        raise CommandError(f"no report named {args.name!r} (known: {', '.join(REPORTS)})",
-                           EXIT_USAGE)
+    state = state_of(service_for(args).app)
+    if args.name not in state.reports:
+        raise CommandError(f"no report named {args.name!r} (known: "
+                           f"{', '.join(state.reports) or 'none'})", EXIT_USAGE)
     query = {name: [value] for name, value in args.param}
     query.update({k: [v] for k, v in (("sort", args.sort), ("source", args.source),
                                        ("formula", args.formula)) if v})
-    state = state_of(service_for(args).app)
     settings = state.settings.reports
     databases = state.report_databases
     target = Path(args.csv)
     partial = target.with_name(f".{target.name}.partial")
     try:
-        request = parse_request(REPORTS[args.name], query, default_limit=1,
+        request = parse_request(state.reports[args.name], query, default_limit=1,
                                 max_limit=settings.max_limit, export=True)
         total = check_row_cap(databases, request, settings.csv_max_rows)
     except ReportError as exc:
@@ -260,10 +284,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = getattr(args, "workers", None) or serving.workers
     if workers != serving.workers:
         serving = dataclasses.replace(serving, workers=workers)
+    primary_schema = settings.database.primary_schema
     if serving.migrate_on_start:
-        upgrade_all(service.engines)
-    ensure_complete(service.engines)
-    if serving.seed_when_empty:
+        upgrade_all(service.engines, primary_schema=primary_schema)
+    ensure_complete(service.engines, primary_schema=primary_schema)
+    if primary_schema == "existing" and serving.migrate_on_start:
+        apply_twin_plan(service)
+    elif serving.seed_when_empty and primary_schema == "demo":
         try:
             run_seed(service.engines, SeedPlan(), append=False)
         except CommandError:

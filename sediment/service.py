@@ -13,6 +13,7 @@ from flask import Flask
 
 from archive.archiver import Archiver
 from archive.compat import check_engines_hold
+from archive.existing import resolve_existing
 from archive.policy import ArchivePolicy, resolve_policies
 from archive.preflight import check_conditions
 from reporting.app import create_checked_app
@@ -36,7 +37,7 @@ class Service:
 
 
 def resolve_policies_of(settings: Settings) -> tuple[ArchivePolicy, ...]:
-    """The settings' archival policies resolved against the schema (no connection).
+    """The settings' archival policies resolved against the demo schema (no connection).
 
     :raises sediment.core.settings.SettingsError: naming a policy's unknown table, column
         or value.
@@ -47,11 +48,17 @@ def resolve_policies_of(settings: Settings) -> tuple[ArchivePolicy, ...]:
 def build_service(settings: Settings) -> Service:
     """Create the app, check both databases (reachable, and really two, and able to hold
     each other's columns when they run different engines), and build the archiver over the
-    app's engines."""
+    app's engines: its policies resolved against the demo schema, or against an existing
+    PRIMARY's reflected tables and their twins."""
     app = create_checked_app(settings)
     engines = state_of(app).engines
-    archiver = Archiver(settings=settings, engines=engines,
-                        policies=resolve_policies_of(settings))
+    if settings.database.primary_schema == "existing":
+        existing = resolve_existing(settings.policies, engines)
+        archiver = Archiver(settings=settings, engines=engines, policies=existing.policies,
+                            twins=existing.twins)
+    else:
+        archiver = Archiver(settings=settings, engines=engines,
+                            policies=resolve_policies_of(settings))
     check_engines_hold(engines.primary, engines.archive, archiver.policies)
     return Service(app=app, archiver=archiver)
 

@@ -2,7 +2,8 @@
 
 Test harness only: it listens to SQLAlchemy engine events from outside, so the product code
 carries no test hooks. Usage: ``crash_driver.py POINT N [run_service arguments...]``; the
-process kills itself the N-th time it reaches POINT:
+process kills itself the N-th time it reaches POINT (``CRASH_DRIVER_SETTINGS`` may name a
+settings file):
 
 * ``after_select``: the batch is selected and locked in PRIMARY; ARCHIVE is untouched.
 * ``after_archive_commit``: ARCHIVE holds the batch; PRIMARY has deleted nothing.
@@ -74,4 +75,6 @@ def on_rollback(conn):  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    sys.exit(main(["archive", "run", *sys.argv[3:]]))
+    settings = os.environ.get("CRASH_DRIVER_SETTINGS")  # a settings file, if not the default
+    sys.exit(main([*(["--settings", settings] if settings else []), "archive", "run",
+                   *sys.argv[3:]]))

@@ -64,7 +64,7 @@ def test_a_writer_holding_an_aged_order_loses_no_update(
     orders = small_batches(app)[0]
     with primary.connect() as connection:
         victim = connection.execute(
-            sa.select(orders.key).where(orders.aged(orders.cutoff(NOW))).order_by(orders.key)
+            sa.select(*orders.key).where(orders.aged(orders.cutoff(NOW))).order_by(*orders.key)
             .offset(5).limit(1)).scalar_one()
     writer = primary.connect()
     transaction = writer.begin()

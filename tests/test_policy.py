@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from archive.policy import cutoff_for, resolve_policy, single_key
+from archive.keys import key_columns
+from archive.policy import cutoff_for, resolve_policy
 from sediment.core.databases import PRIMARY
 from sediment.core.schema import metadata_of
 from sediment.core.schema.archive import archived_tables
@@ -32,8 +33,10 @@ def test_a_policy_resolves_to_tables_twins_and_child_links() -> None:
     policy = resolve_policy(orders_policy(), TABLES, archived_tables)
     assert policy.root is TABLES["orders"] and policy.archive_root is archived_tables["orders"]
     assert [t.name for t in policy.tables] == ["orders", "order_items", "payments"]
-    assert [c.parent_column.name for c in policy.children] == ["order_id", "order_id"]
-    assert policy.key.name == "id"
+    assert [[c.name for c in link.columns] for link in policy.children] == [["order_id"]] * 2
+    assert [[c.name for c in link.referenced] for link in policy.children] == [["id"]] * 2
+    assert all(link.references_key for link in policy.children)
+    assert [c.name for c in policy.key] == ["id"]
 
 
 def test_aged_selects_by_age_and_match() -> None:
@@ -66,11 +69,12 @@ def test_a_policy_the_schema_cannot_satisfy_names_its_key(
     assert caught.value.key == key
 
 
-def test_single_key_refuses_a_composite_key() -> None:
-    table = sa.Table("pairs", sa.MetaData(), sa.Column("a", sa.Integer, primary_key=True),
-                     sa.Column("b", sa.Integer, primary_key=True))
-    with pytest.raises(ValueError):
-        single_key(table)
+def test_key_columns_keep_a_composite_key_in_key_order() -> None:
+    table = sa.Table("pairs", sa.MetaData(), sa.Column("a", sa.Integer),
+                     sa.Column("b", sa.Text), sa.PrimaryKeyConstraint("b", "a"))
+    assert [c.name for c in key_columns(table)] == ["b", "a"]
+    with pytest.raises(ValueError, match="has no primary key"):
+        key_columns(sa.Table("loose", sa.MetaData(), sa.Column("a", sa.Integer)))
 
 
 def test_a_table_outside_the_policy_referencing_its_rows_stops_startup() -> None:
@@ -132,17 +136,12 @@ def test_children_must_be_a_list_or_auto(tmp_path: Path) -> None:
     assert "a list of strings or 'auto'" in str(caught.value)
 
 
-@pytest.mark.parametrize("key_columns", [(), ("a", "b")], ids=["no key", "composite key"])
 @pytest.mark.parametrize("role", ["root", "child"])
-def test_a_table_without_a_single_column_key_names_the_policy_key(
-    key_columns: tuple[str, ...], role: str
-) -> None:
+def test_a_table_without_a_primary_key_names_the_policy_key(role: str) -> None:
     metadata = sa.MetaData()
     sa.Table("roots", metadata, sa.Column("id", sa.Integer, primary_key=True),
              sa.Column("made_at", sa.DateTime(timezone=True)))
-    odd = sa.Table("odd", metadata,
-                   *(sa.Column(name, sa.Integer, primary_key=name in key_columns)
-                     for name in ("a", "b")),
+    odd = sa.Table("odd", metadata, sa.Column("a", sa.Integer),
                    sa.Column("made_at", sa.DateTime(timezone=True)),
                    sa.Column("root_id", sa.ForeignKey("roots.id")))
     settings = (PolicySettings(name="p", table="odd", age_column="made_at") if role == "root"
@@ -152,5 +151,21 @@ def test_a_table_without_a_single_column_key_names_the_policy_key(
         resolve_policy(settings, metadata.tables, {"roots": metadata.tables["roots"],
                                                    "odd": odd})
     assert caught.value.key == ("policy.p.table" if role == "root" else "policy.p.children")
-    assert ("has no primary key" if not key_columns
-            else "has a composite primary key (a, b)") in str(caught.value)
+    assert "has no primary key" in str(caught.value)
+
+
+def test_a_composite_foreign_key_to_a_unique_pair_links_a_child() -> None:
+    metadata = sa.MetaData()
+    sa.Table("accounts", metadata, sa.Column("region", sa.Text, primary_key=True),
+             sa.Column("number", sa.Integer, primary_key=True),
+             sa.Column("made_at", sa.DateTime(timezone=True)))
+    sa.Table("entries", metadata, sa.Column("id", sa.Uuid, primary_key=True),
+             sa.Column("account_region", sa.Text), sa.Column("account_number", sa.Integer),
+             sa.ForeignKeyConstraint(["account_region", "account_number"],
+                                     ["accounts.region", "accounts.number"]))
+    policy = resolve_policy(PolicySettings(name="p", table="accounts", age_column="made_at",
+                                           children="auto"),
+                            metadata.tables, metadata.tables)
+    (link,) = policy.children
+    assert [c.name for c in link.columns] == ["account_region", "account_number"]
+    assert [c.name for c in link.referenced] == ["region", "number"] and link.references_key

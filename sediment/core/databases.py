@@ -76,9 +76,9 @@ def analyze(engine: sa.Engine, tables: list[sa.Table]) -> None:
     the tables were empty. SQLite's planner gets the same from ``ANALYZE``.
     """
     with engine.begin() as connection:  # ANALYZE, unlike VACUUM, may run in a transaction
-        quote = connection.dialect.identifier_preparer.quote
+        preparer = connection.dialect.identifier_preparer
         for table in tables:
-            connection.exec_driver_sql(f"ANALYZE {quote(table.name)}")
+            connection.exec_driver_sql(f"ANALYZE {preparer.format_table(table)}")
 
 
 #: Execution option: on SQLite, open the transaction with ``BEGIN IMMEDIATE`` (take the

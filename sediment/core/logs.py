@@ -15,6 +15,10 @@ def configure_logging(level: str) -> None:
         force=True,
     )
     logging.getLogger("alembic.runtime.migration").addFilter(_quiet_alembic_context)
+    # The twins' comparison (archive.twins) reports its own plan; Alembic's running
+    # commentary of it would repeat each line before every run.
+    for name in ("alembic.runtime.plugins", "alembic.autogenerate"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _quiet_alembic_context(record: logging.LogRecord) -> bool:

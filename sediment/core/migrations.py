@@ -15,13 +15,20 @@ import logging.config
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
+from alembic import command, op
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 
-from sediment.core.databases import DATABASES, Database, Engines, engine_options, prepare_engine
-from sediment.core.schema import metadata_of
+from sediment.core.databases import (
+    DATABASES,
+    PRIMARY,
+    Database,
+    Engines,
+    engine_options,
+    prepare_engine,
+)
+from sediment.core.schema import PrimarySchema, metadata_of
 from sediment.core.settings import PROJECT_ROOT, load_settings
 
 logger = logging.getLogger(__name__)
@@ -33,27 +40,48 @@ VERSION_TABLE = "alembic_version"
 _MIGRATION_LOCK_KEY = 0x5EDD_0001
 
 
-def alembic_config(database: Database, engine: sa.Engine) -> Config:
+def alembic_config(database: Database, engine: sa.Engine,
+                   primary_schema: PrimarySchema = "demo") -> Config:
     """Build the Alembic config that migrates ``database`` through ``engine``."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_ROOT / database))
     config.attributes["engine"] = engine
-    config.attributes["metadata"] = metadata_of(database)
+    config.attributes["metadata"] = metadata_of(database, primary_schema)
+    config.attributes["primary_schema"] = primary_schema
     return config
 
 
-def upgrade_all(engines: Engines, revision: str = "head") -> None:
-    """Upgrade both databases to ``revision``."""
-    for database, engine in engines.items():
+def demo_twins() -> bool:
+    """Inside an ARCHIVE migration: whether this ARCHIVE holds the demo schema's twins.
+
+    Beside an existing application's PRIMARY it does not: its twins are made from that
+    application's tables, which may well be called ``orders`` or ``events`` too.
+    """
+    config = op.get_context().config
+    return config is None or config.attributes.get("primary_schema", "demo") == "demo"
+
+
+def migrated_databases(engines: Engines, primary_schema: PrimarySchema
+                       ) -> list[tuple[Database, sa.Engine]]:
+    """The databases whose schema Sediment migrates: never an existing PRIMARY."""
+    return [(database, engine) for database, engine in engines.items()
+            if primary_schema == "demo" or database != PRIMARY]
+
+
+def upgrade_all(engines: Engines, revision: str = "head",
+                primary_schema: PrimarySchema = "demo") -> None:
+    """Upgrade both databases (ARCHIVE alone beside an existing PRIMARY) to ``revision``."""
+    for database, engine in migrated_databases(engines, primary_schema):
         logger.info("migrating %s database to %s", database, revision)
-        command.upgrade(alembic_config(database, engine), revision)
+        command.upgrade(alembic_config(database, engine, primary_schema), revision)
 
 
 class SchemaIncomplete(RuntimeError):
     """A database is at the newest revision on paper but lacks tables."""
 
 
-def ensure_complete(engines: Engines, *, repair: bool = False) -> dict[Database, list[str]]:
+def ensure_complete(engines: Engines, *, repair: bool = False,
+                    primary_schema: PrimarySchema = "demo") -> dict[Database, list[str]]:
     """Check that each database has every table its history says it has.
 
     Alembic trusts its version table: a table dropped by hand stays dropped through any
@@ -64,8 +92,8 @@ def ensure_complete(engines: Engines, *, repair: bool = False) -> dict[Database,
     :raises SchemaIncomplete: naming the database and its missing tables, unless ``repair``.
     """
     repaired: dict[Database, list[str]] = {}
-    for database, engine in engines.items():
-        metadata = metadata_of(database)
+    for database, engine in migrated_databases(engines, primary_schema):
+        metadata = metadata_of(database, primary_schema)
         revision, missing = schema_state(engine, metadata)
         if not missing:
             continue
@@ -81,10 +109,11 @@ def ensure_complete(engines: Engines, *, repair: bool = False) -> dict[Database,
     return repaired
 
 
-def downgrade_all(engines: Engines, revision: str = "base") -> None:
-    """Downgrade both databases to ``revision``."""
-    for database, engine in engines.items():
-        command.downgrade(alembic_config(database, engine), revision)
+def downgrade_all(engines: Engines, revision: str = "base",
+                  primary_schema: PrimarySchema = "demo") -> None:
+    """Downgrade both databases (ARCHIVE alone beside an existing PRIMARY) to ``revision``."""
+    for database, engine in migrated_databases(engines, primary_schema):
+        command.downgrade(alembic_config(database, engine, primary_schema), revision)
 
 
 @functools.cache
@@ -134,6 +163,7 @@ def run_migrations(context: Any) -> None:
     metadata: sa.MetaData | None = config.attributes.get("metadata")
     if engine is None or metadata is None:
         engine, metadata = _engine_from_settings(config)
+        config.attributes["primary_schema"] = load_settings().database.primary_schema
     with engine.connect() as connection:
         context.configure(
             connection=connection,
@@ -161,8 +191,12 @@ def _engine_from_settings(config: Any) -> tuple[sa.Engine, sa.MetaData]:
     if config.config_file_name:
         logging.config.fileConfig(config.config_file_name, disable_existing_loggers=False)
     settings = load_settings()
+    if database == PRIMARY and settings.database.primary_schema == "existing":
+        raise CommandError("database.primary_schema is \"existing\": Sediment never migrates "
+                           "that application's database; migrate ARCHIVE only "
+                           "('alembic -n archive ...')")
     url = getattr(settings.database, f"{database}_url")
     engine = sa.create_engine(url, **engine_options(
         url, pool_size=1, busy_timeout_ms=settings.database.lock_timeout_ms))
     prepare_engine(engine)
-    return engine, metadata_of(database)
+    return engine, metadata_of(database, settings.database.primary_schema)

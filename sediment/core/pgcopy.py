@@ -33,6 +33,30 @@ def encode_value(value: Any) -> str:
     return str(value).translate(_ESCAPES)
 
 
+_DECODES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\"}
+
+
+def decode_field(field: str) -> str | None:
+    """Read one field of ``COPY ... TO STDOUT (FORMAT text)`` back into the value's text
+    form: ``\\N`` is NULL, and the backslash escapes PostgreSQL writes are undone."""
+    if field == "\\N":
+        return None
+    if "\\" not in field:
+        return field
+    out: list[str] = []
+    index = 0
+    while index < len(field):
+        char = field[index]
+        if char == "\\" and index + 1 < len(field):
+            following = field[index + 1]
+            out.append(_DECODES.get(following, following))
+            index += 2
+        else:
+            out.append(char)
+            index += 1
+    return "".join(out)
+
+
 def encode_rows(rows: Iterable[Sequence[Any]]) -> io.StringIO:
     """Render rows as one text-format COPY payload."""
     buffer = io.StringIO()
@@ -101,7 +125,11 @@ def copy_out(connection: sa.Connection, query: str) -> list[str]:
     statement = f"COPY ({query}) TO STDOUT"
     with raw_cursor(connection, statement) as cursor:
         cursor.copy_expert(statement, buffer)
-    return buffer.getvalue().splitlines()
+    # Split on "\n" only: COPY escapes newlines inside values, but ``str.splitlines`` would
+    # also split on characters it writes as they are (U+2028, U+0085, \x1c-\x1e).
+    lines = buffer.getvalue().split("\n")
+    lines.pop()  # the text after the last newline: empty
+    return lines
 
 
 def render(connection: sa.Connection, query: sa.Select[Any],

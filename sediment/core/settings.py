@@ -45,6 +45,9 @@ class SettingsError(ValueError):
 class DatabaseSettings:
     primary_url: str = "sqlite:///data/primary.sqlite3"
     archive_url: str = "sqlite:///data/archive.sqlite3"
+    #: "demo": Sediment's own demo shop, migrated by Sediment; "existing": another
+    #: application's database, read by reflection and never migrated.
+    primary_schema: Literal["demo", "existing"] = "demo"
     pool_size: int = 5
     statement_timeout_ms: int = 60_000
     lock_timeout_ms: int = 5_000
@@ -79,6 +82,8 @@ class ArchiveSettings:
     retry_attempts: int = 3
     retry_backoff: timedelta = timedelta(seconds=1)
     throttle: timedelta = timedelta(0)
+    #: Add PRIMARY's new columns to the ARCHIVE twins before a run (else stop it).
+    evolve_schema: bool = True
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,9 @@ _SECTIONS: dict[str, type[Any]] = {
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: A table name, optionally schema-qualified (``sales.orders``). Names are matched against
+#: the database's catalog and always quoted in SQL, so any characters but dots may appear.
+_TABLE_NAME = re.compile(r"^[^.\s][^.]*(\.[^.\s][^.]*)?$")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -414,10 +421,11 @@ def _validate(settings: Settings, base: Path) -> Settings:
 
 def _validate_policy(policy: PolicySettings, timezone: str) -> None:
     prefix = f"policy.{policy.name}"
-    for key in ("table", "age_column"):
-        value = getattr(policy, key)
-        if not _IDENTIFIER.match(value):
-            raise SettingsError(f"{prefix}.{key}", f"{value!r} is not a table or column name")
+    if not _TABLE_NAME.match(policy.table):
+        raise SettingsError(f"{prefix}.table", f"{policy.table!r} is not a table name "
+                            "(\"table\" or \"schema.table\")")
+    if not policy.age_column.strip():
+        raise SettingsError(f"{prefix}.age_column", "names no column")
     _require_positive(f"{prefix}.batch_size", policy.batch_size)
     if policy.older_than <= timedelta(0):
         raise SettingsError(f"{prefix}.older_than", "must be longer than zero")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from sediment.core.migrations import demo_twins
+
 revision = '0002_archive'
 down_revision = '0001_archive'
 branch_labels = None
@@ -22,6 +24,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    if not demo_twins():
+        return
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_events_occurred_at'))
         batch_op.create_index('ix_events_occurred_at_id', ['occurred_at', 'id'], unique=False)
@@ -32,6 +36,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if not demo_twins():
+        return
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.drop_index('ix_orders_placed_at_id')
         batch_op.create_index(batch_op.f('ix_orders_placed_at'), ['placed_at'], unique=False)

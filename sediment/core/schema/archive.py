@@ -33,6 +33,7 @@ RunStatus = Literal[
     "stop_requested",
     "lock_busy",
     "lock_lost",
+    "schema_drift",
     "error",
     "interrupted",
 ]
@@ -72,8 +73,15 @@ def twin_of(source: sa.Table, metadata: sa.MetaData) -> sa.Table:
         *columns,
         *composite,
         sa.Column(ARCHIVED_AT, UTCDateTime, nullable=False),
-        sa.Column(ARCHIVE_RUN_ID, sa.BigInteger, nullable=False, index=True),
+        sa.Column(ARCHIVE_RUN_ID, sa.BigInteger, nullable=False),
+        run_index(source.name),
     )
+
+
+def run_index(table: str) -> sa.Index:
+    """A twin's index on ``(archive_run_id, archived_at)``: a run's rows, and those of its
+    batches since a given moment (what recovery looks for after a crash)."""
+    return sa.Index(f"ix_{table}_{ARCHIVE_RUN_ID}_{ARCHIVED_AT}", ARCHIVE_RUN_ID, ARCHIVED_AT)
 
 
 #: The ARCHIVE twins, keyed by table name.
@@ -105,21 +113,24 @@ class ArchiveRun(ArchiveModel):
 class ArchiveRunTable(ArchiveModel):
     """Per-table counters of one run: selected, copied, verified and deleted rows.
 
-    ``pending_low``/``pending_high`` (on the policy's root table only) bound the root keys
-    this run copied but has not yet deleted from PRIMARY: set in the ARCHIVE transaction
-    that copies a batch, cleared once the run's deletes have caught up with its copies.
-    Rows in both databases can only lie in such a range, which is what keeps merged reports
-    from ever searching a whole run. ``skipped_locked`` counts root rows left for a later
+    ``pending_since`` (on the policy's root table only) is the ``archived_at`` of the
+    earliest batch this run copied but has not yet deleted from PRIMARY: set in the ARCHIVE
+    transaction that copies a batch, cleared once the run's deletes have caught up with its
+    copies. Rows in both databases can only be rows of such a run archived since then
+    (children included), which is what keeps recovery from ever searching a whole run.
+    ``pending_low``/``pending_high`` bound the same batches' root keys when the key is one
+    integer column, for the merged reports. ``skipped_locked`` counts root rows left for a later
     run because an application transaction held them or one of their children.
     """
 
     __tablename__ = "archive_run_tables"
     __table_args__ = (
         sa.Index("ix_archive_run_tables_pending", "table_name", "pending_low"),
+        sa.Index("ix_archive_run_tables_pending_since", "table_name", "pending_since"),
     )
 
     run_id: Mapped[int] = mapped_column(sa.ForeignKey("archive_runs.id"), primary_key=True)
-    table_name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    table_name: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
     selected: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     copied: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     verified: Mapped[int] = mapped_column(sa.BigInteger, default=0)
@@ -127,3 +138,22 @@ class ArchiveRunTable(ArchiveModel):
     skipped_locked: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     pending_low: Mapped[int | None] = mapped_column(sa.BigInteger)
     pending_high: Mapped[int | None] = mapped_column(sa.BigInteger)
+    pending_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ArchiveSchemaChange(ArchiveModel):
+    """A change Sediment made to the ARCHIVE twin of an existing PRIMARY's table: when,
+    which table, which columns, and what (the twins of the demo schema are Alembic's)."""
+
+    __tablename__ = "archive_schema_changes"
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    table_name: Mapped[str] = mapped_column(sa.String(255))
+    change: Mapped[str] = mapped_column(sa.String(32))
+    columns: Mapped[str] = mapped_column(sa.Text)
+    detail: Mapped[str] = mapped_column(sa.Text)
+
+
+#: The ledger tables alone: all of ARCHIVE that Alembic owns beside an existing PRIMARY.
+LEDGER_TABLES = ("archive_runs", "archive_run_tables", "archive_schema_changes")

@@ -1,0 +1,157 @@
+"""Keys of any shape: one column or several, integers, uuids, text, dates.
+
+A key is a tuple of column values, in the order of the columns it was read from. The
+archiver only ever needs three things from keys: select the rows after one (keyset, never
+OFFSET), select the rows of many (a batch's deletes and read-backs, 20,000 at a time), and
+compare them. Everything here builds those conditions for whichever columns a table has.
+
+On PostgreSQL a key is handed to the server as text and cast to the column's own type
+(``CAST('{...}' AS uuid[])``, ``(a, b) IN (SELECT * FROM unnest(...))``): one parameter
+per column whatever the batch size, any type with a text form (uuid, numeric, timestamps,
+enums, domains), and rows read out by ``COPY`` carry their keys as exactly that text. A
+single integer column keeps its own faster form: one ``bigint[]`` and a range the planner
+can walk. SQLite gets chunked ``IN`` lists (row values for a composite key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import date, datetime, time
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+Key = tuple[Any, ...]
+
+#: Bound parameters per statement on SQLite, under its limit of 32,766.
+SQLITE_PARAMETERS_PER_STATEMENT = 10_000
+
+
+def key_columns(table: sa.Table) -> tuple[sa.Column[Any], ...]:
+    """The primary-key columns of ``table``, in key order.
+
+    :raises ValueError: for a table without a primary key: the archiver copies, verifies
+        and deletes rows by key, and a row nothing identifies cannot be proved copied.
+    """
+    columns = tuple(table.primary_key.columns)
+    if not columns:
+        raise ValueError(f"table {table.fullname!r} has no primary key: the archiver copies, "
+                         "verifies and deletes rows by key; add one (or a unique "
+                         "not-null column made the primary key)")
+    return columns
+
+
+def is_integer(column: sa.ColumnElement[Any]) -> bool:
+    """Whether a column holds integers (its keys are then read and bound as ``int``)."""
+    return isinstance(column.type, sa.Integer)
+
+
+def integer_key(columns: Sequence[sa.ColumnElement[Any]]) -> bool:
+    """Whether a key is one integer column: the fast path on every backend."""
+    return len(columns) == 1 and is_integer(columns[0])
+
+
+def key_text(value: Any) -> str:
+    """A value in the text form PostgreSQL's input functions read back as the same value."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()
+    return str(value)
+
+
+def array_literal(values: Sequence[str], *, quote: bool = True) -> str:
+    """A PostgreSQL array literal of text elements, each quoted (so commas, braces, quotes,
+    backslashes and the word NULL are all plain characters) unless ``quote`` is off, for
+    values whose text form can hold none of those (numbers, uuids, dates)."""
+    if not quote:
+        return "{" + ",".join(values) + "}"
+    return "{" + ",".join(
+        '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values) + "}"
+
+
+#: Types whose text form is digits, letters, dashes, dots and colons: no quoting needed.
+_PLAIN_TEXT = (sa.Integer, sa.Numeric, sa.Uuid, sa.Date)
+
+
+def typed_array(column: sa.ColumnElement[Any], values: Sequence[Any]) -> sa.ColumnElement[Any]:
+    """One parameter holding ``values`` as an array of ``column``'s type (PostgreSQL)."""
+    if is_integer(column):
+        texts = [str(value) for value in values]
+    else:  # text forms from COPY lines already; Python values from a portable-path row
+        texts = [value if type(value) is str else key_text(value) for value in values]
+    literal = array_literal(texts, quote=not isinstance(column.type, _PLAIN_TEXT))
+    return sa.cast(sa.bindparam(None, literal, type_=sa.Text), postgresql.ARRAY(column.type))
+
+
+def key_filters(columns: Sequence[sa.ColumnElement[Any]], keys: Sequence[Key],
+                dialect: sa.Dialect) -> Iterator[sa.ColumnElement[bool]]:
+    """Yield conditions that together select the rows whose ``columns`` hold one of
+    ``keys``: one condition on PostgreSQL, chunks of ``IN`` lists on SQLite."""
+    if not keys:
+        return
+    if dialect.name == "postgresql":
+        yield _postgres_filter(columns, keys)
+        return
+    per_statement = max(1, SQLITE_PARAMETERS_PER_STATEMENT // len(columns))
+    for start in range(0, len(keys), per_statement):
+        chunk = keys[start:start + per_statement]
+        if len(columns) == 1:
+            yield columns[0].in_([key[0] for key in chunk])
+        else:
+            yield sa.tuple_(*columns).in_(list(chunk))
+
+
+def _postgres_filter(columns: Sequence[sa.ColumnElement[Any]],
+                     keys: Sequence[Key]) -> sa.ColumnElement[bool]:
+    if integer_key(columns):
+        # One text parameter cast to bigint[]: psycopg2 adapts a 20,000-element list item by
+        # item, and the range lets the planner walk one stretch of the index.
+        (column,) = columns
+        values = [int(key[0]) for key in keys]
+        literal = "{" + ",".join(map(str, values)) + "}"
+        array = sa.cast(sa.bindparam(None, literal, type_=sa.Text),
+                        postgresql.ARRAY(sa.BigInteger))
+        return sa.and_(column.between(min(values), max(values)), column == sa.any_(array))
+    arrays = [typed_array(column, [key[i] for key in keys]) for i, column in enumerate(columns)]
+    if len(columns) == 1:
+        return columns[0] == sa.any_(arrays[0])
+    listed = sa.func.unnest(*arrays).table_valued(
+        *(f"k{i}" for i in range(len(columns)))).render_derived()
+    return sa.tuple_(*columns).in_(sa.select(*listed.c))
+
+
+def key_after(columns: Sequence[sa.ColumnElement[Any]], key: Key,
+              dialect: sa.Dialect) -> sa.ColumnElement[bool]:
+    """``columns > key`` in key order: a row-value comparison for a composite key, which
+    both backends answer from the primary-key index."""
+    values = [_bound(column, value, dialect) for column, value in zip(columns, key, strict=True)]
+    if len(columns) == 1:
+        return columns[0] > values[0]
+    return sa.tuple_(*columns) > sa.tuple_(*values)
+
+
+def _bound(column: sa.ColumnElement[Any], value: Any,
+           dialect: sa.Dialect) -> sa.ColumnElement[Any]:
+    if dialect.name == "postgresql" and not is_integer(column):
+        return sa.cast(sa.bindparam(None, key_text(value), type_=sa.Text), column.type)
+    return sa.bindparam(None, value, type_=column.type)
+
+
+def columns_in(columns: Sequence[sa.ColumnElement[Any]],
+               query: sa.Select[Any]) -> sa.ColumnElement[bool]:
+    """``columns IN (query)``, as a row value when there are several."""
+    if len(columns) == 1:
+        return columns[0].in_(query)
+    return sa.tuple_(*columns).in_(query)
+
+
+def columns_match(left: Sequence[sa.ColumnElement[Any]],
+                  right: Sequence[sa.ColumnElement[Any]]) -> sa.ColumnElement[bool]:
+    """Pairwise equality of two column lists (a join condition)."""
+    return sa.and_(*(a == b for a, b in zip(left, right, strict=True)))

@@ -1,0 +1,149 @@
+"""An existing application's PRIMARY, read by reflection: the tables the policies need.
+
+Sediment never creates, alters or drops anything in such a database, so everything it
+knows about the tables comes from the catalog: columns and types, primary keys, foreign
+keys (which give ``children = "auto"`` and the refusal of uncovered references). On
+PostgreSQL only the tables the policies name are reflected, then every table whose foreign
+key points at one of those, and so on: an application database with thousands of tables
+costs what its archived corner costs. A SQLite file is reflected whole (its catalog is one
+small table).
+
+Tables are keyed by ``schema.table``, or by the bare name in the connection's default
+schema (``public.orders`` given in settings names the same table as ``orders``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+#: Foreign keys pointing at the given tables, declared on a table itself (not the copies
+#: PostgreSQL keeps on each partition of a partitioned table, nor those pointing at a
+#: partition on behalf of its parent).
+_REFERENCING = sa.text("""
+    SELECT DISTINCT n.nspname, c.relname
+    FROM pg_constraint k
+    JOIN pg_class c ON c.oid = k.conrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE k.contype = 'f' AND k.conparentid = 0 AND NOT c.relispartition
+      AND k.confrelid = ANY (CAST(:referenced AS regclass[]))
+""")
+
+
+class UnknownTable(LookupError):
+    """A policy names a table PRIMARY does not have."""
+
+
+def split_name(name: str, default_schema: str | None) -> tuple[str | None, str]:
+    """``"sales.orders"`` -> ``("sales", "orders")``; the default schema becomes ``None``."""
+    schema, _, table = name.rpartition(".")
+    return (schema or None) if schema != default_schema else None, table
+
+
+def reflect_primary(engine: sa.Engine, names: Iterable[str]) -> dict[str, sa.Table]:
+    """Reflect the named tables of PRIMARY and every table that references them, to any
+    depth, keyed by full name (and by ``schema.table`` for the default schema too).
+
+    :raises UnknownTable: naming a table the database does not have.
+    """
+    metadata = sa.MetaData()
+    with engine.connect() as connection:
+        default = sa.inspect(connection).default_schema_name
+        if connection.dialect.name == "sqlite":
+            metadata.reflect(connection)
+            for name in names:
+                if split_name(name, default)[1] not in metadata.tables:
+                    raise UnknownTable(name)
+        else:
+            _reflect_with_referencing(connection, metadata, names, default)
+            _restore_domain_modifiers(connection, metadata)
+        connection.rollback()
+    tables: dict[str, sa.Table] = dict(metadata.tables)
+    if default:
+        tables.update({f"{default}.{table.name}": table for table in metadata.tables.values()
+                       if table.schema is None})
+    return tables
+
+
+def _reflect_with_referencing(connection: sa.Connection, metadata: sa.MetaData,
+                              names: Iterable[str], default: str | None) -> None:
+    inspector = sa.inspect(connection)
+    waiting = {split_name(name, default): name for name in names}
+    while waiting:
+        reflected: list[sa.Table] = []
+        for (schema, table), given in waiting.items():
+            if not inspector.has_table(table, schema=schema):
+                raise UnknownTable(given)
+            reflected.append(sa.Table(table, metadata, schema=schema, autoload_with=connection))
+        referencing = connection.execute(_REFERENCING, {"referenced": "{" + ",".join(
+            _regclass(connection, table) for table in reflected) + "}"}).all()
+        waiting = {}
+        for schema, table in referencing:
+            key = (schema if schema != default else None, table)
+            if _full_name(*key) not in metadata.tables:
+                waiting[key] = _full_name(*key)
+
+
+_DOMAINS = sa.text("""
+    SELECT n.nspname, t.typname, format_type(t.typbasetype, t.typtypmod)
+    FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+    WHERE t.typtype = 'd'
+""")
+_MODIFIED: tuple[tuple[re.Pattern[str], Callable[..., sa.types.TypeEngine[Any]]], ...] = (
+    (re.compile(r"^numeric\((\d+),(\d+)\)$"), lambda p, s: postgresql.NUMERIC(int(p), int(s))),
+    (re.compile(r"^character varying\((\d+)\)$"), lambda n: postgresql.VARCHAR(int(n))),
+    (re.compile(r"^character\((\d+)\)$"), lambda n: postgresql.CHAR(int(n))),
+)
+
+
+def _restore_domain_modifiers(connection: sa.Connection, metadata: sa.MetaData) -> None:
+    """Give each domain column its base type's precision, length or scale.
+
+    SQLAlchemy reflects a domain over ``numeric(14,2)`` as one over plain ``numeric``; the
+    twin, which stores the base type, would then accept values PRIMARY never could.
+    """
+    domains = [column.type for table in metadata.tables.values() for column in table.columns
+               if isinstance(column.type, postgresql.DOMAIN)]
+    if not domains:
+        return
+    bases = {(schema, name): base for schema, name, base in connection.execute(_DOMAINS)}
+    default = sa.inspect(connection).default_schema_name
+    for domain in domains:
+        base = bases.get((domain.schema or default, domain.name))
+        for pattern, build in _MODIFIED:
+            match = pattern.match(base or "")
+            if match:
+                domain.data_type = build(*match.groups())
+                break
+
+
+def _regclass(connection: sa.Connection, table: sa.Table) -> str:
+    """A table's name as a quoted ``regclass`` array element."""
+    name = connection.dialect.identifier_preparer.format_table(table)
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _full_name(schema: str | None, table: str) -> str:
+    return f"{schema}.{table}" if schema else table
+
+
+def column_names(connection: sa.Connection, table: sa.Table) -> set[str]:
+    """The columns ``table`` has in the database right now (one catalog query)."""
+    if connection.dialect.name == "postgresql":
+        name = connection.dialect.identifier_preparer.format_table(table)
+        return set(connection.execute(_COLUMNS, {"table": name}).scalars())
+    quoted = connection.dialect.identifier_preparer.quote(table.name)
+    return {row[1] for row in connection.exec_driver_sql(f"PRAGMA table_info({quoted})")}
+
+
+_COLUMNS = sa.text("SELECT attname FROM pg_attribute WHERE attrelid = CAST(:table AS regclass) "
+                   "AND attnum > 0 AND NOT attisdropped")
+
+
+def table_names(tables: Mapping[str, sa.Table]) -> list[str]:
+    """The distinct full names of reflected tables (each table once)."""
+    return sorted({table.fullname for table in tables.values()})

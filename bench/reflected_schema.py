@@ -1,0 +1,130 @@
+"""The archive benchmark's second schema: an application's own tables, reflected.
+
+A composite-key parent (``ledger.batches``: ``uuid`` tenant and ``bigint`` number) with
+three ``uuid``-keyed children each (``ledger.entries``, a composite foreign key), written in
+plain DDL as an application would. Sediment archives it with ``primary_schema =
+"existing"``: reflection, twins made by ``archive schema``, keyset over row values, deletes
+by composite key. The baseline is the same COPY pipe as the demo's.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from archive.existing import plan_for, resolve_existing
+from archive.runner import run_policy
+from archive.twins import apply_plan
+from sediment.core.databases import Engines
+from sediment.core.migrations import upgrade_all
+from sediment.core.settings import PolicySettings, load_settings
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+TABLES = ("ledger.entries", "ledger.batches")  # children first, for deletes
+DDL = """
+CREATE SCHEMA IF NOT EXISTS ledger;
+CREATE TABLE ledger.batches (
+    tenant_id uuid NOT NULL, batch_no bigint NOT NULL, closed_at timestamptz NOT NULL,
+    note text, PRIMARY KEY (tenant_id, batch_no));
+CREATE INDEX ON ledger.batches (closed_at);
+CREATE TABLE ledger.entries (
+    id uuid PRIMARY KEY, tenant_id uuid NOT NULL, batch_no bigint NOT NULL,
+    amount numeric(14,2) NOT NULL, memo text,
+    FOREIGN KEY (tenant_id, batch_no) REFERENCES ledger.batches (tenant_id, batch_no));
+CREATE INDEX ON ledger.entries (tenant_id, batch_no);
+"""
+#: Three lines of policy, the batch size left at its default.
+POLICY = PolicySettings(name="batches", table="ledger.batches", age_column="closed_at",
+                        children="auto")
+
+
+def measure(primary_url: str, archive_url: str, parents: int) -> tuple[float, float]:
+    """Rows per second of the COPY pipe and of Sediment on the reflected schema."""
+    settings = load_settings(environ={"SEDIMENT_DATABASE__PRIMARY_URL": primary_url,
+                                      "SEDIMENT_DATABASE__ARCHIVE_URL": archive_url,
+                                      "SEDIMENT_DATABASE__PRIMARY_SCHEMA": "existing"})
+    engines = Engines(*(sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+                        for url in (primary_url, archive_url)))
+    try:
+        with engines.primary.begin() as connection:
+            connection.exec_driver_sql(DDL)
+        upgrade_all(engines, primary_schema="existing")
+        schema = resolve_existing([POLICY], engines)
+        apply_plan(engines.archive, plan_for(engines, schema), schema.twins)
+        (policy,) = schema.policies
+        rates = []
+        for contender in ("copy-pipe", "sediment"):
+            _reset(engines)
+            _load(engines.primary, parents)
+            started = time.perf_counter()
+            if contender == "copy-pipe":
+                _copy_pipe(engines)
+            else:
+                outcome = run_policy(engines.primary, engines.archive, policy, now=NOW,
+                                     database=settings.database, settings=settings.archive)
+                if outcome.status != "done":
+                    raise SystemExit(f"sediment run ended {outcome.status}: {outcome.error}")
+            seconds = time.perf_counter() - started
+            moved = _count(engines.archive)
+            rates.append(moved / seconds)
+            print(f"reflected {contender:<10} {moved:>10,} rows in {seconds:7.2f}s = "
+                  f"{moved / seconds:>10,.0f} rows/s", flush=True)
+        return rates[0], rates[1]
+    finally:
+        engines.dispose()
+
+
+def _count(archive: sa.Engine) -> int:
+    with archive.connect() as connection:
+        return sum(int(connection.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one())
+                   for t in TABLES)
+
+
+def _reset(engines: Engines) -> None:
+    for _, engine in engines.items():
+        with engine.begin() as connection:
+            for table in TABLES:
+                connection.exec_driver_sql(f"DELETE FROM {table}")
+            if engine is engines.archive:
+                connection.exec_driver_sql("DELETE FROM archive_run_tables")
+                connection.exec_driver_sql("DELETE FROM archive_runs")
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+            c.exec_driver_sql("VACUUM ANALYZE")
+
+
+def _load(primary: sa.Engine, parents: int) -> None:
+    with primary.begin() as c:
+        c.exec_driver_sql(
+            "INSERT INTO ledger.batches SELECT md5(mod(g, 7)::text)::uuid, g, "
+            "TIMESTAMPTZ '2024-01-01' - g * INTERVAL '1 second', 'batch ' || g "
+            f"FROM generate_series(1, {parents}) g")
+        c.exec_driver_sql(
+            "INSERT INTO ledger.entries SELECT md5(g || '-' || k)::uuid, "
+            "md5(mod(g, 7)::text)::uuid,"
+            " g, g * 1.25 + k, 'entry' FROM generate_series(1, "
+            f"{parents}) g, generate_series(1, 3) k")
+    with primary.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        c.exec_driver_sql("VACUUM ANALYZE")
+
+
+def _copy_pipe(engines: Engines) -> None:
+    source = engines.primary.raw_connection()
+    target = engines.archive.raw_connection()
+    try:
+        for table in reversed(TABLES):
+            buffer = io.BytesIO()
+            source.cursor().copy_expert(
+                f"COPY (SELECT *, now(), 0 FROM {table}) TO STDOUT", buffer)
+            buffer.seek(0)
+            target.cursor().copy_expert(f"COPY {table} FROM STDIN", buffer)
+        target.commit()
+        cursor = source.cursor()
+        for table in TABLES:
+            cursor.execute(f"DELETE FROM {table}")
+        source.commit()
+    finally:
+        source.close()
+        target.close()

@@ -1,0 +1,343 @@
+"""An existing application's database as PRIMARY, through the real CLI: the walk-through
+of the README (``archive schema``, ``migrate``, ``archive run --dry-run``, ``archive run``,
+``archive verify``), schema drift between runs, and the startup refusals.
+
+The schema (tests/app_schema.py) is written in plain DDL, as the application's own
+developers would have: Sediment only ever sees it by reflection.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tests import app_schema
+from tests.app_schema import ARCHIVED, NOW, create_app_schema, rows_of, table_list
+from tests.support import DatabaseFactory, run_cli
+
+NOW_ARG = ("--now", NOW.isoformat())
+
+
+@dataclass
+class AppDatabase:
+    """An application's database (PRIMARY), an empty ARCHIVE, and a settings file."""
+
+    backend: str
+    primary_url: str
+    archive_url: str
+    primary: sa.Engine
+    archive: sa.Engine
+    folder: Path
+
+    def settings(self, extra: str = "", policies: str | None = None) -> Path:
+        path = app_schema.settings_file(self.folder, self.primary_url, self.archive_url,
+                                        self.backend, extra)
+        if policies is not None:
+            text = path.read_text().split("[policy.")[0]
+            path.write_text(text + policies)
+        return path
+
+    def cli(self, *args: str, settings: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return run_cli("--settings", str(settings or self.settings()), *args)
+
+    def execute(self, *statements: str) -> None:
+        with self.primary.begin() as connection:
+            for statement in statements:
+                connection.exec_driver_sql(statement)
+
+
+@pytest.fixture
+def app_db(databases: DatabaseFactory, tmp_path: Path) -> Iterator[AppDatabase]:
+    primary_url, archive_url = databases.pair("app")
+    with app_schema.engine_for(primary_url) as primary, \
+            app_schema.engine_for(archive_url) as archive:
+        create_app_schema(primary)
+        yield AppDatabase(app_schema.backend_of(primary), primary_url, archive_url, primary,
+                          archive, tmp_path)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_walk_through_archives_an_existing_database_and_changes_nothing_else(
+        app_db: AppDatabase) -> None:
+    names = ARCHIVED[app_db.backend]
+    catalog = table_list(app_db.primary)
+    before = rows_of(app_db.primary, names)
+
+    plan = ok(app_db.cli("archive", "schema"))
+    for name in names:
+        assert f"planned: create_table {name}: create twin" in plan
+    assert "changes planned" in plan
+    ok(app_db.cli("migrate"))
+    assert "ARCHIVE twins are up to date" in ok(app_db.cli("archive", "schema"))
+
+    dry = ok(app_db.cli("archive", "run", "--dry-run", *NOW_ARG))
+    aged_invoices = sum(1 for key, row in before[names[0]].items() if _moves(row, app_db))
+    assert f"would move {names[0]} {aged_invoices:,}" in dry
+    assert rows_of(app_db.primary, names) == before  # the dry run wrote nothing
+
+    ok(app_db.cli("archive", "run", *NOW_ARG))
+    verify = ok(app_db.cli("archive", "verify"))
+    assert "archive verified: all checks passed" in verify
+
+    after, archived = rows_of(app_db.primary, names), rows_of(app_db.archive, names,
+                                                                archive=True)
+    for name in names:  # nothing lost, nothing duplicated, every value exact
+        assert not after[name].keys() & archived[name].keys(), name
+        assert {**after[name], **archived[name]} == before[name], name
+    assert len(archived[names[0]]) == aged_invoices
+    assert archived[names[1]] and archived[names[2]]
+    assert table_list(app_db.primary) == catalog  # not one object created or changed
+    archive_tables = set(sa.inspect(app_db.archive).get_table_names())
+    assert not archive_tables & {"orders", "order_items", "payments", "events"}  # demo twins
+    with app_db.primary.connect() as connection:  # the trigger fired on every delete
+        fired = connection.execute(sa.text(
+            f"SELECT count(*) FROM {'billing.' if app_db.backend == 'postgres' else ''}audit"
+        )).scalar_one()
+    assert fired == aged_invoices
+    status = ok(app_db.cli("archive", "status"))
+    assert "ARCHIVE twin changes" in status and f"{names[0]}: create twin" in status
+    assert " done " in status
+    again = ok(app_db.cli("archive", "run", *NOW_ARG))
+    assert f"{names[0]} 0" in again
+
+
+def _moves(row: tuple[object, ...], app_db: AppDatabase) -> bool:
+    """Whether an invoice row is aged and not open (the policy's own conditions)."""
+    if app_db.backend == "postgres":
+        issued, status = row[2], row[3]
+        assert hasattr(issued, "year")
+        from zoneinfo import ZoneInfo
+        return bool(issued.replace(tzinfo=ZoneInfo("Europe/Paris"))  # type: ignore[attr-defined]
+                    < NOW.replace(year=NOW.year - 1) and status != "open")
+    return bool(str(row[2]) < "2025-06-01" and row[3] != "open")
+
+
+def test_drift_a_column_added_is_followed_one_dropped_is_kept(app_db: AppDatabase) -> None:
+    root, child = ARCHIVED[app_db.backend][:2]
+    ok(app_db.cli("migrate"))
+    ok(app_db.cli("archive", "run", *NOW_ARG))
+    app_db.execute(f"ALTER TABLE {root} ADD COLUMN due_on DATE")
+    app_schema.fill(app_db.primary, app_db.backend, first=5000, count=30)
+    app_db.execute(f"UPDATE {root} SET due_on = '2024-12-24' WHERE invoice_no >= 5000",
+                   f"ALTER TABLE {child} DROP COLUMN qty")  # NOT NULL in the twin
+    before = rows_of(app_db.primary, [root, child])
+
+    assert "add_column" in ok(app_db.cli("archive", "schema"))
+    ok(app_db.cli("archive", "run", *NOW_ARG))
+
+    archived = rows_of(app_db.archive, [root, child], archive=True)
+    moved = {key: row for key, row in archived[root].items() if key[1] >= 5000}
+    assert moved and all(row == before[root][key] for key, row in moved.items())
+    with app_db.archive.connect() as connection:
+        due = connection.execute(sa.text(
+            f"SELECT count(*) FROM {root} WHERE invoice_no >= 5000 AND due_on IS NOT NULL"
+        )).scalar_one()
+        kept, emptied = (connection.execute(sa.text(
+            f"SELECT count(*) FROM {child} WHERE qty IS {test} NULL")).scalar_one()
+            for test in ("NOT", ""))
+    assert due == len(moved)  # the new column's values arrived
+    assert kept > 0  # the dropped column keeps what was archived before
+    assert emptied > 0  # and is NULL for rows archived since
+    status = ok(app_db.cli("archive", "status"))
+    assert f"{root}: add column due_on" in status and f"{child}: make qty nullable" in status
+    assert "archive verified" in ok(app_db.cli("archive", "verify"))
+
+
+def test_drift_with_evolution_off_stops_the_run_naming_the_command(
+        app_db: AppDatabase) -> None:
+    root = ARCHIVED[app_db.backend][0]
+    settings = app_db.settings(extra="[archive]\nevolve_schema = false\n")
+    ok(app_db.cli("migrate", settings=settings))
+    app_db.execute(f"ALTER TABLE {root} ADD COLUMN due_on DATE")
+    before = rows_of(app_db.primary, [root])
+    result = app_db.cli("archive", "run", "--policy", "invoices", *NOW_ARG, settings=settings)
+    assert result.returncode == 1
+    assert "schema_drift" in result.stdout and "archive schema --apply" in result.stdout
+    assert rows_of(app_db.primary, [root]) == before  # nothing moved
+    ok(app_db.cli("archive", "schema", "--apply", settings=settings))
+    ok(app_db.cli("archive", "run", "--policy", "invoices", *NOW_ARG, settings=settings))
+
+
+@pytest.mark.postgres
+def test_a_type_change_the_twin_cannot_hold_stops_before_copying(app_db: AppDatabase) -> None:
+    root, child = ARCHIVED[app_db.backend][:2]
+    ok(app_db.cli("migrate"))
+    app_db.execute(f"ALTER TABLE {child} ALTER COLUMN qty TYPE text")
+    before = rows_of(app_db.primary, [root, child])
+    result = app_db.cli("archive", "run", *NOW_ARG)
+    assert result.returncode == 1
+    assert (f"{child}.qty is now TEXT in PRIMARY, which the ARCHIVE twin's INTEGER cannot "
+            "hold losslessly") in result.stdout
+    assert rows_of(app_db.primary, [root, child]) == before
+    assert rows_of(app_db.archive, [root], archive=True)[root] == {}
+    # A widening is followed: the twin's column takes the wider type.
+    app_db.execute(f"ALTER TABLE {child} ALTER COLUMN qty TYPE integer USING qty::integer",
+                   f"ALTER TABLE {child} ALTER COLUMN price TYPE numeric(18,6)")
+    assert "widen price from NUMERIC(12, 4) to NUMERIC(18, 6)" in ok(
+        app_db.cli("archive", "schema"))
+    ok(app_db.cli("archive", "run", *NOW_ARG))
+    assert "archive verified" in ok(app_db.cli("archive", "verify"))
+
+
+def test_a_column_added_during_a_run_is_never_left_behind(app_db: AppDatabase) -> None:
+    """A run resolved the schema before PRIMARY gained a column: its batches refuse to copy
+    (checked under the batch's row locks) instead of deleting rows whose new value the
+    twin would not hold."""
+    from archive.runner import run_policy
+    from sediment.core.settings import load_settings
+    from sediment.service import build_service
+
+    settings = load_settings(str(app_db.settings()))
+    ok(app_db.cli("migrate"))
+    service = build_service(settings)
+    policy = service.archiver.policy("invoices")
+    root = ARCHIVED[app_db.backend][0]
+    app_db.execute(f"ALTER TABLE {root} ADD COLUMN due_on DATE")
+    before = rows_of(app_db.primary, [root])
+    outcome = run_policy(service.engines.primary, service.engines.archive, policy, now=NOW,
+                         database=settings.database, settings=settings.archive)
+    service.engines.dispose()
+    assert outcome.status == "schema_drift" and "due_on" in (outcome.error or "")
+    assert rows_of(app_db.primary, [root]) == before
+
+
+REFUSALS = {
+    "uncovered foreign key": (
+        "CREATE TABLE {p}disputes (id INTEGER PRIMARY KEY, tenant_id {uuid} NOT NULL, "
+        "invoice_no INTEGER NOT NULL, FOREIGN KEY (tenant_id, invoice_no) REFERENCES "
+        "{p}invoices (tenant_id, invoice_no))", "children = {children}",
+        "policy.invoices.children", "disputes"),
+    "cascading foreign key": (
+        "CREATE TABLE {p}disputes (id INTEGER PRIMARY KEY, tenant_id {uuid} NOT NULL, "
+        "invoice_no INTEGER NOT NULL, FOREIGN KEY (tenant_id, invoice_no) REFERENCES "
+        "{p}invoices (tenant_id, invoice_no) ON DELETE CASCADE)", "children = {children}",
+        "policy.invoices.children", "ON DELETE CASCADE"),
+    "bad where": (None, "where = \"stauts <> 'open'\"", "policy.invoices.where", "stauts"),
+    "no primary key": ("CREATE TABLE {p}loose (made_at DATE)",
+                       "table = \"{p}loose\"\nage_column = \"made_at\"",
+                       "policy.invoices.table", "has no primary key"),
+    "unknown column": (None, "age_column = \"issued_on\"", "policy.invoices.age_column",
+                       "issued_on"),
+    "unknown table": (None, "table = \"{p}invoice\"", "policy.invoices.table", "invoice"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSALS, ids=list(REFUSALS))
+def test_startup_refusals_name_the_policy_key(app_db: AppDatabase, case: str) -> None:
+    ddl, setting, key, says = REFUSALS[case]
+    p = "billing." if app_db.backend == "postgres" else ""
+    uuid_type = "uuid" if app_db.backend == "postgres" else "TEXT"
+    if ddl:
+        app_db.execute(ddl.format(p=p, uuid=uuid_type))
+    children = "[" + ", ".join(f'"{name}"' for name in ARCHIVED[app_db.backend][1:]
+                                if "sessions" not in name) + "]"
+    lines = {line.split("=")[0].strip(): line
+             for line in setting.format(p=p, children=children).splitlines()}
+    policy = app_schema.POLICIES[app_db.backend].split("[policy.sessions]")[0]
+    policy = "\n".join(lines.get(line.split("=")[0].strip(), line)
+                       for line in policy.splitlines())
+    result = app_db.cli("archive", "run", "--dry-run", *NOW_ARG,
+                        settings=app_db.settings(policies=policy))
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and message.startswith(f"sediment: settings: {key}:")
+    assert says in message
+
+
+def test_seed_and_primary_migrations_are_refused_beside_an_existing_database(
+        app_db: AppDatabase) -> None:
+    catalog = table_list(app_db.primary)
+    result = app_db.cli("seed")
+    assert result.returncode == 2 and "never writes an application's database" in result.stderr
+    ok(app_db.cli("migrate"))
+    assert table_list(app_db.primary) == catalog
+
+
+CRASH_POINTS = ("after_select", "after_archive_commit", "before_primary_commit",
+                "after_primary_commit", "random")
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_crashes_on_an_existing_schema_lose_and_duplicate_nothing(
+        app_db: AppDatabase, point: str, request: pytest.FixtureRequest) -> None:
+    """SIGKILL the real CLI at every dangerous point of a batch on composite and uuid keys;
+    a completed run then repairs all, with every value exact."""
+    import os
+    import random
+
+    from tests.test_crashes import crash_once, wait_for_lock
+
+    names = ARCHIVED[app_db.backend]
+    wanted = 10 if request.config.getoption("--full") else 2
+    settings = app_db.settings(extra="[archive]\nthrottle = \"15ms\"\n" if point == "random"
+                               else "")
+    ok(app_db.cli("migrate", settings=settings))
+    before = rows_of(app_db.primary, names)
+    env = {**os.environ, "CRASH_DRIVER_SETTINGS": str(settings)}
+    for name in ("SEDIMENT_DATABASE__PRIMARY_URL", "SEDIMENT_DATABASE__ARCHIVE_URL"):
+        env.pop(name, None)
+    env["SEDIMENT_DATABASE__ARCHIVE_URL"] = app_db.archive_url  # read by the driver
+    rng = random.Random(f"{point}-{app_db.backend}")
+    killed = 0
+    for _ in range(2 * wanted):
+        code = crash_once(point, rng, env)
+        if code == 0:
+            break
+        assert code == -9
+        killed += 1
+        if killed == wanted:
+            break
+    assert killed, "no run was killed"
+    for policy in ("invoices", "sessions") if app_db.backend == "sqlite" else ("invoices",):
+        from tests.app_schema import engine_for
+        with engine_for(app_db.primary_url) as primary:
+            wait_for_lock(primary, policy)
+    ok(app_db.cli("archive", "run", *NOW_ARG, settings=settings))
+    assert "all checks passed" in ok(app_db.cli("archive", "verify", settings=settings))
+    after, archived = rows_of(app_db.primary, names), rows_of(app_db.archive, names)
+    for name in names:
+        assert not after[name].keys() & archived[name].keys(), name
+        assert {**after[name], **archived[name]} == before[name], name
+
+
+@pytest.mark.postgres
+def test_a_sqlite_application_database_archives_into_postgresql(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """Mixed engines: SQLite's columns are all portable, so the walk-through works."""
+    archive_url = databases.pair("mixed")[1]
+    primary_url = f"sqlite:///{tmp_path / 'app.sqlite3'}"
+    with app_schema.engine_for(primary_url) as primary, \
+            app_schema.engine_for(archive_url) as archive:
+        create_app_schema(primary)
+        app_db = AppDatabase("sqlite", primary_url, archive_url, primary, archive, tmp_path)
+        names = ARCHIVED["sqlite"]
+        before = rows_of(primary, names)
+        ok(app_db.cli("migrate"))
+        ok(app_db.cli("archive", "run", *NOW_ARG))
+        assert "all checks passed" in ok(app_db.cli("archive", "verify"))
+        after, archived = rows_of(primary, names), rows_of(archive, names)
+        for name in names:
+            assert {**after[name], **archived[name]} == before[name], name
+
+
+@pytest.mark.postgres
+def test_a_postgresql_application_database_is_refused_a_sqlite_archive(
+        app_db: AppDatabase, tmp_path: Path) -> None:
+    archive_url = f"sqlite:///{tmp_path / 'archive.sqlite3'}"
+    settings = app_schema.settings_file(tmp_path, app_db.primary_url, archive_url, "postgres")
+    result = run_cli("--settings", str(settings), "archive", "run", "--dry-run", *NOW_ARG)
+    assert result.returncode == 2
+    message = result.stderr.strip()
+    assert message.startswith("sediment: settings: database.archive_url:")
+    for column in ("billing.invoices.tenant_id", "billing.invoices.meta",
+                   "billing.invoices.tags", "billing.invoice_lines.price"):
+        assert column in message
