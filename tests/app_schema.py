@@ -74,6 +74,17 @@ CREATE TABLE billing.invoice_events_old PARTITION OF billing.invoice_events
     FOR VALUES FROM ('2000-01-01') TO ('2025-01-01');
 CREATE TABLE billing.invoice_events_new PARTITION OF billing.invoice_events
     FOR VALUES FROM ('2025-01-01') TO ('2100-01-01');
+CREATE TABLE billing.api_calls (
+    id bigint NOT NULL,
+    at timestamptz NOT NULL,
+    tenant_id uuid NOT NULL REFERENCES billing.tenants (id),
+    path text NOT NULL,
+    PRIMARY KEY (id, at)
+) PARTITION BY RANGE (at);
+CREATE TABLE billing.api_calls_old PARTITION OF billing.api_calls
+    FOR VALUES FROM ('2000-01-01') TO ('2025-06-01');
+CREATE TABLE billing.api_calls_new PARTITION OF billing.api_calls
+    FOR VALUES FROM ('2025-06-01') TO ('2100-01-01');
 CREATE TABLE billing.audit (invoice_no integer NOT NULL);
 CREATE FUNCTION billing.note_deletion() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -120,8 +131,8 @@ CREATE TRIGGER invoices_deleted AFTER DELETE ON invoices
     BEGIN INSERT INTO audit (invoice_no) VALUES (OLD.invoice_no); END;
 """
 
-#: The policies an operator would write for this database, per backend.
-POLICIES = {
+#: The invoices policy an operator would write for this database, per backend.
+INVOICES_POLICY = {
     "postgres": """
 [policy.invoices]
 table = "billing.invoices"
@@ -141,7 +152,18 @@ older_than = "365d"
 where = "status <> 'open'"
 children = "auto"
 batch_size = 37
-
+""",
+}
+#: Every policy of the database: a partitioned root on PostgreSQL, an epoch age on SQLite.
+POLICIES = {
+    "postgres": INVOICES_POLICY["postgres"] + """
+[policy.calls]
+table = "billing.api_calls"
+age_column = "at"
+older_than = "180d"
+batch_size = 64
+""",
+    "sqlite": INVOICES_POLICY["sqlite"] + """
 [policy.sessions]
 table = "sessions"
 age_column = "started"
@@ -154,10 +176,19 @@ batch_size = 150
 #: The archived tables of each backend's policies, roots first.
 ARCHIVED = {
     "postgres": ["billing.invoices", "billing.invoice_lines", "billing.line_notes",
-                 "billing.invoice_events"],
+                 "billing.invoice_events", "billing.api_calls"],
     "sqlite": ["invoices", "invoice_lines", "line_notes", "sessions"],
 }
+#: The tables archived with each invoice.
+INVOICE_CHILDREN = {
+    "postgres": ["billing.invoice_lines", "billing.line_notes", "billing.invoice_events"],
+    "sqlite": ["invoice_lines", "line_notes"],
+}
 INVOICES = 240
+
+
+#: The policies of each backend.
+POLICY_NAMES = {"postgres": ("invoices", "calls"), "sqlite": ("invoices", "sessions")}
 
 
 def backend_of(engine: sa.Engine) -> str:
@@ -182,7 +213,8 @@ def fill(primary: sa.Engine, backend: str, first: int = 1, count: int = INVOICES
     on PostgreSQL, events; a third are recent, a fifth open, a seventh without amounts."""
     prefix = "billing." if backend == "postgres" else ""
     rows: dict[str, list[dict[str, Any]]] = {"tenants": [], "invoices": [], "lines": [],
-                                             "notes": [], "events": [], "sessions": []}
+                                             "notes": [], "events": [], "sessions": [],
+                                             "calls": []}
     if first == 1:
         rows["tenants"] = [{"id": str(t), "name": f"tenant {i}, \"quoted\""}
                            for i, t in enumerate(TENANTS)]
@@ -225,6 +257,10 @@ def fill(primary: sa.Engine, backend: str, first: int = 1, count: int = INVOICES
                 rows["events"].append({"id": t_index * 100_000 + number, "at": issued,
                                        "tenant_id": str(tenant), "invoice_no": number,
                                        "what": "issued"})
+    if backend == "postgres" and first == 1:
+        rows["calls"] = [{"id": i, "at": NOW - timedelta(hours=7 * i),
+                          "tenant_id": str(TENANTS[i % 2]), "path": TRICKY[i % 8] or "/"}
+                         for i in range(1, 1 + count * 2)]
     if backend == "sqlite" and first == 1:
         rows["sessions"] = [{"id": i, "started": int((NOW - timedelta(days=i)).timestamp()),
                              "who": TRICKY[i % len(TRICKY)]} for i in range(1, 801)]
@@ -251,6 +287,8 @@ def fill(primary: sa.Engine, backend: str, first: int = 1, count: int = INVOICES
         "events": (f"INSERT INTO {prefix}invoice_events (id, at, tenant_id, invoice_no, what) "
                    "VALUES (:id, :at, :tenant_id, :invoice_no, :what)"),
         "sessions": "INSERT INTO sessions (id, started, who) VALUES (:id, :started, :who)",
+        "calls": "INSERT INTO billing.api_calls (id, at, tenant_id, path) "
+                 "VALUES (:id, :at, :tenant_id, :path)",
     }
     with primary.begin() as connection:
         for name, statement in statements.items():

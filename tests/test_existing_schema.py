@@ -238,11 +238,11 @@ def test_startup_refusals_name_the_policy_key(app_db: AppDatabase, case: str) ->
     uuid_type = "uuid" if app_db.backend == "postgres" else "TEXT"
     if ddl:
         app_db.execute(ddl.format(p=p, uuid=uuid_type))
-    children = "[" + ", ".join(f'"{name}"' for name in ARCHIVED[app_db.backend][1:]
-                                if "sessions" not in name) + "]"
+    children = "[" + ", ".join(
+        f'"{name}"' for name in app_schema.INVOICE_CHILDREN[app_db.backend]) + "]"
     lines = {line.split("=")[0].strip(): line
              for line in setting.format(p=p, children=children).splitlines()}
-    policy = app_schema.POLICIES[app_db.backend].split("[policy.sessions]")[0]
+    policy = app_schema.INVOICES_POLICY[app_db.backend]
     policy = "\n".join(lines.get(line.split("=")[0].strip(), line)
                        for line in policy.splitlines())
     result = app_db.cli("archive", "run", "--dry-run", *NOW_ARG,
@@ -297,7 +297,7 @@ def test_crashes_on_an_existing_schema_lose_and_duplicate_nothing(
         if killed == wanted:
             break
     assert killed, "no run was killed"
-    for policy in ("invoices", "sessions") if app_db.backend == "sqlite" else ("invoices",):
+    for policy in app_schema.POLICY_NAMES[app_db.backend]:
         from tests.app_schema import engine_for
         with engine_for(app_db.primary_url) as primary:
             wait_for_lock(primary, policy)
@@ -341,3 +341,90 @@ def test_a_postgresql_application_database_is_refused_a_sqlite_archive(
     for column in ("billing.invoices.tenant_id", "billing.invoices.meta",
                    "billing.invoices.tags", "billing.invoice_lines.price"):
         assert column in message
+
+
+def _restart(app_db: AppDatabase, invoices: int) -> None:
+    """Empty both databases' rows (the schema and the twins stay), then refill PRIMARY."""
+    names = [*reversed(ARCHIVED[app_db.backend]),
+             f"{'billing.' if app_db.backend == 'postgres' else ''}tenants"]
+    for engine, tables in ((app_db.archive, [*ARCHIVED[app_db.backend], "archive_run_tables",
+                                              "archive_runs"]),
+                           (app_db.primary, names)):
+        with engine.begin() as connection:
+            for table in tables:
+                connection.exec_driver_sql(f"DELETE FROM {table}")
+    app_schema.fill(app_db.primary, app_db.backend, count=invoices)
+
+
+def test_failure_at_every_statement_on_an_existing_schema_loses_nothing(
+        app_db: AppDatabase, request: pytest.FixtureRequest) -> None:
+    """Fail statement N of a run, for every N (every third without --full), on composite
+    and uuid keys; the next run completes and every value is where it belongs, once."""
+    from sediment.core.settings import load_settings
+    from sediment.service import build_service
+
+    settings = load_settings(str(app_db.settings(extra="[archive]\nretry_attempts = 1\n")))
+    ok(app_db.cli("migrate"))
+    service = build_service(settings)
+    names = ARCHIVED[app_db.backend]
+    step = 1 if request.config.getoption("--full") else 3
+    counter = {"n": 0, "fail_at": 0}
+
+    def count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        counter["n"] += 1
+        if counter["n"] == counter["fail_at"]:
+            raise sa.exc.OperationalError(statement, parameters, RuntimeError("injected"))
+
+    n, statements = 1, None
+    try:
+        while statements is None or n <= statements:
+            _restart(app_db, invoices=8)
+            before = rows_of(app_db.primary, names)
+            counter.update(n=0, fail_at=n)
+            for engine in (service.engines.primary, service.engines.archive):
+                sa.event.listen(engine, "before_cursor_execute", count)
+            try:
+                status = service.archiver.run("invoices", NOW).status
+            except sa.exc.SQLAlchemyError:
+                status = "raised"  # the ledger itself could not be written: surfaced
+            finally:
+                for engine in (service.engines.primary, service.engines.archive):
+                    sa.event.remove(engine, "before_cursor_execute", count)
+            if counter["n"] < n:
+                statements = n - 1
+                assert status == "done"
+            final = service.archiver.run("invoices", NOW)
+            assert final.status == "done", (n, final.error)
+            after, archived = rows_of(app_db.primary, names), rows_of(app_db.archive, names)
+            for name in names:
+                assert not after[name].keys() & archived[name].keys(), (n, name)
+                assert {**after[name], **archived[name]} == before[name], (n, name)
+            n += step
+    finally:
+        service.engines.dispose()
+    assert statements and statements > 20
+
+
+def test_max_rows_and_the_http_service_work_beside_an_existing_database(
+        app_db: AppDatabase) -> None:
+    from reporting.app import create_app
+    from sediment.core.settings import load_settings
+
+    root = ARCHIVED[app_db.backend][0]
+    ok(app_db.cli("migrate"))
+    result = ok(app_db.cli("archive", "run", "--policy", "invoices", "--max-rows", "40",
+                           *NOW_ARG))
+    assert " max_rows " in result
+    assert len(rows_of(app_db.archive, [root])[root]) == 40
+    app = create_app(load_settings(str(app_db.settings())))
+    client = app.test_client()
+    health = client.get("/healthz")
+    assert health.status_code == 200, health.json
+    assert health.json is not None
+    assert health.json["databases"]["primary"]["revision"] is None  # never migrated
+    assert health.json["databases"]["archive"]["at_head"] is True
+    catalog = client.get("/api/v1/reports")
+    assert catalog.status_code == 200 and catalog.json == {"reports": []}
+    missing = client.get("/api/v1/reports/orders")
+    assert missing.status_code == 404 and missing.json is not None
+    assert missing.json["type"].endswith("unknown_report")
