@@ -240,7 +240,8 @@ def _copy_and_verify(transfer: Transfer, connection: sa.Connection, part: _Table
     columns = [column.name for column in part.table.columns]
     taken_over = transfer.upsert(connection, part.twin, columns, part.rows, part.keys,
                                  run_id=run_id, archived_at=archived_at)
-    found = transfer.read_back(connection, part.twin, columns, part.keys)
+    found = transfer.read_back(connection, part.twin, columns, run_id=run_id,
+                               archived_at=archived_at)
     if Counter(found) != Counter(part.rows):
         differing = sorted(set(transfer.values_of(part.table, key_columns(part.table),
                                                   list(set(part.rows) ^ set(found)))),

@@ -66,7 +66,7 @@ class Transfer(Protocol):
                archived_at: datetime) -> dict[int, int]: ...
 
     def read_back(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
-                  keys: Sequence[Key]) -> list[Any]: ...
+                  *, run_id: int, archived_at: datetime) -> list[Any]: ...
 
 
 def transfer_for(primary: sa.Engine, archive: sa.Engine) -> Transfer:
@@ -139,6 +139,19 @@ def child_parents(connection: sa.Connection, transfer: Transfer, link: ChildLink
     return parents
 
 
+def written_by(twin: sa.Table, columns: Sequence[str], run_id: int,
+               archived_at: datetime) -> sa.Select[Any]:
+    """The twin's rows one batch attempt wrote: every row it inserted or overwrote carries
+    its run id and its ``archived_at``, and no other row can (a retry stamps anew).
+
+    Reading these back, not the rows under the batch's keys, finds the same rows when the
+    write did its job, and any row it did not write is missing from the comparison: a
+    range of the ``(archive_run_id, archived_at)`` index instead of one probe per key.
+    """
+    return sa.select(*(twin.c[name] for name in columns)).where(
+        twin.c[ARCHIVE_RUN_ID] == run_id, twin.c[ARCHIVED_AT] == archived_at)
+
+
 def previous_owners(connection: sa.Connection, twin: sa.Table,
                     keys: Sequence[Key]) -> dict[int, int]:
     """Count rows of ``keys`` already in ARCHIVE, by the run that copied them."""
@@ -195,12 +208,9 @@ class CoreTransfer:
         return owners
 
     def read_back(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
-                  keys: Sequence[Key]) -> list[Any]:
-        rows: list[Any] = []
-        for condition in key_filters(key_columns(twin), keys, connection.dialect):
-            query = sa.select(*(twin.c[name] for name in columns)).where(condition)
-            rows.extend(tuple(row) for row in connection.execute(query))
-        return rows
+                  *, run_id: int, archived_at: datetime) -> list[Any]:
+        query = written_by(twin, columns, run_id, archived_at)
+        return [tuple(row) for row in connection.execute(query)]
 
 
 class CopyTransfer:
@@ -291,9 +301,8 @@ class CopyTransfer:
         return owners
 
     def read_back(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
-                  keys: Sequence[Key]) -> list[Any]:
-        (condition,) = key_filters(key_columns(twin), keys, connection.dialect)
-        query = sa.select(*(twin.c[name] for name in columns)).where(condition)
+                  *, run_id: int, archived_at: datetime) -> list[Any]:
+        query = written_by(twin, columns, run_id, archived_at)
         return copy_out(connection, render(connection, query))
 
 

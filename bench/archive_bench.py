@@ -85,6 +85,9 @@ def main() -> int:
         parents = args.parents or (20_000 if args.quick else 200_000)
         with databases(False) as (primary_url, archive_url):
             pipe, reflected = reflected_schema.measure(primary_url, archive_url, parents)
+            by_key, by_range = reflected_schema.delete_probe(primary_url)
+        print(f"delete of 20,000 composite keys: {by_key:.0f} ms by key, {by_range:.0f} ms "
+              f"by one range (floor): composite_delete_vs_range={by_range / by_key:.2f}")
         print(f"reflected_archive_vs_copy_pipe={reflected / pipe:.2f}")
     print(f"sediment / naive ORM = {sediment / naive:.1f}x")
     print(f"archive_vs_copy_pipe={sediment / baseline:.2f}")
