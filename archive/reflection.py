@@ -15,6 +15,7 @@ schema (``public.orders`` given in settings names the same table as ``orders``).
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -51,7 +52,10 @@ def reflect_primary(engine: sa.Engine, names: Iterable[str]) -> dict[str, sa.Tab
     :raises UnknownTable: naming a table the database does not have.
     """
     metadata = sa.MetaData()
-    with engine.connect() as connection:
+    with engine.connect() as connection, warnings.catch_warnings():
+        # A type SQLAlchemy does not know (xml, ltree, PostGIS...) is named from the
+        # catalog below instead of being left untyped.
+        warnings.filterwarnings("ignore", "Did not recognize type", sa.exc.SAWarning)
         default = sa.inspect(connection).default_schema_name
         if connection.dialect.name == "sqlite":
             metadata.reflect(connection)
@@ -61,6 +65,7 @@ def reflect_primary(engine: sa.Engine, names: Iterable[str]) -> dict[str, sa.Tab
         else:
             _reflect_with_referencing(connection, metadata, names, default)
             _restore_domain_modifiers(connection, metadata)
+        _name_unknown_types(connection, metadata)
         connection.rollback()
     tables: dict[str, sa.Table] = dict(metadata.tables)
     if default:
@@ -119,6 +124,42 @@ def _restore_domain_modifiers(connection: sa.Connection, metadata: sa.MetaData) 
             if match:
                 domain.data_type = build(*match.groups())
                 break
+
+
+class CatalogType(sa.types.UserDefinedType[Any]):
+    """A column type SQLAlchemy does not know, named as the database's catalog names it
+    (``xml``, ``ltree``, ``geometry(Point,4326)``; on SQLite a declared type, or none), so
+    that the twin is created with exactly that type."""
+
+    cache_ok = True
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return self.spec
+
+
+_TYPES = sa.text("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                 "WHERE attrelid = CAST(:table AS regclass) AND attnum > 0 "
+                 "AND NOT attisdropped")
+
+
+def _name_unknown_types(connection: sa.Connection, metadata: sa.MetaData) -> None:
+    for table in metadata.tables.values():
+        unknown = [column for column in table.columns
+                   if isinstance(column.type, sa.types.NullType)]
+        if not unknown:
+            continue
+        preparer = connection.dialect.identifier_preparer
+        if connection.dialect.name == "postgresql":
+            named = {name: spec for name, spec in connection.execute(
+                _TYPES, {"table": preparer.format_table(table)})}
+        else:
+            named = {row[1]: row[2] for row in connection.exec_driver_sql(
+                f"PRAGMA table_info({preparer.quote(table.name)})")}
+        for column in unknown:
+            column.type = CatalogType(named.get(column.name, ""))
 
 
 def _regclass(connection: sa.Connection, table: sa.Table) -> str:

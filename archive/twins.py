@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations, ops
 from sqlalchemy.dialects import postgresql
 
+from archive.reflection import CatalogType
 from sediment.core.schema.archive import ARCHIVE_RUN_ID, ARCHIVED_AT, ArchiveSchemaChange
 from sediment.core.schema.types import UTCDateTime
 
@@ -166,7 +168,10 @@ def plan_twins(archive: sa.Engine, twins: Sequence[sa.Table]) -> TwinPlan:
             return (parents.get("schema_name"), name) in wanted
         return True
 
-    with archive.connect() as connection:
+    with archive.connect() as connection, warnings.catch_warnings():
+        # The twin's column of a type SQLAlchemy does not know reflects untyped; such a
+        # column is never judged by type (see _catalog_named).
+        warnings.filterwarnings("ignore", "Did not recognize type", sa.exc.SAWarning)
         context = MigrationContext.configure(connection, opts={
             "compare_type": True, "include_name": include_name,
             "include_schemas": any(schema is not None for schema, _ in wanted),
@@ -231,6 +236,8 @@ def _classify(diff: tuple[Any, ...], twins: Mapping[tuple[str | None, str], sa.T
                                      "nullable in PRIMARY now"))
     elif kind == "modify_type":
         _, schema, name, column_name, info, archive_type, primary_type = diff
+        if _catalog_named(archive_type, primary_type, dialect):
+            return  # a type SQLAlchemy cannot compare: verification still compares values
         if holds(archive_type, primary_type, dialect):
             return
         if holds(primary_type, archive_type, dialect):
@@ -253,6 +260,14 @@ def _classify(diff: tuple[Any, ...], twins: Mapping[tuple[str | None, str], sa.T
             tuple(column.name for column in index.columns),
             f"create index {index.name}", ops.CreateIndexOp.from_index(index)))
     # Anything else (a table, index or column only ARCHIVE has, defaults, comments) stays.
+
+
+def _catalog_named(archive_type: sa.types.TypeEngine[Any],
+                   primary_type: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> bool:
+    """Whether the twin's type was reflected unknown and PRIMARY's is named from the catalog
+    (both sides of one type SQLAlchemy does not know)."""
+    return isinstance(archive_type, sa.types.NullType) or isinstance(
+        primary_type, sa.types.NullType | CatalogType)
 
 
 def _nullable(schema: str | None, table: str, column: str,

@@ -96,6 +96,16 @@ def test_walk_through_archives_an_existing_database_and_changes_nothing_else(
     assert len(archived[names[0]]) == aged_invoices
     assert archived[names[1]] and archived[names[2]]
     assert table_list(app_db.primary) == catalog  # not one object created or changed
+    if app_db.backend == "postgres":  # the twin's types are PRIMARY's own, exactly
+        with app_db.archive.connect() as connection:
+            types = dict(connection.execute(sa.text(
+                "SELECT column_name, format_type(atttypid, atttypmod) FROM "
+                "information_schema.columns c JOIN pg_attribute a ON a.attname = c.column_name"
+                " AND a.attrelid = CAST('billing.invoices' AS regclass) "
+                "WHERE c.table_schema = 'billing' AND c.table_name = 'invoices'")).all())
+        assert types["doc"] == "xml" and types["amount"] == "numeric(14,2)"
+        assert types["status"] == "billing.invoice_status" and types["tags"] == "text[]"
+        assert types["meta"] == "jsonb" and types["tenant_id"] == "uuid"
     archive_tables = set(sa.inspect(app_db.archive).get_table_names())
     assert not archive_tables & {"orders", "order_items", "payments", "events"}  # demo twins
     with app_db.primary.connect() as connection:  # the trigger fired on every delete
