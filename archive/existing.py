@@ -16,11 +16,13 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from archive.compat import check_engines_hold
 from archive.mover import SchemaDrift
 from archive.policy import ArchivePolicy, resolve_policies
 from archive.reflection import UnknownTable, reflect_primary
 from archive.twins import TwinPlan, apply_plan, plan_twins, twin_table
 from sediment.core.databases import Engines
+from sediment.core.schema.archive import ARCHIVE_RUN_ID, ARCHIVED_AT
 from sediment.core.settings import PolicySettings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -58,28 +60,37 @@ def resolve_existing(settings: Sequence[PolicySettings], engines: Engines) -> Ex
         key = "table" if policy.table == exc.args[0] else "children"
         raise SettingsError(f"policy.{policy.name}.{key}",
                             f"PRIMARY has no table {exc.args[0]!r}") from exc
-    twins = declare_twins(tables, settings, engines)
-    policies = resolve_policies(settings, tables, twins)
+    twins, refused = declare_twins(tables, settings, engines)
+    policies = resolve_policies(settings, tables, twins, refused)
     used = {table.fullname for policy in policies for table in policy.tables}
     return ExistingSchema(policies, tuple(twins[name] for name in sorted(used)))
 
 
 def declare_twins(tables: Mapping[str, sa.Table], settings: Sequence[PolicySettings],
-                  engines: Engines) -> dict[str, sa.Table]:
-    """The ARCHIVE twin of every reflected table, keyed like ``tables``."""
+                  engines: Engines) -> tuple[dict[str, sa.Table], dict[str, str]]:
+    """The ARCHIVE twin of every reflected table that can have one, keyed like ``tables``,
+    and why each other table cannot."""
     metadata = sa.MetaData()
-    ages: dict[str, list[str]] = {}
+    ages: dict[str, list[str]] = {}  # the age columns to index, by the table's full name
     for policy in settings:
-        ages.setdefault(policy.table, []).append(policy.age_column)
+        if policy.table in tables:
+            ages.setdefault(tables[policy.table].fullname, []).append(policy.age_column)
     twins: dict[str, sa.Table] = {}
+    refused: dict[str, str] = {}
     for name, table in tables.items():
-        if table.fullname not in twins:
-            indexed = ages.get(table.fullname, []) + ages.get(name, [])
+        taken = sorted({ARCHIVED_AT, ARCHIVE_RUN_ID} & set(table.c.keys()))
+        if taken:
+            refused[name] = (
+                f"table {table.fullname!r} has its own column {' and '.join(taken)}, which "
+                "every ARCHIVE twin adds to stamp the rows it holds: it cannot be archived")
+        elif table.fullname not in twins:
             twins[table.fullname] = twin_table(
                 table, metadata, primary_dialect=engines.primary.dialect.name,
-                archive_dialect=engines.archive.dialect.name, indexed=indexed)
-        twins[name] = twins[table.fullname]
-    return twins
+                archive_dialect=engines.archive.dialect.name,
+                indexed=ages.get(table.fullname, []))
+        if not taken:
+            twins[name] = twins[table.fullname]
+    return twins, refused
 
 
 def plan_for(engines: Engines, schema: ExistingSchema) -> TwinPlan:
@@ -92,8 +103,11 @@ def prepare_run(settings: PolicySettings, engines: Engines, *, evolve: bool) -> 
 
     :raises SchemaDrift: when a type change cannot be followed, or when the twins need a
         change and ``evolve`` is off; nothing has been copied or changed then.
+    :raises SettingsError: when the policy no longer resolves (a table or column gone, a
+        new uncovered foreign key, a column the other engine cannot hold).
     """
     schema = resolve_existing([settings], engines)
+    check_engines_hold(engines.primary, engines.archive, schema.policies)  # new columns too
     plan = plan_for(engines, schema)
     if plan.conflicts:
         raise SchemaDrift("; ".join(map(str, plan.conflicts)))

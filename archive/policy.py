@@ -105,15 +105,19 @@ def resolve_policy(
     settings: PolicySettings,
     primary_tables: Mapping[str, sa.Table],
     archive_tables: Mapping[str, sa.Table],
+    unarchivable: Mapping[str, str] | None = None,
 ) -> ArchivePolicy:
     """Resolve a policy's names against the two schemas.
 
     :param primary_tables: PRIMARY tables by name.
     :param archive_tables: the ARCHIVE twins of the archivable tables, by name.
+    :param unarchivable: why a PRIMARY table can have no twin, by name.
     :raises SettingsError: naming the policy key that refers to something that does not exist.
     """
     prefix = f"policy.{settings.name}"
-    root = _archivable(settings.table, f"{prefix}.table", primary_tables, archive_tables)
+    refused = unarchivable or {}
+    root = _archivable(settings.table, f"{prefix}.table", primary_tables, archive_tables,
+                       refused)
     try:
         key_columns(root)
     except ValueError as exc:
@@ -138,7 +142,8 @@ def resolve_policy(
                 f"its values are {', '.join(choices or ())}")
     names = (_descendants(root, primary_tables) if settings.children == "auto"
              else settings.children)
-    children = _child_links(names, root, f"{prefix}.children", primary_tables, archive_tables)
+    children = _child_links(names, root, f"{prefix}.children", primary_tables, archive_tables,
+                            refused)
     _refuse_uncovered_references((root, *(child.table for child in children)),
                                  f"{prefix}.children", primary_tables)
     return ArchivePolicy(
@@ -160,9 +165,11 @@ def resolve_policies(
     settings: Sequence[PolicySettings],
     primary_tables: Mapping[str, sa.Table],
     archive_tables: Mapping[str, sa.Table],
+    unarchivable: Mapping[str, str] | None = None,
 ) -> tuple[ArchivePolicy, ...]:
     """Resolve every policy; see :func:`resolve_policy`."""
-    return tuple(resolve_policy(s, primary_tables, archive_tables) for s in settings)
+    return tuple(resolve_policy(s, primary_tables, archive_tables, unarchivable)
+                 for s in settings)
 
 
 def declared_choices(column: sa.Column[object]) -> tuple[str, ...] | None:
@@ -175,10 +182,13 @@ def declared_choices(column: sa.Column[object]) -> tuple[str, ...] | None:
 
 
 def _archivable(
-    name: str, key: str, primary: Mapping[str, sa.Table], archive: Mapping[str, sa.Table]
+    name: str, key: str, primary: Mapping[str, sa.Table], archive: Mapping[str, sa.Table],
+    refused: Mapping[str, str],
 ) -> sa.Table:
     if name not in primary:
         raise SettingsError(key, f"unknown table {name!r}")
+    if name in refused:
+        raise SettingsError(key, refused[name])
     if name not in archive:
         raise SettingsError(
             key, f"table {name!r} has no ARCHIVE twin (archivable: {', '.join(sorted(archive))})"
@@ -205,10 +215,11 @@ def _child_links(
     key: str,
     primary: Mapping[str, sa.Table],
     archive: Mapping[str, sa.Table],
+    refused: Mapping[str, str],
 ) -> tuple[ChildLink, ...]:
     """Resolve the children, parents first: each needs exactly one foreign key to the root
     or to another child of the policy (a grandchild may be listed before its parent)."""
-    tables = [_archivable(name, key, primary, archive) for name in names]
+    tables = [_archivable(name, key, primary, archive, refused) for name in names]
     covered = {root.fullname: root}
     links: list[ChildLink] = []
     waiting = list(tables)

@@ -110,7 +110,7 @@ def twin_table(source: sa.Table, metadata: sa.MetaData, *, primary_dialect: str,
                   nullable=column.nullable and not column.primary_key)
         for column in source.columns
     ]
-    groups: list[tuple[str, ...]] = [(name,) for name in indexed if name in source.c]
+    groups: list[tuple[str, ...]] = [(column,) for column in indexed if column in source.c]
     groups += [tuple(c.name for c in fk.columns) for fk in source.foreign_key_constraints]
     groups += [tuple(c.name for c in index.columns) for index in source.indexes
                if index.columns and len(index.expressions) == len(index.columns)]

@@ -238,6 +238,8 @@ REFUSALS = {
     "unknown column": (None, "age_column = \"issued_on\"", "policy.invoices.age_column",
                        "issued_on"),
     "unknown table": (None, "table = \"{p}invoice\"", "policy.invoices.table", "invoice"),
+    "stamp column taken": ("ALTER TABLE {p}invoice_lines ADD COLUMN archived_at DATE", "",
+                           "policy.invoices.children", "has its own column archived_at"),
 }
 
 
