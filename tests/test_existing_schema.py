@@ -440,3 +440,36 @@ def test_max_rows_and_the_http_service_work_beside_an_existing_database(
     missing = client.get("/api/v1/reports/orders")
     assert missing.status_code == 404 and missing.json is not None
     assert missing.json["type"].endswith("unknown_report")
+
+
+def test_the_scheduler_archives_an_existing_database(app_db: AppDatabase) -> None:
+    """The scheduled job takes the same path as 'archive run': resolved again holding the
+    lock, twins created if missing, then batches."""
+    import time
+    from datetime import UTC, datetime
+
+    from archive.scheduler import start_in_background
+    from sediment.core.settings import load_settings
+    from sediment.service import build_service
+
+    settings = load_settings(str(app_db.settings()))
+    ok(app_db.cli("migrate"))
+    service = build_service(settings)
+    background = start_in_background(service.archiver)
+    status = None
+    try:
+        job = background.scheduler.get_job("archive:invoices")
+        job.modify(next_run_time=datetime.now(UTC))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and status is None:
+            with app_db.archive.connect() as connection:
+                status = connection.execute(sa.text(
+                    "SELECT status FROM archive_runs WHERE policy = 'invoices' "
+                    "AND status <> 'running'")).scalar()
+            time.sleep(0.1)
+    finally:
+        background.shutdown()
+        service.engines.dispose()
+    assert status == "done"
+    root = ARCHIVED[app_db.backend][0]
+    assert rows_of(app_db.archive, [root])[root]
