@@ -37,7 +37,7 @@ from flask import Flask
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from archive.runner import run_policy
-from bench import reflected_schema
+from bench import common, reflected_schema
 from bench.common import databases
 from reporting.app import create_app
 from reporting.state import state_of
@@ -176,28 +176,13 @@ def run_sediment(app: Flask, primary: sa.Engine, archive: sa.Engine) -> None:
 
 def copy_pipe(primary: sa.Engine, archive: sa.Engine) -> None:
     """COPY out | COPY in per table, then one DELETE per table: the floor."""
-    import io
-
-    source = primary.raw_connection()
-    target = archive.raw_connection()
-    try:
-        for table in reversed(TABLES):
-            columns = ", ".join(c.name for c in archived_tables[table].columns
-                                if c.name not in ("archived_at", "archive_run_id"))
-            buffer = io.BytesIO()
-            source.cursor().copy_expert(
-                f"COPY (SELECT {columns}, now(), 0 FROM {table}) TO STDOUT", buffer)
-            buffer.seek(0)
-            target.cursor().copy_expert(
-                f"COPY {table} ({columns}, archived_at, archive_run_id) FROM STDIN", buffer)
-        target.commit()
-        cursor = source.cursor()
-        for table in TABLES:
-            cursor.execute(f"DELETE FROM {table}")
-        source.commit()
-    finally:
-        source.close()
-        target.close()
+    copies = []
+    for table in reversed(TABLES):
+        columns = ", ".join(c.name for c in archived_tables[table].columns
+                            if c.name not in ("archived_at", "archive_run_id"))
+        copies.append((f"SELECT {columns}, now(), 0 FROM {table}",
+                       f"{table} ({columns}, archived_at, archive_run_id)"))
+    common.copy_pipe(primary, archive, copies, list(TABLES))
 
 
 def attach_pipe(primary: sa.Engine, archive: sa.Engine) -> None:

@@ -48,6 +48,31 @@ class databases:
             admin.dispose()
 
 
+def copy_pipe(primary: sa.Engine, archive: sa.Engine, copies: list[tuple[str, str]],
+              deletes: list[str]) -> None:
+    """The floor of archiving: ``COPY (select) TO STDOUT`` into ``COPY target FROM STDIN``
+    for each ``(select, target)``, one commit, then each ``DELETE FROM`` table and one
+    commit. No batching, locking or verification."""
+    import io
+
+    source = primary.raw_connection()
+    target = archive.raw_connection()
+    try:
+        for select, into in copies:
+            buffer = io.BytesIO()
+            source.cursor().copy_expert(f"COPY ({select}) TO STDOUT", buffer)
+            buffer.seek(0)
+            target.cursor().copy_expert(f"COPY {into} FROM STDIN", buffer)
+        target.commit()
+        cursor = source.cursor()
+        for table in deletes:
+            cursor.execute(f"DELETE FROM {table}")
+        source.commit()
+    finally:
+        source.close()
+        target.close()
+
+
 def service_environ(primary_url: str, archive_url: str, **extra: str) -> dict[str, str]:
     """Settings for a benchmarked service: the two databases, no demo seed, no scheduler."""
     return {"SEDIMENT_DATABASE__PRIMARY_URL": primary_url,

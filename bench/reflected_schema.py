@@ -9,7 +9,6 @@ by composite key. The baseline is the same COPY pipe as the demo's.
 
 from __future__ import annotations
 
-import io
 import time
 from datetime import UTC, datetime
 
@@ -18,6 +17,7 @@ import sqlalchemy as sa
 from archive.existing import plan_for, resolve_existing
 from archive.runner import run_policy
 from archive.twins import apply_plan
+from bench.common import copy_pipe
 from sediment.core.databases import Engines
 from sediment.core.migrations import upgrade_all
 from sediment.core.settings import PolicySettings, load_settings
@@ -152,20 +152,6 @@ def _load(primary: sa.Engine, parents: int) -> None:
 
 
 def _copy_pipe(engines: Engines) -> None:
-    source = engines.primary.raw_connection()
-    target = engines.archive.raw_connection()
-    try:
-        for table in reversed(TABLES):
-            buffer = io.BytesIO()
-            source.cursor().copy_expert(
-                f"COPY (SELECT *, now(), 0 FROM {table}) TO STDOUT", buffer)
-            buffer.seek(0)
-            target.cursor().copy_expert(f"COPY {table} FROM STDIN", buffer)
-        target.commit()
-        cursor = source.cursor()
-        for table in TABLES:
-            cursor.execute(f"DELETE FROM {table}")
-        source.commit()
-    finally:
-        source.close()
-        target.close()
+    copy_pipe(engines.primary, engines.archive,
+              [(f"SELECT *, now(), 0 FROM {table}", table) for table in reversed(TABLES)],
+              list(TABLES))
