@@ -33,6 +33,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.operations import Operations, ops
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql.base import PGInspector
 
 from archive.reflection import CatalogType
 from sediment.core.schema.archive import ARCHIVE_RUN_ID, ARCHIVED_AT, ArchiveSchemaChange
@@ -40,7 +41,8 @@ from sediment.core.schema.types import UTCDateTime
 
 logger = logging.getLogger(__name__)
 
-ChangeKind = Literal["create_table", "add_column", "alter_column", "create_index"]
+ChangeKind = Literal["create_table", "add_column", "alter_column", "create_index",
+                     "add_enum_label"]
 schema_changes: sa.Table = ArchiveSchemaChange.__table__  # type: ignore[assignment]
 
 #: PostgreSQL's identifier limit; longer index names would be cut and never match again.
@@ -179,13 +181,46 @@ def plan_twins(archive: sa.Engine, twins: Sequence[sa.Table]) -> TwinPlan:
         diffs = compare_metadata(context, metadata)
         existing = {(table.schema, table.name): _reflected(connection, table)
                     for table in twins if (table.schema, table.name) in wanted}
+        labels = (_missing_enum_labels(connection, twins)
+                  if connection.dialect.name == "postgresql" else [])
         connection.rollback()
     by_name = {(table.schema, table.name): table for table in twins}
     changes: list[TwinChange] = []
     conflicts: list[TypeConflict] = []
     for diff in _flatten(diffs):
         _classify(diff, by_name, existing, changes, conflicts, archive.dialect)
-    return TwinPlan(tuple(changes), tuple(conflicts))
+    return TwinPlan(tuple([*changes, *labels]), tuple(conflicts))
+
+
+def _missing_enum_labels(connection: sa.Connection, twins: Sequence[sa.Table]
+                         ) -> list[TwinChange]:
+    """Labels PRIMARY's enum types gained that ARCHIVE's copies lack (Alembic's comparison
+    does not look at labels): each is added, so that rows holding it can be copied."""
+    inspector = sa.inspect(connection)
+    assert isinstance(inspector, PGInspector)
+    default = inspector.default_schema_name
+    known = {(enum["schema"] or default, enum["name"]): set(enum["labels"])
+             for enum in inspector.get_enums(schema="*")}
+    preparer = connection.dialect.identifier_preparer
+    changes: dict[tuple[str | None, str, str], TwinChange] = {}
+    for table in twins:
+        for column in table.columns:
+            enum = column.type
+            if not isinstance(enum, postgresql.ENUM) or enum.name is None:
+                continue
+            have = known.get((enum.schema or default, enum.name))
+            for label in enum.enums:
+                if have is None or label in have or (enum.schema, enum.name, label) in changes:
+                    continue  # a type not created yet gets every label when it is
+                quoted = preparer.quote(enum.name)
+                if enum.schema:
+                    quoted = f"{preparer.quote_schema(enum.schema)}.{quoted}"
+                literal = "'" + label.replace("'", "''") + "'"
+                changes[(enum.schema, enum.name, label)] = TwinChange(
+                    _label(table.schema, table.name), "add_enum_label", (column.name,),
+                    f"add label {label!r} to enum type {enum.name}",
+                    ops.ExecuteSQLOp(f"ALTER TYPE {quoted} ADD VALUE IF NOT EXISTS {literal}"))
+    return list(changes.values())
 
 
 def _reflected(connection: sa.Connection, table: sa.Table) -> dict[str, dict[str, Any]]:

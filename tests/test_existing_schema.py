@@ -155,6 +155,17 @@ def test_drift_a_column_added_is_followed_one_dropped_is_kept(app_db: AppDatabas
             f"SELECT count(*) FROM {child} WHERE qty IS {test} NULL")).scalar_one()
             for test in ("NOT", ""))
     assert due == len(moved)  # the new column's values arrived
+    if app_db.backend == "postgres":  # an enum label PRIMARY gained is added to ARCHIVE's type
+        app_db.execute("ALTER TYPE billing.invoice_status ADD VALUE 'refunded'")
+        app_db.execute("UPDATE billing.invoices SET status = 'refunded' "  # aged, were open
+                       "WHERE invoice_no IN (5, 10)")
+        assert "add label 'refunded' to enum type invoice_status" in ok(
+            app_db.cli("archive", "schema"))
+        ok(app_db.cli("archive", "run", *NOW_ARG))
+        with app_db.archive.connect() as connection:
+            assert connection.execute(sa.text(
+                "SELECT count(*) FROM billing.invoices WHERE status = 'refunded'")
+            ).scalar_one() > 0
     assert kept > 0  # the dropped column keeps what was archived before
     assert emptied > 0  # and is NULL for rows archived since
     status = ok(app_db.cli("archive", "status"))
