@@ -163,7 +163,6 @@ def run_migrations(context: Any) -> None:
     metadata: sa.MetaData | None = config.attributes.get("metadata")
     if engine is None or metadata is None:
         engine, metadata = _engine_from_settings(config)
-        config.attributes["primary_schema"] = load_settings().database.primary_schema
     with engine.connect() as connection:
         context.configure(
             connection=connection,
@@ -199,4 +198,5 @@ def _engine_from_settings(config: Any) -> tuple[sa.Engine, sa.MetaData]:
     engine = sa.create_engine(url, **engine_options(
         url, pool_size=1, busy_timeout_ms=settings.database.lock_timeout_ms))
     prepare_engine(engine)
+    config.attributes["primary_schema"] = settings.database.primary_schema
     return engine, metadata_of(database, settings.database.primary_schema)
