@@ -99,10 +99,19 @@ def record_copy(connection: sa.Connection, run_id: int, table: str, *, selected:
 
 
 def record_delete(archive: sa.Engine, run_id: int, deleted: Mapping[str, int],
-                  skipped_locked: Mapping[str, int] | None = None) -> None:
+                  skipped_locked: Mapping[str, int] | None = None) -> bool:
     """Add a batch's deleted counters after its PRIMARY commit; once every table of the run
-    has deleted what it copied, nothing of the run is in both databases: clear its range."""
+    has deleted what it copied, nothing of the run is in both databases: clear its range.
+
+    :returns: ``False``, recording nothing, when the run is no longer ``running``: another
+        runner marked it interrupted and settled its counters from both databases, which
+        already counted these deletes (they committed while this run held the lock).
+    """
     with archive.begin() as connection:
+        status = connection.execute(sa.select(runs.c.status).where(runs.c.id == run_id)
+                                    .with_for_update()).scalar_one()
+        if status != "running":
+            return False
         for table, count in deleted.items():
             _add(connection, run_id, table, deleted=count)
         for table, count in (skipped_locked or {}).items():
@@ -116,6 +125,7 @@ def record_delete(archive: sa.Engine, run_id: int, deleted: Mapping[str, int],
         connection.execute(run_tables.update().where(
             run_tables.c.run_id == run_id, run_tables.c.pending_since.is_not(None), ~unsettled,
         ).values(CLEARED))
+    return True
 
 
 #: The ledger values of a run with nothing left in both databases.

@@ -1,14 +1,20 @@
 """One archiver per policy at a time, across processes, replicas and machines.
 
-PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) on a PRIMARY connection
-held for the whole run, and every batch's PRIMARY transaction runs on that same connection.
-So a batch can only commit while its connection, and with it the lock, is alive: when a
-restart or ``pg_terminate_backend`` ends the connection, the lock and the batch in flight
-die together, and no second runner can be moving rows of the policy at the same moment.
-Before each batch the runner checks the lock; a lost one is taken again on a new connection
-if it is free, and the run stops ``lock_lost`` if another runner has it. At the end the lock
-is released, and a connection whose release fails is discarded rather than returned to the
-pool, so a session-level lock cannot leak through the pool.
+PostgreSQL: two session-level advisory locks (``pg_try_advisory_lock``), each on its own
+PRIMARY connection (a *lane*) held for the whole run, and every batch's PRIMARY transaction
+runs on one of the two. The runner needs both: a second runner that takes one finds the
+other held and gives up. Two lanes let batch N's deletes run while batch N+1 is selected
+and copied (see :mod:`archive.runner`). So a batch can only commit while its connection,
+and with it half of the lock, is alive: when a restart or ``pg_terminate_backend`` ends the
+connection, that half and the batch in flight die together, and no second runner can be
+moving rows of the policy at the same moment. The two halves carry the same two numbers,
+``(0x5EDD, crc32(policy))``, once in PostgreSQL's two-integer key space and once as one
+bigint, so ``pg_locks`` shows them side by side (``objsubid`` 2 and 1).
+
+Before each batch the runner checks its lane's lock; a lost lock is taken again on new
+connections if it is free, and the run stops ``lock_lost`` if another runner has it. At the
+end both are released, and a connection whose release fails is discarded rather than
+returned to the pool, so a session-level lock cannot leak through the pool.
 
 SQLite: an exclusive ``flock`` on a file beside the PRIMARY database, released by the
 kernel when the process exits however it exits; each batch takes SQLite's write lock with
@@ -49,18 +55,31 @@ def lock_key(policy: str) -> int:
     return zlib.crc32(policy.encode()) & 0x7FFFFFFF
 
 
+#: The two halves of the lock on PostgreSQL: how each is taken, and its ``objsubid``.
+_HALVES = (
+    ("pg_try_advisory_lock(:namespace, :key)", "pg_advisory_unlock(:namespace, :key)", 2),
+    ("pg_try_advisory_lock(:bigint)", "pg_advisory_unlock(:bigint)", 1),
+)
+
+
 class RunnerLock:
-    """The runner lock of one policy, and the PRIMARY connection its batches run on."""
+    """The runner lock of one policy, and the PRIMARY connections its batches run on."""
 
     def __init__(self, primary: sa.Engine, policy: str) -> None:
         self.primary = primary
         self.policy = policy
-        self._connection: sa.Connection | None = None
+        self._lanes: list[sa.Connection] = []
         self._file: int | None = None
 
     @property
     def is_postgresql(self) -> bool:
         return self.primary.dialect.name == "postgresql"
+
+    @property
+    def lanes(self) -> int:
+        """How many batches may be between their two commits at once: one per connection
+        holding half of the lock on PostgreSQL; one on SQLite (a single writer)."""
+        return len(_HALVES) if self.is_postgresql else 1
 
     def acquire(self) -> bool:
         """Take the lock if it is free; never wait."""
@@ -69,8 +88,21 @@ class RunnerLock:
         self._file = _flock(_lock_path(self.primary, self.policy))
         return self._file is not None
 
+    def holds(self, lane: int) -> bool:
+        """Whether ``lane``'s connection is alive and holds its half of the lock (always
+        true on SQLite, whose lock the kernel holds for the process)."""
+        if not self.is_postgresql:
+            return True
+        if len(self._lanes) <= lane or self._lanes[lane].invalidated:
+            return False
+        try:
+            return self._holds_half(lane)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError):
+            return False  # the connection died, and its half of the lock with it
+
     def ensure_held(self) -> bool:
-        """Check the lock before a batch; take it again on a new connection if it was lost.
+        """Check the lock before a batch; take it again on new connections if it was lost.
+        Call with no batch in flight (a lost lock discards every lane's connection).
 
         :returns: ``True`` when the lock had been lost and was taken back (the caller must
             then check that nobody ran the policy meanwhile).
@@ -80,18 +112,15 @@ class RunnerLock:
         """
         if not self.is_postgresql:
             return False
-        if self._connection is not None and not self._connection.invalidated:
-            try:
-                if self._holds_lock(self._connection):
-                    return False
-            except (sa.exc.OperationalError, sa.exc.InterfaceError):
-                pass  # the connection died, and the lock with it
+        if self._lanes and all(self.holds(lane) for lane in range(self.lanes)):
+            return False
         self._discard()
         # A database still down raises OperationalError here: the runner retries the batch
         # (and so this) with backoff, and reports the outage itself if it outlasts that.
         taken = self._advisory_acquire()
-        # The discarded connection's server process ends its session (and lock) only after
-        # the socket closes: give it a moment before concluding another runner took over.
+        # The discarded connections' server processes end their sessions (and locks) only
+        # after the sockets close: give them a moment before concluding another runner
+        # took over.
         deadline = time.monotonic() + RELEASE_GRACE_SECONDS
         while not taken and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -104,13 +133,13 @@ class RunnerLock:
         return True
 
     @contextmanager
-    def batch_connection(self) -> Iterator[sa.Connection]:
-        """The PRIMARY connection for one batch: the locked one on PostgreSQL, a pooled one
-        taking SQLite's write lock up front elsewhere."""
+    def batch_connection(self, lane: int = 0) -> Iterator[sa.Connection]:
+        """The PRIMARY connection for one batch: ``lane``'s locked one on PostgreSQL, a
+        pooled one taking SQLite's write lock up front elsewhere."""
         if self.is_postgresql:
-            if self._connection is None:
+            if len(self._lanes) <= lane:
                 raise LockLost(f"the runner lock of policy {self.policy!r} is not held")
-            yield self._connection
+            yield self._lanes[lane]
             return
         with self.primary.connect().execution_options(**{SQLITE_WRITE_LOCK: True}) as c:
             yield c
@@ -121,60 +150,66 @@ class RunnerLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             os.close(self._file)
             self._file = None
-        if self._connection is None:
-            return
-        try:
-            if not self._connection.invalidated:
-                self._connection.execute(
-                    sa.text("SELECT pg_advisory_unlock(:namespace, :key)"), self._params)
-                self._connection.commit()
-                self._connection.close()
-                self._connection = None
-                return
-        except sa.exc.SQLAlchemyError as exc:
-            logger.warning("policy %s: releasing the runner lock failed (%s); its connection "
-                           "is discarded, which releases it", self.policy, first_line(exc))
-        self._discard()
+        for (_, unlock, _), connection in zip(_HALVES, self._lanes, strict=False):
+            try:
+                if not connection.invalidated:
+                    connection.execute(sa.text(f"SELECT {unlock}"), self._params)
+                    connection.commit()
+                    connection.close()
+                    continue
+            except sa.exc.SQLAlchemyError as exc:
+                logger.warning("policy %s: releasing the runner lock failed (%s); its "
+                               "connection is discarded, which releases it", self.policy,
+                               first_line(exc))
+            _discard(connection)
+        self._lanes = []
 
     @property
     def _params(self) -> dict[str, int]:
-        return {"namespace": LOCK_NAMESPACE, "key": lock_key(self.policy)}
+        key = lock_key(self.policy)
+        return {"namespace": LOCK_NAMESPACE, "key": key, "bigint": LOCK_NAMESPACE << 32 | key}
 
     def _advisory_acquire(self) -> bool:
-        connection = self.primary.connect()
-        try:
-            acquired = bool(connection.execute(
-                sa.text("SELECT pg_try_advisory_lock(:namespace, :key)"), self._params
-            ).scalar_one())
-            connection.commit()
-        except BaseException:
-            connection.invalidate()
-            connection.close()
-            raise
-        if not acquired:
-            connection.close()
-            return False
-        self._connection = connection
+        """Take both halves, each on a new connection; all or nothing."""
+        for take, _, _ in _HALVES:
+            connection = self.primary.connect()
+            try:
+                acquired = bool(connection.execute(sa.text(f"SELECT {take}"),
+                                                   self._params).scalar_one())
+                connection.commit()
+            except BaseException:
+                _discard(connection)
+                self.release()
+                raise
+            if not acquired:
+                connection.close()
+                self.release()
+                return False
+            self._lanes.append(connection)
         return True
 
-    def _holds_lock(self, connection: sa.Connection) -> bool:
+    def _holds_half(self, lane: int) -> bool:
+        connection = self._lanes[lane]
         held = connection.execute(sa.text(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
             "AND pid = pg_backend_pid() AND classid = :namespace AND objid = :key "
-            "AND objsubid = 2"), self._params).scalar_one()
+            "AND objsubid = :subid"), {**self._params, "subid": _HALVES[lane][2]}).scalar_one()
         connection.commit()
         return bool(held)
 
     def _discard(self) -> None:
-        """Throw the connection away (closing it at the server ends its session locks)."""
-        if self._connection is None:
-            return
-        try:
-            self._connection.invalidate()
-            self._connection.close()
-        except sa.exc.SQLAlchemyError:
-            pass
-        self._connection = None
+        """Throw the connections away (closing them at the server ends their locks)."""
+        for connection in self._lanes:
+            _discard(connection)
+        self._lanes = []
+
+
+def _discard(connection: sa.Connection) -> None:
+    try:
+        connection.invalidate()
+        connection.close()
+    except sa.exc.SQLAlchemyError:
+        pass
 
 
 @contextmanager

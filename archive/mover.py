@@ -17,6 +17,10 @@ The order is what makes a crash harmless:
 Killed before 2 commits: nothing changed. Killed between 2 and 3: the rows are in both
 databases; the next run re-copies them (overwriting with PRIMARY's version) and deletes
 them. Nothing is lost, and reports that merge both sides deduplicate by key meanwhile.
+
+:func:`copy_batch` (steps 1-2) and :func:`delete_batch` (step 3) are separate so that the
+runner can delete one batch while it copies the next (:mod:`archive.pipeline`);
+:func:`move_batch` runs them one after the other.
 """
 
 from __future__ import annotations
@@ -107,6 +111,24 @@ class _TableRows:
                           [self.keys[i] for i in keep], self.roots)
 
 
+@dataclass
+class CopiedBatch:
+    """A batch between its two commits: ARCHIVE holds its verified copy, and the PRIMARY
+    transaction that selected it is still open, its rows locked, nothing deleted yet."""
+
+    policy: ArchivePolicy
+    parts: list[_TableRows]
+    cutoff: datetime
+    run_id: int
+    #: The key the next batch selects after (the last root selected, moved or skipped).
+    last_key: Key
+    skipped_locked: int
+
+    @property
+    def roots(self) -> int:
+        return len(self.parts[0].keys)
+
+
 def move_batch(
     source: sa.Connection,
     archive: sa.Engine,
@@ -118,60 +140,92 @@ def move_batch(
     run_id: int,
     timeouts: Timeouts,
 ) -> BatchResult | None:
-    """Move the next batch of at most ``limit`` aged roots after ``after_key``.
+    """Move the next batch of at most ``limit`` aged roots after ``after_key``: both
+    transactions, one after the other, on ``source``.
 
     :param source: the PRIMARY connection to run the batch's transaction on (on PostgreSQL
-        the one holding the policy's runner lock, so no batch outlives the lock).
+        one holding the policy's runner lock, so no batch outlives the lock).
     :returns: what moved, or ``None`` when no aged root is left after ``after_key``.
     :raises ArchiveError: when verification or a delete count fails; both transactions
         that had not committed are rolled back, so both databases stay consistent.
     :raises sqlalchemy.exc.OperationalError: when a connection drops; the batch is safe to
         retry as a whole.
     """
-    transfer = transfer_for(source.engine, archive)
     with source.begin():
-        _apply_timeouts(source, timeouts)
-        roots = transfer.select_roots(source, policy, cutoff, after_key, limit)
-        if not roots:
-            return None
-        root_keys = transfer.values_of(policy.root, policy.key, roots)
-        batch = [_TableRows(policy.root, policy.archive_root, roots, root_keys)]
-        parts = {policy.root.fullname: batch[0]}
-        held = False
-        for link in policy.children:  # parents first, so each level selects by the one above
-            parent_values = _referenced_values(transfer, link, parts[link.parent.fullname])
-            rows = (transfer.select_children(source, link, parent_values)
-                    if parent_values else [])
-            part = _TableRows(link.table, link.archive_table, rows,
-                              transfer.values_of(link.table, link.key, rows))
-            batch.append(part)
-            parts[link.table.fullname] = part
-            held = held or (bool(parent_values)
-                            and some_children_held(source, link, parent_values, len(rows)))
-        _check_columns(source, [part.table for part in batch if part.rows])
-        blocked = _roots_of_held_children(source, transfer, policy, parts) if held else set()
-        if blocked:
-            # A writer holds a child of these roots: moving the root without that child
-            # would fail the delete (or orphan it), and waiting would stall the batch.
-            logger.info("policy %s run %d: %d roots skipped, a writer holds their children",
-                        policy.name, run_id, len(blocked))
-            batch = [part.without(blocked) for part in batch]
-        archived_at = datetime.now(UTC)  # per attempt: a retry must see its own earlier copy
-        if batch[0].rows:
-            with archive.begin() as target:
-                _apply_timeouts(target, timeouts)
-                for part in batch:
-                    pending = (ledger.Pending(archived_at, _integer_range(part))
-                               if part is batch[0] else None)
-                    _copy_and_verify(transfer, target, part, run_id, archived_at, pending)
-        deleted = _delete(source, policy, batch, cutoff)
-    result = BatchResult(
-        last_key=root_keys[-1], roots=len(batch[0].keys),
-        selected={part.table.fullname: len(part.rows) for part in batch}, deleted=deleted,
-        skipped_locked=len(blocked),
+        copied = copy_batch(source, archive, policy, cutoff=cutoff, after_key=after_key,
+                            limit=limit, run_id=run_id, timeouts=timeouts)
+        return None if copied is None else delete_batch(source, copied)
+
+
+def copy_batch(
+    source: sa.Connection,
+    archive: sa.Engine,
+    policy: ArchivePolicy,
+    *,
+    cutoff: datetime,
+    after_key: Key | None,
+    limit: int,
+    run_id: int,
+    timeouts: Timeouts,
+) -> CopiedBatch | None:
+    """Steps 1 and 2: select and lock the next batch in the caller's open PRIMARY
+    transaction on ``source``, then copy, verify and commit it in ARCHIVE.
+
+    The caller then runs :func:`delete_batch` in that same PRIMARY transaction and commits
+    it, or rolls it back (the rows stay in both databases, which the next run settles).
+    :returns: ``None`` when no aged root is left after ``after_key``.
+    """
+    transfer = transfer_for(source.engine, archive)
+    _apply_timeouts(source, timeouts)
+    roots = transfer.select_roots(source, policy, cutoff, after_key, limit)
+    if not roots:
+        return None
+    root_keys = transfer.values_of(policy.root, policy.key, roots)
+    batch = [_TableRows(policy.root, policy.archive_root, roots, root_keys)]
+    parts = {policy.root.fullname: batch[0]}
+    held = False
+    for link in policy.children:  # parents first, so each level selects by the one above
+        parent_values = _referenced_values(transfer, link, parts[link.parent.fullname])
+        rows = (transfer.select_children(source, link, parent_values)
+                if parent_values else [])
+        part = _TableRows(link.table, link.archive_table, rows,
+                          transfer.values_of(link.table, link.key, rows))
+        batch.append(part)
+        parts[link.table.fullname] = part
+        held = held or (bool(parent_values)
+                        and some_children_held(source, link, parent_values, len(rows)))
+    _check_columns(source, [part.table for part in batch if part.rows])
+    blocked = _roots_of_held_children(source, transfer, policy, parts) if held else set()
+    if blocked:
+        # A writer holds a child of these roots: moving the root without that child
+        # would fail the delete (or orphan it), and waiting would stall the batch.
+        logger.info("policy %s run %d: %d roots skipped, a writer holds their children",
+                    policy.name, run_id, len(blocked))
+        batch = [part.without(blocked) for part in batch]
+    archived_at = datetime.now(UTC)  # per attempt: a retry must see its own earlier copy
+    if batch[0].rows:
+        with archive.begin() as target:
+            _apply_timeouts(target, timeouts)
+            for part in batch:
+                pending = (ledger.Pending(archived_at, _integer_range(part))
+                           if part is batch[0] else None)
+                _copy_and_verify(transfer, target, part, run_id, archived_at, pending)
+    return CopiedBatch(policy, batch, cutoff, run_id, root_keys[-1], len(blocked))
+
+
+def delete_batch(source: sa.Connection, copied: CopiedBatch) -> BatchResult:
+    """Step 3, once ARCHIVE has committed: delete exactly the copied rows in the PRIMARY
+    transaction that selected them. The caller commits it.
+
+    :raises ArchiveError: when a count differs (the caller must roll back).
+    """
+    deleted = _delete(source, copied.policy, copied.parts, copied.cutoff)
+    logger.debug("policy %s run %d moved %s", copied.policy.name, copied.run_id, deleted)
+    return BatchResult(
+        last_key=copied.last_key, roots=copied.roots,
+        selected={part.table.fullname: len(part.rows) for part in copied.parts},
+        deleted=deleted, skipped_locked=copied.skipped_locked,
     )
-    logger.debug("policy %s run %d moved %s", policy.name, run_id, deleted)
-    return result
 
 
 def _check_columns(connection: sa.Connection, tables: Sequence[sa.Table]) -> None:

@@ -22,9 +22,10 @@ from typing import TypeVar
 import sqlalchemy as sa
 
 from archive import ledger
-from archive.keys import Key, columns_in
+from archive.keys import columns_in
 from archive.locks import LockLost, RunnerLock
-from archive.mover import ArchiveError, BatchResult, SchemaDrift, Timeouts, move_batch
+from archive.mover import ArchiveError, BatchResult, SchemaDrift, Timeouts
+from archive.pipeline import BatchPipeline
 from archive.policy import ArchivePolicy
 from archive.settle import settle_pending_runs
 from sediment.core.databases import analyze
@@ -223,15 +224,33 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
     run_id = outcome.run_id
     timeouts = Timeouts(database.statement_timeout_ms, database.lock_timeout_ms)
     started = time.monotonic()
-    after_key: Key | None = None
 
-    def attempt(limit: int) -> BatchResult | None:
-        if lock.ensure_held():
-            _check_still_running(archive, run_id)
-        with lock.batch_connection() as source:
-            return move_batch(source, archive, policy, cutoff=outcome.cutoff,
-                              after_key=after_key, limit=limit, run_id=run_id,
-                              timeouts=timeouts)
+    def moved(result: BatchResult) -> None:
+        if not _with_retries(settings, stop, partial(
+                ledger.record_delete, archive, run_id, result.deleted,
+                {policy.root.fullname: result.skipped_locked})):
+            _check_still_running(archive, run_id)  # raises: another runner took the run over
+        outcome.batches += 1
+        outcome.roots += result.roots
+        outcome.skipped_locked += result.skipped_locked
+        for table, count in result.deleted.items():
+            outcome.moved[table] += count
+        if progress is not None:
+            progress(result)
+
+    pipeline = BatchPipeline(lock, archive, policy, cutoff=outcome.cutoff, run_id=run_id,
+                             timeouts=timeouts, on_moved=moved,
+                             on_lock_retaken=lambda: _check_still_running(archive, run_id))
+
+    def step(limit: int) -> bool:
+        """Copy the next batch and start its deletes; ``False`` once nothing is left (and
+        every batch's deletes have committed)."""
+        opened = pipeline.copy_next(limit)
+        if opened is None:
+            pipeline.drain()
+            return False
+        pipeline.hand_over(opened)
+        return True
 
     try:
         stale = _with_retries(settings, stop, lambda: ledger.mark_interrupted(
@@ -251,27 +270,19 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
                 outcome.status = "max_runtime"
                 break
             if limits.max_rows is not None:
-                if outcome.roots >= limits.max_rows:
+                left = limits.max_rows - outcome.roots - pipeline.roots_in_flight
+                if left <= 0:
                     outcome.status = "max_rows"
                     break
-                limit = min(limit, limits.max_rows - outcome.roots)
-            result = _with_retries(settings, stop, partial(attempt, limit))
-            if result is None:
+                limit = min(limit, left)
+            if not _with_retries(settings, stop, partial(step, limit)):
                 outcome.status = "done"
                 break
-            _with_retries(settings, stop, partial(
-                ledger.record_delete, archive, run_id, result.deleted,
-                {policy.root.fullname: result.skipped_locked}))
-            after_key = result.last_key
-            outcome.batches += 1
-            outcome.roots += result.roots
-            outcome.skipped_locked += result.skipped_locked
-            for table, count in result.deleted.items():
-                outcome.moved[table] += count
-            if progress is not None:
-                progress(result)
             if settings.throttle and stop.wait(settings.throttle.total_seconds()):
                 continue  # woken by a stop request: the loop head records it
+        # The batch still deleting when a limit or a stop request ended the loop: its
+        # failure ends the run ``error`` (its rows stay in both databases for the next run).
+        pipeline.drain()
         _with_retries(settings, stop, lambda: settle_pending_runs(primary, archive, policy))
     except LockLost as exc:
         outcome.status, outcome.error = "lock_lost", str(exc)
@@ -280,6 +291,7 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
     except (ArchiveError, sa.exc.SQLAlchemyError) as exc:
         outcome.status, outcome.error = "error", first_line(exc)
     finally:
+        pipeline.close()
         outcome.seconds = time.monotonic() - started
 
 
