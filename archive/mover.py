@@ -19,8 +19,11 @@ databases; the next run re-copies them (overwriting with PRIMARY's version) and 
 them. Nothing is lost, and reports that merge both sides deduplicate by key meanwhile.
 
 :func:`copy_batch` (steps 1-2) and :func:`delete_batch` (step 3) are separate so that the
-runner can delete one batch while it copies the next (:mod:`archive.pipeline`);
-:func:`move_batch` runs them one after the other.
+runner can delete one batch while it copies the next (:mod:`archive.pipeline`). Both raise
+:class:`ArchiveError` when verification or a delete count fails, and let
+``sqlalchemy.exc.OperationalError`` through when a connection drops: the caller rolls back
+the PRIMARY transaction, so both databases stay consistent and the batch is safe to retry
+as a whole.
 """
 
 from __future__ import annotations
@@ -129,34 +132,6 @@ class CopiedBatch:
         return len(self.parts[0].keys)
 
 
-def move_batch(
-    source: sa.Connection,
-    archive: sa.Engine,
-    policy: ArchivePolicy,
-    *,
-    cutoff: datetime,
-    after_key: Key | None,
-    limit: int,
-    run_id: int,
-    timeouts: Timeouts,
-) -> BatchResult | None:
-    """Move the next batch of at most ``limit`` aged roots after ``after_key``: both
-    transactions, one after the other, on ``source``.
-
-    :param source: the PRIMARY connection to run the batch's transaction on (on PostgreSQL
-        one holding the policy's runner lock, so no batch outlives the lock).
-    :returns: what moved, or ``None`` when no aged root is left after ``after_key``.
-    :raises ArchiveError: when verification or a delete count fails; both transactions
-        that had not committed are rolled back, so both databases stay consistent.
-    :raises sqlalchemy.exc.OperationalError: when a connection drops; the batch is safe to
-        retry as a whole.
-    """
-    with source.begin():
-        copied = copy_batch(source, archive, policy, cutoff=cutoff, after_key=after_key,
-                            limit=limit, run_id=run_id, timeouts=timeouts)
-        return None if copied is None else delete_batch(source, copied)
-
-
 def copy_batch(
     source: sa.Connection,
     archive: sa.Engine,
@@ -169,7 +144,8 @@ def copy_batch(
     timeouts: Timeouts,
 ) -> CopiedBatch | None:
     """Steps 1 and 2: select and lock the next batch in the caller's open PRIMARY
-    transaction on ``source``, then copy, verify and commit it in ARCHIVE.
+    transaction on ``source`` (on PostgreSQL a connection holding half of the policy's
+    runner lock, so no batch outlives the lock), then copy, verify and commit it in ARCHIVE.
 
     The caller then runs :func:`delete_batch` in that same PRIMARY transaction and commits
     it, or rolls it back (the rows stay in both databases, which the next run settles).

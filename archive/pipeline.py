@@ -12,7 +12,7 @@ Batches end in the order they were selected. When batch N's deletes fail, batch 
 PRIMARY transaction is rolled back too (its copy stays in ARCHIVE, to be taken over), and
 the cursor goes back to the last batch whose deletes committed, so a retry selects both
 again. With one lane (SQLite, a single writer) each batch is deleted as soon as it is
-copied, exactly as :func:`archive.mover.move_batch` does.
+copied, before the next one is selected.
 """
 
 from __future__ import annotations
