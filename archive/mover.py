@@ -131,6 +131,10 @@ class CopiedBatch:
     def roots(self) -> int:
         return len(self.parts[0].keys)
 
+    def delete(self, source: sa.Connection) -> BatchResult:
+        """Step 3: see :func:`delete_batch`."""
+        return delete_batch(source, self)
+
 
 def copy_batch(
     source: sa.Connection,
@@ -170,7 +174,7 @@ def copy_batch(
         parts[link.table.fullname] = part
         held = held or (bool(parent_values)
                         and some_children_held(source, link, parent_values, len(rows)))
-    _check_columns(source, [part.table for part in batch if part.rows])
+    check_columns(source, [part.table for part in batch if part.rows])
     blocked = _roots_of_held_children(source, transfer, policy, parts) if held else set()
     if blocked:
         # A writer holds a child of these roots: moving the root without that child
@@ -204,7 +208,7 @@ def delete_batch(source: sa.Connection, copied: CopiedBatch) -> BatchResult:
     )
 
 
-def _check_columns(connection: sa.Connection, tables: Sequence[sa.Table]) -> None:
+def check_columns(connection: sa.Connection, tables: Sequence[sa.Table]) -> None:
     """Refuse to copy rows of a table whose columns changed since the run read its schema.
 
     Checked under the batch's row locks, which an ``ALTER TABLE`` has to wait for: a column

@@ -26,9 +26,10 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from archive import attached
 from archive.keys import Key
 from archive.locks import RunnerLock
-from archive.mover import BatchResult, CopiedBatch, Timeouts, copy_batch, delete_batch
+from archive.mover import BatchResult, CopiedBatch, Timeouts, copy_batch
 from archive.policy import ArchivePolicy
 from sediment.core.error_text import first_line
 
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 class _Open:
     """A copied batch and the PRIMARY transaction (on ``lane``) that still locks its rows."""
 
-    batch: CopiedBatch
+    batch: CopiedBatch | attached.AttachedBatch
     lane: int
     connection: sa.Connection
     transaction: sa.RootTransaction
@@ -47,7 +48,7 @@ class _Open:
 
     def delete_and_commit(self) -> BatchResult:
         try:
-            result = delete_batch(self.connection, self.batch)
+            result = self.batch.delete(self.connection)
             self.transaction.commit()
             return result
         except BaseException:
@@ -99,6 +100,9 @@ class BatchPipeline:
         self._deleting: tuple[_Open, Future[BatchResult]] | None = None
         self._threads = (ThreadPoolExecutor(1, thread_name_prefix=f"sediment-{policy.name}")
                          if lock.lanes > 1 else None)
+        #: Two SQLite files: SQLite copies the rows itself (see :mod:`archive.attached`).
+        self._copy: Callable[..., CopiedBatch | attached.AttachedBatch | None] = (
+            attached.copy_batch if attached.applies(lock.primary, archive) else copy_batch)
 
     @property
     def roots_in_flight(self) -> int:
@@ -121,7 +125,7 @@ class BatchPipeline:
         try:
             connection = resources.enter_context(self.lock.batch_connection(lane))
             transaction = connection.begin()
-            batch = copy_batch(connection, self.archive, self.policy, cutoff=self.cutoff,
+            batch = self._copy(connection, self.archive, self.policy, cutoff=self.cutoff,
                                after_key=self.cursor, limit=limit, run_id=self.run_id,
                                timeouts=self.timeouts)
         except BaseException:

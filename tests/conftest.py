@@ -49,8 +49,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         chosen = metafunc.config.getoption("--backend")
         backends = BACKENDS if chosen == "all" else (chosen,)
-        if metafunc.definition.get_closest_marker("postgres"):
-            backends = tuple(b for b in backends if b == "postgres")
+        for only in ("postgres", "sqlite"):
+            if metafunc.definition.get_closest_marker(only):
+                backends = tuple(b for b in backends if b == only)
         metafunc.parametrize("backend", backends, scope="session")
 
 

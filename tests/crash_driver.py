@@ -48,9 +48,11 @@ def on_statement(conn, cursor, statement, parameters, context, executemany):  # 
         reach()
     if is_archive(conn):
         # The first statement of a batch's ARCHIVE transaction: its timeouts on PostgreSQL,
-        # the lookup of earlier owners on the portable path (ledger writes have neither).
+        # the lookup of earlier owners on the portable path, the savepoint around the copy
+        # from the attached PRIMARY when both are SQLite files (ledger writes have none).
         first_of_batch = text.startswith("SET LOCAL STATEMENT_TIMEOUT") or (
-            "GROUP BY" in text and "ARCHIVE_RUN_ID" in text)
+            "GROUP BY" in text and "ARCHIVE_RUN_ID" in text) or (
+            text.startswith("SAVEPOINT") and conn.dialect.name == "sqlite")
         if POINT == "after_select" and first_of_batch:
             reach()
     elif text.startswith("DELETE"):

@@ -168,8 +168,10 @@ def test_verification_mismatch_stops_the_run_and_deletes_nothing(
     before = snapshot(primary)
 
     def tamper(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        # Right after the batch lands: the Core upsert, or the savepoint around PostgreSQL's COPY.
-        if "INSERT INTO events" in statement or statement.startswith("RELEASE SAVEPOINT"):
+        # Right after the batch lands: the upsert (from the attached PRIMARY when both are
+        # SQLite files), or the savepoint around PostgreSQL's COPY.
+        if any(f"INSERT INTO {twin} " in statement for twin in ("events", "main.events")) \
+                or statement.startswith("RELEASE SAVEPOINT"):
             cursor.execute("UPDATE events SET detail = 'tampered' WHERE id = "
                            "(SELECT min(id) FROM events)")
 
