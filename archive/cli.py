@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from tqdm import tqdm
 
 from archive.archiver import Archiver
 from archive.ledger import run_tables, runs
@@ -33,6 +32,7 @@ from sediment.core.commandline import (
     instant,
     on_stop_signals,
     positive_int,
+    progress_bar,
 )
 from sediment.core.settings import Settings
 
@@ -138,8 +138,7 @@ def _run_with_progress(archiver: Archiver, name: str, now: datetime,
     total = sum(planned.values())
     if args.max_rows is not None and planned[policy.root.fullname]:
         total = min(total, round(total * args.max_rows / planned[policy.root.fullname]))
-    with tqdm(total=total, desc=f"archive {name}", unit=" rows", unit_scale=True,
-              file=sys.stderr, mininterval=0.5) as bar:
+    with progress_bar(total=total, desc=f"archive {name}") as bar:
         def advance(result: BatchResult) -> None:
             bar.update(result.rows)
         return archiver.run(name, now, limits=RunLimits(args.max_rows, args.max_runtime),

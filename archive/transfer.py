@@ -7,7 +7,8 @@ Two interchangeable paths with one interface:
   a savepoint; through a staging table and ``ON CONFLICT`` only when a key is already
   there), and the batch read back with ``COPY``. Rows stay COPY text lines the whole way,
   so the read-back comparison is exact and no Python objects are built per row.
-* :class:`CoreTransfer` everywhere else (SQLite, or one database of each kind): Core
+* :class:`CoreTransfer` everywhere else (one database of each kind; two SQLite files take
+  :mod:`archive.attached` instead, which copies inside SQLite): Core
   selects and a dialect upsert (``ON CONFLICT DO UPDATE``) through ``executemany``.
 
 Rows are hashable (COPY lines or tuples), so the read-back check compares the selected and

@@ -3,6 +3,10 @@
 Row reports stream each database in keyset chunks and merge the sorted streams
 (``heapq.merge``); aggregate reports are combined by :mod:`reporting.aggregation`. Either
 way the two databases are queried separately: nothing is ever joined across them.
+
+:mod:`reporting.aggregation` is imported where an aggregate is computed, not at the top:
+it brings pandas and numpy, about half of the service's memory at rest, which a service
+serving only row reports and CSV never needs.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from reporting.aggregation import combined_groups, page_frame
 from reporting.pagination import PageCursor, cursor_after
 from reporting.pgfetch import fetch_direct
 from reporting.report_databases import (
@@ -56,11 +59,14 @@ def run_page(databases: ReportDatabases, request: ReportRequest, cursor: PageCur
     wanted = request.limit + 1  # one more than the page tells whether another page follows
     report = request.report
     # An aggregate is combined once per request: the page and its count come from one frame.
-    combined = combined_groups(databases, request, report) \
-        if isinstance(report, AggregateReport) else None
+    combined = None
+    if isinstance(report, AggregateReport):
+        from reporting.aggregation import combined_groups  # pandas: see the module docstring
+        combined = combined_groups(databases, request, report)
     frame = combined.frame if combined is not None else None
     if frame is not None:
         assert combined is not None
+        from reporting.aggregation import page_frame
         rows = list(itertools.islice(page_frame(combined, request, cursor), wanted))
     elif request.source != "all":  # one database: the page is one query
         assert isinstance(report, RowReport)
@@ -110,6 +116,7 @@ def iter_rows(databases: ReportDatabases, request: ReportRequest,
     """
     report = request.report
     if isinstance(report, AggregateReport):
+        from reporting.aggregation import combined_groups, page_frame
         yield from page_frame(combined_groups(databases, request, report), request, cursor)
         return
     assert isinstance(report, RowReport)
@@ -164,6 +171,7 @@ def count_rows(databases: ReportDatabases, request: ReportRequest) -> tuple[int,
     """Count matching rows: ``exact``, or the planner's ``estimated`` on PostgreSQL."""
     report = request.report
     if isinstance(report, AggregateReport):
+        from reporting.aggregation import combined_groups
         return len(combined_groups(databases, request, report).frame), "exact"
     assert isinstance(report, RowReport)
     total, kind = 0, "exact"

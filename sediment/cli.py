@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
-from tqdm import tqdm
 
 from archive import cli as archive_cli
 from archive.preflight import check_conditions
@@ -37,6 +36,7 @@ from sediment.core.commandline import (
     instant,
     port,
     positive_int,
+    progress_bar,
 )
 from sediment.core.databases import Engines
 from sediment.core.error_text import first_line
@@ -233,8 +233,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 def run_seed(engines: Engines, plan: SeedPlan, *, append: bool) -> SeedResult:
     """Seed with a progress bar."""
-    with tqdm(total=plan.estimated_rows, unit=" rows", unit_scale=True, desc="seeding",
-              file=sys.stderr, mininterval=0.5, delay=0.5) as bar:
+    with progress_bar(total=plan.estimated_rows, desc="seeding", delay=0.5) as bar:
         try:
             result = seed(engines.primary, plan, archive=engines.archive,
                           archive_tables=archived_tables, append=append, progress=bar.update)
@@ -264,9 +263,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ReportError as exc:
         where = f" ({exc.param})" if exc.param else ""
         raise CommandError(f"{exc.detail}{where}", EXIT_USAGE) from exc
-    with open(partial, "wb") as out, tqdm(total=total, unit=" rows", unit_scale=True,
-                                          desc=f"report {args.name}", file=sys.stderr,
-                                          mininterval=0.5) as bar:
+    with open(partial, "wb") as out, progress_bar(total=total,
+                                                  desc=f"report {args.name}") as bar:
         for chunk in stream_csv(databases, request):
             out.write(chunk)
             bar.update(chunk.count(b"\n"))

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import sqlalchemy as sa
 
 from reporting.reports.base import (
@@ -18,6 +17,9 @@ from reporting.reports.base import (
     ReferenceData,
     total,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd  # only annotations here: pandas loads with the first aggregate
 
 
 def partials(tables: DatabaseTables, params: Mapping[str, Any],

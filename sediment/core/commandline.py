@@ -1,4 +1,5 @@
-"""What every Sediment command shares: exit codes, argument types and stop signals.
+"""What every Sediment command shares: exit codes, argument types, stop signals and
+progress bars.
 
 Exit codes: 0 success (an archival run that ended cleanly or at a limit), 1 failure,
 2 bad usage or bad settings, 3 another runner holds the archival lock (``lock_busy``), or
@@ -9,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 from sediment.core.instants import parse_instant
 from sediment.core.settings import parse_duration
@@ -81,3 +86,15 @@ def on_stop_signals(handler: Callable[[signal.Signals], None]) -> Iterator[None]
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def progress_bar(*, total: float, desc: str, **options: Any) -> tqdm[Any]:
+    """A bar on stderr counting rows, redrawn at most twice a second.
+
+    tqdm is imported by the first bar, not with the command line: ``serve`` never shows
+    one, and its memory at rest is kept for what it does use.
+    """
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=" rows", unit_scale=True, file=sys.stderr,
+                mininterval=0.5, **options)
