@@ -31,12 +31,22 @@ pytestmark = pytest.mark.postgres
 
 
 def terminate_lock_holder(primary: sa.Engine, policy: str) -> int:
-    """End the backend holding the policy's advisory lock, as a server restart would."""
+    """End the backends holding the policy's advisory lock (both halves), as a server
+    restart would, and wait until the server has freed it: ``pg_terminate_backend`` only
+    signals, and a runner starting at once could still find the lock held."""
+    held = sa.text("SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
+                   "AND classid = :namespace AND objid = :key")
+    params = {"namespace": LOCK_NAMESPACE, "key": lock_key(policy)}
     with primary.connect() as connection:
         ended = connection.execute(sa.text(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' "
-            "AND classid = :namespace AND objid = :key"),
-            {"namespace": LOCK_NAMESPACE, "key": lock_key(policy)}).scalar_one()
+            f"SELECT count(pg_terminate_backend(pid)) FROM ({held.text}) AS holders"),
+            params).scalar_one()
+        connection.commit()
+        deadline = time.monotonic() + 10
+        while connection.execute(held, params).first() is not None:
+            connection.commit()
+            assert time.monotonic() < deadline, "the terminated backends kept the lock"
+            time.sleep(0.02)
         connection.commit()
     return int(ended)
 
