@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -234,7 +235,13 @@ def _attached(archive: sa.Engine, primary: sa.Engine) -> Iterator[sa.Connection]
         try:
             yield connection
         finally:
-            if not connection.invalidated:
-                if connection.in_transaction():
-                    connection.rollback()
-                driver.execute(f"DETACH DATABASE {ATTACHED}")
+            try:
+                if not connection.invalidated:
+                    if connection.in_transaction():
+                        connection.rollback()
+                    driver.execute(f"DETACH DATABASE {ATTACHED}")
+            except (sqlite3.Error, sa.exc.SQLAlchemyError) as exc:
+                # Never back to the pool still attached; the batch's own outcome stands.
+                logger.warning("detaching PRIMARY from an ARCHIVE connection failed (%s); "
+                               "the connection is discarded", exc)
+                connection.invalidate()
