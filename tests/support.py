@@ -11,7 +11,8 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,6 +108,18 @@ def make_settings(primary_url: str, archive_url: str, **overrides: str) -> Setti
         **overrides,
     }
     return load_settings(REPO / "settings.toml", environ=environ)
+
+
+@contextmanager
+def on_statements(engine: sa.Engine, listener: Callable[..., None]) -> Iterator[None]:
+    """``listener`` sees every statement ``engine`` runs inside the block
+    (``before_cursor_execute``: connection, cursor, statement, parameters, context,
+    executemany)."""
+    sa.event.listen(engine, "before_cursor_execute", listener)
+    try:
+        yield
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", listener)
 
 
 def settings_of(app: Flask) -> Settings:

@@ -8,6 +8,7 @@ from flask import Flask
 
 from archive.attached import ATTACHED
 from tests.archiving import assert_invariants, run, seed_shop, small_batches, snapshot
+from tests.support import on_statements
 
 
 @pytest.mark.sqlite
@@ -30,11 +31,8 @@ def test_rows_travel_inside_sqlite_and_keep_their_stored_form(
         statements.append(statement)
 
     events = small_batches(app)[1]
-    sa.event.listen(archive, "before_cursor_execute", record)
-    try:
+    with on_statements(archive, record):
         outcome = run(app, primary, archive, events)
-    finally:
-        sa.event.remove(archive, "before_cursor_execute", record)
     assert outcome.status == "done" and outcome.batches > 1
     copies = [s for s in statements if s.startswith("INSERT INTO main.events")]
     assert len(copies) == outcome.batches

@@ -14,6 +14,7 @@ from archive import ledger
 from archive.locks import RunnerLock
 from archive.verify import verify_archive
 from tests.archiving import assert_invariants, run, seed_shop, small_batches, snapshot
+from tests.support import on_statements
 
 
 def test_batches_overlap_on_postgresql_and_end_in_order(
@@ -43,11 +44,8 @@ def test_batches_overlap_on_postgresql_and_end_in_order(
 
     monkeypatch.setattr(ledger, "record_copy", copied)
     monkeypatch.setattr(ledger, "record_delete", counted)
-    sa.event.listen(primary, "before_cursor_execute", on_statement)
-    try:
+    with on_statements(primary, on_statement):
         outcome = run(app, primary, archive, events)
-    finally:
-        sa.event.remove(primary, "before_cursor_execute", on_statement)
     assert outcome.status == "done" and outcome.batches > 3
     assert steps.count("copy") == steps.count("delete") == outcome.batches
     if RunnerLock(primary, events.name).lanes == 2:
@@ -78,11 +76,8 @@ def test_a_failed_delete_sends_the_cursor_back_and_the_retry_moves_both_batches(
             if deletes == 2:
                 raise sa.exc.OperationalError(statement, None, RuntimeError("injected"))
 
-    sa.event.listen(primary, "before_cursor_execute", fail_second_delete)
-    try:
+    with on_statements(primary, fail_second_delete):
         outcome = run(app, primary, archive, events)
-    finally:
-        sa.event.remove(primary, "before_cursor_execute", fail_second_delete)
     assert outcome.status == "done", outcome.error
     assert deletes > 2
     assert_invariants(original, primary, archive, [events])
