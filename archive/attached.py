@@ -38,7 +38,14 @@ from sqlalchemy.dialects import sqlite
 
 from archive import ledger
 from archive.keys import Key, columns_in, integer_key, key_after, key_columns
-from archive.mover import ArchiveError, BatchResult, Timeouts, VerificationError, check_columns
+from archive.mover import (
+    ArchiveError,
+    BatchResult,
+    Timeouts,
+    VerificationError,
+    check_columns,
+    check_deleted,
+)
 from archive.policy import ArchivePolicy
 from sediment.core.schema.archive import ARCHIVE_RUN_ID, ARCHIVED_AT
 
@@ -85,12 +92,7 @@ class AttachedBatch:
         deleted: dict[str, int] = {}
         for part in reversed(self.parts):  # deepest children first
             count = source.execute(part.table.delete().where(part.selected)).rowcount
-            expected = self.copied[part.table.fullname]
-            if count != expected:
-                raise ArchiveError(
-                    f"deleting {part.table.fullname!r} removed {count} rows, expected "
-                    f"{expected}: rows changed under the lock; PRIMARY rolled back, the "
-                    "ARCHIVE copies will be overwritten on the next run")
+            check_deleted(part.table, count, self.copied[part.table.fullname])
             deleted[part.table.fullname] = count
         in_order = {part.table.fullname: deleted[part.table.fullname] for part in self.parts}
         return BatchResult(last_key=self.last_key, roots=self.roots, selected=dict(self.copied),
@@ -110,19 +112,21 @@ def copy_batch(source: sa.Connection, archive: sa.Engine, policy: ArchivePolicy,
     if after_key is not None:
         aged = aged & key_after(policy.key, after_key, source.dialect)
     batch = sa.select(*policy.key).where(aged).order_by(*policy.key).limit(limit).subquery()
-    roots = int(source.execute(sa.select(sa.func.count()).select_from(batch)).scalar_one())
-    if not roots:
+    # One pass over the batch's keys: its last key, its size, its lowest first key column.
+    bounds = source.execute(sa.select(
+        *batch.c, sa.func.count().over(), sa.func.min(batch.c[0]).over(),
+    ).order_by(*(column.desc() for column in batch.c)).limit(1)).first()
+    if bounds is None:
         return None
-    first, last = (tuple(source.execute(sa.select(*batch.c).order_by(
-        *(column.desc() if descending else column for column in batch.c)).limit(1)).one())
-        for descending in (False, True))
+    *last_values, roots, lowest = bounds
+    last: Key = tuple(last_values)
     parts = _parts(policy, aged & ~key_after(policy.key, last, source.dialect))
     check_columns(source, policy.tables)
     archived_at = datetime.now(UTC)  # per attempt: a retry must see its own earlier copy
     copied: dict[str, int] = {}
     with _attached(archive, source.engine) as target, target.begin():
         for part in parts:
-            pending = (ledger.Pending(archived_at, _integer_range(policy, first, last))
+            pending = (ledger.Pending(archived_at, _integer_range(policy, lowest, last))
                        if part.table is policy.root else None)
             copied[part.table.fullname] = _copy_and_verify(target, part, run_id, archived_at,
                                                            pending)
@@ -219,9 +223,9 @@ def _differing_keys(target: sa.Connection, missing: sa.CompoundSelect[Any],
         sa.select(*(rows.c[name] for name in key)).limit(11), execution_options=_ON_PRIMARY)]
 
 
-def _integer_range(policy: ArchivePolicy, first: Key, last: Key) -> tuple[int, int] | None:
+def _integer_range(policy: ArchivePolicy, lowest: Any, last: Key) -> tuple[int, int] | None:
     """The batch's root key range, for a single integer key (see :class:`ledger.Pending`)."""
-    return (int(first[0]), int(last[0])) if integer_key(policy.key) else None
+    return (int(lowest), int(last[0])) if integer_key(policy.key) else None
 
 
 @contextmanager

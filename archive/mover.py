@@ -301,14 +301,18 @@ def _delete(connection: sa.Connection, policy: ArchivePolicy, batch: list[_Table
             if is_root:
                 statement = statement.where(policy.aged(cutoff))
             count += connection.execute(statement).rowcount
-        if count != len(part.keys):
-            raise ArchiveError(
-                f"deleting {part.table.fullname!r} removed {count} rows, expected "
-                f"{len(part.keys)}: rows changed under the lock; PRIMARY rolled back, the "
-                "ARCHIVE copies will be overwritten on the next run"
-            )
+        check_deleted(part.table, count, len(part.keys))
         deleted[part.table.fullname] = count
     return {part.table.fullname: deleted[part.table.fullname] for part in batch}
+
+
+def check_deleted(table: sa.Table, count: int, expected: int) -> None:
+    """Refuse a delete that removed other than the rows copied (the caller rolls back)."""
+    if count != expected:
+        raise ArchiveError(
+            f"deleting {table.fullname!r} removed {count} rows, expected {expected}: rows "
+            "changed under the lock; PRIMARY rolled back, the ARCHIVE copies will be "
+            "overwritten on the next run")
 
 
 def _apply_timeouts(connection: sa.Connection, timeouts: Timeouts) -> None:

@@ -50,12 +50,11 @@ class _Open:
         try:
             result = self.batch.delete(self.connection)
             self.transaction.commit()
-            return result
         except BaseException:
             self.roll_back()
             raise
-        finally:
-            self.resources.close()
+        self.resources.close()
+        return result
 
     def roll_back(self) -> None:
         _roll_back(self.transaction, self.resources)

@@ -1,9 +1,12 @@
-"""Helpers shared by the benchmarks: throw-away databases."""
+"""Helpers shared by the benchmarks: throw-away databases, servers on free ports."""
 
 from __future__ import annotations
 
+import http.client
 import os
+import socket
 import tempfile
+import time
 import uuid
 
 import sqlalchemy as sa
@@ -80,3 +83,26 @@ def service_environ(primary_url: str, archive_url: str, **extra: str) -> dict[st
             "SEDIMENT_SERVICE__SEED_WHEN_EMPTY": "false",
             "SEDIMENT_SCHEDULER__ENABLED": "false",
             "SEDIMENT_SERVICE__LOG_LEVEL": "WARNING", **extra}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a server the benchmark starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until_up(port: int, path: str = "/healthz", seconds: float = 90) -> None:
+    """Poll ``path`` until it answers 200; exit the benchmark if it never does."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", path)
+            if connection.getresponse().status == 200:
+                connection.close()
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"the server on port {port} did not come up")

@@ -17,15 +17,13 @@ The last lines are ``memory_at_rest_mb=<MB>`` and ``memory_vs_floor=<ratio>``.
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import databases, service_environ
+from bench.common import databases, free_port, service_environ, wait_until_up
 from bench.report_bench import get, serve
 from reporting.app import create_app
 from reporting.state import state_of
@@ -91,20 +89,12 @@ def rss_mb(pid: int) -> float:
 
 
 def _floor_rss(primary_url: str, archive_url: str) -> float:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    port = free_port()
     process = subprocess.Popen([sys.executable, "-c", FLOOR, str(port), primary_url,
                                 archive_url], stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if get(port, "/healthz")[0] == 200:
-                    return rss_mb(process.pid)
-            except OSError:
-                time.sleep(0.1)
-        raise SystemExit("the floor app did not come up")
+        wait_until_up(port, seconds=30)
+        return rss_mb(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)

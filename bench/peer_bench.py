@@ -25,7 +25,6 @@ import argparse
 import http.client
 import importlib.util
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import databases, service_environ
+from bench.common import databases, free_port, service_environ, wait_until_up
 from bench.report_bench import SECRET, serve
 from reporting.app import create_app
 from reporting.pagination import PageCursor, encode_cursor
@@ -181,22 +180,13 @@ class datasette:
         self.database = database
 
     def __enter__(self) -> int:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
+        port = free_port()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "datasette", "serve", self.database, "--port", str(port),
              "--setting", "sql_time_limit_ms", "60000", "--setting", "max_csv_mb", "0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                if fetch(connection, "/-/versions.json")[0] == 200:
-                    return port
-            except OSError:
-                time.sleep(0.2)
-        raise SystemExit("Datasette did not come up")
+        wait_until_up(port, "/-/versions.json", seconds=60)
+        return port
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()

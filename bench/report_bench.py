@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import databases, service_environ
+from bench.common import databases, free_port, service_environ, wait_until_up
 from reporting.app import create_app
 from reporting.pagination import PageCursor, encode_cursor
 from reporting.reports import REPORTS
@@ -141,22 +140,13 @@ class serve:
         self.environ = environ
 
     def __enter__(self) -> int:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
+        self.port = free_port()
         self.process = subprocess.Popen(
             [sys.executable, str(REPO / "run_service.py"), "serve", "--port", str(self.port),
              "--no-scheduler"], env={**os.environ, **self.environ}, cwd=REPO,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                status, _ = get(self.port, "/healthz")
-                if status == 200:
-                    return self.port
-            except OSError:
-                time.sleep(0.2)
-        raise SystemExit("the service did not come up")
+        wait_until_up(self.port, seconds=60)
+        return self.port
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
