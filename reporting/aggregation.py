@@ -111,7 +111,7 @@ def aggregate_frame(databases: ReportDatabases, request: ReportRequest,
     def partial(name: Database) -> pd.DataFrame:
         tables = databases.tables[name]
         if name == ARCHIVE and request.source == "all":
-            tables = exclude_shared(databases, tables, report.root)
+            tables = exclude_shared(databases, tables, report)
         statement = report.partials(tables, request.params, reference)
         with databases.engines[name].connect() as connection:
             result = connection.execute(statement)

@@ -9,6 +9,8 @@ composition root (:mod:`sediment.cli`) passes them to the archiver from there.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import replace
 
 import sqlalchemy as sa
 from flask import Flask
@@ -23,6 +25,7 @@ from reporting.report_databases import ReportDatabases
 from reporting.reports import REPORTS
 from reporting.reports.base import DatabaseTables
 from reporting.state import AppState, state_of
+from reporting.tables import ExposedTable, table_reports, with_tables
 from sediment.core.databases import (
     ARCHIVE,
     PRIMARY,
@@ -81,6 +84,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(views.blueprint)
     return app
+
+
+def install_tables(app: Flask, exposed: Sequence[ExposedTable]) -> None:
+    """Serve ``exposed`` at ``/api/v1/tables`` (their reports and both databases' tables),
+    replacing what the app served before in one step: a request in flight keeps the state
+    it started with."""
+    state = state_of(app)
+    databases = state.report_databases
+    tables = {name: with_tables(database_tables, exposed)
+              for name, database_tables in databases.tables.items()}
+    replace(state, report_databases=replace(databases, tables=tables),
+            tables=table_reports(exposed, state.settings.reports.hide_columns)).install(app)
+    logger.debug("serving %d tables at /api/v1/tables: %s", len(exposed),
+                ", ".join(table.name for table in exposed) or "none")
 
 
 def create_checked_app(settings: Settings) -> Flask:

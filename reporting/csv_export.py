@@ -43,7 +43,7 @@ from reporting.report_databases import ReportDatabases, apply_lookups, databases
 from reporting.report_error import ReportError
 from reporting.reports.base import RowReport
 from reporting.request import ReportRequest
-from reporting.statements import source_query
+from reporting.statements import order_terms, source_query
 from sediment.core.pgcopy import raw_cursor, render
 
 logger = logging.getLogger(__name__)
@@ -181,9 +181,8 @@ def copy_statement(databases: ReportDatabases, request: ReportRequest,
             column = sa.case((sa.func.left(column, 1).in_(FORMULA_PREFIXES[:-1]),
                               sa.literal("'") + column), else_=column)
         cells.append(column.label(column_name))
-    ordering = [inner.c[c] for c in (request.sort, *request.key)]
     statement = sa.select(*cells).order_by(
-        *(c.desc() if request.descending else c.asc() for c in ordering))
+        *order_terms(request, [inner.c[c] for c in request.order]))
     return statement, query.values(request.filters)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,7 +29,7 @@ from reporting.report_databases import (
     apply_lookups,
     databases_of,
     drop_shared_rows,
-    pending_ranges,
+    pending_windows,
 )
 from reporting.reports.base import AggregateReport, RowReport
 from reporting.request import ReportRequest
@@ -83,6 +83,8 @@ def run_page(databases: ReportDatabases, request: ReportRequest, cursor: PageCur
     columns = output_columns(request, rows)
     if isinstance(report, RowReport):
         apply_lookups(databases, report.lookups, rows)  # rows are in their final shape
+        if request.columns:
+            rows = [{c: row[c] for c in columns} for row in rows]
     else:
         rows = [{c: row.get(c) for c in columns} for row in rows]
     page = Page(rows=rows, columns=columns, has_more=has_more, next_cursor=next_cursor,
@@ -96,8 +98,11 @@ def run_page(databases: ReportDatabases, request: ReportRequest, cursor: PageCur
 
 
 def output_columns(request: ReportRequest, rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The declared columns, or for a pivot the columns the data produced."""
+    """The columns asked for, else the declared ones, or for a pivot the columns the data
+    produced."""
     report = request.report
+    if request.columns:
+        return list(request.columns)
     if isinstance(report, AggregateReport) and report.is_wide(request.params):
         if rows:
             return list(rows[0].keys())
@@ -125,10 +130,18 @@ def iter_rows(databases: ReportDatabases, request: ReportRequest,
     if len(streams) == 1:
         yield from streams[0]
         return
-    order = (request.sort, *request.key)
     with closing(streams[0]), closing(streams[1]):
-        yield from heapq.merge(*streams, key=lambda row: tuple(row[c] for c in order),
-                               reverse=request.descending)
+        yield from heapq.merge(*streams, key=merge_key(request), reverse=request.descending)
+
+
+def merge_key(request: ReportRequest) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """The order of a merged page in Python, as both databases' SQL orders it: a nullable
+    sort column's NULLs after every value (before, descending)."""
+    order = request.order
+    if request.sort in request.key or not request.report.column(request.sort).nullable:
+        return lambda row: tuple(row[c] for c in order)
+    sort, key = order[0], order[1:]
+    return lambda row: (row[sort] is None, row[sort], *(row[c] for c in key))
 
 
 def _source_stream(databases: ReportDatabases, request: ReportRequest, report: RowReport,
@@ -136,19 +149,22 @@ def _source_stream(databases: ReportDatabases, request: ReportRequest, report: R
                    ) -> Generator[dict[str, Any]]:
     query = source_query(databases, request, report, name)
     # ARCHIVE's side of a merge leaves out rows still in PRIMARY (caught mid-batch).
-    ranges = pending_ranges(databases, report.root) \
-        if name == ARCHIVE and request.source == "all" else []
+    keyed = report.rows_table
+    pending = bool(pending_windows(databases, report.root)) \
+        if name == ARCHIVE and request.source == "all" and keyed is not None else False
     last = cursor
     with databases.engines[name].connect() as connection:
         while True:
             rows = fetch_rows(connection, query, request, last, chunk)
-            if ranges:
-                yield from drop_shared_rows(databases, report.root, report.key[0], ranges, rows)
-            else:
-                yield from rows
+            kept = drop_shared_rows(databases, keyed, rows) if pending and keyed else rows
+            yield from kept
             if len(rows) < chunk:
                 return
             last = cursor_after(rows[-1], request)
+            if len(kept) < len(rows):
+                # A stretch of rows in both databases: read past it in ever larger chunks,
+                # not a page's worth of queries per page that follows it.
+                chunk = min(chunk * 4, STREAM_CHUNK)
 
 
 def fetch_rows(connection: sa.Connection, query: SourceQuery, request: ReportRequest,

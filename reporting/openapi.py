@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,17 +11,21 @@ from reporting.reports.base import JSON_TYPES, ValueType
 from reporting.request import COUNT_KINDS
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
+_FORMATS = {"datetime": "date-time", "date": "date", "uuid": "uuid"}
 
 
 #: What the request parser accepts, as JSON Schema (see reporting/request.py).
 LARGEST_INTEGER = 10**18 - 1
-_ITEM_PATTERNS = {"integer": r"-?[0-9]{1,18}", "string": r"[^,\x00]{1,200}"}
+_ITEM_PATTERNS = {"integer": r"-?[0-9]{1,18}", "string": r"[^,\x00]{1,200}",
+                  "number": r"[-+0-9.eE]{1,40}", "datetime": r"[-+0-9:.TZ ]{10,40}",
+                  "date": r"[0-9]{4}-[0-9]{2}-[0-9]{2}",
+                  "uuid": r"[0-9a-fA-F-]{32,36}"}
 
 
 def _schema(type_name: ValueType, nullable: bool = True) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": JSON_TYPES[type_name]}
-    if type_name == "datetime":
-        schema["format"] = "date-time"
+    if type_name in _FORMATS:
+        schema["format"] = _FORMATS[type_name]
     if nullable:
         schema["type"] = [schema["type"], "null"]
     return schema
@@ -54,8 +59,14 @@ def _parameters(report: Report) -> list[dict[str, Any]]:
                            "schema": schema})
     for spec in report.filters:
         for op in spec.operators:
-            schema = (_list_schema(spec.type, spec.choices) if op == "in"
-                      else _input_schema(spec.type, spec.choices))
+            if op == "in":
+                schema = _list_schema(spec.type, spec.choices)
+            elif op == "isnull":
+                schema = _input_schema("boolean", None)
+            elif op in ("like", "ilike"):
+                schema = _input_schema("string", None)
+            else:
+                schema = _input_schema(spec.type, spec.choices)
             name = spec.column if op == "eq" else f"{spec.column}[{op}]"
             parameters.append({"name": name, "in": "query", "description": spec.description,
                                "schema": schema})
@@ -69,6 +80,8 @@ def _parameters(report: Report) -> list[dict[str, Any]]:
                                                      "enum": list(report.sources)}},
         {"name": "count", "in": "query", "schema": {"type": "string",
                                                     "enum": list(COUNT_KINDS)}},
+        {"name": "columns", "in": "query", "description": "comma-separated columns to return",
+         "schema": {"type": "string"}},
     ]
     return parameters
 
@@ -91,7 +104,8 @@ def _page_schema(report: Report) -> dict[str, Any]:
     }
 
 
-def openapi_document(reports: Mapping[str, Report]) -> dict[str, Any]:
+def openapi_document(reports: Mapping[str, Report],
+                     tables: Mapping[str, Report] | None = None) -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/api/v1/reports": {"get": {
             "operationId": "listReports", "summary": "The report catalog",
@@ -99,15 +113,22 @@ def openapi_document(reports: Mapping[str, Report]) -> dict[str, Any]:
                                   "content": {"application/json": {"schema": {
                                       "type": "object"}}}}}}},
     }
-    for report in reports.values():
-        paths[f"/api/v1/reports/{report.name}"] = {"get": {
-            "operationId": f"report_{report.name.replace('-', '_')}",
+    if tables is not None:
+        paths["/api/v1/tables"] = {"get": {
+            "operationId": "listTables", "summary": "The tables served, with their columns",
+            "responses": {"200": {"description": "every table with its columns and filters",
+                                  "content": {"application/json": {"schema": {
+                                      "type": "object"}}}}}}}
+    for report in [*reports.values(), *(tables or {}).values()]:
+        prefix = "table" if report.collection == "tables" else "report"
+        paths[f"/api/v1/{report.collection}/{report.name}"] = {"get": {
+            "operationId": f"{prefix}_{re.sub(r'[^A-Za-z0-9_]', '_', report.name)}",
             "summary": report.title, "description": report.description,
             "parameters": _parameters(report),
             "responses": {
                 "200": {"description": "one page", "content": {"application/json": {
                     "schema": _page_schema(report)}}},
-                "400": PROBLEM, "503": PROBLEM,
+                "400": PROBLEM, "404": PROBLEM, "503": PROBLEM,
             },
         }}
     return {

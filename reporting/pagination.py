@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,12 +36,14 @@ class PageCursor:
 
 def cursor_after(row: Mapping[str, Any], request: ReportRequest) -> PageCursor:
     """The cursor of the page that follows ``row``: its sort value, then its key values."""
-    return PageCursor(tuple(row[column] for column in (request.sort, *request.key)))
+    return PageCursor(tuple(row[column] for column in request.order))
 
 
 def fingerprint(request: ReportRequest) -> str:
-    """A digest of everything a cursor is bound to."""
-    bound = {"report": request.report.name, "params": request.normalised(),
+    """A digest of everything a cursor is bound to (a report and a table of the same name
+    are two different things)."""
+    report = request.report
+    bound = {"report": f"{report.collection}/{report.name}", "params": request.normalised(),
              "sort": request.sort, "desc": request.descending, "source": request.source}
     return hashlib.sha256(json.dumps(bound, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -49,8 +53,17 @@ def _serializer(secret: str) -> URLSafeSerializer:
 
 
 def encode_cursor(request: ReportRequest, cursor: PageCursor, secret: str) -> str:
-    values = [v.isoformat() if isinstance(v, datetime) else v for v in cursor.values]
+    values = [_encoded(value) for value in cursor.values]
     return str(_serializer(secret).dumps({"q": fingerprint(request), "v": values}))
+
+
+def _encoded(value: Any) -> Any:
+    """A cursor value as JSON: timestamps, dates, UUIDs and decimals as text."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID | Decimal):
+        return str(value)
+    return value
 
 
 def decode_cursor(request: ReportRequest, token: str, secret: str,
@@ -90,8 +103,8 @@ def _typed(value: Any, type_name: str) -> Any:
     """
     if value is None:
         return None  # a NULL sort value; keys are never NULL, and SQL compares it safely
-    if type_name == "datetime" and isinstance(value, str):
-        return parse_instant(value)
+    if isinstance(value, str) and type_name in _FROM_TEXT:
+        return _FROM_TEXT[type_name](value)
     accepted = _CURSOR_TYPES.get(type_name, (str,))
     if isinstance(value, bool) and bool not in accepted:
         raise ValueError(value)  # bool is an int subclass in Python, not in SQL
@@ -102,17 +115,49 @@ def _typed(value: Any, type_name: str) -> Any:
 
 _CURSOR_TYPES: dict[str, tuple[type, ...]] = {
     "integer": (int,), "number": (int, float), "string": (str,), "boolean": (bool,),
-    "datetime": (),
 }
+#: Cursor values written as text (see :func:`_encoded`), read back by their column's type.
+_FROM_TEXT: dict[str, Any] = {"datetime": parse_instant, "date": date.fromisoformat,
+                              "uuid": uuid.UUID, "number": Decimal}
 
 
-def after(columns: Sequence[sa.ColumnElement[Any]], descending: bool) -> sa.ColumnElement[bool]:
+def after(columns: Sequence[sa.ColumnElement[Any]], descending: bool, *,
+          types: Sequence[sa.types.TypeEngine[Any]] = ()) -> sa.ColumnElement[bool]:
     """The keyset condition: rows strictly after the cursor in the sort order. The cursor's
-    values are bound at execution (:func:`cursor_values`), so one statement serves every page."""
-    bound = [sa.bindparam(_after_name(index), type_=column.type)
-             for index, column in enumerate(columns)]
+    values are bound at execution (:func:`cursor_values`), so one statement serves every page.
+
+    :param types: the bound values' types, when they differ from the columns'.
+    """
+    bound = _bound(columns, types)
     left, right = sa.tuple_(*columns), sa.tuple_(*bound)
     return left < right if descending else left > right
+
+
+def after_nullable(columns: Sequence[sa.ColumnElement[Any]], descending: bool, *,
+                   cursor_is_null: bool, types: Sequence[sa.types.TypeEngine[Any]] = ()
+                   ) -> sa.ColumnElement[bool]:
+    """:func:`after` for a nullable sort column (``columns[0]``), NULLs ordered last
+    ascending and first descending: a row comparison alone would never return a NULL.
+
+    A cursor whose sort value is NULL resumes among the NULLs by key (and, descending,
+    then takes every non-NULL row); the two cases are two statements.
+    """
+    sort, keys = columns[0], columns[1:]
+    bound = _bound(columns, types)
+    if cursor_is_null:
+        left, right = sa.tuple_(*keys), sa.tuple_(*bound[1:])
+        if descending:
+            return sa.or_(sa.and_(sort.is_(None), left < right), sort.is_not(None))
+        return sa.and_(sort.is_(None), left > right)
+    if descending:
+        return sa.tuple_(*columns) < sa.tuple_(*bound)
+    return sa.or_(sa.tuple_(*columns) > sa.tuple_(*bound), sort.is_(None))
+
+
+def _bound(columns: Sequence[sa.ColumnElement[Any]],
+           types: Sequence[sa.types.TypeEngine[Any]]) -> list[sa.BindParameter[Any]]:
+    return [sa.bindparam(_after_name(index), type_=types[index] if types else column.type)
+            for index, column in enumerate(columns)]
 
 
 def cursor_values(cursor: PageCursor) -> dict[str, Any]:

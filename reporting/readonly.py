@@ -54,6 +54,8 @@ def _limit_statement_time(engine: sa.Engine, seconds: float) -> None:
 
     @sa.event.listens_for(engine, "connect")
     def install(dbapi_connection: Any, record: Any) -> None:
+        # ``like`` matches case as on PostgreSQL (``ilike`` is there for the other kind).
+        dbapi_connection.execute("PRAGMA case_sensitive_like = ON")
         deadline = record.info.setdefault("statement_deadline", [None])
         dbapi_connection.set_progress_handler(
             lambda: int(deadline[0] is not None and time.monotonic() > deadline[0]), 10_000)

@@ -10,23 +10,27 @@ rejection names the parameter at fault (``param``) and has a stable ``code``:
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal, TypeVar, get_args
 
 from reporting.report_error import ReportError
 from reporting.reports.base import SOURCES, Operator, Report, Source, ValueType
 from sediment.core.instants import parse_instant
 
-RESERVED = ("sort", "limit", "cursor", "source", "count", "formula")
+RESERVED = ("sort", "limit", "cursor", "source", "count", "formula", "columns")
+#: Most values one ``in`` filter may list: enough for any hand-written query, and a bound
+#: on the work a single request can ask of the databases.
+MAX_IN_VALUES = 1000
 #: ``?count=``: no count, the planner's estimate, or an exact count.
 CountKind = Literal["none", "estimated", "exact"]
 COUNT_KINDS: tuple[CountKind, ...] = get_args(CountKind)
 #: ``?formula=`` of a CSV download: escape cells a spreadsheet would run, or not.
 FORMULA_MODES = ("escape", "raw")
 _Choice = TypeVar("_Choice", bound=str)
-_FILTER_ARG = re.compile(r"^(?P<name>[a-z_]+)\[(?P<op>[a-z]+)\]$")
+_FILTER_ARG = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<op>[a-z]+)\]$")
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,8 @@ class FilterClause:
     value: Any
 
 
-#: Every operator but ``in``, applied alike to a SQL column and a pandas Series.
+#: The comparison operators, applied alike to a SQL column and a pandas Series (``in``,
+#: ``like``, ``ilike`` and ``isnull`` are SQL only: see reporting.statements).
 COMPARISONS: Mapping[Operator, Callable[[Any, Any], Any]] = {
     "eq": lambda c, v: c == v, "ne": lambda c, v: c != v,
     "gt": lambda c, v: c > v, "gte": lambda c, v: c >= v,
@@ -61,10 +66,17 @@ class ReportRequest:
     count: CountKind
     #: CSV only: escape cells a spreadsheet would run as formulas (``?formula=escape``).
     escape_formulas: bool = True
+    #: The columns asked for with ``?columns=``, in that order; empty: every column.
+    columns: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, ...]:
         return self.report.key_for(self.params)
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """The columns rows are ordered by: the sort column, then the key."""
+        return (self.sort, *self.key)
 
     def normalised(self) -> dict[str, Any]:
         """Parameters and filters as echoed in ``meta`` and bound into cursors."""
@@ -72,6 +84,8 @@ class ReportRequest:
         for clause in self.filters:
             label = clause.column if clause.op == "eq" else f"{clause.column}[{clause.op}]"
             shown[label] = _plain(clause.value)
+        if self.columns:
+            shown["columns"] = ",".join(self.columns)
         return shown
 
 
@@ -112,7 +126,15 @@ def parse_request(report: Report, args: Mapping[str, list[str]], *, default_limi
             raise ReportError(400, "unknown_operator", f"{column!r} takes "
                               f"{', '.join(spec.operators)}, not {op!r}", param=name)
         if operator == "in":
-            value: Any = tuple(convert(v, spec.type, name, spec.choices) for v in raw.split(","))
+            items = raw.split(",")
+            if len(items) > MAX_IN_VALUES:
+                raise ReportError(400, "invalid_value", f"{name!r} lists {len(items)} values; "
+                                  f"at most {MAX_IN_VALUES}", param=name)
+            value: Any = tuple(convert(v, spec.type, name, spec.choices) for v in items)
+        elif operator == "isnull":
+            value = convert(raw, "boolean", name)
+        elif operator in ("like", "ilike"):
+            value = convert(raw, "string", name)
         else:
             value = convert(raw, spec.type, name, spec.choices)
         filters.append(FilterClause(column, operator, value))
@@ -137,7 +159,22 @@ def parse_request(report: Report, args: Mapping[str, list[str]], *, default_limi
                           param="count")
     return ReportRequest(report=report, params=params, filters=tuple(filters), sort=sort,
                          descending=descending, limit=limit, cursor=single.get("cursor"),
-                         source=source, count=count, escape_formulas=escape_formulas)
+                         source=source, count=count, escape_formulas=escape_formulas,
+                         columns=_chosen_columns(report, single.get("columns")))
+
+
+def _chosen_columns(report: Report, raw: str | None) -> tuple[str, ...]:
+    """``?columns=a,b``: which of the report's columns to return, in that order."""
+    if raw is None:
+        return ()
+    names = tuple(dict.fromkeys(name.strip() for name in raw.split(",")))
+    known = [column.name for column in report.columns]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise ReportError(400, "invalid_value", f"columns={raw!r}: {report.name!r} has no "
+                          f"column {unknown[0] if unknown else ''!r}; its columns: "
+                          f"{', '.join(known)}", param="columns")
+    return names
 
 
 def _choice(raw: str | None, choices: tuple[_Choice, ...]) -> _Choice | None:
@@ -186,6 +223,10 @@ def convert(raw: str, type_name: ValueType, name: str,
                 raise ValueError
         elif type_name == "datetime":
             value = parse_instant(raw)
+        elif type_name == "date":
+            value = date.fromisoformat(raw)
+        elif type_name == "uuid":
+            value = uuid.UUID(raw)
         elif type_name == "boolean":
             if raw not in ("true", "false"):
                 raise ValueError
@@ -206,6 +247,8 @@ def convert(raw: str, type_name: ValueType, name: str,
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, date | uuid.UUID):
+        return str(value)
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     return value

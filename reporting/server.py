@@ -21,11 +21,13 @@ from flask import Flask
 from waitress.server import create_server
 from waitress.task import ThreadedTaskDispatcher
 
-from reporting.wsgi import SETTINGS_FILE_VARIABLE
 from sediment.core.commandline import on_stop_signals
 from sediment.core.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
+
+#: Where ``serve`` tells its gunicorn workers which settings file to load.
+SETTINGS_FILE_VARIABLE = "SEDIMENT_SETTINGS_FILE"
 
 #: Paths answered by the probe pool: no report query behind any of them.
 PROBE_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics", "/api/v1/",
@@ -93,7 +95,7 @@ def serve_with_workers(host: str, port: int, service: ServiceSettings,
         "--bind", f"{host}:{port}", "--backlog", str(service.backlog),
         "--worker-connections", str(service.connection_limit),
         "--graceful-timeout", "30", "--log-level", service.log_level.lower(),
-        "reporting.wsgi:create_worker_app()",
+        "sediment.wsgi:create_worker_app()",
     ]
     environment = {**os.environ}
     if settings_file is not None:

@@ -7,7 +7,7 @@ it through :func:`state_of` / :func:`current_state` and never look up loose stri
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from reporting.csv_export import ExportLimiter
     from reporting.health import RecentHealth
     from reporting.report_databases import ReportDatabases
-    from reporting.reports import Report
+    from reporting.reports import Report, RowReport
 
 _EXTENSION = "sediment"
 
@@ -40,6 +40,8 @@ class AppState:
     #: The reports this app serves, by name: the built-in ones over the demo schema, none
     #: (yet) beside an existing application's PRIMARY.
     reports: Mapping[str, Report]
+    #: The tables this app serves at ``/api/v1/tables``, by name (see reporting.tables).
+    tables: Mapping[str, RowReport] = field(default_factory=dict)
 
     def install(self, app: Flask) -> None:
         """Attach this state to ``app``."""

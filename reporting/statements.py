@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from reporting.pagination import PageCursor, after, cursor_values
+from reporting.pagination import PageCursor, after, after_nullable, cursor_values
 from reporting.pgfetch import DirectStatement, direct_statement
 from reporting.report_databases import ReportDatabases, exclude_shared, in_parameter
 from reporting.reports.base import DatabaseTables, Lookup, RowReport
@@ -36,15 +37,26 @@ class SourceQuery:
     first_page: sa.Select[Any]
     #: Any later page: as ``first_page``, strictly after the cursor's values.
     next_page: sa.Select[Any]
-    #: The two pages compiled for the psycopg2 cursor, where that is possible.
+    #: For a nullable sort column: a later page whose cursor's sort value is NULL.
+    next_null_page: sa.Select[Any] | None = None
+    #: The pages compiled for the psycopg2 cursor, where that is possible.
     first_page_direct: DirectStatement | None = None
     next_page_direct: DirectStatement | None = None
+    next_null_page_direct: DirectStatement | None = None
 
     def statement(self, cursor: PageCursor | None) -> sa.Select[Any]:
-        return self.first_page if cursor is None else self.next_page
+        if cursor is None:
+            return self.first_page
+        if self.next_null_page is not None and cursor.values[0] is None:
+            return self.next_null_page
+        return self.next_page
 
     def direct(self, cursor: PageCursor | None) -> DirectStatement | None:
-        return self.first_page_direct if cursor is None else self.next_page_direct
+        if cursor is None:
+            return self.first_page_direct
+        if self.next_null_page is not None and cursor.values[0] is None:
+            return self.next_null_page_direct
+        return self.next_page_direct
 
     def values(self, filters: Sequence[FilterClause], cursor: PageCursor | None = None,
                limit: int | None = None) -> dict[str, Any]:
@@ -69,13 +81,13 @@ def source_query(databases: ReportDatabases, request: ReportRequest, report: Row
     """
     tables = databases.tables[name]
     if without_shared and name == ARCHIVE and request.source == "all":
-        tables = exclude_shared(databases, tables, report.root)
+        tables = exclude_shared(databases, tables, report)
     dialect = databases.engines[name].dialect
     if tables is not databases.tables[name]:
         return build_query(request, report, tables, dialect)
-    shape = (name, report.name, tuple(sorted(request.params.items())),
+    shape = (name, report.collection, report.name, tuple(sorted(request.params.items())),
              tuple((clause.column, clause.op) for clause in request.filters),
-             request.sort, request.descending)
+             request.sort, request.descending, request.source == "all")
     query: SourceQuery = databases.statements.get_or_build(
         shape, lambda: build_query(request, report, tables, dialect))
     return query
@@ -84,7 +96,10 @@ def source_query(databases: ReportDatabases, request: ReportRequest, report: Row
 def build_query(request: ReportRequest, report: RowReport, tables: DatabaseTables,
                 dialect: sa.Dialect) -> SourceQuery:
     subquery = report.query(tables, request.params).subquery("report")
-    order_columns = [subquery.c[c] for c in (request.sort, *request.key)]
+    merged = request.source == "all"
+    order_columns = [in_code_point_order(subquery.c[c], tables.dialect) if merged
+                     else subquery.c[c] for c in request.order]
+    bound_types = [bound_type(subquery.c[c]) for c in request.order]
     joined, lookups = join_lookups(subquery, tables, report.lookups)
     # The report's columns in its declared order, so each row is built once, in its final
     # shape: a lookup this database cannot join is a NULL for apply_lookups to fill.
@@ -92,15 +107,88 @@ def build_query(request: ReportRequest, report: RowReport, tables: DatabaseTable
                 for c in report.columns]
     filtered = sa.select(*selected).select_from(joined).where(
         *filter_conditions(subquery, request.filters, tables.dialect))
-    ordered = filtered.order_by(*(c.desc() if request.descending else c.asc()
-                                  for c in order_columns))
+    nullable = sorts_nullable(request)
+    ordered = filtered.order_by(*order_terms(request, order_columns))
     limit = sa.bindparam("limit", type_=sa.Integer)
     first_page = ordered.limit(limit)
-    next_page = ordered.where(after(order_columns, request.descending)).limit(limit)
+    next_null_page = None
+    if nullable:
+        next_page = ordered.where(after_nullable(
+            order_columns, request.descending, cursor_is_null=False, types=bound_types))
+        next_null_page = ordered.where(after_nullable(
+            order_columns, request.descending, cursor_is_null=True, types=bound_types)
+        ).limit(limit)
+    else:
+        next_page = ordered.where(after(order_columns, request.descending, types=bound_types))
+    next_page = next_page.limit(limit)
     return SourceQuery(
         filtered=filtered, ordered=ordered, first_page=first_page, next_page=next_page,
+        next_null_page=next_null_page,
         first_page_direct=direct_statement(first_page, dialect),
-        next_page_direct=direct_statement(next_page, dialect))
+        next_page_direct=direct_statement(next_page, dialect),
+        next_null_page_direct=(direct_statement(next_null_page, dialect)
+                               if next_null_page is not None else None))
+
+
+def sorts_nullable(request: ReportRequest) -> bool:
+    """Whether ``request`` sorts on a column that can hold NULL (keys never do)."""
+    return request.sort not in request.key and request.report.column(request.sort).nullable
+
+
+def order_terms(request: ReportRequest, columns: Sequence[sa.ColumnElement[Any]]
+                ) -> list[sa.ColumnElement[Any]]:
+    """The ORDER BY of ``request`` over its order ``columns`` (sort column, then key). A
+    nullable sort column has its NULLs last ascending, first descending: SQLite's default
+    is the opposite; PostgreSQL's is this, so its indexes still serve it."""
+    terms: list[sa.ColumnElement[Any]] = [
+        column.desc() if request.descending else column.asc() for column in columns]
+    if sorts_nullable(request):
+        first = columns[0]
+        terms[0] = first.desc().nulls_first() if request.descending else first.asc().nulls_last()
+    return terms
+
+
+def in_code_point_order(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
+    """``column`` as merged pages compare it: text by code point, as Python does.
+
+    Merging two databases' sorted streams compares their rows in Python, so both must be
+    sorted the way Python compares: PostgreSQL's ``"C"`` collation, which for UTF-8 is code
+    point order (SQLite's default ``BINARY`` already is). A database collation such as
+    ``en_US`` would interleave the streams wrongly, and pages would skip or repeat rows.
+    """
+    if dialect == "postgresql" and _python_type(column) is str and not isinstance(
+            column.type, sa.Enum):
+        return column.collate("C")
+    return column
+
+
+def bound_type(column: sa.ColumnElement[Any]) -> sa.types.TypeEngine[Any]:
+    """The type a filter or cursor value is bound with for ``column``: the column's own,
+    except that a timestamp without a time zone takes the UTC instant as its naive UTC
+    wall-clock time (the API's instants are always aware)."""
+    if isinstance(column.type, sa.DateTime) and not column.type.timezone:
+        return NaiveUTC()
+    return column.type
+
+
+class NaiveUTC(sa.types.TypeDecorator[datetime]):
+    """Binds an aware instant to a ``timestamp without time zone`` as UTC wall-clock time."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+
+def _python_type(column: sa.ColumnElement[Any]) -> type | None:
+    try:
+        python_type: type = column.type.python_type
+    except NotImplementedError:
+        return None
+    return python_type
 
 
 def join_lookups(subquery: sa.Subquery, tables: DatabaseTables, lookups: Sequence[Lookup]
@@ -123,14 +211,20 @@ def join_lookups(subquery: sa.Subquery, tables: DatabaseTables, lookups: Sequenc
 def filter_conditions(source: sa.Subquery, filters: Sequence[FilterClause], dialect: str
                       ) -> list[sa.ColumnElement[bool]]:
     """One condition per filter, its value a bound parameter named by its position."""
-    conditions = []
+    conditions: list[sa.ColumnElement[bool]] = []
     for index, clause in enumerate(filters):
         column, name = source.c[clause.column], _filter_name(index)
         if clause.op == "in":
-            conditions.append(in_parameter(column, name, dialect))
-            continue
-        value = sa.bindparam(name, type_=column.type)
-        conditions.append(COMPARISONS[clause.op](column, value))
+            conditions.append(in_parameter(column, name, dialect, bound_type(column)))
+        elif clause.op == "isnull":
+            conditions.append(column.is_(None) == sa.bindparam(name, type_=sa.Boolean))
+        elif clause.op in ("like", "ilike"):
+            pattern = sa.bindparam(name, type_=sa.String)
+            conditions.append(column.like(pattern) if clause.op == "like"
+                              else column.ilike(pattern))
+        else:
+            value = sa.bindparam(name, type_=bound_type(column))
+            conditions.append(COMPARISONS[clause.op](column, value))
     return conditions
 
 

@@ -33,6 +33,15 @@ def find_report(name: str) -> Report:
     return reports[name]
 
 
+def find_table(name: str) -> Report:
+    tables = current_state().tables
+    if name not in tables:
+        # Never a list here: a hidden table's name is not for every client to learn.
+        raise ReportError(404, "unknown_table", f"there is no table {name!r} served here; "
+                          "GET /api/v1/tables lists those that are")
+    return tables[name]
+
+
 def build_request(report: Report, *, export: bool = False) -> ReportRequest:
     """Validate the current request's query string for ``report``."""
     settings = current_state().settings.reports
@@ -50,17 +59,34 @@ def cursor_types(report_request: ReportRequest) -> list[str]:
 @blueprint.get("/", **_GET)
 def index() -> Response:
     """Links to everything; no database work (the benchmark's trivial endpoint)."""
-    return jsonify(reports=url_for("api.catalog"), openapi=url_for("api.openapi"))
+    return jsonify(reports=url_for("api.catalog"), tables=url_for("api.table_catalog"),
+                   openapi=url_for("api.openapi"))
 
 
 @blueprint.get("/reports", **_GET)
 def catalog() -> Response:
-    return jsonify(reports=[describe(report) for report in current_state().reports.values()])
+    state = current_state()
+    return jsonify(reports=[describe(report) for report in state.reports.values()],
+                   tables=[describe(table) for table in state.tables.values()])
+
+
+@blueprint.get("/tables", **_GET)
+def table_catalog() -> Response:
+    return jsonify(tables=[describe(table) for table in current_state().tables.values()])
 
 
 @blueprint.get("/reports/<name>", **_GET)
 def report_page(name: str) -> Response:
-    report = find_report(name)
+    return page_of(find_report(name))
+
+
+@blueprint.get("/tables/<name>", **_GET)
+def table_page(name: str) -> Response:
+    return page_of(find_table(name))
+
+
+def page_of(report: Report) -> Response:
+    """One JSON page of ``report`` for the current request."""
     report_request = build_request(report)
     secret = current_state().settings.service.secret_key
     cursor = None
@@ -80,7 +106,17 @@ def report_page(name: str) -> Response:
 
 @blueprint.get("/reports/<name>.csv", **_GET)
 def report_csv(name: str) -> Response:
-    report_request = build_request(find_report(name), export=True)
+    return csv_of(find_report(name))
+
+
+@blueprint.get("/tables/<name>.csv", **_GET)
+def table_csv(name: str) -> Response:
+    return csv_of(find_table(name))
+
+
+def csv_of(report: Report) -> Response:
+    """Every row of ``report`` for the current request, as a streamed CSV download."""
+    report_request = build_request(report, export=True)
     state = current_state()
     databases = state.report_databases
     slot = state.exports.acquire()
@@ -101,7 +137,8 @@ def report_csv(name: str) -> Response:
 
 @blueprint.get("/openapi.json", **_GET)
 def openapi() -> Response:
-    return jsonify(openapi_document(current_state().reports))
+    state = current_state()
+    return jsonify(openapi_document(state.reports, state.tables))
 
 
 def envelope(report_request: ReportRequest, page: Page, next_token: str | None) -> dict[str, Any]:
@@ -120,11 +157,13 @@ def envelope(report_request: ReportRequest, page: Page, next_token: str | None) 
 
 def describe(report: Report) -> dict[str, Any]:
     """A report's catalog entry: everything a client needs to build a valid request."""
+    page, csv = (("api.table_page", "api.table_csv") if report.collection == "tables"
+                 else ("api.report_page", "api.report_csv"))
     return {
         "name": report.name, "title": report.title, "description": report.description,
         "kind": report.kind, "sources": list(report.sources),
-        "columns": [{"name": c.name, "type": c.type, "description": c.description}
-                    for c in report.columns],
+        "columns": [{"name": c.name, "type": c.type, "description": c.description,
+                     "nullable": c.nullable} for c in report.columns],
         "params": [{"name": p.name, "type": p.type, "default": p.default,
                     "choices": list(p.choices) if p.choices else None,
                     "description": p.description} for p in report.params],
@@ -132,6 +171,6 @@ def describe(report: Report) -> dict[str, Any]:
                      "choices": list(f.choices) if f.choices else None,
                      "description": f.description} for f in report.filters],
         "sort_keys": list(report.sort_keys), "default_sort": report.default_sort,
-        "links": {"self": url_for("api.report_page", name=report.name),
-                  "csv": url_for("api.report_csv", name=report.name)},
+        "key": list(report.key),
+        "links": {"self": url_for(page, name=report.name), "csv": url_for(csv, name=report.name)},
     }

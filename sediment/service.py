@@ -7,6 +7,7 @@ place read-write engines are configured; the archiver is handed them from the ap
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flask import Flask
@@ -16,12 +17,13 @@ from archive.compat import check_engines_hold
 from archive.existing import resolve_existing
 from archive.policy import ArchivePolicy, resolve_policies
 from archive.preflight import check_conditions
-from reporting.app import create_checked_app
+from reporting.app import create_checked_app, install_tables
 from reporting.state import state_of
 from sediment.core.databases import PRIMARY, Engines
 from sediment.core.schema import metadata_of
 from sediment.core.schema.archive import archived_tables
 from sediment.core.settings import Settings
+from sediment.exposure import exposed_tables
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,18 @@ def build_service(settings: Settings) -> Service:
         archiver = Archiver(settings=settings, engines=engines,
                             policies=resolve_policies_of(settings))
     check_engines_hold(engines.primary, engines.archive, archiver.policies)
+    serve_tables(app, archiver.policies)
     return Service(app=app, archiver=archiver)
+
+
+def serve_tables(app: Flask, policies: Sequence[ArchivePolicy]) -> None:
+    """Serve the tables the settings expose, with these policies' archived rows, at
+    ``/api/v1/tables`` (see :mod:`sediment.exposure`)."""
+    state = state_of(app)
+    settings = state.settings
+    known = metadata_of(PRIMARY).tables if settings.database.primary_schema == "demo" else None
+    install_tables(app, exposed_tables(settings.reports, policies, state.engines.primary,
+                                       known))
 
 
 def build_archiver(settings: Settings) -> Archiver:

@@ -14,16 +14,20 @@ encoders (tabs, newlines, backslashes, quotes, U+2028, ASCII separators).
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+
+from tests.support import run_cli
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 TENANTS = [uuid.uuid5(uuid.NAMESPACE_DNS, name) for name in ("acme", "zeta")]
@@ -376,3 +380,31 @@ def engine_for(url: str) -> Iterator[sa.Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+@dataclass
+class AppDatabase:
+    """An application's database (PRIMARY), an empty ARCHIVE, and a settings file."""
+
+    backend: str
+    primary_url: str
+    archive_url: str
+    primary: sa.Engine
+    archive: sa.Engine
+    folder: Path
+
+    def settings(self, extra: str = "", policies: str | None = None) -> Path:
+        path = settings_file(self.folder, self.primary_url, self.archive_url,
+                                        self.backend, extra)
+        if policies is not None:
+            text = path.read_text().split("[policy.")[0]
+            path.write_text(text + policies)
+        return path
+
+    def cli(self, *args: str, settings: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return run_cli("--settings", str(settings or self.settings()), *args)
+
+    def execute(self, *statements: str) -> None:
+        with self.primary.begin() as connection:
+            for statement in statements:
+                connection.exec_driver_sql(statement)

@@ -12,6 +12,7 @@ Helpers that tests import live in :mod:`tests.support`, never here.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -22,6 +23,9 @@ from archive.archiver import Archiver
 from reporting.app import create_app, db
 from sediment.core.databases import Engines
 from sediment.core.migrations import upgrade_all
+from sediment.service import resolve_policies_of, serve_tables
+from tests import app_schema
+from tests.app_schema import AppDatabase
 from tests.support import (
     BACKENDS,
     DatabaseFactory,
@@ -76,8 +80,10 @@ def urls(databases: DatabaseFactory) -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def migrated_app(urls: tuple[str, str]) -> Iterator[Flask]:
-    app = create_app(make_settings(*urls))
+    settings = make_settings(*urls)
+    app = create_app(settings)
     upgrade_all(engines_of(app))
+    serve_tables(app, resolve_policies_of(settings))
     yield app
     engines_of(app).dispose()
 
@@ -116,3 +122,14 @@ def archiver(app: Flask) -> Archiver:
 def client(app: Flask) -> FlaskClient:
     """A test client of the migrated app (tables empty unless the test seeds them)."""
     return app.test_client()
+
+
+@pytest.fixture
+def app_db(databases: DatabaseFactory, tmp_path: Path) -> Iterator[AppDatabase]:
+    """An application's database (tests/app_schema.py) as PRIMARY, and an empty ARCHIVE."""
+    primary_url, archive_url = databases.pair("app")
+    with app_schema.engine_for(primary_url) as primary, \
+            app_schema.engine_for(archive_url) as archive:
+        app_schema.create_app_schema(primary)
+        yield AppDatabase(app_schema.backend_of(primary), primary_url, archive_url, primary,
+                          archive, tmp_path)

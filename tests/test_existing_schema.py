@@ -9,56 +9,16 @@ developers would have: Sediment only ever sees it by reflection.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from tests import app_schema
-from tests.app_schema import ARCHIVED, NOW, create_app_schema, rows_of, table_list
+from tests.app_schema import ARCHIVED, NOW, AppDatabase, rows_of, table_list
 from tests.support import DatabaseFactory, run_cli
 
 NOW_ARG = ("--now", NOW.isoformat())
-
-
-@dataclass
-class AppDatabase:
-    """An application's database (PRIMARY), an empty ARCHIVE, and a settings file."""
-
-    backend: str
-    primary_url: str
-    archive_url: str
-    primary: sa.Engine
-    archive: sa.Engine
-    folder: Path
-
-    def settings(self, extra: str = "", policies: str | None = None) -> Path:
-        path = app_schema.settings_file(self.folder, self.primary_url, self.archive_url,
-                                        self.backend, extra)
-        if policies is not None:
-            text = path.read_text().split("[policy.")[0]
-            path.write_text(text + policies)
-        return path
-
-    def cli(self, *args: str, settings: Path | None = None) -> subprocess.CompletedProcess[str]:
-        return run_cli("--settings", str(settings or self.settings()), *args)
-
-    def execute(self, *statements: str) -> None:
-        with self.primary.begin() as connection:
-            for statement in statements:
-                connection.exec_driver_sql(statement)
-
-
-@pytest.fixture
-def app_db(databases: DatabaseFactory, tmp_path: Path) -> Iterator[AppDatabase]:
-    primary_url, archive_url = databases.pair("app")
-    with app_schema.engine_for(primary_url) as primary, \
-            app_schema.engine_for(archive_url) as archive:
-        create_app_schema(primary)
-        yield AppDatabase(app_schema.backend_of(primary), primary_url, archive_url, primary,
-                          archive, tmp_path)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -340,7 +300,7 @@ def test_a_sqlite_application_database_archives_into_postgresql(
     primary_url = f"sqlite:///{tmp_path / 'app.sqlite3'}"
     with app_schema.engine_for(primary_url) as primary, \
             app_schema.engine_for(archive_url) as archive:
-        create_app_schema(primary)
+        app_schema.create_app_schema(primary)
         app_db = AppDatabase("sqlite", primary_url, archive_url, primary, archive, tmp_path)
         names = ARCHIVED["sqlite"]
         before = rows_of(primary, names)
@@ -431,8 +391,8 @@ def test_failure_at_every_statement_on_an_existing_schema_loses_nothing(
 
 def test_max_rows_and_the_http_service_work_beside_an_existing_database(
         app_db: AppDatabase) -> None:
-    from reporting.app import create_app
     from sediment.core.settings import load_settings
+    from sediment.service import build_service
 
     root = ARCHIVED[app_db.backend][0]
     ok(app_db.cli("migrate"))
@@ -440,7 +400,7 @@ def test_max_rows_and_the_http_service_work_beside_an_existing_database(
                            *NOW_ARG))
     assert " max_rows " in result
     assert len(rows_of(app_db.archive, [root])[root]) == 40
-    app = create_app(load_settings(str(app_db.settings())))
+    app = build_service(load_settings(str(app_db.settings()))).app
     client = app.test_client()
     health = client.get("/healthz")
     assert health.status_code == 200, health.json
@@ -448,7 +408,11 @@ def test_max_rows_and_the_http_service_work_beside_an_existing_database(
     assert health.json["databases"]["primary"]["revision"] is None  # never migrated
     assert health.json["databases"]["archive"]["at_head"] is True
     catalog = client.get("/api/v1/reports")
-    assert catalog.status_code == 200 and catalog.json == {"reports": []}
+    assert catalog.status_code == 200 and catalog.json is not None
+    assert catalog.json["reports"] == []  # the demo's reports need the demo's tables
+    assert {table["name"] for table in catalog.json["tables"]} >= set(ARCHIVED[app_db.backend])
+    assert client.get(f"/api/v1/tables/{root}?count=exact").json["count"]["value"] == len(
+        rows_of(app_db.primary, [root])[root]) + 40
     missing = client.get("/api/v1/reports/orders")
     assert missing.status_code == 404 and missing.json is not None
     assert missing.json["type"].endswith("unknown_report")

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
 from reporting.reports import REPORTS
+from reporting.state import state_of
 from tests.archiving import seed_shop
 
 
@@ -23,7 +24,10 @@ def test_api_conforms_to_its_openapi_document(
     seed_shop(primary, archive)
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == len(REPORTS) + 1
+    tables = state_of(app).tables
+    assert set(tables) == {"orders", "order_items", "payments", "events", "customers",
+                           "products"}
+    assert len(operations) == len(REPORTS) + len(tables) + 2  # and the two catalogs
     for operation in operations:
         @given(case=operation.as_strategy())
         @settings(max_examples=40, deadline=None, database=None,
@@ -38,3 +42,4 @@ def test_document_lists_every_report(app: Flask) -> None:
     document = app.test_client().get("/api/v1/openapi.json").get_json()
     assert document["openapi"].startswith("3.1")
     assert {f"/api/v1/reports/{name}" for name in REPORTS} <= document["paths"].keys()
+    assert {f"/api/v1/tables/{name}" for name in state_of(app).tables} <= document["paths"].keys()

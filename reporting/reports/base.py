@@ -29,15 +29,19 @@ if TYPE_CHECKING:
 #: Which rows a request reads: one database's, or both merged (``?source=``).
 Source = Literal["primary", "archive", "all"]
 SOURCES: tuple[Source, ...] = get_args(Source)
-#: Filter operators: ``?column[op]=value``; a bare ``?column=value`` is ``eq``.
-Operator = Literal["eq", "ne", "in", "gt", "gte", "lt", "lte"]
+#: Filter operators: ``?column[op]=value``; a bare ``?column=value`` is ``eq``. ``like``
+#: and ``ilike`` take SQL patterns (``%`` and ``_``), ``isnull`` takes ``true`` or ``false``.
+Operator = Literal["eq", "ne", "in", "gt", "gte", "lt", "lte", "like", "ilike", "isnull"]
 OPERATORS: tuple[Operator, ...] = get_args(Operator)
 #: The declared type of a column, parameter or filter value.
-ValueType = Literal["integer", "number", "string", "datetime", "boolean"]
+ValueType = Literal["integer", "number", "string", "datetime", "date", "uuid", "boolean"]
 #: JSON Schema types of each value type.
 JSON_TYPES: dict[ValueType, str] = {"integer": "integer", "number": "number",
-                                    "string": "string", "datetime": "string",
-                                    "boolean": "boolean"}
+                                    "string": "string", "datetime": "string", "date": "string",
+                                    "uuid": "string", "boolean": "boolean"}
+#: Where a report is served: ``/api/v1/reports/<name>`` (declared reports) or
+#: ``/api/v1/tables/<name>`` (a table of PRIMARY, with its archived rows).
+Collection = Literal["reports", "tables"]
 #: How partial aggregates of the two databases combine into one figure.
 Combine = Literal["sum", "min", "max"]
 
@@ -49,6 +53,9 @@ class Column:
     name: str
     type: ValueType
     description: str = ""
+    #: Whether the column can hold NULL: a nullable sort column orders NULLs last
+    #: (first when descending) on both databases, and pages resume across them.
+    nullable: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,9 +106,11 @@ class DatabaseTables:
 class Report:
     """Fields common to both kinds; see the module docstring.
 
-    ``root`` names the table whose primary key identifies a row's archival unit: merged
-    results drop ARCHIVE rows of it still present in PRIMARY (caught between an archiver's
-    two commits), and aggregates exclude them.
+    ``root`` names the archival policy's root table, whose ledger entries tell when rows
+    may be in both databases (caught between an archiver's two commits); ``keyed_table``
+    (by default ``root``) is the table whose primary key identifies one output row: merged
+    results drop ARCHIVE rows whose key is still in that table in PRIMARY, and aggregates
+    exclude them. A report over tables no policy archives has no ``root``.
     """
 
     name: str
@@ -111,13 +120,20 @@ class Report:
     key: tuple[str, ...]
     sort_keys: tuple[str, ...]
     default_sort: str
-    root: str
+    root: str | None
     sources: tuple[Source, ...] = SOURCES
+    keyed_table: str | None = None
+    collection: Collection = "reports"
     filters: tuple[Filter, ...] = ()
     params: tuple[Param, ...] = ()
     lookups: tuple[Lookup, ...] = ()
 
     kind = "rows"
+
+    @property
+    def rows_table(self) -> str | None:
+        """The table whose key identifies an output row (see the class docstring)."""
+        return self.keyed_table or self.root
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)

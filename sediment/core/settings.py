@@ -75,6 +75,13 @@ class ReportSettings:
     csv_max_rows: int = 5_000_000
     csv_max_concurrent: int = 4
     aggregate_cache: timedelta = timedelta(seconds=30)
+    #: Tables of PRIMARY served at /api/v1/tables/<name>; empty: every archived table and
+    #: the tables they reference.
+    tables: tuple[str, ...] = ()
+    #: Tables never served, whatever ``tables`` says.
+    hide_tables: tuple[str, ...] = ()
+    #: ``table.column`` names never served (personal data): not in rows, filters or sorts.
+    hide_columns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,101 @@
+"""Which tables of PRIMARY the API serves at ``/api/v1/tables``, from the settings and the
+resolved archival policies.
+
+By default: every table a policy archives (served over PRIMARY and its ARCHIVE twin) and
+every table those reference (served from PRIMARY). ``reports.tables`` names the tables
+instead; ``reports.hide_tables`` and ``reports.hide_columns`` take tables and columns out
+(personal data). A name the database does not have stops startup, naming the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import sqlalchemy as sa
+
+from archive.policy import ArchivePolicy
+from archive.reflection import UnknownTable, reflect_primary
+from reporting.tables import ExposedTable
+from sediment.core.settings import ReportSettings, SettingsError
+
+
+def exposed_tables(settings: ReportSettings, policies: Sequence[ArchivePolicy],
+                   primary: sa.Engine, known: Mapping[str, sa.Table] | None = None
+                   ) -> list[ExposedTable]:
+    """The tables to serve, in a stable order (archived ones first, as the policies list them).
+
+    :param known: PRIMARY's tables when they are declared (the demo schema); otherwise
+        the tables ``reports.tables`` names are reflected.
+    :raises SettingsError: naming ``reports.tables``, ``reports.hide_tables`` or
+        ``reports.hide_columns`` for a table or column PRIMARY does not have, and
+        ``reports.hide_columns`` for a key column.
+    """
+    archived: dict[str, ExposedTable] = {}
+    for policy in policies:
+        archived[policy.root.fullname] = ExposedTable(
+            policy.root.fullname, policy.root, policy.archive_root, policy.root.fullname)
+        for child in policy.children:
+            archived[child.table.fullname] = ExposedTable(
+                child.table.fullname, child.table, child.archive_table, policy.root.fullname)
+    if settings.tables:
+        chosen = _named_tables(settings.tables, primary, known)
+        exposed = [archived.get(table.fullname, ExposedTable(table.fullname, table))
+                   for table in chosen]
+    else:
+        referenced = {fk.column.table.fullname: fk.column.table
+                      for table in archived.values() for fk in table.primary.foreign_keys}
+        exposed = [*archived.values(),
+                   *(ExposedTable(name, table) for name, table in referenced.items()
+                     if name not in archived)]
+    hidden = _hidden_tables(settings.hide_tables, exposed, primary, known)
+    exposed = [table for table in exposed if table.name not in hidden]
+    check_hidden_columns(settings.hide_columns, exposed)
+    return exposed
+
+
+def _named_tables(names: Iterable[str], primary: sa.Engine,
+                  known: Mapping[str, sa.Table] | None, key: str = "reports.tables"
+                  ) -> list[sa.Table]:
+    names = list(names)
+    if known is None:
+        try:
+            known = reflect_primary(primary, names)
+        except UnknownTable as exc:
+            raise SettingsError(key, f"PRIMARY has no table {exc.args[0]!r}") from exc
+    missing = [name for name in names if name not in known]
+    if missing:
+        raise SettingsError(key, f"PRIMARY has no table {missing[0]!r}")
+    return list({known[name].fullname: known[name] for name in names}.values())
+
+
+def _hidden_tables(names: Sequence[str], exposed: Sequence[ExposedTable], primary: sa.Engine,
+                   known: Mapping[str, sa.Table] | None) -> set[str]:
+    """The full names of the tables ``reports.hide_tables`` names, each checked to exist."""
+    served = {table.name: table.primary for table in exposed}
+    unknown = [name for name in names if name not in served]
+    tables = _named_tables(unknown, primary, known, "reports.hide_tables") if unknown else []
+    return {name for name in names if name in served} | {table.fullname for table in tables}
+
+
+def check_hidden_columns(names: Sequence[str], exposed: Sequence[ExposedTable]) -> None:
+    """Check every ``table.column`` of ``reports.hide_columns`` against the served tables.
+
+    :raises SettingsError: for a malformed name, an unknown column, or a key column.
+    """
+    by_name: dict[str, sa.Table] = {}
+    for table in exposed:
+        by_name[table.name] = by_name[table.primary.name] = table.primary
+    for name in names:
+        table_name, _, column = name.rpartition(".")
+        if not table_name:
+            raise SettingsError("reports.hide_columns", f"{name!r} is not table.column")
+        found = by_name.get(table_name)
+        if found is None:
+            continue  # a table that is not served: nothing of it can show
+        if column not in found.c:
+            raise SettingsError("reports.hide_columns",
+                                f"{name!r}: table {table_name!r} has no column {column!r}")
+        if found.c[column].primary_key:
+            raise SettingsError("reports.hide_columns",
+                                f"{name!r} is part of the table's key, which every page "
+                                "cursor carries: hide the table instead (reports.hide_tables)")

@@ -1,0 +1,316 @@
+"""Table endpoints over an application's database nobody here designed (tests/app_schema.py):
+composite and uuid keys, an enum, a domain, numeric money, jsonb, arrays, xml, a naive
+timestamp, partitions; two archival policies; a batch left in both databases.
+
+Every page of every archived table is walked through its cursors, for each source, and
+compared with the rows read straight from both databases; then filters and sorts over the
+real-world types, hostile inputs, and the hiding settings.
+"""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from sediment.core.instants import parse_instant
+from sediment.core.settings import load_settings
+from sediment.service import build_service
+from tests.app_schema import ARCHIVED, NOW, AppDatabase, rows_of, table_list
+
+Key = tuple[Any, ...]
+
+
+def ok(result: Any) -> str:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return str(result.stdout)
+
+
+@pytest.fixture
+def served(app_db: AppDatabase) -> Iterator[tuple[AppDatabase, Flask]]:
+    """Both policies run; the invoices run's third batch fails at its deletes, so rows of
+    the invoices and their children are in both databases, inside a pending window."""
+    ok(app_db.cli("migrate"))
+    ok(app_db.cli("archive", "run", "--policy", POLICY_OF[app_db.backend],
+                  "--now", NOW.isoformat()))
+    settings = load_settings(str(app_db.settings(extra="[archive]\nretry_attempts = 1\n")))
+    service = build_service(settings)
+    deletes = {"n": 0}
+
+    def fail_third_delete(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("DELETE") and "invoices" in statement:
+            deletes["n"] += 1
+            if deletes["n"] == 3:
+                raise sa.exc.OperationalError(statement, parameters, RuntimeError("injected"))
+
+    sa.event.listen(service.engines.primary, "before_cursor_execute", fail_third_delete)
+    try:
+        assert service.archiver.run("invoices", NOW).status == "error"
+    finally:
+        sa.event.remove(service.engines.primary, "before_cursor_execute", fail_third_delete)
+    root = ARCHIVED[app_db.backend][0]
+    both = rows_of(app_db.primary, [root])[root].keys() & rows_of(app_db.archive, [root])[root]
+    assert both, "the fixture must leave invoices in both databases"
+    try:
+        yield app_db, service.app
+    finally:
+        service.engines.dispose()
+
+
+POLICY_OF = {"postgres": "calls", "sqlite": "sessions"}
+
+
+def walk(client: FlaskClient, table: str, query: str = "", limit: int = 50) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    args = f"{query}&limit={limit}"
+    for _ in range(1000):
+        response = client.get(f"/api/v1/tables/{table}?{args}")
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+        rows += body["rows"]
+        if body["page"]["next_cursor"] is None:
+            return rows
+        args = f"{query}&{urlencode({'limit': limit, 'cursor': body['page']['next_cursor']})}"
+    raise AssertionError("the pages never ended")
+
+
+def api_key(row: dict[str, Any], columns: dict[str, str], key: list[str]) -> Key:
+    """A row's key from the API, as tests/app_schema.rows_of gives it."""
+    values = []
+    for name in key:
+        value = row[name]
+        if columns[name] == "datetime":
+            value = parse_instant(value)
+        values.append(value)
+    return tuple(values)
+
+
+def reference_keys(app_db: AppDatabase, table: str, source: str) -> list[Key]:
+    live = set(rows_of(app_db.primary, [table])[table]) if source != "archive" else set()
+    kept = set(rows_of(app_db.archive, [table])[table]) if source != "primary" else set()
+    return sorted(live | kept, key=_sortable)
+
+
+def _sortable(key: Key) -> Key:
+    return tuple(uuid.UUID(v) if _is_uuid(v) else v for v in key)
+
+
+def _is_uuid(value: Any) -> bool:
+    try:
+        uuid.UUID(value)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return isinstance(value, str) and len(value) == 36
+
+
+def column_names(engine: sa.Engine, table: str) -> list[str]:
+    schema, _, name = table.rpartition(".")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Did not recognize type", sa.exc.SAWarning)
+        return [c.name for c in sa.Table(name, sa.MetaData(), schema=schema or None,
+                                         autoload_with=engine).columns]
+
+
+def catalog(client: FlaskClient) -> dict[str, dict[str, Any]]:
+    return {table["name"]: table for table in client.get("/api/v1/tables").get_json()["tables"]}
+
+
+def test_every_archived_table_pages_over_live_and_archived_rows(
+        served: tuple[AppDatabase, Flask]) -> None:
+    app_db, app = served
+    client = app.test_client()
+    tables = catalog(client)
+    assert set(ARCHIVED[app_db.backend]) <= set(tables)
+    tenants = "billing.tenants" if app_db.backend == "postgres" else "tenants"
+    assert tables[tenants]["sources"] == ["primary"]  # referenced, not archived
+    for name in ARCHIVED[app_db.backend]:
+        entry = tables[name]
+        columns = {c["name"]: c["type"] for c in entry["columns"]}
+        for source in ("primary", "archive", "all"):
+            got = [api_key(row, columns, entry["key"]) for row in
+                   walk(client, name, f"source={source}")]
+            assert got == reference_keys(app_db, name, source), (name, source)
+            count = client.get(f"/api/v1/tables/{name}?source={source}&count=exact")
+            assert count.get_json()["count"]["value"] == len(got), (name, source)
+
+
+def test_values_of_real_world_types_arrive_as_stored(served: tuple[AppDatabase, Flask]) -> None:
+    app_db, app = served
+    root = ARCHIVED[app_db.backend][0]
+    rows = walk(app.test_client(), root, "source=all", limit=1000)
+    stored = {**rows_of(app_db.archive, [root])[root], **rows_of(app_db.primary, [root])[root]}
+    names = column_names(app_db.primary, root)
+    for row in rows:
+        expected = dict(zip(names, stored[(row["tenant_id"], row["invoice_no"])], strict=True))
+        assert row["memo"] == expected["memo"]
+        assert row["status"] == expected["status"]
+        if app_db.backend == "postgres":
+            assert parse_instant(row["issued_at"]) == expected["issued_at"].replace(tzinfo=UTC)
+            assert (None if row["amount"] is None else Decimal(row["amount"])) == \
+                expected["amount"]
+            assert (row["doc"] is None) == (expected["doc"] is None)
+        else:
+            assert row["issued_at"] == expected["issued_at"]
+
+
+def filtered(app_db: AppDatabase, table: str, keep: Any) -> list[Key]:
+    """The keys of both databases' rows (PRIMARY's copy winning) that ``keep`` accepts."""
+    names = column_names(app_db.primary, table)
+    rows = {**rows_of(app_db.archive, [table])[table], **rows_of(app_db.primary, [table])[table]}
+    return [key for key, values in rows.items()
+            if keep(dict(zip(names, values, strict=True)))]
+
+
+def test_filters_and_sorts_over_real_world_types(served: tuple[AppDatabase, Flask]) -> None:
+    app_db, app = served
+    client = app.test_client()
+    root = ARCHIVED[app_db.backend][0]
+    entry = catalog(client)[root]
+    columns = {c["name"]: c["type"] for c in entry["columns"]}
+    postgres = app_db.backend == "postgres"
+    cutoff = datetime(2025, 3, 1)
+    cases: list[tuple[str, Any]] = [
+        ("status[in]=paid,void", lambda r: r["status"] in ("paid", "void")),
+        ("memo[isnull]=true", lambda r: r["memo"] is None),
+        ("memo[like]=%25line%25", lambda r: r["memo"] is not None and "line" in r["memo"]),
+        ("memo[ilike]=PLAIN", lambda r: r["memo"] is not None and r["memo"].lower() == "plain"),
+        ("invoice_no[gte]=200&status[ne]=open",
+         lambda r: r["invoice_no"] >= 200 and r["status"] != "open"),
+    ]
+    if postgres:
+        cases += [
+            (f"issued_at[lt]={cutoff.isoformat()}Z", lambda r: r["issued_at"] < cutoff),
+            ("amount[isnull]=true", lambda r: r["amount"] is None),
+            ("amount[gt]=100.5", lambda r: r["amount"] is not None and r["amount"] > 100.5),
+            (f"tenant_id={quote(str(uuid.uuid5(uuid.NAMESPACE_DNS, 'acme')))}",
+             lambda r: r["tenant_id"] == str(uuid.uuid5(uuid.NAMESPACE_DNS, "acme"))),
+        ]
+    for query, keep in cases:
+        got = sorted(api_key(row, columns, entry["key"])
+                     for row in walk(client, root, query, limit=40))
+        assert got == sorted(filtered(app_db, root, keep)), query
+    # A sort on an indexed column, newest first, resumes across pages in the same order.
+    by_issue = walk(client, root, "sort=-issued_at", limit=17)
+    assert [r["issued_at"] for r in by_issue] == sorted(
+        (r["issued_at"] for r in by_issue), key=_instant, reverse=True)
+    assert len(by_issue) == len(reference_keys(app_db, root, "all"))
+
+
+def _instant(text: str) -> Any:
+    return parse_instant(text) if "T" in text else text
+
+
+def test_the_csv_download_holds_every_row(served: tuple[AppDatabase, Flask]) -> None:
+    app_db, app = served
+    client = app.test_client()
+    for name in ARCHIVED[app_db.backend]:
+        for source in ("primary", "all"):
+            response = client.get(f"/api/v1/tables/{name}.csv?source={source}")
+            assert response.status_code == 200, response.get_json()
+            lines = response.get_data(as_text=True)
+            total = len(reference_keys(app_db, name, source))
+            assert response.headers["X-Row-Count"] == str(total)
+            import csv
+            import io
+            assert len(list(csv.reader(io.StringIO(lines)))) == total + 1, (name, source)
+
+
+HOSTILE = [
+    ("/api/v1/tables/no_such_table", 404, "unknown_table"),
+    ("/api/v1/tables/archive_runs", 404, "unknown_table"),
+    ("/api/v1/tables/{root}?nope=1", 400, "unknown_parameter"),
+    ("/api/v1/tables/{root}?invoice_no[like]=1%25", 400, "unknown_operator"),
+    ("/api/v1/tables/{root}?invoice_no=1 OR 1=1", 400, "invalid_value"),
+    ("/api/v1/tables/{root}?sort=memo", 400, "invalid_sort"),
+    ("/api/v1/tables/{root}?columns=memo,nope", 400, "invalid_value"),
+    ("/api/v1/tables/{root}?invoice_no[in]=" + ",".join(["1"] * 1001), 400, "invalid_value"),
+    ("/api/v1/tables/{root}?memo[isnull]=maybe", 400, "invalid_value"),
+    ("/api/v1/tables/{root}?source=elsewhere", 400, "invalid_source"),
+    ("/api/v1/tables/{root}?cursor=abc", 400, "invalid_cursor"),
+]
+
+
+def test_hostile_inputs_are_4xx_problems_and_change_nothing(
+        served: tuple[AppDatabase, Flask]) -> None:
+    app_db, app = served
+    client = app.test_client()
+    root = ARCHIVED[app_db.backend][0]
+    names = ARCHIVED[app_db.backend]
+    before = (rows_of(app_db.primary, names), rows_of(app_db.archive, names),
+              table_list(app_db.primary), table_list(app_db.archive))
+    hostile = [*HOSTILE]
+    if app_db.backend == "postgres":  # an enum (on SQLite, text) and a uuid
+        hostile += [("/api/v1/tables/{root}?status[gt]=paid", 400, "unknown_operator"),
+                    ("/api/v1/tables/{root}?tenant_id[like]=a%25", 400, "unknown_operator"),
+                    ("/api/v1/tables/{root}?tenant_id=not-a-uuid", 400, "invalid_value"),
+                    ("/api/v1/tables/{root}?status=unpaid", 400, "invalid_value"),
+                    ("/api/v1/tables/{root}?status=paid'%3B DROP TABLE billing.invoices%3B--",
+                     400, "invalid_value")]
+    for url, status, code in hostile:
+        response = client.get(url.format(root=root))
+        assert response.status_code == status, (url, response.get_json())
+        assert response.mimetype == "application/problem+json"
+        assert response.get_json()["code"] == code, url
+    # A string filter holding SQL is a value like any other: it matches nothing.
+    injected = client.get(f"/api/v1/tables/{root}?memo=x' OR '1'='1")
+    assert injected.status_code == 200 and injected.get_json()["rows"] == []
+    # A cursor of one table is refused by another, even with the same key shape.
+    child = ARCHIVED[app_db.backend][1]
+    token = client.get(f"/api/v1/tables/{child}?limit=1").get_json()["page"]["next_cursor"]
+    swapped = client.get(f"/api/v1/tables/{root}?limit=1&cursor={token}")
+    assert swapped.status_code == 400 and swapped.get_json()["code"] == "invalid_cursor"
+    after = (rows_of(app_db.primary, names), rows_of(app_db.archive, names),
+             table_list(app_db.primary), table_list(app_db.archive))
+    assert after == before
+
+
+def test_hidden_tables_and_columns_are_never_served(app_db: AppDatabase, tmp_path: Path) -> None:
+    ok(app_db.cli("migrate"))
+    root, child = ARCHIVED[app_db.backend][:2]
+    settings = load_settings(str(app_db.settings(
+        extra=f'[reports]\nhide_tables = ["{child}"]\nhide_columns = ["{root}.memo"]\n')))
+    service = build_service(settings)
+    try:
+        client = service.app.test_client()
+        assert child not in catalog(client)
+        hidden = client.get(f"/api/v1/tables/{child}")
+        assert hidden.status_code == 404 and child not in hidden.get_data(as_text=True).split(
+            "there is no table")[0]
+        rows = client.get(f"/api/v1/tables/{root}?limit=5").get_json()["rows"]
+        assert rows and all("memo" not in row for row in rows)
+        assert "memo" not in client.get(f"/api/v1/tables/{root}.csv").get_data(
+            as_text=True).splitlines()[0].split(",")
+        for url in (f"/api/v1/tables/{root}?memo=plain", f"/api/v1/tables/{root}?columns=memo",
+                    f"/api/v1/tables/{root}?memo[isnull]=true", f"/api/v1/tables/{root}?sort=memo"):
+            assert client.get(url).status_code == 400, url
+        document = client.get("/api/v1/openapi.json").get_json()
+        assert f"/api/v1/tables/{child}" not in document["paths"]
+        assert "memo" not in str(document["paths"][f"/api/v1/tables/{root}"])
+    finally:
+        service.engines.dispose()
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ('tables = ["no_such_table"]', "reports.tables"),
+    ('hide_tables = ["no_such_table"]', "reports.hide_tables"),
+    ('hide_columns = ["{root}.no_such_column"]', "reports.hide_columns"),
+    ('hide_columns = ["{root}.invoice_no"]', "reports.hide_columns"),
+    ('hide_columns = ["memo"]', "reports.hide_columns"),
+])
+def test_a_bad_exposure_setting_stops_startup_naming_the_key(
+        app_db: AppDatabase, extra: str, key: str) -> None:
+    root = ARCHIVED[app_db.backend][0]
+    path = app_db.settings(extra="[reports]\n" + extra.format(root=root) + "\n")
+    result = app_db.cli("archive", "status", settings=path)
+    assert result.returncode != 0
+    assert key in result.stderr and "Traceback" not in result.stderr, result.stderr
