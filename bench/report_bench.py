@@ -13,6 +13,11 @@ In one run, against a real ``run_service.py serve`` on this machine:
   each from the same closed-loop load generator, in alternating rounds: the median of each
   side's rounds, so a noisy neighbour on a shared machine slows both alike rather than one.
 
+Then the same first and deep pages of a *table endpoint* over an application's own table,
+reflected (``primary_schema = "existing"``): ``ledger_entries``, keyed by ``(account uuid,
+seq bigint)``, as many rows as events, its deep page reached by a cursor over the composite
+key (``table_deep_vs_first``).
+
 The last line is ``deep_vs_first=<ratio>`` (deep page latency over first page latency).
 """
 
@@ -24,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -83,6 +89,7 @@ def main() -> int:
             deep_ms = latency(port, deep_path, repeats)
             report_rps, trivial_rps = alternating_throughput(
                 port, first_path, "/api/v1/", seconds / rounds, rounds)
+    table_first_ms, table_deep_ms = table_endpoint_latency(events, depth, repeats)
     print(f"first page          {first_ms:8.2f} ms (median of {repeats})")
     print(f"page {depth:,} deep  {deep_ms:8.2f} ms (keyset cursor)")
     print(f"same depth, OFFSET  {offset_ms:8.2f} ms (SQL only)  -> keyset is "
@@ -90,8 +97,78 @@ def main() -> int:
     print(f"report page         {report_rps:8.0f} req/s (median of {rounds} rounds)")
     print(f"trivial endpoint    {trivial_rps:8.0f} req/s  -> report_vs_trivial="
           f"{report_rps / trivial_rps:.2f}")
+    print(f"table endpoint, reflected composite key: first page {table_first_ms:.2f} ms, "
+          f"{depth:,} deep {table_deep_ms:.2f} ms")
+    print(f"table_deep_vs_first={table_deep_ms / table_first_ms:.2f}")
     print(f"deep_vs_first={deep_ms / first_ms:.2f}")
     return 0
+
+
+LEDGER_SETTINGS = """
+[database]
+primary_url = "{primary_url}"
+archive_url = "{archive_url}"
+primary_schema = "existing"
+[service]
+secret_key = "{secret}"
+seed_when_empty = false
+log_level = "WARNING"
+[scheduler]
+enabled = false
+[policy.ledger]
+table = "ledger_entries"
+age_column = "posted_at"
+older_than = "3650d"
+"""
+
+
+def table_endpoint_latency(rows: int, depth: int, repeats: int) -> tuple[float, float]:
+    """First and ``depth``-deep page latency of ``/api/v1/tables/ledger_entries`` (ms)."""
+    import uuid
+
+    from reporting.pagination import PageCursor, encode_cursor
+    from sediment.service import build_service
+
+    with databases(sqlite=False) as (primary_url, archive_url):
+        engine = sa.create_engine(primary_url.replace("postgresql://", "postgresql+psycopg2://"))
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "CREATE TABLE ledger_entries (account uuid NOT NULL, seq bigint NOT NULL, "
+                "posted_at timestamptz NOT NULL, amount numeric(12,2), memo text, "
+                "PRIMARY KEY (account, seq))")
+            connection.exec_driver_sql(
+                "INSERT INTO ledger_entries SELECT md5((g %% 1000)::text)::uuid, g, "
+                "now() - g * INTERVAL '1 second', g %% 977 / 7.0, 'entry ' || g "
+                "FROM generate_series(1, %(n)s) AS s(g)", {"n": rows})
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql("VACUUM ANALYZE ledger_entries")
+            account, seq = connection.exec_driver_sql(
+                "SELECT account, seq FROM ledger_entries ORDER BY account, seq "
+                "OFFSET %(n)s LIMIT 1", {"n": depth - 1}).one()
+        engine.dispose()
+        with tempfile.TemporaryDirectory() as folder:
+            settings = Path(folder) / "settings.toml"
+            settings.write_text(LEDGER_SETTINGS.format(
+                primary_url=primary_url, archive_url=archive_url, secret=SECRET))
+            subprocess.run([sys.executable, str(REPO / "run_service.py"), "--settings",
+                            str(settings), "migrate"], check=True, stdout=subprocess.DEVNULL)
+            service = build_service(load_settings(str(settings)))
+            report = state_of(service.app).tables["ledger_entries"]
+            query = {"limit": str(LIMIT), "source": "primary"}
+            request = parse_request(report, {k: [v] for k, v in query.items()},
+                                    default_limit=100, max_limit=1000)
+            cursor = encode_cursor(request, PageCursor((uuid.UUID(str(account)),
+                                                        uuid.UUID(str(account)), seq)), SECRET)
+            service.engines.dispose()
+            with serve({}, settings) as port:
+                first = f"/api/v1/tables/ledger_entries?{urlencode(query)}"
+                deep = f"/api/v1/tables/ledger_entries?{urlencode({**query, 'cursor': cursor})}"
+                status, body = get(port, deep)
+                import json
+                found = json.loads(body)["rows"] if status == 200 else []
+                if len(found) != LIMIT or found[0]["seq"] == seq:
+                    raise SystemExit(f"table deep page is wrong: HTTP {status}")
+                return latency(port, first, repeats), latency(port, deep, repeats)
 
 
 def load_events(primary: sa.Engine, count: int) -> None:
@@ -136,14 +213,15 @@ def offset_latency(primary: sa.Engine, depth: int, repeats: int) -> float:
 class serve:
     """``run_service.py serve`` on a free port, stopped at exit."""
 
-    def __init__(self, environ: dict[str, str]) -> None:
+    def __init__(self, environ: dict[str, str], settings: Path | None = None) -> None:
         self.environ = environ
+        self.settings = ["--settings", str(settings)] if settings else []
 
     def __enter__(self) -> int:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, str(REPO / "run_service.py"), "serve", "--port", str(self.port),
-             "--no-scheduler"], env={**os.environ, **self.environ}, cwd=REPO,
+            [sys.executable, str(REPO / "run_service.py"), *self.settings, "serve", "--port",
+             str(self.port), "--no-scheduler"], env={**os.environ, **self.environ}, cwd=REPO,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until_up(self.port, seconds=60)
         return self.port
