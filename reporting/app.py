@@ -9,7 +9,7 @@ composition root (:mod:`sediment.cli`) passes them to the archiver from there.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import sqlalchemy as sa
@@ -22,7 +22,7 @@ from reporting.errors import register_error_handlers
 from reporting.json_provider import OrjsonProvider
 from reporting.readonly import create_readonly_engine
 from reporting.report_databases import ReportDatabases
-from reporting.reports import REPORTS
+from reporting.reports import REPORTS, Report
 from reporting.reports.base import DatabaseTables
 from reporting.state import AppState, state_of
 from reporting.tables import ExposedTable, table_reports, with_tables
@@ -86,18 +86,21 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
-def install_tables(app: Flask, exposed: Sequence[ExposedTable]) -> None:
-    """Serve ``exposed`` at ``/api/v1/tables`` (their reports and both databases' tables),
+def install_catalog(app: Flask, reports: Mapping[str, Report],
+                    exposed: Sequence[ExposedTable]) -> None:
+    """Serve ``reports`` at ``/api/v1/reports`` and ``exposed`` at ``/api/v1/tables``,
     replacing what the app served before in one step: a request in flight keeps the state
-    it started with."""
+    it started with. The statement and aggregate caches start afresh (a reloaded report
+    may keep its name and change its SQL)."""
     state = state_of(app)
     databases = state.report_databases
     tables = {name: with_tables(database_tables, exposed)
               for name, database_tables in databases.tables.items()}
-    replace(state, report_databases=replace(databases, tables=tables),
+    fresh = ReportDatabases(engines=databases.engines, tables=tables,
+                            aggregate_ttl=databases.aggregate_ttl)
+    replace(state, reports=dict(reports), report_databases=fresh,
             tables=table_reports(exposed, state.settings.reports.hide_columns)).install(app)
-    logger.debug("serving %d tables at /api/v1/tables: %s", len(exposed),
-                ", ".join(table.name for table in exposed) or "none")
+    logger.debug("serving %d reports and %d tables", len(reports), len(exposed))
 
 
 def create_checked_app(settings: Settings) -> Flask:

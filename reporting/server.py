@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,10 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
 
 
 def serve_in_process(app: Flask, host: str, port: int, service: ServiceSettings,
-                     on_listening: Callable[[], None]) -> None:
-    """Serve with waitress until SIGTERM or SIGINT."""
+                     on_listening: Callable[[], None],
+                     on_reload: Callable[[], object] | None = None) -> None:
+    """Serve with waitress until SIGTERM or SIGINT; on SIGHUP, run ``on_reload`` in a
+    thread of its own (requests keep being served meanwhile)."""
     def stop(received: signal.Signals) -> None:
         # Leaves waitress's loop: it shuts down cleanly on SystemExit only.
         logger.info("%s received: shutting down", received.name)
@@ -74,6 +77,14 @@ def serve_in_process(app: Flask, host: str, port: int, service: ServiceSettings,
     server = create_server(app, _dispatcher=dispatcher, host=host, port=port,
                            threads=service.threads, connection_limit=service.connection_limit,
                            backlog=service.backlog, ident="sediment")
+    if on_reload is not None:
+        reload = on_reload
+
+        def hang_up(_signum: int, _frame: object) -> None:
+            logger.info("SIGHUP received: re-reading the SQL reports and the schema")
+            threading.Thread(target=reload, name="reload", daemon=True).start()
+
+        signal.signal(signal.SIGHUP, hang_up)
     on_listening()
     try:
         with on_stop_signals(stop):

@@ -27,6 +27,7 @@ from reporting.csv_export import check_row_cap, stream_csv
 from reporting.report_error import ReportError
 from reporting.request import parse_request
 from reporting.server import serve_in_process, serve_with_workers
+from reporting.sql_reports import ReportFileError
 from reporting.state import state_of
 from sediment.core.commandline import (
     EXIT_ERROR,
@@ -46,7 +47,14 @@ from sediment.core.preflight import DatabaseUnreachable
 from sediment.core.schema.archive import archived_tables
 from sediment.core.seed import SeedError, SeedPlan, SeedResult, seed
 from sediment.core.settings import SettingsError, load_settings
-from sediment.service import Service, build_archiver, build_service, resolve_policies_of
+from sediment.service import (
+    Service,
+    build_archiver,
+    build_service,
+    check_reports,
+    reload_catalog,
+    resolve_policies_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             resolve_policies_of(settings)  # a bad policy stops every command, naming its key
         args.settings_obj = settings
         return handler(args)
-    except SettingsError as exc:
+    except (SettingsError, ReportFileError) as exc:
         print(f"sediment: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except CommandError as exc:
@@ -166,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="escape cells a spreadsheet would run as formulas (default)")
     report.set_defaults(handler=cmd_report)
 
+    check = commands.add_parser(
+        "reports-check", help="check the SQL report files against both databases",
+        description="Parse every SQL report file (reports.sql_folder, and the demo's) and "
+        "prepare each on the databases it reads, as serve does at startup and on SIGHUP; "
+        "print the reports and tables that would be served. Exit 2 naming the file and line "
+        "of the first bad one.")
+    check.set_defaults(handler=cmd_reports_check)
+
     archive_cli.add_commands(commands, build_archiver)
     return parser
 
@@ -243,9 +259,21 @@ def run_seed(engines: Engines, plan: SeedPlan, *, append: bool) -> SeedResult:
     return result
 
 
+def cmd_reports_check(args: argparse.Namespace) -> int:
+    service = service_for(args)
+    check_reports(service.app, service.report_files)
+    state = state_of(service.app)
+    print(f"{len(state.reports)} reports ({len(service.report_files)} from SQL files): "
+          f"{', '.join(state.reports) or 'none'}")
+    print(f"{len(state.tables)} tables: {', '.join(state.tables) or 'none'}")
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Write a report's CSV to a file, atomically: a failed export leaves no partial file."""
-    state = state_of(service_for(args).app)
+    service = service_for(args)
+    check_reports(service.app, service.report_files)
+    state = state_of(service.app)
     if args.name not in state.reports:
         raise CommandError(f"no report named {args.name!r} (known: "
                            f"{', '.join(state.reports) or 'none'})", EXIT_USAGE)
@@ -294,6 +322,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except CommandError:
             logger.info("databases hold data: demo seeding skipped")
     check_conditions(service.engines.primary, service.archiver.policies)
+    check_reports(service.app, service.report_files)
     scheduler = None
     if settings.scheduler.enabled and not getattr(args, "no_scheduler", False):
         # In this process only: gunicorn's workers serve HTTP and never schedule.
@@ -309,7 +338,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if workers > 1:
             code = serve_with_workers(host, port_number, serving, settings.source, announce)
         else:
-            serve_in_process(service.app, host, port_number, serving, announce)
+            serve_in_process(service.app, host, port_number, serving, announce,
+                             on_reload=lambda: reload_catalog(service))
     finally:
         if scheduler is not None:
             logger.info("waiting for running archival batches to finish")

@@ -7,9 +7,12 @@ place read-write engines are configured; the archiver is handed them from the ap
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import sqlalchemy as sa
 from flask import Flask
 
 from archive.archiver import Archiver
@@ -17,21 +20,31 @@ from archive.compat import check_engines_hold
 from archive.existing import resolve_existing
 from archive.policy import ArchivePolicy, resolve_policies
 from archive.preflight import check_conditions
-from reporting.app import create_checked_app, install_tables
+from reporting.app import create_checked_app, install_catalog
+from reporting.reports import REPORTS, Report
+from reporting.sql_reports import ReportFileError, SqlReportFile, check_against, load_folder
 from reporting.state import state_of
 from sediment.core.databases import PRIMARY, Engines
 from sediment.core.schema import metadata_of
 from sediment.core.schema.archive import archived_tables
-from sediment.core.settings import Settings
+from sediment.core.settings import Settings, SettingsError
 from sediment.exposure import exposed_tables
+
+logger = logging.getLogger(__name__)
+
+
+#: The demo shop's reports declared as SQL files (the same format as reports.sql_folder).
+DEMO_SQL_REPORTS = Path(__file__).resolve().parent.parent / "reporting" / "reports" / "sql"
 
 
 @dataclass(frozen=True)
 class Service:
-    """The web app and the archiver of one process, sharing its engines."""
+    """The web app and the archiver of one process, sharing its engines, and the SQL report
+    files the app serves (parsed; :func:`check_reports` prepares them on the databases)."""
 
     app: Flask
     archiver: Archiver
+    report_files: tuple[SqlReportFile, ...] = ()
 
     @property
     def engines(self) -> Engines:
@@ -62,18 +75,72 @@ def build_service(settings: Settings) -> Service:
         archiver = Archiver(settings=settings, engines=engines,
                             policies=resolve_policies_of(settings))
     check_engines_hold(engines.primary, engines.archive, archiver.policies)
-    serve_tables(app, archiver.policies)
-    return Service(app=app, archiver=archiver)
+    files = serve_catalog(app, archiver.policies)
+    return Service(app=app, archiver=archiver, report_files=tuple(files))
 
 
-def serve_tables(app: Flask, policies: Sequence[ArchivePolicy]) -> None:
-    """Serve the tables the settings expose, with these policies' archived rows, at
-    ``/api/v1/tables`` (see :mod:`sediment.exposure`)."""
+def report_files(settings: Settings) -> list[SqlReportFile]:
+    """The SQL report files to serve, parsed: the demo's beside the demo schema, then
+    those of ``reports.sql_folder``.
+
+    :raises ReportFileError: naming the first file that cannot be served.
+    """
+    taken = list(REPORTS) if settings.database.primary_schema == "demo" else []
+    files: list[SqlReportFile] = []
+    folders = [DEMO_SQL_REPORTS] if taken else []
+    if settings.reports.sql_folder:
+        folders.append(Path(settings.reports.sql_folder))
+    for folder in folders:
+        files += load_folder(folder, taken=[*taken, *(f.report.name for f in files)])
+    return files
+
+
+def serve_catalog(app: Flask, policies: Sequence[ArchivePolicy]) -> list[SqlReportFile]:
+    """Serve the reports (built-in and SQL files, parsed) and the tables the settings
+    expose, with these policies' archived rows (see :mod:`sediment.exposure`)."""
     state = state_of(app)
     settings = state.settings
-    known = metadata_of(PRIMARY).tables if settings.database.primary_schema == "demo" else None
-    install_tables(app, exposed_tables(settings.reports, policies, state.engines.primary,
-                                       known))
+    demo = settings.database.primary_schema == "demo"
+    files = report_files(settings)
+    reports: dict[str, Report] = {**(REPORTS if demo else {}),
+                                  **{found.report.name: found.report for found in files}}
+    known = metadata_of(PRIMARY).tables if demo else None
+    install_catalog(app, reports, exposed_tables(settings.reports, policies,
+                                                 state.engines.primary, known))
+    return files
+
+
+def check_reports(app: Flask, files: Sequence[SqlReportFile]) -> None:
+    """Prepare every SQL report on the databases it reads (after migrations).
+
+    :raises ReportFileError: with the file, the line and the database's message.
+    """
+    for found in files:
+        check_against(found, state_of(app).report_databases)
+
+
+def reload_catalog(service: Service) -> bool:
+    """Re-read the SQL report files and PRIMARY's tables and serve them, or keep serving
+    what was served when anything is wrong (logged). Requests in flight are not dropped."""
+    settings = service.archiver.settings
+    try:
+        policies = (resolve_existing(settings.policies, service.engines).policies
+                    if settings.database.primary_schema == "existing"
+                    else service.archiver.policies)
+        state = state_of(service.app)
+        files = serve_catalog(service.app, policies)
+        try:
+            check_reports(service.app, files)
+        except BaseException:
+            state.install(service.app)  # the previous catalog, untouched
+            raise
+    except (ReportFileError, SettingsError, sa.exc.SQLAlchemyError) as exc:
+        logger.error("reload refused, the previous reports and tables stay served: %s", exc)
+        return False
+    served = state_of(service.app)
+    logger.info("reloaded: %d reports (%d from SQL files), %d tables", len(served.reports),
+                len(files), len(served.tables))
+    return True
 
 
 def build_archiver(settings: Settings) -> Archiver:

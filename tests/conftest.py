@@ -23,7 +23,7 @@ from archive.archiver import Archiver
 from reporting.app import create_app, db
 from sediment.core.databases import Engines
 from sediment.core.migrations import upgrade_all
-from sediment.service import resolve_policies_of, serve_tables
+from sediment.service import check_reports, resolve_policies_of, serve_catalog
 from tests import app_schema
 from tests.app_schema import AppDatabase
 from tests.support import (
@@ -83,7 +83,7 @@ def migrated_app(urls: tuple[str, str]) -> Iterator[Flask]:
     settings = make_settings(*urls)
     app = create_app(settings)
     upgrade_all(engines_of(app))
-    serve_tables(app, resolve_policies_of(settings))
+    check_reports(app, serve_catalog(app, resolve_policies_of(settings)))
     yield app
     engines_of(app).dispose()
 

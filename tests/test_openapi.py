@@ -27,7 +27,9 @@ def test_api_conforms_to_its_openapi_document(
     tables = state_of(app).tables
     assert set(tables) == {"orders", "order_items", "payments", "events", "customers",
                            "products"}
-    assert len(operations) == len(REPORTS) + len(tables) + 2  # and the two catalogs
+    reports = state_of(app).reports
+    assert set(REPORTS) < set(reports)  # and the demo's SQL files
+    assert len(operations) == len(reports) + len(tables) + 2  # and the two catalogs
     for operation in operations:
         @given(case=operation.as_strategy())
         @settings(max_examples=40, deadline=None, database=None,

@@ -82,6 +82,8 @@ class ReportSettings:
     hide_tables: tuple[str, ...] = ()
     #: ``table.column`` names never served (personal data): not in rows, filters or sorts.
     hide_columns: tuple[str, ...] = ()
+    #: A folder of ``*.sql`` report files (relative to the settings file); empty: none.
+    sql_folder: str = ""
 
 
 @dataclass(frozen=True)
@@ -403,6 +405,14 @@ def _validate(settings: Settings, base: Path) -> Settings:
             "service.log_level", f"{service.log_level!r} is not one of {', '.join(_LOG_LEVELS)}"
         )
     reports = settings.reports
+    if reports.sql_folder:
+        folder = Path(reports.sql_folder)
+        folder = folder if folder.is_absolute() else base / folder
+        if not folder.is_dir():
+            raise SettingsError("reports.sql_folder", f"{str(folder)!r} is not a folder")
+        settings = dataclasses.replace(settings, reports=dataclasses.replace(
+            reports, sql_folder=str(folder)))
+        reports = settings.reports
     for name in ("default_limit", "max_limit", "statement_timeout_ms", "csv_max_rows",
                  "csv_max_concurrent"):
         _require_positive(f"reports.{name}", getattr(reports, name))
