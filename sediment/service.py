@@ -21,7 +21,7 @@ from archive.existing import resolve_existing
 from archive.policy import ArchivePolicy, resolve_policies
 from archive.preflight import check_conditions
 from reporting.app import create_checked_app, install_catalog
-from reporting.reports import REPORTS, Report
+from reporting.reports import DEMO_SQL_REPORTS, REPORTS, Report
 from reporting.sql_reports import ReportFileError, SqlReportFile, check_against, load_folder
 from reporting.state import state_of
 from sediment.core.databases import PRIMARY, Engines
@@ -31,10 +31,6 @@ from sediment.core.settings import Settings, SettingsError
 from sediment.exposure import exposed_tables
 
 logger = logging.getLogger(__name__)
-
-
-#: The demo shop's reports declared as SQL files (the same format as reports.sql_folder).
-DEMO_SQL_REPORTS = Path(__file__).resolve().parent.parent / "reporting" / "reports" / "sql"
 
 
 @dataclass(frozen=True)

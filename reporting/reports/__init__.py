@@ -1,6 +1,9 @@
-"""The report registry: adding a report is adding a module here and a line below."""
+"""The report registry: adding a report is adding a module here and a line below (or a
+``.sql`` file to ``sql/``: see reporting.sql_reports)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from reporting.reports import (
     archive_runs,
@@ -17,4 +20,7 @@ REPORTS: dict[str, Report] = {
     for module in (orders, customer_summary, monthly_revenue, top_products, events, archive_runs)
 }
 
-__all__ = ["REPORTS", "AggregateReport", "Report", "RowReport"]
+#: The demo shop's reports declared as SQL files, served beside the demo schema.
+DEMO_SQL_REPORTS = Path(__file__).resolve().parent / "sql"
+
+__all__ = ["DEMO_SQL_REPORTS", "REPORTS", "AggregateReport", "Report", "RowReport"]
