@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
-from reporting.report_databases import ReportDatabases
+from reporting.report_databases import ReportDatabases, key_names
 from reporting.report_error import ReportError
 from reporting.reports.base import (
     JSON_TYPES,
@@ -272,15 +273,42 @@ def _statement(body: str, selected: Sequence[Column], params: Sequence[Param],
 
 def _row_query(body: str, selected: Sequence[Column], params: Sequence[Param]) -> Any:
     def query(tables: DatabaseTables, values: Mapping[str, Any]) -> sa.Select[Any]:
-        return sa.select(_statement(body, selected, params, values).subquery("body"))
+        statement = _statement(_shadowed(body, tables), selected, params, values)
+        return sa.select(statement.subquery("body"))
     return query
 
 
 def _partials(body: str, selected: Sequence[Column], params: Sequence[Param]) -> Any:
     def partials(tables: DatabaseTables, values: Mapping[str, Any],
                  reference: ReferenceData) -> sa.Select[Any]:
-        return sa.select(_statement(body, selected, params, values).subquery("body"))
+        statement = _statement(_shadowed(body, tables), selected, params, values)
+        return sa.select(statement.subquery("body"))
     return partials
+
+
+def _shadowed(body: str, tables: DatabaseTables) -> str:
+    """``body`` reading the tables as ``tables`` has them: a table narrowed to leave out the
+    rows caught in both databases (ARCHIVE's side of a merge, see
+    reporting.report_databases.exclude_shared) is shadowed by a CTE of its name, so the
+    body's own ``FROM orders`` reads the narrowed rows. Only tables of the default schema
+    can be shadowed (a CTE has no schema)."""
+    narrowed = {name: found for name, found in tables.tables.items()
+                if isinstance(found, sa.Subquery) and "." not in name}
+    if not narrowed:
+        return body
+    sqlite_db = tables.dialect == "sqlite"
+    dialect: sa.Dialect = (sqlite.dialect if sqlite_db else postgresql.dialect)()
+    # SQLite would take the CTE's own name inside it for itself: name the table main.x.
+    options: dict[str, Any] = ({"schema_translate_map": {None: "main"},
+                                "render_schema_translate": True} if sqlite_db else {})
+    literal = {"literal_binds": True}
+    ctes = ", ".join(
+        f'"{name}" AS ({found.element.compile(dialect=dialect, compile_kwargs=literal, **options)})'
+        for name, found in narrowed.items())
+    own = re.match(r"(?is)^with\s+(recursive\s+)?", body)
+    if own:
+        return f"WITH {own.group(1) or ''}{ctes}, {body[own.end():]}"
+    return f"WITH {ctes} {body}"
 
 
 def check_against(found: SqlReportFile, databases: ReportDatabases) -> None:
@@ -290,6 +318,17 @@ def check_against(found: SqlReportFile, databases: ReportDatabases) -> None:
     :raises ReportFileError: with the database's message, at the line it points to.
     """
     report = found.report
+    root = report.root
+    if root is not None and root not in databases.tables[ARCHIVE].tables:
+        raise ReportFileError(found.path, 1, f"root {root!r} is not a table an archival "
+                              "policy moves (its ledger says which rows are in both databases)")
+    if root is not None and isinstance(report, RowReport):
+        missing_key = [name for name in key_names(databases, root)
+                       if name not in report.key]
+        if missing_key:
+            raise ReportFileError(found.path, 1, f"key must hold root {root!r}'s key "
+                                  f"({', '.join(key_names(databases, root))}): merged pages "
+                                  "tell a row caught in both databases by it")
     defaults = {param.name: param.default for param in report.params}
     looked_up = {lookup.column for lookup in report.lookups}
     wanted = [column.name for column in report.columns if column.name not in looked_up]

@@ -122,6 +122,11 @@ BAD_IN_DATABASE = [
     ("unknown column", GOOD.replace("WHERE id >= :minimum", "WHERE nope >= :minimum"), 10,
      "nope"),
     ("column not returned", GOOD.replace("SELECT id, status", "SELECT id"), 9, "'status'"),
+    ("root not archived", GOOD.replace("-- key", '-- root = "customers"\n-- key'), 1,
+     "not a table an archival policy moves"),
+    ("rows without the root's key", GOOD.replace('-- key = ["id"]',
+                                                 '-- root = "orders"\n-- key = ["status"]'),
+     1, "key must hold root 'orders'"),
 ]
 
 
