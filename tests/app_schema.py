@@ -305,8 +305,9 @@ def fill(primary: sa.Engine, backend: str, first: int = 1, count: int = INVOICES
 
 
 def settings_file(folder: Path, primary_url: str, archive_url: str, backend: str,
-                  extra: str = "") -> Path:
-    """A settings file for this database, as an operator would write it."""
+                  extra: str = "", policies: str | None = None) -> Path:
+    """A settings file for this database, as an operator would write it (these policies,
+    or this schema's own)."""
     path = folder / f"settings-{uuid.uuid4().hex[:6]}.toml"
     path.write_text(f"""
 [database]
@@ -317,7 +318,7 @@ primary_schema = "existing"
 [service]
 log_level = "WARNING"
 {extra}
-{POLICIES[backend]}
+{POLICIES[backend] if policies is None else policies}
 """)
     return path
 

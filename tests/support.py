@@ -16,9 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from flask import Flask
+from flask.testing import FlaskClient
 
 from archive.archiver import Archiver
 from archive.policy import ArchivePolicy, resolve_policy
@@ -231,3 +234,19 @@ def own_schema(databases: DatabaseFactory, primary: sa.MetaData,
     ledger.create_all(engines.archive, tables=[ledger.tables["archive_runs"],
                                                ledger.tables["archive_run_tables"]])
     return OwnSchema(engines, settings, primary, twins)
+
+
+def walk_pages(client: FlaskClient, path: str, query: str = "", limit: int = 50
+               ) -> list[dict[str, Any]]:
+    """Every row of every page of ``path?query``, following the cursors."""
+    rows: list[dict[str, Any]] = []
+    args = f"{query}&limit={limit}"
+    for _ in range(10_000):
+        response = client.get(f"{path}?{args}")
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+        rows += body["rows"]
+        if body["page"]["next_cursor"] is None:
+            return rows
+        args = f"{query}&{urlencode({'limit': limit, 'cursor': body['page']['next_cursor']})}"
+    raise AssertionError(f"the pages of {path} never ended")

@@ -22,20 +22,19 @@ from reporting.sql_reports import ReportFileError, check_against, parse_file
 from reporting.state import state_of
 from sediment.service import build_service, reload_catalog
 from tests.archiving import run, seed_shop, small_batches
-from tests.support import REPO, DatabaseFactory, env_for, free_port, make_settings, run_cli
+from tests.support import (
+    REPO,
+    DatabaseFactory,
+    env_for,
+    free_port,
+    make_settings,
+    run_cli,
+    walk_pages,
+)
 
 
 def pages(client: FlaskClient, path: str, query: str) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
-    url = f"{path}?{query}&limit=9"
-    while True:
-        response = client.get(url)
-        assert response.status_code == 200, response.get_json()
-        body = response.get_json()
-        rows += body["rows"]
-        if body["page"]["next_cursor"] is None:
-            return rows
-        url = f"{path}?{query}&limit=9&cursor={body['page']['next_cursor']}"
+    return walk_pages(client, path, query, limit=9)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from flask.testing import FlaskClient
 from sediment.core.instants import parse_instant
 from tests import reference
 from tests.archiving import run, seed_shop, small_batches, snapshot
+from tests.support import walk_pages
 from tests.test_shared_rows import _run_failing_at
 
 STAMPS = ("archived_at", "archive_run_id")
@@ -118,19 +119,7 @@ def expected(app: Flask, table: str, query: str) -> list[Row]:
 
 
 def walk(client: FlaskClient, table: str, query: str, limit: int = 7) -> list[Row]:
-    """Every row of every page, following the cursors."""
-    rows: list[Row] = []
-    url = f"/api/v1/tables/{table}?{query}&limit={limit}"
-    for _ in range(10_000):
-        response = client.get(url)
-        assert response.status_code == 200, response.get_json()
-        body = response.get_json()
-        rows += body["rows"]
-        cursor = body["page"]["next_cursor"]
-        if cursor is None:
-            return rows
-        url = f"/api/v1/tables/{table}?{query}&{urlencode({'limit': limit, 'cursor': cursor})}"
-    raise AssertionError("the pages never ended")
+    return walk_pages(client, f"/api/v1/tables/{table}", query, limit)
 
 
 def comparable(row: Row) -> Row:

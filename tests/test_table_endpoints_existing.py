@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
@@ -26,8 +26,16 @@ from flask.testing import FlaskClient
 from sediment.core.instants import parse_instant
 from sediment.core.settings import load_settings
 from sediment.service import build_service
-from tests.app_schema import ARCHIVED, NOW, AppDatabase, engine_for, rows_of, table_list
-from tests.support import DatabaseFactory, run_cli
+from tests.app_schema import (
+    ARCHIVED,
+    NOW,
+    AppDatabase,
+    engine_for,
+    rows_of,
+    settings_file,
+    table_list,
+)
+from tests.support import DatabaseFactory, run_cli, walk_pages
 
 Key = tuple[Any, ...]
 
@@ -72,17 +80,7 @@ POLICY_OF = {"postgres": "calls", "sqlite": "sessions"}
 
 
 def walk(client: FlaskClient, table: str, query: str = "", limit: int = 50) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    args = f"{query}&limit={limit}"
-    for _ in range(1000):
-        response = client.get(f"/api/v1/tables/{table}?{args}")
-        assert response.status_code == 200, response.get_json()
-        body = response.get_json()
-        rows += body["rows"]
-        if body["page"]["next_cursor"] is None:
-            return rows
-        args = f"{query}&{urlencode({'limit': limit, 'cursor': body['page']['next_cursor']})}"
-    raise AssertionError("the pages never ended")
+    return walk_pages(client, f"/api/v1/tables/{table}", query, limit)
 
 
 def api_key(row: dict[str, Any], columns: dict[str, str], key: list[str]) -> Key:
@@ -334,14 +332,7 @@ def test_a_merged_sort_on_text_follows_code_points_whatever_the_collation(
             "INSERT INTO people VALUES (:id, :name, :seen_at)"),
             [{"id": i, "name": f"{name}{i}", "seen_at": NOW - timedelta(days=10 + 400 * (i % 2))}
              for i, name in enumerate(names * 3)])
-    settings_path = tmp_path / "settings.toml"
-    settings_path.write_text(f"""
-[database]
-primary_url = "{primary_url}"
-archive_url = "{archive_url}"
-primary_schema = "existing"
-[service]
-log_level = "WARNING"
+    settings_path = settings_file(tmp_path, primary_url, archive_url, "postgres", policies="""
 [policy.people]
 table = "people"
 age_column = "seen_at"
