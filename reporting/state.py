@@ -37,8 +37,8 @@ class AppState:
     exports: ExportLimiter
     #: The last health check, shared by the probes of the next second.
     health: RecentHealth
-    #: The reports this app serves, by name: the built-in ones over the demo schema, none
-    #: (yet) beside an existing application's PRIMARY.
+    #: The reports this app serves, by name: the built-in ones over the demo schema, then
+    #: those declared as SQL files (reporting.sql_reports).
     reports: Mapping[str, Report]
     #: The tables this app serves at ``/api/v1/tables``, by name (see reporting.tables).
     tables: Mapping[str, RowReport] = field(default_factory=dict)
