@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 
+from sediment.core.schema.types import python_type_of
 from sediment.core.settings import SettingsError
 
 #: What the age column holds: ``timestamp`` covers timestamps with and without a zone and
@@ -44,7 +45,7 @@ class AgeColumn:
         if self.format == "iso_text":
             text = cutoff.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%d %H:%M:%S")
             return _IsoInstant(column) < _IsoInstant(sa.literal(text))
-        if _python_type(column) is date:
+        if python_type_of(column.type) is date:
             # A day counts as aged once all of it is before the cutoff, in the zone it was
             # written in: the cutoff's own day waits for the next run.
             return column < cutoff.astimezone(self.zone).date()
@@ -59,7 +60,7 @@ def resolve_age_column(column: sa.Column[Any], age_format: AgeFormat, zone: str,
 
     :raises SettingsError: naming ``key`` (the policy's ``age_column``) and the mismatch.
     """
-    python_type = _python_type(column)
+    python_type = python_type_of(column.type)
     expected: dict[AgeFormat, tuple[type, ...]] = {
         "timestamp": (datetime, date),
         "epoch_seconds": (int, float),
@@ -75,14 +76,6 @@ def resolve_age_column(column: sa.Column[Any], age_format: AgeFormat, zone: str,
         raise SettingsError(key, f"{column.table.name}.{column.name} holds {shown}, "
                             f"not {hint}")
     return AgeColumn(column=column, format=age_format, zone=ZoneInfo(zone))
-
-
-def _python_type(column: sa.Column[Any]) -> type | None:
-    try:
-        python_type: type = column.type.python_type
-    except NotImplementedError:
-        return None
-    return python_type
 
 
 class _IsoInstant(sa.sql.expression.FunctionElement[Any]):

@@ -273,17 +273,22 @@ def _statement(body: str, selected: Sequence[Column], params: Sequence[Param],
 
 def _row_query(body: str, selected: Sequence[Column], params: Sequence[Param]) -> Any:
     def query(tables: DatabaseTables, values: Mapping[str, Any]) -> sa.Select[Any]:
-        statement = _statement(_shadowed(body, tables), selected, params, values)
-        return sa.select(statement.subquery("body"))
+        return _body_select(body, selected, params, tables, values)
     return query
 
 
 def _partials(body: str, selected: Sequence[Column], params: Sequence[Param]) -> Any:
     def partials(tables: DatabaseTables, values: Mapping[str, Any],
                  reference: ReferenceData) -> sa.Select[Any]:
-        statement = _statement(_shadowed(body, tables), selected, params, values)
-        return sa.select(statement.subquery("body"))
+        return _body_select(body, selected, params, tables, values)
     return partials
+
+
+def _body_select(body: str, selected: Sequence[Column], params: Sequence[Param],
+                 tables: DatabaseTables, values: Mapping[str, Any]) -> sa.Select[Any]:
+    """The body on one database, as a subquery a report's query or partials select from."""
+    statement = _statement(_shadowed(body, tables), selected, params, values)
+    return sa.select(statement.subquery("body"))
 
 
 def _shadowed(body: str, tables: DatabaseTables) -> str:

@@ -23,6 +23,7 @@ from reporting.report_databases import ReportDatabases, exclude_shared, in_param
 from reporting.reports.base import DatabaseTables, Lookup, RowReport
 from reporting.request import COMPARISONS, FilterClause, ReportRequest
 from sediment.core.databases import ARCHIVE, Database
+from sediment.core.schema.types import python_type_of
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def in_code_point_order(column: sa.ColumnElement[Any], dialect: str) -> sa.Colum
     point order (SQLite's default ``BINARY`` already is). A database collation such as
     ``en_US`` would interleave the streams wrongly, and pages would skip or repeat rows.
     """
-    if dialect == "postgresql" and _python_type(column) is str and not isinstance(
+    if dialect == "postgresql" and python_type_of(column.type) is str and not isinstance(
             column.type, sa.Enum):
         return column.collate("C")
     return column
@@ -182,13 +183,6 @@ class NaiveUTC(sa.types.TypeDecorator[datetime]):
             return value.astimezone(UTC).replace(tzinfo=None)
         return value
 
-
-def _python_type(column: sa.ColumnElement[Any]) -> type | None:
-    try:
-        python_type: type = column.type.python_type
-    except NotImplementedError:
-        return None
-    return python_type
 
 
 def join_lookups(subquery: sa.Subquery, tables: DatabaseTables, lookups: Sequence[Lookup]

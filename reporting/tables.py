@@ -35,6 +35,7 @@ from reporting.reports.base import (
     RowReport,
     ValueType,
 )
+from sediment.core.schema.types import python_type_of
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +81,8 @@ def value_type(column: sa.ColumnElement[Any]) -> ValueType | None:
         column_type = column_type.data_type
     if isinstance(column_type, sa.Enum):
         return "string"
-    try:
-        python_type = column_type.python_type
-    except NotImplementedError:
+    python_type = python_type_of(column_type)
+    if python_type is None:
         return None
     for kind, name in ((bool, "boolean"), (int, "integer"), (float, "number"),
                        (Decimal, "number"), (str, "string"), (datetime, "datetime"),

@@ -9,6 +9,8 @@ real-world types, hostile inputs, and the hiding settings.
 
 from __future__ import annotations
 
+import csv
+import io
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -219,8 +221,6 @@ def test_the_csv_download_holds_every_row(served: tuple[AppDatabase, Flask]) -> 
             lines = response.get_data(as_text=True)
             total = len(reference_keys(app_db, name, source))
             assert response.headers["X-Row-Count"] == str(total)
-            import csv
-            import io
             assert len(list(csv.reader(io.StringIO(lines)))) == total + 1, (name, source)
 
 

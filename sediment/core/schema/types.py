@@ -6,6 +6,7 @@ A leaf module: the migrations of both histories import :class:`UTCDateTime` from
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -52,6 +53,16 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+def python_type_of(column_type: sa.types.TypeEngine[Any]) -> type | None:
+    """The Python type a column type holds, or ``None`` when SQLAlchemy cannot say (a
+    type it does not know, such as ``xml``)."""
+    try:
+        python_type: type = column_type.python_type
+    except NotImplementedError:
+        return None
+    return python_type
 
 
 def metadata_for(database: str) -> sa.MetaData:
