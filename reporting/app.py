@@ -16,14 +16,19 @@ import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from reporting import health, views
+from reporting import admin, health, views
+from reporting.access_log import install_access_log
+from reporting.auth import Tokens
 from reporting.csv_export import ExportLimiter
 from reporting.errors import register_error_handlers
 from reporting.json_provider import OrjsonProvider
+from reporting.metrics import install_metrics
+from reporting.operations import BacklogEstimates
 from reporting.readonly import create_readonly_engine
 from reporting.report_databases import ReportDatabases
 from reporting.reports import REPORTS, Report
 from reporting.reports.base import DatabaseTables
+from reporting.security import install_security_headers
 from reporting.state import AppState, state_of
 from reporting.tables import ExposedTable, table_reports, with_tables
 from sediment.core.databases import (
@@ -60,6 +65,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("reporting")
     app.config.update(
         SECRET_KEY=settings.service.secret_key,
+        # The web UI's session: signed (itsdangerous), never readable by scripts, never
+        # sent with another site's requests.
+        SESSION_COOKIE_NAME="sediment_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=settings.auth.secure_cookies,
+        PERMANENT_SESSION_LIFETIME=settings.auth.session_lifetime,
         SQLALCHEMY_BINDS={
             name: {"url": url, **engine_options(url, pool_size=database.pool_size,
                                                 busy_timeout_ms=database.lock_timeout_ms)}
@@ -78,11 +90,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         report_databases=report_databases(settings),
         exports=ExportLimiter(settings.reports.csv_max_concurrent),
         health=health.RecentHealth(engines, settings.database.primary_schema),
+        tokens=Tokens(settings.auth),
+        backlog=BacklogEstimates(None),
         reports=REPORTS if settings.database.primary_schema == "demo" else {},
     ).install(app)
     register_error_handlers(app)
+    install_access_log(app)
+    install_metrics(app)
+    install_security_headers(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(views.blueprint)
+    app.register_blueprint(admin.blueprint)
     return app
 
 

@@ -39,6 +39,7 @@ from reporting.execution import (
     iter_rows,
     output_columns,
 )
+from reporting.metrics import CSV_ACTIVE, CSV_REFUSED
 from reporting.report_databases import ReportDatabases, apply_lookups, databases_of
 from reporting.report_error import ReportError
 from reporting.reports.base import RowReport
@@ -64,8 +65,10 @@ class ExportLimiter:
 
     def acquire(self) -> ExportSlot:
         if not self._slots.acquire(blocking=False):
+            CSV_REFUSED.labels("too_many_exports").inc()
             raise ReportError(429, "too_many_exports", "the maximum number of CSV downloads "
                               "is running; retry shortly", headers={"Retry-After": "10"})
+        CSV_ACTIVE.inc()
         return ExportSlot(self._slots)
 
 
@@ -83,6 +86,7 @@ class ExportSlot:
             if self._held:
                 self._held = False
                 self._slots.release()
+                CSV_ACTIVE.dec()
 
     def guard(self, body: Iterator[bytes]) -> Iterator[bytes]:
         """``body``, releasing the slot when it ends, fails or is closed."""
@@ -101,6 +105,7 @@ def check_row_cap(databases: ReportDatabases, request: ReportRequest, cap: int) 
     """Count the rows before the first byte; refuse with 413 beyond ``cap``."""
     count, _ = count_rows(databases, request)
     if count > cap:
+        CSV_REFUSED.labels("export_too_large").inc()
         raise ReportError(413, "export_too_large", f"this download would hold {count:,} rows, "
                           f"more than the limit of {cap:,}; narrow it with filters")
     return count

@@ -8,13 +8,13 @@ traceback and answered with a problem body; a client never sees a stack trace.
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 import sqlalchemy as sa
 from flask import Flask, Response, json
 from werkzeug.exceptions import HTTPException
 
+from reporting.access_log import request_id as current_request_id
 from reporting.report_error import ReportError
 from sediment.core.error_text import first_line
 
@@ -86,7 +86,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
-        request_id = uuid.uuid4().hex
+        request_id = current_request_id()
         logger.error("unhandled error while serving a request (request id %s)", request_id,
                      exc_info=error)
         return problem(500, "internal_error", "The server failed; the error has been logged "

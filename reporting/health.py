@@ -1,4 +1,11 @@
-"""``GET /healthz``: is each database reachable, at the newest revision, with every table?"""
+"""The probes: ``/livez`` (the process answers), ``/readyz`` and ``/healthz`` (each database
+reachable, at the newest revision, with every table).
+
+A liveness probe that touched the databases would have an orchestrator restart every
+replica during a database outage, which cures nothing; so ``/livez`` does no I/O at all,
+and only readiness (``/readyz``, and ``/healthz`` as before) depends on the databases.
+None of them needs a token.
+"""
 
 from __future__ import annotations
 
@@ -41,11 +48,18 @@ def database_health(database: Database, engine: sa.Engine,
 
 
 @blueprint.get("/healthz")
+@blueprint.get("/readyz")
 def healthz() -> tuple[Response, int]:
     """Return 200 when both databases are reachable and migrated, else 503."""
     databases, healthy = current_state().health.get()
     body = jsonify(status="ok" if healthy else "unavailable", databases=databases)
     return body, 200 if healthy else 503
+
+
+@blueprint.get("/livez")
+def livez() -> Response:
+    """Return 200 while this process answers requests; no database is asked."""
+    return jsonify(status="ok")
 
 
 #: Probes within this many seconds share one check of the databases.

@@ -128,14 +128,18 @@ def openapi_document(reports: Mapping[str, Report],
             "responses": {
                 "200": {"description": "one page", "content": {"application/json": {
                     "schema": _page_schema(report)}}},
-                "400": PROBLEM, "404": PROBLEM, "503": PROBLEM,
+                "400": PROBLEM, "401": PROBLEM, "403": PROBLEM, "404": PROBLEM,
+                "503": PROBLEM,
             },
         }}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Sediment reports", "version": "1"},
         "paths": paths,
-        "components": {"responses": {"Problem": {
+        # Needed when [auth] enabled is true; with it off, requests without one pass too.
+        "security": [{"bearer": []}, {}],
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                       "responses": {"Problem": {
             "description": "RFC 9457 problem details",
             "content": {"application/problem+json": {"schema": {
                 "type": "object", "required": ["type", "title", "status", "detail", "code"],

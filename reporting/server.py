@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from flask import Flask
 from waitress.server import create_server
 from waitress.task import ThreadedTaskDispatcher
 
+from reporting.metrics import MULTIPROCESS_VARIABLE
 from sediment.core.commandline import on_stop_signals
 from sediment.core.settings import ServiceSettings
 
@@ -99,24 +101,29 @@ def serve_in_process(app: Flask, host: str, port: int, service: ServiceSettings,
 def serve_with_workers(host: str, port: int, service: ServiceSettings,
                        settings_file: Path | None, on_listening: Callable[[], None]) -> int:
     """Run gunicorn with ``service.workers`` processes until SIGTERM/SIGINT; return its exit
-    code. This process keeps no listening socket and serves nothing itself."""
+    code. This process keeps no listening socket and serves nothing itself; SIGHUP is passed
+    on to gunicorn, which replaces its workers gracefully (each re-reads the reports)."""
     command = [
         sys.executable, "-m", "gunicorn", "--worker-class", "gthread",
         "--workers", str(service.workers), "--threads", str(service.threads),
         "--bind", f"{host}:{port}", "--backlog", str(service.backlog),
         "--worker-connections", str(service.connection_limit),
         "--graceful-timeout", "30", "--log-level", service.log_level.lower(),
+        "--config", "python:reporting.gunicorn_hooks",
         "sediment.wsgi:create_worker_app()",
     ]
-    environment = {**os.environ}
-    if settings_file is not None:
-        environment[SETTINGS_FILE_VARIABLE] = str(settings_file)
-    process = subprocess.Popen(command, env=environment)
-    on_listening()
+    with tempfile.TemporaryDirectory(prefix="sediment-metrics-") as samples:
+        # Each worker writes its metrics here; a scrape of any one sums them all.
+        environment = {**os.environ, MULTIPROCESS_VARIABLE: samples}
+        if settings_file is not None:
+            environment[SETTINGS_FILE_VARIABLE] = str(settings_file)
+        process = subprocess.Popen(command, env=environment)
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: process.send_signal(signal.SIGHUP))
+        on_listening()
 
-    def forward(received: signal.Signals) -> None:
-        logger.info("%s received: stopping the workers", received.name)
-        process.send_signal(signal.SIGTERM)
+        def forward(received: signal.Signals) -> None:
+            logger.info("%s received: stopping the workers", received.name)
+            process.send_signal(signal.SIGTERM)
 
-    with on_stop_signals(forward):
-        return process.wait()
+        with on_stop_signals(forward):
+            return process.wait()

@@ -6,7 +6,7 @@ it through :func:`state_of` / :func:`current_state` and never look up loose stri
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -16,12 +16,22 @@ from sediment.core.databases import Engines
 from sediment.core.settings import Settings
 
 if TYPE_CHECKING:
+    from reporting.auth import Tokens
     from reporting.csv_export import ExportLimiter
     from reporting.health import RecentHealth
+    from reporting.operations import BacklogEstimates
     from reporting.report_databases import ReportDatabases
     from reporting.reports import Report, RowReport
 
 _EXTENSION = "sediment"
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """How a reload of the reports and tables went: served, or refused and why."""
+
+    ok: bool
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -37,11 +47,18 @@ class AppState:
     exports: ExportLimiter
     #: The last health check, shared by the probes of the next second.
     health: RecentHealth
+    #: The configured API tokens (and whether authentication is on).
+    tokens: Tokens
+    #: Aged rows waiting in PRIMARY per policy (counted by the composition root's counter).
+    backlog: BacklogEstimates
     #: The reports this app serves, by name: the built-in ones over the demo schema, then
     #: those declared as SQL files (reporting.sql_reports).
     reports: Mapping[str, Report]
     #: The tables this app serves at ``/api/v1/tables``, by name (see reporting.tables).
     tables: Mapping[str, RowReport] = field(default_factory=dict)
+    #: Re-reads the SQL report files and the schema (``POST /api/v1/admin/reload``); the
+    #: composition root provides it, an app without one answers that endpoint with a 404.
+    reload: Callable[[], Reloaded] | None = None
 
     def install(self, app: Flask) -> None:
         """Attach this state to ``app``."""

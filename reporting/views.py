@@ -1,19 +1,25 @@
 """The read-only HTTP API: a thin GET-only blueprint over the report registry.
 
 It knows nothing about individual reports: it parses, runs and serialises whatever the
-registry holds. Routes accept GET and HEAD only; anything else is a 405 problem.
+registry holds. Routes accept GET and HEAD only; anything else is a 405 problem. With
+authentication on, every route needs a credential (a 401 before any name is looked up),
+and each report the scope it declares (``csv`` for downloads); the catalogs list only what
+the caller's token may read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
+from reporting.auth import Principal, require, require_signed_in
 from reporting.csv_export import check_row_cap, export_filename, stream_csv
 from reporting.execution import Page, run_page
+from reporting.metrics import count_served, metered
 from reporting.openapi import openapi_document
 from reporting.pagination import decode_cursor, encode_cursor
 from reporting.report_error import ReportError
@@ -23,6 +29,28 @@ from reporting.state import current_state
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 _GET = {"provide_automatic_options": False}
+
+
+@blueprint.before_request
+def _signed_in() -> None:
+    require_signed_in()
+
+
+def authorize(report: Report, *, export: bool = False) -> None:
+    """Check the caller may read ``report``: its scope, and ``csv`` for a download."""
+    if export:
+        require("csv", report.name)
+    if report.scope != "reports" or not export:
+        require(report.scope, report.name)
+
+
+def listed(principal: Principal, report: Report) -> bool:
+    """Whether a catalog shows ``report`` to ``principal``: one it may read somehow."""
+    if not principal.may_read(report.name):
+        return False
+    if report.scope != "reports":
+        return report.scope in principal.scopes
+    return bool({"reports", "csv"} & principal.scopes)
 
 
 def find_report(name: str) -> Report:
@@ -66,13 +94,19 @@ def index() -> Response:
 @blueprint.get("/reports", **_GET)
 def catalog() -> Response:
     state = current_state()
-    return jsonify(reports=[describe(report) for report in state.reports.values()],
-                   tables=[describe(table) for table in state.tables.values()])
+    return jsonify(reports=[describe(report) for report in visible(state.reports.values())],
+                   tables=[describe(table) for table in visible(state.tables.values())])
 
 
 @blueprint.get("/tables", **_GET)
 def table_catalog() -> Response:
-    return jsonify(tables=[describe(table) for table in current_state().tables.values()])
+    return jsonify(tables=[describe(table) for table in visible(current_state().tables.values())])
+
+
+def visible(reports: Iterable[Report]) -> list[Report]:
+    """Those of ``reports`` the caller's token may read."""
+    principal = require_signed_in()
+    return [report for report in reports if listed(principal, report)]
 
 
 @blueprint.get("/reports/<name>", **_GET)
@@ -87,6 +121,7 @@ def table_page(name: str) -> Response:
 
 def page_of(report: Report) -> Response:
     """One JSON page of ``report`` for the current request."""
+    authorize(report)
     report_request = build_request(report)
     secret = current_state().settings.service.secret_key
     cursor = None
@@ -97,6 +132,7 @@ def page_of(report: Report) -> Response:
     next_token = (encode_cursor(report_request, page.next_cursor, secret)
                   if page.next_cursor is not None else None)
     response = jsonify(envelope(report_request, page, next_token))
+    count_served(report.name, "json", len(page.rows), response.content_length or 0)
     if next_token is not None:
         args = {k: v for k, v in request.args.items() if k != "cursor"} | {"cursor": next_token}
         # Relative (RFC 8288 resolves it against the request): right behind any proxy.
@@ -116,6 +152,7 @@ def table_csv(name: str) -> Response:
 
 def csv_of(report: Report) -> Response:
     """Every row of ``report`` for the current request, as a streamed CSV download."""
+    authorize(report, export=True)
     report_request = build_request(report, export=True)
     state = current_state()
     databases = state.report_databases
@@ -126,7 +163,7 @@ def csv_of(report: Report) -> Response:
     except BaseException:
         slot.release()
         raise
-    response = Response(slot.guard(body), mimetype="text/csv")
+    response = Response(slot.guard(metered(body, report.name, rows)), mimetype="text/csv")
     response.call_on_close(slot.release)
     filename = export_filename(report_request, datetime.now(UTC).date())
     response.headers["Content-Type"] = "text/csv; charset=utf-8"
@@ -138,7 +175,8 @@ def csv_of(report: Report) -> Response:
 @blueprint.get("/openapi.json", **_GET)
 def openapi() -> Response:
     state = current_state()
-    return jsonify(openapi_document(state.reports, state.tables))
+    return jsonify(openapi_document({r.name: r for r in visible(state.reports.values())},
+                                    {t.name: t for t in visible(state.tables.values())}))
 
 
 def envelope(report_request: ReportRequest, page: Page, next_token: str | None) -> dict[str, Any]:

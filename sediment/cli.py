@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from archive import cli as archive_cli
 from archive.preflight import check_conditions
 from archive.scheduler import start_in_background
+from reporting import token_commands
 from reporting.csv_export import check_row_cap, stream_csv
 from reporting.report_error import ReportError
 from reporting.request import parse_request
@@ -44,9 +45,10 @@ from sediment.core.error_text import first_line
 from sediment.core.logs import configure_logging
 from sediment.core.migrations import SchemaIncomplete, ensure_complete, upgrade_all
 from sediment.core.preflight import DatabaseUnreachable
+from sediment.core.public_bind import public_bind_problems
 from sediment.core.schema.archive import archived_tables
 from sediment.core.seed import SeedError, SeedPlan, SeedResult, seed
-from sediment.core.settings import SettingsError, load_settings
+from sediment.core.settings import Settings, SettingsError, load_settings
 from sediment.service import (
     Service,
     build_archiver,
@@ -74,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = getattr(args, "handler", cmd_serve)
     try:
         settings = load_settings(args.settings)
-        configure_logging(args.log_level or settings.service.log_level)
+        configure_logging(args.log_level or settings.service.log_level,
+                          settings.service.log_format)
         if settings.database.primary_schema == "demo":
             resolve_policies_of(settings)  # a bad policy stops every command, naming its key
         args.settings_obj = settings
@@ -183,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_reports_check)
 
     archive_cli.add_commands(commands, build_archiver)
+    token_commands.add_commands(commands)
     return parser
 
 
@@ -301,11 +305,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def refuse_unsafe_public_bind(settings: Settings, host: str) -> None:
+    """Stop ``serve`` on a public address with the demo's unsafe settings, one line per
+    setting to change (or warn loudly, with ``service.allow_insecure``).
+
+    :raises CommandError: exit code 2, naming each setting.
+    """
+    problems = public_bind_problems(settings, host)
+    if problems and settings.service.allow_insecure:
+        for problem in problems:
+            logger.warning("INSECURE: serving on %s although %s (service.allow_insecure)",
+                           host, problem)
+    elif problems:
+        raise CommandError(f"refusing to serve on {host}: " + "\nsediment: ".join(problems),
+                           EXIT_USAGE)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    service = service_for(args)
-    settings = service.archiver.settings
+    settings = args.settings_obj
     serving = settings.service
     host = getattr(args, "host", None) or serving.host
+    refuse_unsafe_public_bind(settings, host)
+    service = service_for(args)
     port_number = getattr(args, "port", None) or serving.port
     workers = getattr(args, "workers", None) or serving.workers
     if workers != serving.workers:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -20,11 +21,14 @@ from archive.compat import check_engines_hold
 from archive.existing import resolve_existing
 from archive.policy import ArchivePolicy, resolve_policies
 from archive.preflight import check_conditions
+from archive.runner import plan_run
 from reporting.app import create_checked_app, install_catalog
+from reporting.operations import BacklogEstimates
 from reporting.reports import DEMO_SQL_REPORTS, REPORTS, Report
 from reporting.sql_reports import ReportFileError, SqlReportFile, check_against, load_folder
-from reporting.state import state_of
+from reporting.state import Reloaded, state_of
 from sediment.core.databases import PRIMARY, Engines
+from sediment.core.error_text import first_line
 from sediment.core.schema import metadata_of
 from sediment.core.schema.archive import archived_tables
 from sediment.core.settings import Settings, SettingsError
@@ -72,7 +76,17 @@ def build_service(settings: Settings) -> Service:
                             policies=resolve_policies_of(settings))
     check_engines_hold(engines.primary, engines.archive, archiver.policies)
     files = serve_catalog(app, archiver.policies)
-    return Service(app=app, archiver=archiver, report_files=tuple(files))
+    service = Service(app=app, archiver=archiver, report_files=tuple(files))
+    replace(state_of(app), reload=lambda: reload_catalog(service),
+            backlog=BacklogEstimates(lambda: count_backlog(archiver))).install(app)
+    return service
+
+
+def count_backlog(archiver: Archiver) -> dict[str, dict[str, int]]:
+    """Per enabled policy and table, the aged rows a run would move now."""
+    now = datetime.now(UTC)
+    return {policy.name: plan_run(archiver.engines.primary, policy, now).counts
+            for policy in archiver.policies if archiver.settings.policy(policy.name).enabled}
 
 
 def report_files(settings: Settings) -> list[SqlReportFile]:
@@ -115,7 +129,7 @@ def check_reports(app: Flask, files: Sequence[SqlReportFile]) -> None:
         check_against(found, state_of(app).report_databases)
 
 
-def reload_catalog(service: Service) -> bool:
+def reload_catalog(service: Service) -> Reloaded:
     """Re-read the SQL report files and PRIMARY's tables and serve them, or keep serving
     what was served when anything is wrong (logged). Requests in flight are not dropped."""
     settings = service.archiver.settings
@@ -132,11 +146,12 @@ def reload_catalog(service: Service) -> bool:
             raise
     except (ReportFileError, SettingsError, sa.exc.SQLAlchemyError) as exc:
         logger.error("reload refused, the previous reports and tables stay served: %s", exc)
-        return False
+        return Reloaded(ok=False, detail=first_line(exc))
     served = state_of(service.app)
-    logger.info("reloaded: %d reports (%d from SQL files), %d tables", len(served.reports),
-                len(files), len(served.tables))
-    return True
+    detail = (f"{len(served.reports)} reports ({len(files)} from SQL files), "
+              f"{len(served.tables)} tables")
+    logger.info("reloaded: %s", detail)
+    return Reloaded(ok=True, detail=detail)
 
 
 def build_archiver(settings: Settings) -> Archiver:

@@ -11,6 +11,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from reporting.server import ProbeFirstDispatcher
 from tests.support import REPO, DatabaseFactory, env_for, free_port
 
@@ -77,6 +79,15 @@ def test_serve_with_two_workers_schedules_in_one_process(databases: DatabaseFact
         assert pages == [200] * 6, "the workers did not serve"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
             assert response.status == 200
+        for _ in range(4):  # whichever worker answers, it sums every worker's samples
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                        timeout=5) as response:
+                text = response.read().decode()
+            served = [sample.value for family in text_string_to_metric_families(text)
+                      for sample in family.samples
+                      if sample.name == "sediment_http_requests_total"
+                      and sample.labels["route"] == "/api/v1/reports/<name>"]
+            assert sum(served) == 6, text
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=60)

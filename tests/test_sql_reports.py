@@ -176,11 +176,11 @@ def test_reload_serves_new_files_and_keeps_the_previous_set_when_one_is_bad(
         client = service.app.test_client()
         assert client.get("/api/v1/reports/big-orders").status_code == 404
         (tmp_path / "big-orders.sql").write_text(GOOD)
-        assert reload_catalog(service)
+        assert reload_catalog(service).ok
         assert client.get("/api/v1/reports/big-orders?minimum=3").status_code == 200
         (tmp_path / "big-orders.sql").write_text(GOOD.replace("FROM orders", "FROM nothing"))
         (tmp_path / "other.sql").write_text(GOOD)
-        assert not reload_catalog(service)
+        assert not reload_catalog(service).ok
         assert client.get("/api/v1/reports/big-orders").status_code == 200  # still served
         assert client.get("/api/v1/reports/other").status_code == 404
     finally:

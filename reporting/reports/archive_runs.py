@@ -45,4 +45,5 @@ REPORT = RowReport(
     ),
     query=query,
     root="archive_runs",
+    scope="archive",
 )

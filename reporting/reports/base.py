@@ -127,6 +127,9 @@ class Report:
     filters: tuple[Filter, ...] = ()
     params: tuple[Param, ...] = ()
     lookups: tuple[Lookup, ...] = ()
+    #: The token scope reading it needs (beside ``csv`` for a download): the archive's own
+    #: ledger is for operators, not for every reader of the data.
+    scope: Literal["reports", "archive"] = "reports"
 
     kind = "rows"
 

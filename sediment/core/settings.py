@@ -65,6 +65,11 @@ class ServiceSettings:
     workers: int = 1
     connection_limit: int = 1000
     backlog: int = 2048
+    #: "text" (one readable line per record) or "json" (one JSON object per line).
+    log_format: Literal["text", "json"] = "text"
+    #: Serve on a non-loopback address although authentication is off, the secret key is
+    #: the development one or demo seeding is on (logged loudly at every start).
+    allow_insecure: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,37 @@ class ReportSettings:
     hide_columns: tuple[str, ...] = ()
     #: A folder of ``*.sql`` report files (relative to the settings file); empty: none.
     sql_folder: str = ""
+
+
+#: What an API token may be granted: JSON reports and tables, CSV downloads, the archive's
+#: ledger and status, the admin endpoints, and ``/metrics`` when it is not public.
+TOKEN_SCOPES = ("reports", "csv", "archive", "admin", "metrics")
+#: How a token is stored: ``sha256:`` and the hex SHA-256 of the token.
+_TOKEN_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """One API token, ``[auth.tokens.<name>]``: its hash, never the token itself."""
+
+    name: str
+    hash: str = ""
+    scopes: tuple[str, ...] = ()
+    #: Reports and tables this token may read; empty: all of them.
+    reports: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    #: Require a token (``Authorization: Bearer``, or a UI session signed in with one).
+    enabled: bool = False
+    #: How long a UI session signed in with a token lasts.
+    session_lifetime: timedelta = timedelta(hours=12)
+    #: Send the session cookie over HTTPS only (set behind a TLS-terminating proxy).
+    secure_cookies: bool = False
+    #: Whether ``/metrics`` answers without a token (else it needs the ``metrics`` scope).
+    metrics_public: bool = True
+    tokens: tuple[TokenSettings, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +167,7 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
     reports: ReportSettings = field(default_factory=ReportSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     policies: tuple[PolicySettings, ...] = ()
@@ -152,6 +189,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "database": DatabaseSettings,
     "service": ServiceSettings,
     "reports": ReportSettings,
+    "auth": AuthSettings,
     "archive": ArchiveSettings,
     "scheduler": SchedulerSettings,
 }
@@ -276,7 +314,13 @@ def _build(raw: dict[str, Any], source: Path, env_keys: set[str]) -> Settings:
         table = raw.get(name, {})
         if not isinstance(table, dict):
             raise SettingsError(name, "must be a table")
-        sections[name] = _build_section(cls, table, name, env_keys)
+        if cls is AuthSettings:  # [auth.tokens.<name>] tables, like [policy.<name>]
+            rest = {key: value for key, value in table.items() if key != "tokens"}
+            sections[name] = dataclasses.replace(
+                _build_section(cls, rest, name, env_keys),
+                tokens=_build_tokens(table.get("tokens", {}), env_keys))
+        else:
+            sections[name] = _build_section(cls, table, name, env_keys)
     policies_raw = raw.get("policy", {})
     if not isinstance(policies_raw, dict):
         raise SettingsError("policy", "must be a table of [policy.<name>] tables")
@@ -290,6 +334,30 @@ def _build(raw: dict[str, Any], source: Path, env_keys: set[str]) -> Settings:
         policies.append(built)
     settings = Settings(**sections, policies=tuple(policies), source=source)
     return _validate(settings, source.parent)
+
+
+def _build_tokens(raw: Any, env_keys: set[str]) -> tuple[TokenSettings, ...]:
+    """The ``[auth.tokens.<name>]`` tables, each checked: a hash and known scopes."""
+    if not isinstance(raw, dict):
+        raise SettingsError("auth.tokens", "must be a table of [auth.tokens.<name>] tables")
+    tokens = []
+    for name, table in raw.items():
+        prefix = f"auth.tokens.{name}"
+        if not isinstance(table, dict):
+            raise SettingsError(prefix, "must be a table")
+        token = _build_section(TokenSettings, {"name": name, **table}, prefix, env_keys)
+        if not _TOKEN_HASH.match(token.hash):
+            raise SettingsError(f"{prefix}.hash", "must be 'sha256:' and 64 hex digits, as "
+                                "printed by `run_service.py token create`")
+        if not token.scopes:
+            raise SettingsError(f"{prefix}.scopes", f"grants nothing: list some of "
+                                f"{', '.join(TOKEN_SCOPES)}")
+        for scope in token.scopes:
+            if scope not in TOKEN_SCOPES:
+                raise SettingsError(f"{prefix}.scopes", f"{scope!r} is not one of "
+                                    f"{', '.join(TOKEN_SCOPES)}")
+        tokens.append(token)
+    return tuple(tokens)
 
 
 def _build_section(cls: type[Any], table: dict[str, Any], prefix: str, env_keys: set[str]) -> Any:
@@ -467,5 +535,6 @@ def as_flat_dict(settings: Settings) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for name in _SECTIONS:
         for key, value in dataclasses.asdict(getattr(settings, name)).items():
-            flat[f"{name}.{key}"] = value
+            if (name, key) != ("auth", "tokens"):  # tables of their own, like policies
+                flat[f"{name}.{key}"] = value
     return flat
