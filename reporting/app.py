@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from reporting import admin, health, views
+from reporting import admin, health, ui, views
 from reporting.access_log import install_access_log
 from reporting.auth import Tokens
 from reporting.csv_export import ExportLimiter
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     urls: dict[Database, str] = {PRIMARY: database.primary_url, ARCHIVE: database.archive_url}
     for url in urls.values():
         ensure_sqlite_folder(url)
-    app = Flask("reporting")
+    app = Flask("reporting", static_folder=None)  # the UI blueprint serves /static
     app.config.update(
         SECRET_KEY=settings.service.secret_key,
         # The web UI's session: signed (itsdangerous), never readable by scripts, never
@@ -101,6 +101,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(views.blueprint)
     app.register_blueprint(admin.blueprint)
+    app.register_blueprint(ui.blueprint)
+    ui.install_problem_pages(app)
     return app
 
 

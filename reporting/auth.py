@@ -117,6 +117,15 @@ def current_principal() -> Principal | None:
     return found
 
 
+def current_principal_or_none() -> Principal | None:
+    """Like :func:`current_principal`, but None for a bad ``Authorization`` header too (for
+    pages that only show who is signed in, such as an error page)."""
+    try:
+        return current_principal()
+    except ReportError:
+        return None
+
+
 def _authenticate() -> Principal | None:
     configured = tokens()
     if not configured.enabled:

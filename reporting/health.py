@@ -47,8 +47,8 @@ def database_health(database: Database, engine: sa.Engine,
     return report
 
 
-@blueprint.get("/healthz")
 @blueprint.get("/readyz")
+@blueprint.get("/healthz")  # the first rule registered (the lower): url_for gives /healthz
 def healthz() -> tuple[Response, int]:
     """Return 200 when both databases are reachable and migrated, else 503."""
     databases, healthy = current_state().health.get()

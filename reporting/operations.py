@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -91,28 +91,35 @@ BacklogCounter = Callable[[], Mapping[str, Mapping[str, int]]]
 
 
 class BacklogEstimates:
-    """The backlog counts, reused for ``ttl`` seconds: a count of aged rows scans an index
-    (or a table) of PRIMARY, too much to repeat on every scrape and every page view."""
+    """The backlog counts, reused for ``ttl`` seconds while the ledger is unchanged: a count
+    of aged rows scans an index (or a table) of PRIMARY, too much to repeat on every scrape
+    and every page view, but a run that ends (here or in any other process) changes the
+    ledger, and the next reader counts afresh."""
 
     def __init__(self, count: BacklogCounter | None, ttl: float = 60.0) -> None:
         self._count = count
         self._ttl = ttl
         self._lock = threading.Lock()
-        self._counted: tuple[float, Mapping[str, Mapping[str, int]]] | None = None
+        self._counted: tuple[float, Hashable, Mapping[str, Mapping[str, int]]] | None = None
 
-    def get(self) -> Mapping[str, Mapping[str, int]]:
-        """Per policy and table; empty when there is nothing to count or counting failed."""
+    def get(self, ledger_state: Hashable = None) -> Mapping[str, Mapping[str, int]]:
+        """Per policy and table; empty when there is nothing to count or counting failed.
+
+        :param ledger_state: what the ledger says now (its last runs); a change recounts.
+        """
         if self._count is None:
             return {}
         with self._lock:
-            if self._counted is not None and time.monotonic() - self._counted[0] < self._ttl:
-                return self._counted[1]
+            counted = self._counted
+            if counted is not None and counted[1] == ledger_state \
+                    and time.monotonic() - counted[0] < self._ttl:
+                return counted[2]
             try:
                 counts = self._count()
             except sa.exc.SQLAlchemyError as exc:
                 logger.warning("backlog of aged rows not counted: %s", exc)
                 counts = {}
-            self._counted = (time.monotonic(), counts)
+            self._counted = (time.monotonic(), ledger_state, counts)
             return counts
 
 
@@ -162,7 +169,8 @@ def policy_overviews(settings: Settings, archive: sa.Engine,
                 .join(runs, runs.c.id == run_tables.c.run_id)
                 .group_by(runs.c.policy, run_tables.c.table_name)):
             rows[policy][table] = int(deleted)
-    waiting = backlog.get() if backlog is not None else {}
+    ledger_state = tuple(sorted((run.policy, run.id, run.status) for run in last_runs.values()))
+    waiting = backlog.get(ledger_state) if backlog is not None else {}
     return [
         PolicyOverview(
             name=policy.name, table=policy.table, enabled=policy.enabled,

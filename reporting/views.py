@@ -70,10 +70,11 @@ def find_table(name: str) -> Report:
     return tables[name]
 
 
-def build_request(report: Report, *, export: bool = False) -> ReportRequest:
-    """Validate the current request's query string for ``report``."""
+def build_request(report: Report, *, export: bool = False,
+                  args: dict[str, list[str]] | None = None) -> ReportRequest:
+    """Validate the current request's query string (or ``args``) for ``report``."""
     settings = current_state().settings.reports
-    return parse_request(report, request.args.to_dict(flat=False),
+    return parse_request(report, args if args is not None else request.args.to_dict(flat=False),
                          default_limit=settings.default_limit, max_limit=settings.max_limit,
                          export=export)
 
@@ -123,6 +124,18 @@ def page_of(report: Report) -> Response:
     """One JSON page of ``report`` for the current request."""
     authorize(report)
     report_request = build_request(report)
+    page, next_token = fetch_page(report_request)
+    response = jsonify(envelope(report_request, page, next_token))
+    count_served(report.name, "json", len(page.rows), response.content_length or 0)
+    if next_token is not None:
+        args = {k: v for k, v in request.args.items() if k != "cursor"} | {"cursor": next_token}
+        # Relative (RFC 8288 resolves it against the request): right behind any proxy.
+        response.headers["Link"] = f'<{request.path}?{urlencode(args)}>; rel="next"'
+    return response
+
+
+def fetch_page(report_request: ReportRequest) -> tuple[Page, str | None]:
+    """Run one page of a validated request; return it with the signed cursor of the next."""
     secret = current_state().settings.service.secret_key
     cursor = None
     if report_request.cursor is not None:
@@ -131,13 +144,7 @@ def page_of(report: Report) -> Response:
     page = run_page(current_state().report_databases, report_request, cursor)
     next_token = (encode_cursor(report_request, page.next_cursor, secret)
                   if page.next_cursor is not None else None)
-    response = jsonify(envelope(report_request, page, next_token))
-    count_served(report.name, "json", len(page.rows), response.content_length or 0)
-    if next_token is not None:
-        args = {k: v for k, v in request.args.items() if k != "cursor"} | {"cursor": next_token}
-        # Relative (RFC 8288 resolves it against the request): right behind any proxy.
-        response.headers["Link"] = f'<{request.path}?{urlencode(args)}>; rel="next"'
-    return response
+    return page, next_token
 
 
 @blueprint.get("/reports/<name>.csv", **_GET)

@@ -2,8 +2,9 @@
 """Set up and run Sediment from a fresh clone with nothing but Python 3.11.
 
     python3 scripts/dev.py run   [run_service.py arguments]  install, then serve (default)
-    python3 scripts/dev.py test  [pytest arguments]          install, ruff, then the whole suite
-                                                             (default: --full crash loops)
+    python3 scripts/dev.py test  [pytest arguments]          install (and Debian's chromium for
+                                                             the browser tests), ruff, mypy, then
+                                                             the whole suite (default: --full)
     python3 scripts/dev.py bench [--quick]                   install, then every bench/*.py
 
 Creates ``.venv`` beside the repository and installs the project into it (again only when
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -25,6 +27,8 @@ VENV = REPO / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".sediment-installed"
+#: Debian's Chromium, which the browser tests drive (never a browser Playwright downloads).
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def ensure_environment(extras: str) -> None:
@@ -45,6 +49,30 @@ def ensure_environment(extras: str) -> None:
     STAMP.write_text(wanted)
 
 
+def ensure_chromium() -> None:
+    """Install Debian's ``chromium`` package for tests/test_ui_browser.py when it is missing
+    and apt-get may be run (as root, or through password-less sudo). Otherwise say why: the
+    browser tests are then skipped, or fail under ``CI=true``."""
+    if CHROMIUM.exists() or sys.platform != "linux":
+        return
+    apt = shutil.which("apt-get")
+    become = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
+    if apt is None or become is None:
+        print(f"note: {CHROMIUM} is missing and apt-get cannot be run here; install Debian's "
+              "chromium package for the browser tests", flush=True)
+        return
+    print("installing Debian's chromium for the browser tests (first run only)", flush=True)
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [*become, apt, "install", "-y", "-q", "--no-install-recommends", "chromium"]
+    if subprocess.call(install, env=environment, stdout=subprocess.DEVNULL) != 0:
+        subprocess.call([*become, apt, "update", "-q"], env=environment,
+                        stdout=subprocess.DEVNULL)
+        subprocess.call(install, env=environment, stdout=subprocess.DEVNULL)
+    if not CHROMIUM.exists():
+        print(f"note: installing chromium failed; the browser tests need {CHROMIUM}",
+              flush=True)
+
+
 def main(argv: list[str]) -> int:
     command, rest = (argv[0], argv[1:]) if argv else ("run", [])
     if command == "run":
@@ -52,6 +80,7 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(PYTHON), str(REPO / "run_service.py"), *rest], cwd=REPO)
     if command == "test":
         ensure_environment("test")
+        ensure_chromium()
         for check in (["ruff", "check", "."], ["mypy"]):
             code = subprocess.call([str(PYTHON), "-m", *check], cwd=REPO)
             if code != 0:
