@@ -26,6 +26,7 @@ from sediment.core.migrations import upgrade_all
 from sediment.service import check_reports, resolve_policies_of, serve_catalog
 from tests import app_schema
 from tests.app_schema import AppDatabase
+from tests.archiving import run, seed_shop, small_batches
 from tests.support import (
     BACKENDS,
     DatabaseFactory,
@@ -133,3 +134,14 @@ def app_db(databases: DatabaseFactory, tmp_path: Path) -> Iterator[AppDatabase]:
         app_schema.create_app_schema(primary)
         yield AppDatabase(app_schema.backend_of(primary), primary_url, archive_url, primary,
                           archive, tmp_path)
+
+
+@pytest.fixture
+def shop(app: Flask, primary: sa.Engine, archive: sa.Engine) -> Flask:
+    """The test app over the small demo shop, each policy run once (rows in both databases'
+    tables, and two runs in the ledger)."""
+    seed_shop(primary, archive)
+    orders, events = small_batches(app)
+    run(app, primary, archive, orders)
+    run(app, primary, archive, events)
+    return app

@@ -17,7 +17,7 @@ from reporting import execution
 from reporting.app import create_app
 from reporting.reports import REPORTS
 from sediment.core.migrations import upgrade_all
-from tests.archiving import run, seed_shop, small_batches
+from tests.archiving import seed_shop
 from tests.support import (
     DatabaseFactory,
     bulk_events,
@@ -29,15 +29,6 @@ from tests.support import (
 
 TRICKY = ["=1+1", "+cmd", "-2+3", "@SUM(A1)", "\tlead tab", "\rcarriage", "\nnewline",
           'has "quotes"', "comma, inside", "line\nbreak", "plain"]
-
-
-@pytest.fixture
-def shop(app: Flask, primary: sa.Engine, archive: sa.Engine) -> Flask:
-    seed_shop(primary, archive)
-    orders, events = small_batches(app)
-    run(app, primary, archive, orders)
-    run(app, primary, archive, events)
-    return app
 
 
 def read_csv(data: bytes) -> list[dict[str, str]]:

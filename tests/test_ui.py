@@ -18,7 +18,6 @@ from flask.testing import FlaskClient
 
 from reporting.auth import hash_token, new_token
 from sediment.service import build_service
-from tests.archiving import run, seed_shop, small_batches
 from tests.support import make_settings, walk_pages
 
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
@@ -35,15 +34,6 @@ def query_of(href: str) -> dict[str, list[str]]:
 def first_cells(html: str) -> list[str]:
     body = html.split('<tbody>', 1)[1].split('</tbody>', 1)[0]
     return re.findall(r"<tr><td[^>]*>([^<]*)</td>", body)
-
-
-@pytest.fixture
-def shop(app: Flask, primary: sa.Engine, archive: sa.Engine) -> Flask:
-    seed_shop(primary, archive)
-    orders, events = small_batches(app)
-    run(app, primary, archive, orders)
-    run(app, primary, archive, events)
-    return app
 
 
 def test_home_shows_the_databases_and_each_policys_last_and_next_run(
