@@ -11,7 +11,10 @@ In one run, against a real ``run_service.py serve`` on this machine:
 * the same page at the same depth read with ``OFFSET`` (the report's SQL, median of repeats);
 * requests per second for the report's first page and for ``GET /api/v1/`` (no database),
   each from the same closed-loop load generator, in alternating rounds: the median of each
-  side's rounds, so a noisy neighbour on a shared machine slows both alike rather than one.
+  side's rounds, so a noisy neighbour on a shared machine slows both alike rather than one;
+* the same first page against its raw-driver floor (``bench/floor_app.py``: the same SQL in
+  a bare Flask + waitress + psycopg2 app, as many threads), in alternating rounds too:
+  ``report_vs_floor``.
 
 Then the same first and deep pages of a *table endpoint* over an application's own table,
 reflected (``primary_schema = "existing"``): ``ledger_entries``, keyed by ``(account uuid,
@@ -88,7 +91,11 @@ def main() -> int:
             first_ms = latency(port, first_path, repeats)
             deep_ms = latency(port, deep_path, repeats)
             report_rps, trivial_rps = alternating_throughput(
-                port, first_path, "/api/v1/", seconds / rounds, rounds)
+                (port, first_path), (port, "/api/v1/"), seconds / rounds, rounds)
+            with floor(primary_url) as floor_port:
+                floor_path = f"/events?limit={LIMIT}"
+                paired_rps, floor_rps = alternating_throughput(
+                    (port, first_path), (floor_port, floor_path), seconds / rounds, rounds)
     table_first_ms, table_deep_ms = table_endpoint_latency(events, depth, repeats)
     print(f"first page          {first_ms:8.2f} ms (median of {repeats})")
     print(f"page {depth:,} deep  {deep_ms:8.2f} ms (keyset cursor)")
@@ -97,6 +104,9 @@ def main() -> int:
     print(f"report page         {report_rps:8.0f} req/s (median of {rounds} rounds)")
     print(f"trivial endpoint    {trivial_rps:8.0f} req/s  -> report_vs_trivial="
           f"{report_rps / trivial_rps:.2f}")
+    print(f"report page         {paired_rps:8.0f} req/s against the raw-driver floor "
+          f"(bench/floor_app.py) {floor_rps:.0f} req/s -> report_vs_floor="
+          f"{paired_rps / floor_rps:.2f}")
     print(f"table endpoint, reflected composite key: first page {table_first_ms:.2f} ms, "
           f"{depth:,} deep {table_deep_ms:.2f} ms")
     print(f"table_deep_vs_first={table_deep_ms / table_first_ms:.2f}")
@@ -266,14 +276,35 @@ def latency(port: int, path: str, repeats: int) -> float:
     return statistics.median(timings)
 
 
-def alternating_throughput(port: int, path: str, baseline: str, seconds: float,
+def alternating_throughput(ours: tuple[int, str], baseline: tuple[int, str], seconds: float,
                            rounds: int) -> tuple[float, float]:
-    """Median requests per second of ``path`` and of ``baseline`` over alternating rounds."""
-    ours, theirs = [], []
+    """Median requests per second of ``ours`` and of ``baseline`` (each a port and a path)
+    over alternating rounds."""
+    mine, theirs = [], []
     for _ in range(rounds):
-        ours.append(throughput(port, path, seconds))
-        theirs.append(throughput(port, baseline, seconds))
-    return statistics.median(ours), statistics.median(theirs)
+        mine.append(throughput(*ours, seconds))
+        theirs.append(throughput(*baseline, seconds))
+    return statistics.median(mine), statistics.median(theirs)
+
+
+class floor:
+    """``bench/floor_app.py`` over PRIMARY on a free port, stopped at exit."""
+
+    def __init__(self, primary_url: str) -> None:
+        self.dsn = primary_url.replace("postgresql+psycopg2://", "postgresql://")
+
+    def __enter__(self) -> int:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "floor_app.py"), "--dsn", self.dsn,
+             "--port", str(self.port), "--threads", "8"], cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until_up(self.port, path=f"/events?limit={LIMIT}", seconds=30)
+        return self.port
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
 
 
 def throughput(port: int, path: str, seconds: float, clients: int = 4) -> float:

@@ -48,6 +48,8 @@ def install_access_log(app: Flask) -> None:
     def _log(response: Response) -> Response:
         identifier = request_id()
         response.headers[REQUEST_ID_HEADER] = identifier
+        if not logger.isEnabledFor(logging.INFO):
+            return response
         duration_ms = round((time.perf_counter() - started_at()) * 1000, 2)
         logger.info("%s %s %d %.1fms id=%s", request.method, request.path,
                     response.status_code, duration_ms, identifier,

@@ -18,7 +18,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from reporting import admin, health, ui, views
 from reporting.access_log import install_access_log
-from reporting.auth import Tokens
+from reporting.auth import SessionCookies, Tokens
 from reporting.csv_export import ExportLimiter
 from reporting.errors import register_error_handlers
 from reporting.json_provider import OrjsonProvider
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         },
     )
     app.json = OrjsonProvider(app)
+    app.session_interface = SessionCookies()
     db.init_app(app)
     with app.app_context():
         engines = Engines(primary=db.engines[PRIMARY], archive=db.engines[ARCHIVE])

@@ -4,11 +4,21 @@ A cursor carries the last row's sort value and key, and is bound to the report, 
 parameters and filters, the sort and the source: a cursor from another query, or one
 edited by hand, is refused with ``invalid_cursor``. Resuming is a row comparison on an
 index (``(sort, key) > (last_sort, last_key)``), so page 10,000 costs what page 1 costs.
+
+The token is ``base64url(payload).base64url(tag)``: the payload the JSON array
+``[fingerprint, values]``, the tag the first 16 bytes of HMAC-SHA256 over it, under a key
+derived from ``service.secret_key`` and a purpose string (so no other signature of the
+service verifies as a cursor). One HMAC over a compact encoding: a 128-bit tag is beyond
+forging, and a page pays a few microseconds for it instead of a general-purpose serializer.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import hashlib
+import hmac
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -18,13 +28,13 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from itsdangerous import BadSignature, URLSafeSerializer
 
 from reporting.report_error import ReportError
 from reporting.request import ReportRequest
 from sediment.core.instants import parse_instant
 
-_SALT = "sediment.report-cursor.v1"
+_PURPOSE = b"sediment.report-cursor.v2"
+_TAG_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -48,13 +58,50 @@ def fingerprint(request: ReportRequest) -> str:
     return hashlib.sha256(json.dumps(bound, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _serializer(secret: str) -> URLSafeSerializer:
-    return URLSafeSerializer(secret, salt=_SALT)
+@functools.lru_cache(maxsize=8)
+def _signing_key(secret: str) -> bytes:
+    """The cursors' own key, derived from the service's secret."""
+    return hmac.new(secret.encode(), _PURPOSE, hashlib.sha256).digest()
+
+
+def _tag(secret: str, payload: bytes) -> bytes:
+    return hmac.new(_signing_key(secret), payload, hashlib.sha256).digest()[:_TAG_BYTES]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def encode_cursor(request: ReportRequest, cursor: PageCursor, secret: str) -> str:
-    values = [_encoded(value) for value in cursor.values]
-    return str(_serializer(secret).dumps({"q": fingerprint(request), "v": values}))
+    return signed([fingerprint(request), [_encoded(v) for v in cursor.values]], secret)
+
+
+def signed(data: Any, secret: str) -> str:
+    """``data`` as a signed token (a cursor's wire form; :func:`_verified` reads it)."""
+    # The standard library's JSON: integers beyond 64 bits (numeric keys) round-trip exactly.
+    payload = json.dumps(data, separators=(",", ":")).encode()
+    return f"{_b64(payload)}.{_b64(_tag(secret, payload))}"
+
+
+def _verified(token: str, secret: str) -> Any:
+    """The payload of a token this service signed.
+
+    :raises ValueError: for anything else (a bad tag, bad base64, not JSON).
+    """
+    body, dot, tag = token.partition(".")
+    if not dot:
+        raise ValueError(token)
+    try:
+        payload, signature = _unb64(body), _unb64(tag)
+    except (binascii.Error, ValueError):
+        raise ValueError(token) from None
+    if not hmac.compare_digest(signature, _tag(secret, payload)):
+        raise ValueError(token)
+    return json.loads(payload)
 
 
 def _encoded(value: Any) -> Any:
@@ -74,14 +121,15 @@ def decode_cursor(request: ReportRequest, token: str, secret: str,
     :raises ReportError: 400 ``invalid_cursor`` when tampered, foreign or malformed.
     """
     try:
-        payload = _serializer(secret).loads(token)
-    except BadSignature:
+        payload = _verified(token, secret)
+    except ValueError:
         raise ReportError(400, "invalid_cursor", "the cursor is not one this service issued",
                           param="cursor") from None
-    if not isinstance(payload, dict) or payload.get("q") != fingerprint(request):
+    if not isinstance(payload, list) or len(payload) != 2 \
+            or payload[0] != fingerprint(request):
         raise ReportError(400, "invalid_cursor", "the cursor belongs to another report, "
                           "filter, sort or source; start again without it", param="cursor")
-    values = payload.get("v")
+    values = payload[1]
     if not isinstance(values, list) or len(values) != len(types):
         raise ReportError(400, "invalid_cursor", "the cursor is malformed", param="cursor")
     try:

@@ -26,10 +26,13 @@ SECURITY_HEADERS = {
 def install_security_headers(app: Flask) -> None:
     """Add :data:`SECURITY_HEADERS` to every response of ``app`` (errors included)."""
 
+    pairs = list(SECURITY_HEADERS.items())
+
     @app.after_request
     def _secure(response: Response) -> Response:
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
+        # All or none: no view sets any of them (one look-up instead of five).
+        if "Content-Security-Policy" not in response.headers:
+            response.headers.extend(pairs)
         principal = g.get("principal")
         if principal is not None and principal.name != "anonymous":
             # Data read with a token: no shared cache may keep it for the next client.

@@ -52,3 +52,31 @@ def test_a_signed_cursor_with_wrong_values_is_malformed(values: tuple[object, ..
     with pytest.raises(ReportError, match="malformed") as caught:
         decode_cursor(events(), token, SECRET, TYPES)
     assert caught.value.param == "cursor"
+
+
+def test_a_cursor_is_a_compact_token() -> None:
+    token = encode_cursor(events(), PageCursor((WHEN, 41)), SECRET)
+    assert len(token) < 120 and token.count(".") == 1
+
+
+@pytest.mark.parametrize("damage", [
+    lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),     # the tag
+    lambda t: ("A" if t[0] != "A" else "B") + t[1:],       # the payload
+    lambda t: t.replace(".", ""),                          # no separator
+    lambda t: t + "!",                                     # not base64
+    lambda t: "",
+    lambda t: "." + t.split(".")[1],                        # a tag over nothing
+])
+def test_a_tampered_or_garbled_cursor_is_refused(damage) -> None:  # type: ignore[no-untyped-def]
+    token = encode_cursor(events(), PageCursor((WHEN, 41)), SECRET)
+    with pytest.raises(ReportError) as caught:
+        decode_cursor(events(), damage(token), SECRET, TYPES)
+    assert (caught.value.status, caught.value.code) == (400, "invalid_cursor")
+
+
+def test_a_key_beyond_64_bits_round_trips_exactly() -> None:
+    request = events(sort="id")
+    huge = 2**70 + 1
+    token = encode_cursor(request, PageCursor((huge, huge)), SECRET)
+    assert decode_cursor(request, token, SECRET, ["integer", "integer"]) == \
+        PageCursor((huge, huge))

@@ -203,14 +203,14 @@ def test_a_signed_cursor_with_values_of_the_wrong_type_is_a_400(
 ) -> None:
     """The signature only proves the service issued it under this key: the values inside
     are checked against the declared types before they reach a query."""
-    from reporting.pagination import _serializer, fingerprint
+    from reporting.pagination import fingerprint, signed
     from reporting.request import parse_request
 
     settings = state_of(app).settings.reports
     request = parse_request(REPORTS[report], {}, default_limit=settings.default_limit,
                             max_limit=settings.max_limit)
     values = values[:1] + values[1:] * len(request.key)
-    token = _serializer(app.config["SECRET_KEY"]).dumps({"q": fingerprint(request), "v": values})
+    token = signed([fingerprint(request), values], app.config["SECRET_KEY"])
     response = client.get(f"/api/v1/reports/{report}", query_string={"cursor": token})
     assert response.status_code == 400, response.get_data(as_text=True)
     assert (response.get_json()["code"], response.get_json()["param"]) == \
