@@ -26,18 +26,18 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from alembic.operations import Operations, ops
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql.base import PGInspector
 
 from archive.reflection import CatalogType
 from sediment.core.schema.archive import ARCHIVE_RUN_ID, ARCHIVED_AT, ArchiveSchemaChange
 from sediment.core.schema.types import UTCDateTime
+
+if TYPE_CHECKING:  # Alembic (11 MB) loads only where twins are planned or changed
+    from alembic.operations import Operations, ops
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +157,8 @@ def twin_type(column_type: sa.types.TypeEngine[Any], same_engine: bool
 def plan_twins(archive: sa.Engine, twins: Sequence[sa.Table]) -> TwinPlan:
     """Compare the declared twins with ARCHIVE (Alembic's ``compare_metadata``) and sort
     the differences into changes and conflicts (see the module docstring)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
     if not twins:
         return TwinPlan()
     metadata = sa.MetaData()  # exactly these twins: Alembic compares a whole MetaData
@@ -196,6 +198,7 @@ def _missing_enum_labels(connection: sa.Connection, twins: Sequence[sa.Table]
                          ) -> list[TwinChange]:
     """Labels PRIMARY's enum types gained that ARCHIVE's copies lack (Alembic's comparison
     does not look at labels): each is added, so that rows holding it can be copied."""
+    from alembic.operations import ops
     inspector = sa.inspect(connection)
     assert isinstance(inspector, PGInspector)
     default = inspector.default_schema_name
@@ -243,6 +246,7 @@ def _classify(diff: tuple[Any, ...], twins: Mapping[tuple[str | None, str], sa.T
               existing: Mapping[tuple[str | None, str], Mapping[str, Mapping[str, Any]]],
               changes: list[TwinChange], conflicts: list[TypeConflict],
               dialect: sa.Dialect) -> None:
+    from alembic.operations import ops
     kind = diff[0]
     if kind == "add_table":
         table: sa.Table = diff[1]
@@ -307,6 +311,7 @@ def _catalog_named(archive_type: sa.types.TypeEngine[Any],
 
 def _nullable(schema: str | None, table: str, column: str,
               column_type: sa.types.TypeEngine[Any], why: str) -> TwinChange:
+    from alembic.operations import ops
     return TwinChange(_label(schema, table), "alter_column", (column,),
                       f"make {column} nullable ({why})",
                       ops.AlterColumnOp(table, column, schema=schema, modify_nullable=True,
@@ -360,6 +365,8 @@ def apply_plan(archive: sa.Engine, plan: TwinPlan, twins: Sequence[sa.Table]) ->
     Schemas and enum types the twins need are created first (PostgreSQL). Call only with
     a plan without conflicts.
     """
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
     assert not plan.conflicts, "a plan with conflicts is never applied"
     if not plan.changes:
         return
@@ -378,6 +385,7 @@ def apply_plan(archive: sa.Engine, plan: TwinPlan, twins: Sequence[sa.Table]) ->
 
 
 def _apply(operations: Operations, connection: sa.Connection, change: TwinChange) -> None:
+    from alembic.operations import ops
     operation = change.operation
     if isinstance(operation, ops.AlterColumnOp) and connection.dialect.name == "sqlite":
         if operation.modify_type is not None:

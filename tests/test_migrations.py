@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 
+import pytest
 from alembic import command
+from flask import Flask
 
 from reporting.app import create_app
 from sediment.core.migrations import (
@@ -55,3 +57,40 @@ def test_plain_alembic_command_migrates_the_configured_database(
     said = (unnamed.stdout + unnamed.stderr).strip()  # Alembic prints FAILED to stdout
     assert said == ("FAILED: alembic section 'alembic' names no database: "
                     "run 'alembic -n primary ...' or 'alembic -n archive ...'")
+
+
+@pytest.mark.parametrize("database", ["primary", "archive"])
+def test_the_head_read_from_the_scripts_is_alembics(database: str) -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from sediment.core.migrations import MIGRATIONS_ROOT, head_revision
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_ROOT / database))
+    assert head_revision(database) == ScriptDirectory.from_config(config).get_current_head()
+    assert head_revision(database) is not None
+
+
+def test_serving_databases_at_their_head_never_loads_alembic(urls: tuple[str, str],
+                                                           migrated_app: Flask) -> None:
+    """Alembic is 11 MB resident: a restart of a migrated service must not load it."""
+    script = (
+        "import sys\n"
+        "from sediment.core.settings import load_settings\n"
+        "from sediment.service import build_service\n"
+        "from sediment.core.migrations import ensure_complete, upgrade_all\n"
+        "from tests.support import make_settings\n"
+        f"service = build_service(make_settings({urls[0]!r}, {urls[1]!r}))\n"
+        "upgrade_all(service.engines)\n"
+        "ensure_complete(service.engines)\n"
+        "client = service.app.test_client()\n"
+        "assert client.get('/healthz').status_code == 200\n"
+        "assert client.get('/api/v1/reports/orders').status_code == 200\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako'))\n"
+        "print(loaded)\n"
+        "sys.exit(1 if loaded else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -5,20 +5,23 @@ migration can never upgrade a different SQLite file than the one the service rea
 plain ``alembic`` command works too (``alembic -n primary upgrade head``, with
 ``alembic.ini`` at the repository root): ``env.py`` then builds the engine from the same
 settings (``settings.toml`` and ``SEDIMENT_*``) the service loads.
+
+Alembic itself (11 MB resident, with every dialect it imports) loads only when a database
+is behind its head: reading a database's revision and the head of its history, which
+``serve`` does at every start and ``/healthz`` on every probe, is plain SQL and a read of
+the revision files.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import logging
 import logging.config
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command, op
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 
 from sediment.core.databases import (
     DATABASES,
@@ -30,6 +33,9 @@ from sediment.core.databases import (
 )
 from sediment.core.schema import PrimarySchema, metadata_of
 from sediment.core.settings import PROJECT_ROOT, load_settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +49,8 @@ _MIGRATION_LOCK_KEY = 0x5EDD_0001
 def alembic_config(database: Database, engine: sa.Engine,
                    primary_schema: PrimarySchema = "demo") -> Config:
     """Build the Alembic config that migrates ``database`` through ``engine``."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_ROOT / database))
     config.attributes["engine"] = engine
@@ -57,6 +65,8 @@ def demo_twins() -> bool:
     Beside an existing application's PRIMARY it does not: its twins are made from that
     application's tables, which may well be called ``orders`` or ``events`` too.
     """
+    from alembic import op
+
     config = op.get_context().config
     return config is None or config.attributes.get("primary_schema", "demo") == "demo"
 
@@ -70,8 +80,14 @@ def migrated_databases(engines: Engines, primary_schema: PrimarySchema
 
 def upgrade_all(engines: Engines, revision: str = "head",
                 primary_schema: PrimarySchema = "demo") -> None:
-    """Upgrade both databases (ARCHIVE alone beside an existing PRIMARY) to ``revision``."""
+    """Upgrade both databases (ARCHIVE alone beside an existing PRIMARY) to ``revision``;
+    a database already at the head is left alone without loading Alembic."""
     for database, engine in migrated_databases(engines, primary_schema):
+        if revision == "head" and current_revision(engine) == head_revision(database):
+            logger.debug("%s database is at its head, %s", database, head_revision(database))
+            continue
+        from alembic import command
+
         logger.info("migrating %s database to %s", database, revision)
         command.upgrade(alembic_config(database, engine, primary_schema), revision)
 
@@ -112,17 +128,45 @@ def ensure_complete(engines: Engines, *, repair: bool = False,
 def downgrade_all(engines: Engines, revision: str = "base",
                   primary_schema: PrimarySchema = "demo") -> None:
     """Downgrade both databases (ARCHIVE alone beside an existing PRIMARY) to ``revision``."""
+    from alembic import command
+
     for database, engine in migrated_databases(engines, primary_schema):
         command.downgrade(alembic_config(database, engine, primary_schema), revision)
 
 
 @functools.cache
 def head_revision(database: Database) -> str | None:
-    """Return the newest revision of a database's history (read from the scripts once:
-    they do not change while the process runs, and ``/healthz`` asks on every probe)."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_ROOT / database))
-    return ScriptDirectory.from_config(config).get_current_head()
+    """Return the newest revision of a database's history, or None if it has several heads
+    (read from the scripts once: they do not change while the process runs).
+
+    Each script's ``revision`` and ``down_revision`` assignments are read with :mod:`ast`,
+    as Alembic reads them, without importing Alembic or the scripts: the head is the one
+    revision no other script names as its ``down_revision``.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in sorted((MIGRATIONS_ROOT / database / "versions").glob("*.py")):
+        found = _assignments(script, ("revision", "down_revision"))
+        if isinstance(found.get("revision"), str):
+            revisions.add(found["revision"])
+        down = found.get("down_revision")
+        parents.update(down if isinstance(down, tuple | list) else [down] if down else [])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _assignments(script: Path, names: tuple[str, ...]) -> dict[str, Any]:
+    """The literal values a module assigns to ``names`` at its top level."""
+    values: dict[str, Any] = {}
+    for node in ast.parse(script.read_text(encoding="utf-8")).body:
+        target, value = None, None
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        if isinstance(target, ast.Name) and target.id in names and value is not None:
+            values[target.id] = ast.literal_eval(value)
+    return values
 
 
 def current_revision(engine: sa.Engine) -> str | None:
@@ -183,6 +227,8 @@ def _engine_from_settings(config: Any) -> tuple[sa.Engine, sa.MetaData]:
     """The engine of the plain ``alembic`` command: the database its section names (``-n
     primary`` or ``-n archive``), at the URL the service's settings give it."""
     database = config.config_ini_section
+    from alembic.util import CommandError
+
     if database not in DATABASES:
         # Alembic's CLI prints a CommandError as one line ("FAILED: ..."), no traceback.
         raise CommandError(f"alembic section {database!r} names no database: run "
