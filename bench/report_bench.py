@@ -14,7 +14,10 @@ In one run, against a real ``run_service.py serve`` on this machine:
   side's rounds, so a noisy neighbour on a shared machine slows both alike rather than one;
 * the same first page against its raw-driver floor (``bench/floor_app.py``: the same SQL in
   a bare Flask + waitress + psycopg2 app, as many threads), in alternating rounds too:
-  ``report_vs_floor``.
+  ``report_vs_floor``;
+* the WSGI server's share: the same page from ``serve --workers 2`` (gunicorn, two
+  processes of 8 threads) against ``serve`` (waitress, one process of 8 threads), in
+  alternating rounds (``gunicorn_vs_waitress``).
 
 Then the same first and deep pages of a *table endpoint* over an application's own table,
 reflected (``primary_schema = "existing"``): ``ledger_entries``, keyed by ``(account uuid,
@@ -96,6 +99,9 @@ def main() -> int:
                 floor_path = f"/events?limit={LIMIT}"
                 paired_rps, floor_rps = alternating_throughput(
                     (port, first_path), (floor_port, floor_path), seconds / rounds, rounds)
+            with serve(environ, workers=2) as gunicorn_port:
+                gunicorn_rps, waitress_rps = alternating_throughput(
+                    (gunicorn_port, first_path), (port, first_path), seconds / rounds, rounds)
     table_first_ms, table_deep_ms = table_endpoint_latency(events, depth, repeats)
     print(f"first page          {first_ms:8.2f} ms (median of {repeats})")
     print(f"page {depth:,} deep  {deep_ms:8.2f} ms (keyset cursor)")
@@ -107,6 +113,9 @@ def main() -> int:
     print(f"report page         {paired_rps:8.0f} req/s against the raw-driver floor "
           f"(bench/floor_app.py) {floor_rps:.0f} req/s -> report_vs_floor="
           f"{paired_rps / floor_rps:.2f}")
+    print(f"report page, gunicorn 2 processes {gunicorn_rps:.0f} req/s against waitress 1 "
+          f"process {waitress_rps:.0f} req/s -> gunicorn_vs_waitress="
+          f"{gunicorn_rps / waitress_rps:.2f}")
     print(f"table endpoint, reflected composite key: first page {table_first_ms:.2f} ms, "
           f"{depth:,} deep {table_deep_ms:.2f} ms")
     print(f"table_deep_vs_first={table_deep_ms / table_first_ms:.2f}")
@@ -223,15 +232,18 @@ def offset_latency(primary: sa.Engine, depth: int, repeats: int) -> float:
 class serve:
     """``run_service.py serve`` on a free port, stopped at exit."""
 
-    def __init__(self, environ: dict[str, str], settings: Path | None = None) -> None:
+    def __init__(self, environ: dict[str, str], settings: Path | None = None,
+                 workers: int = 1) -> None:
         self.environ = environ
         self.settings = ["--settings", str(settings)] if settings else []
+        self.workers = workers
 
     def __enter__(self) -> int:
         self.port = free_port()
         self.process = subprocess.Popen(
             [sys.executable, str(REPO / "run_service.py"), *self.settings, "serve", "--port",
-             str(self.port), "--no-scheduler"], env={**os.environ, **self.environ}, cwd=REPO,
+             str(self.port), "--no-scheduler", "--workers", str(self.workers)],
+            env={**os.environ, **self.environ}, cwd=REPO,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until_up(self.port, seconds=60)
         return self.port

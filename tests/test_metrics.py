@@ -89,3 +89,11 @@ def test_requests_rows_and_downloads_are_counted(served: FlaskClient, app: Flask
     assert after[latency] - before.get(latency, 0) == 2
     assert ("sediment_db_pool_checked_out", (("database", "primary"),
                                              ("pool", "reports"))) in after
+
+
+def test_a_made_up_method_is_counted_as_other(served: FlaskClient) -> None:
+    assert served.open("/livez", method="BREW").status_code == 405
+    samples = scrape(served)
+    assert not any(dict(labels).get("method") == "BREW" for _, labels in samples)
+    assert samples[("sediment_http_requests_total", (("method", "other"),
+                                                     ("route", "<unmatched>"), ("status", "405")))]
