@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from flask import Flask, g, request, session
+from flask import Flask, request, session
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
 
@@ -37,6 +37,7 @@ _SESSION_TOKEN = "token"
 _SESSION_SINCE = "since"
 _SESSION_CSRF = "csrf"
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
+_PRINCIPAL = "sediment.principal"
 
 
 def new_token() -> str:
@@ -111,11 +112,19 @@ def current_principal() -> Principal | None:
     :raises ReportError: 401 when the ``Authorization`` header is malformed or its token
         unknown (a wrong token is never silently ignored in favour of a cookie).
     """
-    if "principal" in g:
-        principal: Principal | None = g.principal
+    # In the request's environ, not ``g``: ``g`` outlives the request when an application
+    # context was already pushed (a test, a command), and a principal must never leak.
+    if _PRINCIPAL in request.environ:
+        principal: Principal | None = request.environ[_PRINCIPAL]
         return principal
     found = _authenticate()
-    g.principal = found
+    request.environ[_PRINCIPAL] = found
+    return found
+
+
+def known_principal() -> Principal | None:
+    """The principal this request was found to act as, if it has been asked yet."""
+    found: Principal | None = request.environ.get(_PRINCIPAL)
     return found
 
 
@@ -202,7 +211,7 @@ def sign_in(presented: str) -> Principal | None:
     session[_SESSION_TOKEN] = hash_token(presented.strip())
     session[_SESSION_SINCE] = int(time.time())
     session[_SESSION_CSRF] = secrets.token_urlsafe(24)
-    g.principal = principal
+    request.environ[_PRINCIPAL] = principal
     return principal
 
 

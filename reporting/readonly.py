@@ -31,8 +31,11 @@ def create_readonly_engine(url: str, *, statement_timeout_ms: int, pool_size: in
                    f"-c statement_timeout={statement_timeout_ms} -c timezone=UTC -c jit=off")
         # No hstore in any report: skipping psycopg2's catalog lookup for it keeps a first
         # connection's set-up inside even a very short statement_timeout.
+        # Autocommit leaves no transaction to roll back when a connection returns to the
+        # pool: skipping the reset saves a measurable share of a page's time.
         return sa.create_engine(parsed, isolation_level="AUTOCOMMIT", pool_size=pool_size,
                                 pool_recycle=900, use_native_hstore=False,
+                                pool_reset_on_return=None,
                                 connect_args={"options": options,
                                               "application_name": "sediment-reports"})
     path = Path(parsed.database or "").resolve()

@@ -7,7 +7,9 @@ posting back here only. Responses that needed a credential are not cached by any
 
 from __future__ import annotations
 
-from flask import Flask, Response, g
+from flask import Flask, Response
+
+from reporting.auth import known_principal
 
 #: Content Security Policy: no ``unsafe-inline`` anywhere, no third-party origin.
 CONTENT_SECURITY_POLICY = (
@@ -33,7 +35,7 @@ def install_security_headers(app: Flask) -> None:
         # All or none: no view sets any of them (one look-up instead of five).
         if "Content-Security-Policy" not in response.headers:
             response.headers.extend(pairs)
-        principal = g.get("principal")
+        principal = known_principal()
         if principal is not None and principal.name != "anonymous":
             # Data read with a token: no shared cache may keep it for the next client.
             response.headers.setdefault("Cache-Control", "private, no-store")
