@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import secrets
 from typing import Any
 
 from reporting.auth import hash_token, new_token
@@ -30,13 +31,15 @@ def add_commands(commands: Any) -> None:
         "create", help="make a token and print it once, with its settings table",
         description="Print a new random token (shown once: Sediment keeps only its hash) "
         "and the [auth.tokens.NAME] table, or environment variables, that admit it.")
-    create.add_argument("--name", required=True, type=_token_name,
-                        help="what the token is for, e.g. dashboards (lower case, digits, _)")
-    create.add_argument("--scopes", required=True, type=_scopes,
-                        help=f"comma-separated, from: {', '.join(TOKEN_SCOPES)}")
-    create.add_argument("--reports", type=_names, default=(),
-                        help="comma-separated reports and tables the token may read "
-                        "(default: all)")
+    create.add_argument("--scopes", required=True, type=_scopes, nargs="+",
+                        metavar="SCOPE", help=f"what it may do, comma- or space-separated, "
+                        f"from: {', '.join(TOKEN_SCOPES)}")
+    create.add_argument("--name", type=_token_name, default=None,
+                        help="what the token is for, e.g. dashboards (lower case, digits, _; "
+                        "default: token_ and 6 random hex digits)")
+    create.add_argument("--reports", type=_names, nargs="+", default=[], metavar="REPORT",
+                        help="reports and tables the token may read, comma- or "
+                        "space-separated (default: all)")
     create.set_defaults(handler=cmd_token_create)
     listing = sub.add_parser("list", help="show the configured tokens (never a secret)",
                              description="Show each configured token's name, scopes and "
@@ -65,24 +68,26 @@ def _scopes(text: str) -> tuple[str, ...]:
         if scope not in TOKEN_SCOPES:
             raise argparse.ArgumentTypeError(
                 f"{scope!r} is not a scope: use {', '.join(TOKEN_SCOPES)}")
-    return tuple(dict.fromkeys(scopes))
+    return scopes
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
     token = new_token()
     digest = hash_token(token)
-    table = {"hash": digest, "scopes": list(args.scopes),
-             **({"reports": list(args.reports)} if args.reports else {})}
-    print(f"New token {args.name!r} (shown once; store it in a secret manager):\n\n"
+    name = args.name or f"token_{secrets.token_hex(3)}"
+    scopes = list(dict.fromkeys(scope for group in args.scopes for scope in group))
+    reports = list(dict.fromkeys(report for group in args.reports for report in group))
+    table = {"hash": digest, "scopes": scopes, **({"reports": reports} if reports else {})}
+    print(f"New token {name!r} (shown once; store it in a secret manager):\n\n"
           f"    {token}\n")
     print("Admit it with this table in settings.toml (and auth.enabled = true):\n")
-    print(f"[auth.tokens.{args.name}]")
+    print(f"[auth.tokens.{name}]")
     for key, value in table.items():
         print(f"{key} = {json.dumps(value)}")
     print("\nor with these environment variables:\n")
     for key, value in table.items():
         shown = value if isinstance(value, str) else json.dumps(value)
-        print(f"SEDIMENT_AUTH__TOKENS__{args.name.upper()}__{key.upper()}='{shown}'")
+        print(f"SEDIMENT_AUTH__TOKENS__{name.upper()}__{key.upper()}='{shown}'")
     return EXIT_OK
 
 

@@ -253,3 +253,16 @@ def test_the_token_settings_round_trip_through_the_environment(
     assert {t.name for t in settings.auth.tokens} == set(GRANTS)
     assert json.loads(issued[1]["SEDIMENT_AUTH__TOKENS__OPERATOR__SCOPES"]) == [
         "archive", "reports"]
+
+
+@pytest.mark.parametrize("scopes", [["reports,csv"], ["reports", "csv"]])
+def test_token_create_needs_only_scopes(tmp_path: Path, scopes: list[str]) -> None:
+    """``token create --scopes ...`` alone, comma- or space-separated: a name is made up."""
+    result = run_cli("token", "create", "--scopes", *scopes)
+    assert result.returncode == 0, result.stderr
+    token = re.search(r"^    (sediment_\S+)$", result.stdout, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    variables = dict(re.findall(r"^(SEDIMENT_AUTH__\S+?)='(.*)'$", result.stdout, re.MULTILINE))
+    settings = load_settings(REPO / "settings.toml", environ=variables)
+    (configured,) = settings.auth.tokens
+    assert configured.name.startswith("token_") and configured.scopes == ("reports", "csv")
+    assert configured.hash == hash_token(token)
