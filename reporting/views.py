@@ -56,8 +56,10 @@ def listed(principal: Principal, report: Report) -> bool:
 def find_report(name: str) -> Report:
     reports = current_state().reports
     if name not in reports:
+        # Only the names this caller may read: an allow-list hides the others' names too.
+        known = [report.name for report in visible(reports.values())]
         raise ReportError(404, "unknown_report", f"there is no report {name!r}; "
-                          f"GET /api/v1/reports lists them: {', '.join(reports) or 'none'}")
+                          f"GET /api/v1/reports lists them: {', '.join(known) or 'none'}")
     return reports[name]
 
 

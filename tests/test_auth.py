@@ -266,3 +266,11 @@ def test_token_create_needs_only_scopes(tmp_path: Path, scopes: list[str]) -> No
     (configured,) = settings.auth.tokens
     assert configured.name.startswith("token_") and configured.scopes == ("reports", "csv")
     assert configured.hash == hash_token(token)
+
+
+def test_an_unknown_report_names_only_those_the_token_may_read(
+        secured: FlaskClient, issued: tuple[dict[str, str], dict[str, str]]) -> None:
+    response = secured.get("/api/v1/reports/nothing", headers=bearer(issued, "orders_only"))
+    assert response.status_code == 404
+    detail = response.get_json()["detail"]
+    assert "orders" in detail and "events" not in detail and "archive-runs" not in detail

@@ -273,6 +273,7 @@ def test_the_catalog_and_an_error_page(page, site: Site, request: pytest.Fixture
     shoot(page, "catalog")
     page.click('a[href="/tables/events"]')
     assert page.locator("table.rows").count() == 1
+    shoot(page, "table-events")
     request.node.expected_console = ("404",)  # the error page's own status
     page.goto(site.url("/reports/no-such-report"))
     assert page.locator("h1").inner_text().startswith("404")
