@@ -44,6 +44,7 @@ from reporting.report_databases import ReportDatabases, apply_lookups, databases
 from reporting.report_error import ReportError
 from reporting.reports.base import RowReport
 from reporting.request import ReportRequest
+from reporting.sqlite_csv import sqlite_statement, stream_sqlite_csv
 from reporting.statements import order_terms, source_query
 from sediment.core.pgcopy import raw_cursor, render
 
@@ -123,9 +124,46 @@ def uses_copy(databases: ReportDatabases, request: ReportRequest) -> bool:
 
 def stream_csv(databases: ReportDatabases, request: ReportRequest) -> Iterator[bytes]:
     """The CSV bytes of every row of ``request``, header first, in ~64 KiB chunks."""
+    escape = request.escape_formulas
     if uses_copy(databases, request):
-        return _copy_stream(databases, request, escape=request.escape_formulas)
-    return _chunked_stream(databases, request, escape=request.escape_formulas)
+        return _copy_stream(databases, request, escape=escape)
+    direct = _sqlite_stream(databases, request, escape=escape)
+    if direct is not None:
+        return direct
+    return _chunked_stream(databases, request, escape=escape)
+
+
+def _sqlite_stream(databases: ReportDatabases, request: ReportRequest, *,
+                   escape: bool) -> Iterator[bytes] | None:
+    """The download through :mod:`reporting.sqlite_csv`, when it can serve it: one SQLite
+    database, every lookup joined in its SQL, every column ready as ``sqlite3`` returns it
+    (or a timestamp)."""
+    report = request.report
+    if not isinstance(report, RowReport) or request.source == "all":
+        return None
+    engine = databases.engines[request.source]
+    tables = databases.tables[request.source]
+    if engine.dialect.name != "sqlite" or not all(
+            lookup.table in tables.tables for lookup in report.lookups):
+        return None
+    query = source_query(databases, request, report, request.source)
+    inner = query.filtered.subquery("rows")
+    columns = _columns(request)
+    prepared = sqlite_statement(inner, columns,
+                                order_terms(request, [inner.c[c] for c in request.order]),
+                                engine.dialect, escape=escape)
+    if prepared is None:
+        return None
+    values = query.values(request.filters)
+
+    def rows() -> Iterator[bytes]:
+        with engine.connect() as connection:
+            yield from stream_sqlite_csv(
+                connection, prepared, values, header=columns, cell=_cell,
+                formula_starts=frozenset(FORMULA_PREFIXES) if escape else None,
+                chunk_bytes=CHUNK_BYTES)
+
+    return rows()
 
 
 def _columns(request: ReportRequest) -> list[str]:

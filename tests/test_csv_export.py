@@ -246,3 +246,37 @@ def test_cli_writes_the_same_csv(databases: DatabaseFactory, tmp_path: Any) -> N
     assert target.read_bytes() == body
     bad = run_cli("report", "orders", "--param", "status=lost", "--csv", str(target), env=env)
     assert bad.returncode == 2 and "status" in bad.stderr and "\n" not in bad.stderr.strip()
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("formula", ["escape", "raw"])
+@pytest.mark.parametrize("stored", [
+    "2026-03-04 05:06:07.123456",        # as SQLAlchemy writes it
+    "2026-03-04 05:06:07",               # as SQLite's datetime() writes it
+    "2026-03-04 05:06:07+00:00",         # as sqlite3's default adapter writes an aware one
+    "2026-03-04 05:06:07.123456+00:00",
+    "2026-03-04T05:06:07",               # any other form: formatted in Python instead
+])
+def test_sqlite_downloads_formatted_by_sqlite_equal_the_general_path(
+        app: Flask, primary: sa.Engine, stored: str, formula: str) -> None:
+    """The SQLite fast path (reporting.sqlite_csv) writes the bytes the general path
+    writes, whatever form a timestamp is stored in, formulas escaped or not."""
+    from reporting import csv_export
+    from reporting.request import parse_request
+    from reporting.state import state_of
+
+    add_tricky_rows(primary)
+    with primary.begin() as connection:
+        connection.execute(sa.text("UPDATE events SET occurred_at = :stored WHERE id % 2 = 0"),
+                           {"stored": stored})
+    databases = state_of(app).report_databases
+    request = parse_request(REPORTS["events"], {"source": ["primary"], "formula": [formula],
+                                                "sort": ["id"]},
+                            default_limit=10, max_limit=1000, export=True)
+    assert csv_export._sqlite_stream(databases, request, escape=request.escape_formulas) \
+        is not None
+    fast = b"".join(csv_export.stream_csv(databases, request))
+    general = b"".join(csv_export._chunked_stream(databases, request,
+                                                  escape=request.escape_formulas))
+    assert fast == general
+    assert fast.count(b"\r\n") > len(TRICKY)
