@@ -130,7 +130,7 @@ def metrics() -> Response:
         require("metrics")
     registry = CollectorRegistry()
     registry.register(_Joined(_process_collector(), StateCollector(state)))
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
 def _process_collector() -> Collector:
