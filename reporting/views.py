@@ -36,21 +36,29 @@ def _signed_in() -> None:
     require_signed_in()
 
 
+def required_scopes(report: Report, *, export: bool = False) -> tuple[str, ...]:
+    """The scopes reading ``report`` needs: its own (``archive`` for the ledger), and ``csv``
+    instead of ``reports`` for a download."""
+    if not export:
+        return (report.scope,)
+    return ("csv",) if report.scope == "reports" else ("csv", report.scope)
+
+
 def authorize(report: Report, *, export: bool = False) -> None:
     """Check the caller may read ``report``: its scope, and ``csv`` for a download."""
-    if export:
-        require("csv", report.name)
-    if report.scope != "reports" or not export:
-        require(report.scope, report.name)
+    for scope in required_scopes(report, export=export):
+        require(scope, report.name)
+
+
+def may_read(principal: Principal, report: Report, *, export: bool = False) -> bool:
+    """Whether ``principal`` may read ``report`` (as pages, or as a download)."""
+    return principal.may_read(report.name) and set(
+        required_scopes(report, export=export)) <= principal.scopes
 
 
 def listed(principal: Principal, report: Report) -> bool:
     """Whether a catalog shows ``report`` to ``principal``: one it may read somehow."""
-    if not principal.may_read(report.name):
-        return False
-    if report.scope != "reports":
-        return report.scope in principal.scopes
-    return bool({"reports", "csv"} & principal.scopes)
+    return may_read(principal, report) or may_read(principal, report, export=True)
 
 
 def find_report(name: str) -> Report:

@@ -138,6 +138,7 @@ def test_errors_on_pages_are_pages_and_the_api_keeps_problem_json(
 
 TOKEN = new_token()
 OTHER = new_token()
+DOWNLOADER = new_token()
 
 
 @pytest.fixture
@@ -146,7 +147,9 @@ def signed(urls: tuple[str, str], app: Flask) -> Iterator[FlaskClient]:
                              SEDIMENT_AUTH__TOKENS__OPS__HASH=hash_token(TOKEN),
                              SEDIMENT_AUTH__TOKENS__OPS__SCOPES='["reports", "csv", "archive"]',
                              SEDIMENT_AUTH__TOKENS__READER__HASH=hash_token(OTHER),
-                             SEDIMENT_AUTH__TOKENS__READER__SCOPES='["reports"]')
+                             SEDIMENT_AUTH__TOKENS__READER__SCOPES='["reports"]',
+                             SEDIMENT_AUTH__TOKENS__DOWNLOADER__HASH=hash_token(DOWNLOADER),
+                             SEDIMENT_AUTH__TOKENS__DOWNLOADER__SCOPES='["csv"]')
     service = build_service(settings)
     try:
         yield service.app.test_client()
@@ -224,3 +227,17 @@ def test_sign_in_never_redirects_off_the_site(signed: FlaskClient, target: str) 
     response = signed.post("/sign-in", data={"csrf": csrf_of(form), "token": TOKEN,
                                              "next": target})
     assert response.headers["Location"] == "/"
+
+
+def test_the_catalog_links_what_the_token_may_open(signed: FlaskClient) -> None:
+    """A csv-only token gets download links and no page links (a page would be a 403);
+    a reports-only token the reverse."""
+    sign_in(signed, DOWNLOADER)
+    catalog = signed.get("/reports", headers=HTML).get_data(as_text=True)
+    assert 'href="/api/v1/reports/orders.csv"' in catalog
+    assert 'href="/reports/orders"' not in catalog
+    assert signed.get("/api/v1/reports/orders.csv").status_code == 200
+    sign_in(signed, OTHER)
+    catalog = signed.get("/reports", headers=HTML).get_data(as_text=True)
+    assert 'href="/reports/orders"' in catalog
+    assert 'href="/api/v1/reports/orders.csv"' not in catalog

@@ -26,7 +26,15 @@ from reporting.ui.query import (
     link,
     without,
 )
-from reporting.views import authorize, build_request, fetch_page, find_report, find_table, listed
+from reporting.views import (
+    authorize,
+    build_request,
+    fetch_page,
+    find_report,
+    find_table,
+    listed,
+    may_read,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +115,9 @@ def catalog() -> str:
     return render_template(
         "ui/catalog.html",
         reports=[r for r in state.reports.values() if listed(principal, r)],
-        tables=[t for t in state.tables.values() if listed(principal, t)])
+        tables=[t for t in state.tables.values() if listed(principal, t)],
+        pages=lambda report: may_read(principal, report),
+        downloads=lambda report: may_read(principal, report, export=True))
 
 
 @blueprint.get("/reports/<name>")
