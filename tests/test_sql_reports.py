@@ -223,6 +223,7 @@ def _status(url: str) -> int:
         with urllib.request.urlopen(url, timeout=5) as response:
             return int(response.status)
     except urllib.error.HTTPError as error:
+        error.close()  # its response's socket: a ResourceWarning once collected
         return int(error.code)
     except OSError:
         return 0

@@ -153,6 +153,7 @@ def test_signing_in_without_a_token_stays_out(browser, site: Site) -> None:  # t
     assert "not valid" in tab.locator("p.error").inner_text()
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(site.url("/api/v1/reports/orders"), timeout=10)
+    refused.value.close()  # its response's socket: a ResourceWarning once collected
     assert refused.value.code == 401
     context.close()
 
