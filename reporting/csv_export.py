@@ -151,7 +151,8 @@ def _sqlite_stream(databases: ReportDatabases, request: ReportRequest, *,
     columns = _columns(request)
     prepared = sqlite_statement(inner, columns,
                                 order_terms(request, [inner.c[c] for c in request.order]),
-                                engine.dialect, escape=escape)
+                                engine.dialect,
+                                formula_prefixes=FORMULA_PREFIXES if escape else None)
     if prepared is None:
         return None
     values = query.values(request.filters)
@@ -159,8 +160,7 @@ def _sqlite_stream(databases: ReportDatabases, request: ReportRequest, *,
     def rows() -> Iterator[bytes]:
         with engine.connect() as connection:
             yield from stream_sqlite_csv(
-                connection, prepared, values, header=columns, cell=_cell,
-                formula_starts=frozenset(FORMULA_PREFIXES) if escape else None,
+                connection, prepared, values, header=columns, cell=_cell, escape=escape,
                 chunk_bytes=CHUNK_BYTES)
 
     return rows()

@@ -31,8 +31,6 @@ import sqlalchemy as sa
 
 #: Rows per ``fetchmany``: enough to amortise the call, few enough to stay flat in memory.
 FETCH_ROWS = 2000
-#: The length of a timestamp as SQLAlchemy stores it in SQLite.
-_STORED_LENGTH = len("2026-01-01 00:00:00.000000")
 
 
 @dataclass(frozen=True)
@@ -41,25 +39,25 @@ class SqliteStatement:
     with the same rows formatted by SQLite, and the check that SQLite can format them."""
 
     compiled: Any
-    names: tuple[str, ...]
     #: Per column: None (written as stored), or the result processor of a timestamp.
     timestamps: tuple[Callable[[Any], Any] | None, ...]
-    #: The rows with every cell formatted in SQL (formulas escaped), or None.
-    formatted: Any = None
-    #: ``EXISTS``: some timestamp is stored in a form the SQL formatting does not know.
-    unusual: Any = None
-
-
-#: The first code points of text a spreadsheet would run as a formula (see csv_export).
-FORMULA_CODES = tuple(ord(prefix) for prefix in ("=", "+", "-", "@", "\t", "\r", "\n", "\0"))
+    #: The rows with every cell formatted in SQL (formulas escaped).
+    formatted: Any
+    #: ``EXISTS``: some timestamp is stored in a form the SQL formatting does not know
+    #: (None without timestamp columns).
+    unusual: Any
 
 
 def sqlite_statement(inner: sa.Subquery, columns: Sequence[str],
                      order: Sequence[sa.ColumnElement[Any]], dialect: sa.Dialect, *,
-                     escape: bool) -> SqliteStatement | None:
+                     formula_prefixes: Sequence[str] | None) -> SqliteStatement | None:
     """The ordered rows of ``inner`` ready for :func:`stream_sqlite_csv`, or None when a
     column needs SQLAlchemy's processing (a numeric, a boolean, a date) or the database is
-    not SQLite."""
+    not SQLite.
+
+    :param formula_prefixes: the first characters of text a spreadsheet would run, to be
+        prefixed with ``'``; None writes text as it is (``formula=raw``).
+    """
     if dialect.name != "sqlite":
         return None
     statement = sa.select(*(inner.c[name] for name in columns)).order_by(*order)
@@ -81,18 +79,20 @@ def sqlite_statement(inner: sa.Subquery, columns: Sequence[str],
     for name, timestamp in zip(columns, timestamps, strict=True):
         column: sa.ColumnElement[Any] = inner.c[name]
         if timestamp is not None:
-            cells.append(_formatted_timestamp(column).label(name))
-            odd.append(sa.and_(column.is_not(None), _formatted_timestamp(column).is_(None)))
-        elif escape and isinstance(column.type, sa.String):
+            formatted_timestamp = _formatted_timestamp(column)
+            cells.append(formatted_timestamp.label(name))
+            odd.append(sa.and_(column.is_not(None), formatted_timestamp.is_(None)))
+        elif formula_prefixes is not None and isinstance(column.type, sa.String):
+            codes = [ord(prefix) for prefix in formula_prefixes]
             cells.append(sa.case((sa.and_(sa.func.typeof(column) == "text",
-                                          sa.func.unicode(column).in_(FORMULA_CODES)),
+                                          sa.func.unicode(column).in_(codes)),
                                   sa.literal("'") + column), else_=column).label(name))
         else:
             cells.append(column.label(name))
     formatted = sa.select(*cells).order_by(*order)
     unusual = sa.select(sa.exists().where(sa.or_(*odd))) if odd else None
-    return SqliteStatement(statement.compile(dialect=dialect), tuple(columns),
-                           tuple(timestamps), formatted.compile(dialect=dialect),
+    return SqliteStatement(statement.compile(dialect=dialect), tuple(timestamps),
+                           formatted.compile(dialect=dialect),
                            unusual.compile(dialect=dialect) if unusual is not None else None)
 
 
@@ -115,15 +115,13 @@ def _formatted_timestamp(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]
 
 def stream_sqlite_csv(connection: sa.Connection, prepared: SqliteStatement,
                       values: Mapping[str, Any], *, header: Sequence[str],
-                      cell: Callable[[Any, bool], Any], formula_starts: frozenset[str] | None,
+                      cell: Callable[[Any, bool], Any], escape: bool,
                       chunk_bytes: int) -> Iterator[bytes]:
     """Every row of ``prepared`` as CSV (header first), in chunks of about
     ``chunk_bytes``.
 
-    :param cell: formats a value the general path's way (a timestamp stored in a form
-        other than the two SQLAlchemy writes).
-    :param formula_starts: the first characters of text a spreadsheet would run, to be
-        prefixed with ``'``; None writes text as it is (``formula=raw``).
+    :param cell: the general path's formatter of one value, used when some timestamp is
+        stored in a form SQL does not format (with ``escape``, formulas escaped).
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
@@ -132,7 +130,7 @@ def stream_sqlite_csv(connection: sa.Connection, prepared: SqliteStatement,
     try:
         unusual = prepared.unusual is not None and bool(
             _execute(cursor, prepared.unusual, values).fetchone()[0])
-        if prepared.formatted is not None and not unusual:
+        if not unusual:
             _execute(cursor, prepared.formatted, values)
             while rows := cursor.fetchmany(FETCH_ROWS):
                 writer.writerows(rows)
@@ -141,7 +139,7 @@ def stream_sqlite_csv(connection: sa.Connection, prepared: SqliteStatement,
         else:
             _execute(cursor, prepared.compiled, values)
             while rows := cursor.fetchmany(FETCH_ROWS):
-                writer.writerows(_formatted_rows(prepared, rows, cell, formula_starts))
+                writer.writerows(_formatted_rows(prepared, rows, cell, escape))
                 if buffer.tell() >= chunk_bytes:
                     yield _drained(buffer)
     finally:
@@ -168,40 +166,13 @@ def _drained(buffer: io.StringIO) -> bytes:
 
 
 def _formatted_rows(prepared: SqliteStatement, rows: Sequence[Sequence[Any]],
-                    cell: Callable[[Any, bool], Any],
-                    formula_starts: frozenset[str] | None) -> Iterator[list[Any]]:
-    """Rows as the general path writes them, formatted in Python (some timestamp is stored
-    in a form :func:`_formatted_timestamp` does not know)."""
-    stamps = [(index, process) for index, process in enumerate(prepared.timestamps)
-              if process is not None]
-    texts = [index for index, process in enumerate(prepared.timestamps) if process is None]
+                    cell: Callable[[Any, bool], Any], escape: bool) -> Iterator[list[Any]]:
+    """Rows as the general path writes them, every value through its formatter (some
+    timestamp is stored in a form :func:`_formatted_timestamp` does not know)."""
     for row in rows:
-        out = list(row)
-        for index, process in stamps:
-            out[index] = _timestamp(out[index], process, cell)
-        if formula_starts is not None:
-            for index in texts:
-                value = out[index]
-                if isinstance(value, str) and value[:1] in formula_starts:
-                    out[index] = "'" + value
-        yield out
+        yield [cell(value if process is None or value is None else process(value), escape)
+               for value, process in zip(row, prepared.timestamps, strict=True)]
 
 
 def _unchanged(value: Any) -> Any:
     return value
-
-
-def _timestamp(stored: Any, process: Callable[[Any], Any],
-               cell: Callable[[Any, bool], Any]) -> Any:
-    """A stored timestamp as its CSV cell: by slicing for the UTC forms SQLAlchemy and
-    SQLite write (``YYYY-MM-DD HH:MM:SS``, with or without ``.ffffff``, with or without a
-    ``+00:00`` offset), else parsed and formatted as the general path does."""
-    if not isinstance(stored, str):
-        return None if stored is None else cell(process(stored), False)
-    text = stored[:-6] if stored.endswith("+00:00") else stored
-    if len(text) >= 19 and text[10] == " ":
-        if len(text) == _STORED_LENGTH and text[19] == ".":
-            return f"{text[:10]}T{text[11:]}Z"
-        if len(text) == 19:
-            return f"{text[:10]}T{text[11:]}.000000Z"
-    return cell(process(stored), False)

@@ -85,8 +85,8 @@ def build_service(settings: Settings) -> Service:
 def count_backlog(archiver: Archiver) -> dict[str, dict[str, int]]:
     """Per enabled policy and table, the aged rows a run would move now."""
     now = datetime.now(UTC)
-    return {policy.name: plan_run(archiver.engines.primary, policy, now).counts
-            for policy in archiver.policies if archiver.settings.policy(policy.name).enabled}
+    return {name: plan_run(archiver.engines.primary, archiver.policy(name), now).counts
+            for name in archiver.enabled}
 
 
 def report_files(settings: Settings) -> list[SqlReportFile]:
