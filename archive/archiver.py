@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from archive.existing import prepare_run
 from archive.policy import ArchivePolicy
 from archive.runner import ProgressCallback, RunLimits, RunOutcome, run_policy
+from archive.sweep import expiry_of, purge_of, run_sweep
 from archive.twins import TwinPlan, apply_plan, plan_twins
 from sediment.core.databases import Engines
 from sediment.core.settings import Settings
@@ -64,11 +65,17 @@ class Archiver:
         stop: threading.Event | None = None,
         progress: ProgressCallback | None = None,
     ) -> RunOutcome:
-        """Run the policy called ``name`` as of ``now``.
+        """Run the policy called ``name`` as of ``now``: archive its aged rows, or purge
+        them when its ``mode`` is ``purge``.
 
-        Beside an existing PRIMARY the policy is resolved again, holding the runner lock,
-        from PRIMARY's schema as it is now, and the twins follow it first.
+        Beside an existing PRIMARY an archiving policy is resolved again, holding the
+        runner lock, from PRIMARY's schema as it is now, and the twins follow it first.
         """
+        policy = self.policy(name)
+        if not policy.archives:
+            return run_sweep(self.engines, purge_of(policy, now),
+                             database=self.settings.database, settings=self.settings.archive,
+                             limits=limits, stop=stop, progress=progress)
         prepare = None
         if self.settings.database.primary_schema == "existing":
             prepare = partial(prepare_run, self.settings.policy(name), self.engines,
@@ -78,3 +85,31 @@ class Archiver:
             database=self.settings.database, settings=self.settings.archive, limits=limits,
             stop=stop, progress=progress, prepare=prepare,
         )
+
+    def expire(
+        self,
+        name: str,
+        now: datetime,
+        *,
+        limits: RunLimits | None = None,
+        stop: threading.Event | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> RunOutcome | None:
+        """Delete the ARCHIVE rows of the policy called ``name`` that have outlived its
+        ``retention``; ``None`` when it has none."""
+        expiry = expiry_of(self.policy(name), now)
+        if expiry is None:
+            return None
+        return run_sweep(self.engines, expiry, database=self.settings.database,
+                         settings=self.settings.archive, limits=limits, stop=stop,
+                         progress=progress)
+
+    def scheduled(self, name: str, now: datetime, stop: threading.Event) -> list[RunOutcome]:
+        """What the schedule does for a policy: run it, then expire what outlived its
+        retention (when it has one, and the run ended well)."""
+        outcomes = [self.run(name, now, stop=stop)]
+        if outcomes[0].status == "done" and not stop.is_set():
+            expired = self.expire(name, now, stop=stop)
+            if expired is not None:
+                outcomes.append(expired)
+        return outcomes

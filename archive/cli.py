@@ -18,16 +18,19 @@ from typing import Any
 import sqlalchemy as sa
 
 from archive.archiver import Archiver
+from archive.hold_cli import add_hold_commands
 from archive.ledger import run_tables, runs
 from archive.mover import BatchResult
-from archive.runner import RunLimits, RunOutcome, plan_run
+from archive.runner import ProgressCallback, RunLimits, RunOutcome, plan_run
 from archive.scheduler import start_in_background
+from archive.sweep import SweepPlan, expiry_of, plan_sweep, purge_of
 from archive.twins import recent_changes
 from archive.verify import verify_archive
 from sediment.core.commandline import (
     EXIT_ERROR,
     EXIT_LOCK_BUSY,
     EXIT_OK,
+    EXIT_USAGE,
     duration,
     instant,
     on_stop_signals,
@@ -67,6 +70,23 @@ def add_commands(commands: Any, archiver_for: ArchiverFactory) -> None:
                      help="compute cutoffs from this instant instead of the clock")
     run.set_defaults(handler=handler(cmd_run))
 
+    expire = sub.add_parser(
+        "expire", help="delete ARCHIVE rows that outlived their policy's retention",
+        description="Delete, in batches, the ARCHIVE rows of each policy with a 'retention' "
+        "whose age column is older than the retention period, with their children; held rows "
+        "stay. The schedule does this after each successful run of the policy. Each batch is "
+        "one ARCHIVE transaction: safe to interrupt and re-run.")
+    expire.add_argument("--policy", action="append", metavar="NAME",
+                        help="policy to expire (repeatable; default: every enabled policy "
+                        "with a retention)")
+    expire.add_argument("--dry-run", action="store_true",
+                        help="print the cutoff and per-table counts that would go; write nothing")
+    expire.add_argument("--now", type=instant, metavar="ISO-8601",
+                        help="compute cutoffs from this instant instead of the clock")
+    expire.set_defaults(handler=handler(cmd_expire))
+
+    add_hold_commands(sub, handler)
+
     status = sub.add_parser("status", help="show recent runs from the ledger",
                             description="Show the most recent runs, newest first.")
     status.add_argument("--limit", type=positive_int, default=20,
@@ -102,6 +122,16 @@ def cmd_run(args: argparse.Namespace, archiver: Archiver) -> int:
     now = args.now or datetime.now(UTC)
     if args.dry_run:
         return _dry_run(archiver, names, now)
+    limits = RunLimits(args.max_rows, args.max_runtime)
+    return _run_all(names, lambda name, stop: _with_progress(
+        archiver, name, "run", now, stop, lambda progress: archiver.run(
+            name, now, limits=limits, stop=stop, progress=progress), args.max_rows))
+
+
+def _run_all(names: list[str],
+             run_one: Callable[[str, threading.Event], RunOutcome | None]) -> int:
+    """Run each named policy in turn until a stop signal; print the summary; the exit code
+    follows the worst outcome."""
     stop = threading.Event()
 
     def request_stop(received: signal.Signals) -> None:
@@ -114,7 +144,9 @@ def cmd_run(args: argparse.Namespace, archiver: Archiver) -> int:
         for name in names:
             if stop.is_set():
                 break
-            outcomes.append(_run_with_progress(archiver, name, now, args, stop))
+            outcome = run_one(name, stop)
+            if outcome is not None:
+                outcomes.append(outcome)
     _print_summary(outcomes)
     if any(r.status in ("error", "schema_drift") for r in outcomes):
         return EXIT_ERROR
@@ -125,34 +157,83 @@ def cmd_run(args: argparse.Namespace, archiver: Archiver) -> int:
 
 def _dry_run(archiver: Archiver, names: list[str], now: datetime) -> int:
     for name in names:
-        plan = plan_run(archiver.engines.primary, archiver.policy(name), now)
+        policy = archiver.policy(name)
+        if not policy.archives:
+            _print_sweep_plan(plan_sweep(archiver.engines, purge_of(policy, now)))
+            continue
+        plan = plan_run(archiver.engines.primary, policy, now)
         counts = ", ".join(f"{table} {count:,}" for table, count in plan.counts.items())
         print(f"dry run: policy {name}: cutoff {plan.cutoff.isoformat()}: would move {counts}")
     return EXIT_OK
 
 
-def _run_with_progress(archiver: Archiver, name: str, now: datetime,
-                       args: argparse.Namespace, stop: threading.Event) -> RunOutcome:
+def _print_sweep_plan(plan: SweepPlan) -> None:
+    verb = {"purge": "would purge from PRIMARY", "expire": "would expire from ARCHIVE"}
+    counts = ", ".join(f"{table} {count:,}" for table, count in plan.counts.items())
+    held = f"; {plan.held:,} held root rows stay" if plan.held else ""
+    print(f"dry run: policy {plan.sweep.policy.name}: cutoff {plan.sweep.cutoff.isoformat()}: "
+          f"{verb[plan.sweep.kind]} {counts}{held}")
+
+
+def cmd_expire(args: argparse.Namespace, archiver: Archiver) -> int:
+    for name in args.policy or ():
+        if archiver.policy(name).retention is None:
+            print(f"sediment: policy {name!r} has no retention: its ARCHIVE rows are kept for "
+                  "ever; set policy.<name>.retention (e.g. \"7y\") to expire them",
+                  file=sys.stderr)
+            return EXIT_USAGE
+    names = args.policy or [name for name in archiver.enabled
+                            if archiver.policy(name).retention is not None]
+    now = args.now or datetime.now(UTC)
+    if not names:
+        print("no enabled policy has a retention: nothing expires")
+        return EXIT_OK
+    if args.dry_run:
+        for name in names:
+            expiry = expiry_of(archiver.policy(name), now)
+            assert expiry is not None
+            _print_sweep_plan(plan_sweep(archiver.engines, expiry))
+        return EXIT_OK
+    return _run_all(names, lambda name, stop: _with_progress(
+        archiver, name, "expire", now, stop, lambda progress: archiver.expire(
+            name, now, stop=stop, progress=progress)))
+
+
+def _with_progress(archiver: Archiver, name: str, action: str, now: datetime,
+                   stop: threading.Event, run: Callable[[ProgressCallback], RunOutcome | None],
+                   max_rows: int | None = None) -> RunOutcome | None:
+    """Run one policy's ``action`` under a progress bar sized by what a dry run counts."""
     policy = archiver.policy(name)
-    planned = plan_run(archiver.engines.primary, policy, now).counts
+    if action == "expire":
+        expiry = expiry_of(policy, now)
+        assert expiry is not None
+        planned, label = plan_sweep(archiver.engines, expiry).counts, f"expire {name}"
+    elif not policy.archives:
+        planned = plan_sweep(archiver.engines, purge_of(policy, now)).counts
+        label = f"purge {name}"
+    else:
+        planned, label = plan_run(archiver.engines.primary, policy, now).counts, f"archive {name}"
     total = sum(planned.values())
-    if args.max_rows is not None and planned[policy.root.fullname]:
-        total = min(total, round(total * args.max_rows / planned[policy.root.fullname]))
-    with progress_bar(total=total, desc=f"archive {name}") as bar:
+    roots = next(iter(planned.values()), 0)
+    if max_rows is not None and roots:
+        total = min(total, round(total * max_rows / roots))
+    with progress_bar(total=total, desc=label) as bar:
         def advance(result: BatchResult) -> None:
             bar.update(result.rows)
-        return archiver.run(name, now, limits=RunLimits(args.max_rows, args.max_runtime),
-                            stop=stop, progress=advance)
+        return run(advance)
 
 
 def _print_summary(outcomes: list[RunOutcome]) -> None:
-    print(f"{'policy':<10} {'run':>5} {'status':<15} {'batches':>8} {'rows':>10} {'rows/s':>9}  "
-          "moved")
+    print(f"{'policy':<10} {'kind':<8} {'run':>5} {'status':<15} {'batches':>8} {'rows':>10} "
+          f"{'rows/s':>9}  rows per table")
     for r in outcomes:
         rate = f"{r.rows_per_second:,.0f}" if r.rows_per_second else "-"
         moved = ", ".join(f"{t} {n:,}" for t, n in r.moved.items())
-        print(f"{r.policy:<10} {r.run_id or '-':>5} {r.status:<15} {r.batches:>8} {r.rows:>10,} "
-              f"{rate:>9}  {moved}")
+        print(f"{r.policy:<10} {r.kind:<8} {r.run_id or '-':>5} {r.status:<15} {r.batches:>8} "
+              f"{r.rows:>10,} {rate:>9}  {moved}")
+        if r.held:
+            print(f"  kept {r.held:,} held {next(iter(r.moved), 'root')} rows (and their "
+                  "children): see 'archive hold list'")
         if r.error:
             print(f"  error: {r.error}")
 
@@ -166,15 +247,18 @@ def cmd_status(args: argparse.Namespace, archiver: Archiver) -> int:
     if not recent:
         print("no archival runs recorded yet")
         return EXIT_OK
+    kinds = {r.id: r.kind for r in recent}
     per_run: dict[int, list[str]] = {}
-    for c in counters:
+    for c in counters:  # archive runs: deleted from PRIMARY/copied; others: deleted
         per_run.setdefault(c.run_id, []).append(
-            f"{c.table_name} {c.deleted:,}/{c.copied:,}")
-    print(f"{'run':>5} {'policy':<10} {'status':<15} {'started (UTC)':<20} {'secs':>7} "
-          f"{'rows':>10} {'rows/s':>9}  deleted/copied per table")
+            f"{c.table_name} {c.deleted:,}/{c.copied:,}" if kinds[c.run_id] == "archive"
+            else f"{c.table_name} {c.deleted:,}")
+    print(f"{'run':>5} {'policy':<10} {'kind':<8} {'status':<15} {'started (UTC)':<20} "
+          f"{'secs':>7} {'rows':>10} {'rows/s':>9}  per table: deleted/copied (archive), deleted")
     for r in recent:
         seconds = (r.finished_at - r.started_at).total_seconds() if r.finished_at else None
-        print(f"{r.id:>5} {r.policy:<10} {r.status:<15} {r.started_at:%Y-%m-%d %H:%M:%S}  "
+        print(f"{r.id:>5} {r.policy:<10} {r.kind:<8} {r.status:<15} "
+              f"{r.started_at:%Y-%m-%d %H:%M:%S}  "
               f"{seconds if seconds is None else round(seconds, 1)!s:>7} {r.rows_moved:>10,} "
               f"{(f'{r.rows_per_second:,.0f}' if r.rows_per_second else '-'):>9}  "
               + ", ".join(per_run.get(r.id, [])))

@@ -28,7 +28,7 @@ def unportable_columns(policies: Sequence[ArchivePolicy]) -> list[str]:
     """``table.column (type)`` of every archived column that one engine cannot hold as the
     other does; empty when every column is portable."""
     found: list[str] = []
-    for policy in policies:
+    for policy in (policy for policy in policies if policy.archives):
         for table in policy.tables:
             found.extend(f"{table.fullname}.{column.name} ({column.type})"
                          for column in table.columns if not _portable(column.type))

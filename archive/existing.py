@@ -62,7 +62,8 @@ def resolve_existing(settings: Sequence[PolicySettings], engines: Engines) -> Ex
                             f"PRIMARY has no table {exc.args[0]!r}") from exc
     twins, refused = declare_twins(tables, settings, engines)
     policies = resolve_policies(settings, tables, twins, refused)
-    used = {table.fullname for policy in policies for table in policy.tables}
+    used = {table.fullname for policy in policies if policy.archives
+            for table in policy.tables}
     return ExistingSchema(policies, tuple(twins[name] for name in sorted(used)))
 
 

@@ -20,20 +20,27 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sediment.core.schema.archive import RUN_STATUSES, ArchiveRun, ArchiveRunTable, RunStatus
+from sediment.core.schema.archive import (
+    RUN_STATUSES,
+    ArchiveRun,
+    ArchiveRunTable,
+    RunKind,
+    RunStatus,
+)
 
 runs: sa.Table = ArchiveRun.__table__  # type: ignore[assignment]
 run_tables: sa.Table = ArchiveRunTable.__table__  # type: ignore[assignment]
 
 
 def start_run(archive: sa.Engine, policy: str, cutoff: datetime, tables: list[str],
-              status: RunStatus = "running") -> int:
+              status: RunStatus = "running", *, kind: RunKind = "archive") -> int:
     """Record a new run and its per-table counters; return its id."""
     with archive.begin() as connection:
         run_id = int(connection.execute(
             runs.insert().values(
-                policy=policy, status=status, cutoff=cutoff, started_at=datetime.now(UTC),
-                batches=0, rows_moved=0, host=socket.gethostname(), pid=os.getpid(),
+                policy=policy, kind=kind, status=status, cutoff=cutoff,
+                started_at=datetime.now(UTC), batches=0, rows_moved=0,
+                host=socket.gethostname(), pid=os.getpid(),
             ).returning(runs.c.id)
         ).scalar_one())
         connection.execute(run_tables.insert(), [
@@ -128,6 +135,23 @@ def record_delete(archive: sa.Engine, run_id: int, deleted: Mapping[str, int],
     return True
 
 
+def record_sweep(connection: sa.Connection, run_id: int, deleted: Mapping[str, int],
+                 removed: Mapping[tuple[int, str], int] | None = None) -> None:
+    """Count a purge or expiry batch: its deleted rows per table, and (expiry) the rows it
+    removed from ARCHIVE by the archive run that had copied them, so each archive run's
+    stamped rows stay ``copied - removed``.
+
+    Expiry calls this inside the ARCHIVE transaction that deletes the batch, so its counts
+    are exact; a purge calls it once its PRIMARY transaction has committed.
+    """
+    for table, count in deleted.items():
+        _add(connection, run_id, table, deleted=count)
+    for (archived_by, table), count in (removed or {}).items():
+        _add(connection, archived_by, table, removed=count)
+    connection.execute(runs.update().where(runs.c.id == run_id).values(
+        batches=runs.c.batches + 1, rows_moved=runs.c.rows_moved + sum(deleted.values())))
+
+
 #: The ledger values of a run with nothing left in both databases.
 CLEARED = {"pending_since": None, "pending_low": None, "pending_high": None}
 
@@ -196,8 +220,17 @@ def status_of(archive: sa.Engine, run_id: int) -> RunStatus | None:
     return next((known for known in RUN_STATUSES if known == status), None)
 
 
+#: What an interrupted run of each kind left, as its ledger row says.
+INTERRUPTED: dict[str, str] = {
+    "archive": "the process ended before the run finished; its rows were re-checked",
+    "purge": "the process ended before the run finished; its last batch may have been "
+             "deleted from PRIMARY without being counted here",
+    "expire": "the process ended before the run finished; every batch it deleted is counted",
+}
+
+
 def mark_interrupted(archive: sa.Engine, policy: str, current_run: int) -> list[int]:
-    """Mark earlier runs of ``policy`` still ``running`` as ``interrupted``.
+    """Mark earlier runs of ``policy`` (of any kind) still ``running`` as ``interrupted``.
 
     Call only while holding the policy's runner lock: no other live run can then exist, so
     a ``running`` row is a run that was killed.
@@ -210,7 +243,8 @@ def mark_interrupted(archive: sa.Engine, policy: str, current_run: int) -> list[
         if stale:
             connection.execute(runs.update().where(runs.c.id.in_(stale)).values(
                 status="interrupted", finished_at=datetime.now(UTC),
-                error="the process ended before the run finished; its rows were re-checked",
+                error=sa.case(*((runs.c.kind == kind, text) for kind, text in INTERRUPTED.items()),
+                              else_=INTERRUPTED["archive"]),
             ))
     return stale
 

@@ -156,7 +156,7 @@ def copy_batch(
     :returns: ``None`` when no aged root is left after ``after_key``.
     """
     transfer = transfer_for(source.engine, archive)
-    _apply_timeouts(source, timeouts)
+    apply_timeouts(source, timeouts)
     roots = transfer.select_roots(source, policy, cutoff, after_key, limit)
     if not roots:
         return None
@@ -185,7 +185,7 @@ def copy_batch(
     archived_at = datetime.now(UTC)  # per attempt: a retry must see its own earlier copy
     if batch[0].rows:
         with archive.begin() as target:
-            _apply_timeouts(target, timeouts)
+            apply_timeouts(target, timeouts)
             for part in batch:
                 pending = (ledger.Pending(archived_at, _integer_range(part))
                            if part is batch[0] else None)
@@ -315,7 +315,7 @@ def check_deleted(table: sa.Table, count: int, expected: int) -> None:
             "overwritten on the next run")
 
 
-def _apply_timeouts(connection: sa.Connection, timeouts: Timeouts) -> None:
+def apply_timeouts(connection: sa.Connection, timeouts: Timeouts) -> None:
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeouts.statement_ms)}")
         connection.exec_driver_sql(f"SET LOCAL lock_timeout = {int(timeouts.lock_ms)}")

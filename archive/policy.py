@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 
 from archive.ages import AgeColumn, resolve_age_column
 from archive.keys import key_columns
-from sediment.core.settings import PolicySettings, SettingsError
+from sediment.core.settings import PolicySettings, Retention, SettingsError
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,16 @@ class ArchivePolicy:
     batch_size: int
     schedule: str
     enabled: bool
+    #: ``archive`` moves aged rows to ARCHIVE; ``purge`` deletes them from PRIMARY.
+    mode: Literal["archive", "purge"] = "archive"
+    #: How long ARCHIVE keeps the rows (on the age column), or ``None``: for ever.
+    retention: Retention | None = None
+
+    @property
+    def archives(self) -> bool:
+        """Whether the policy copies rows to ARCHIVE (and so has twins, a pending window,
+        and rows ``archive verify`` checks)."""
+        return self.mode == "archive"
 
     @property
     def key(self) -> tuple[sa.Column[Any], ...]:
@@ -158,6 +168,8 @@ def resolve_policy(
         batch_size=settings.batch_size,
         schedule=settings.schedule,
         enabled=settings.enabled,
+        mode=settings.mode,
+        retention=settings.retention_period,
     )
 
 
@@ -167,9 +179,23 @@ def resolve_policies(
     archive_tables: Mapping[str, sa.Table],
     unarchivable: Mapping[str, str] | None = None,
 ) -> tuple[ArchivePolicy, ...]:
-    """Resolve every policy; see :func:`resolve_policy`."""
-    return tuple(resolve_policy(s, primary_tables, archive_tables, unarchivable)
-                 for s in settings)
+    """Resolve every policy; see :func:`resolve_policy`.
+
+    :raises SettingsError: also for a purge policy on a table another policy archives (the
+        purge would delete rows before they could be archived).
+    """
+    policies = tuple(resolve_policy(s, primary_tables, archive_tables, unarchivable)
+                     for s in settings)
+    for purge in (policy for policy in policies if not policy.archives):
+        purged = {table.fullname for table in purge.tables}
+        for other in (policy for policy in policies if policy.archives):
+            shared = sorted(purged & {table.fullname for table in other.tables})
+            if shared:
+                raise SettingsError(f"policy.{purge.name}.mode", (
+                    f"purges {', '.join(shared)}, which policy {other.name!r} archives: the "
+                    "purge would delete rows before they are archived; purge other tables, "
+                    "or archive these"))
+    return policies
 
 
 def declared_choices(column: sa.Column[object]) -> tuple[str, ...] | None:

@@ -30,7 +30,7 @@ from archive.policy import ArchivePolicy
 from archive.settle import settle_pending_runs
 from sediment.core.databases import analyze
 from sediment.core.error_text import first_line
-from sediment.core.schema.archive import RunStatus
+from sediment.core.schema.archive import RunKind, RunStatus
 from sediment.core.settings import ArchiveSettings, DatabaseSettings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ class RunOutcome:
     error: str | None = None
     #: Roots left for a later run because a writer held one of their children.
     skipped_locked: int = 0
+    kind: RunKind = "archive"
+    #: Roots a purge or an expiry left alone because a legal hold covers them.
+    held: int = 0
 
     @property
     def rows(self) -> int:
@@ -138,9 +141,49 @@ def run_policy(
     """
     stop = stop or threading.Event()
     limits = limits or RunLimits()
-    cutoff = policy.cutoff(now)
-    outcome = RunOutcome(policy=policy.name, status="running", cutoff=cutoff,
-                       moved={table.fullname: 0 for table in policy.tables})
+
+    resolved = policy  # as PRIMARY is now, once prepared
+
+    def archive_rows(outcome: RunOutcome, lock: RunnerLock) -> None:
+        nonlocal resolved
+        assert outcome.run_id is not None
+        if prepare is not None:
+            try:
+                resolved = prepare()
+                ledger.ensure_tables(archive, outcome.run_id,
+                                     [table.fullname for table in resolved.tables])
+                outcome.moved = {table.fullname: 0 for table in resolved.tables}
+            except (SchemaDrift, SettingsError) as exc:
+                outcome.status, outcome.error = "schema_drift", str(exc)
+            except sa.exc.SQLAlchemyError as exc:
+                outcome.status, outcome.error = "error", first_line(exc)
+        if outcome.status == "running":
+            _batches(primary, archive, resolved, outcome, lock, database, settings, limits, stop,
+                     progress)
+
+    outcome = run_locked(primary, archive, policy, kind="archive", cutoff=policy.cutoff(now),
+                         settings=settings, stop=stop, work=archive_rows)
+    if outcome.rows:
+        _refresh_statistics(archive, resolved)
+    return outcome
+
+
+#: What a run does holding its policy's lock, once the ledger has recorded it: it fills in
+#: the outcome (status ``running`` means it ended ``done``, unless it set another).
+RunWork = Callable[[RunOutcome, RunnerLock], None]
+
+
+def run_locked(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, *, kind: RunKind,
+               cutoff: datetime, settings: ArchiveSettings, stop: threading.Event,
+               work: RunWork) -> RunOutcome:
+    """Take the policy's runner lock, record a run of ``kind`` in the ledger, do ``work``,
+    record how it ended, and release the lock. Every kind of run of a policy (archive,
+    purge, expire) takes the same lock, so they never overlap.
+
+    Errors are reported in the outcome (and the ledger), not raised.
+    """
+    outcome = RunOutcome(policy=policy.name, status="running", cutoff=cutoff, kind=kind,
+                         moved={table.fullname: 0 for table in policy.tables})
     tables = [table.fullname for table in policy.tables]
     lock = RunnerLock(primary, policy.name)
     try:
@@ -152,10 +195,11 @@ def run_policy(
             return outcome
         if not acquired:
             outcome.status = "lock_busy"
-            logger.warning("policy %s: another runner holds the lock; nothing done", policy.name)
+            logger.warning("policy %s: another runner holds the lock; no %s run", policy.name,
+                           kind)
             try:
                 outcome.run_id = ledger.start_run(archive, policy.name, cutoff, tables,
-                                                 "lock_busy")
+                                                 "lock_busy", kind=kind)
                 ledger.finish_run(archive, outcome.run_id, "lock_busy", rows_per_second=None,
                                   error="another runner holds this policy's lock")
             except sa.exc.SQLAlchemyError as exc:
@@ -163,36 +207,33 @@ def run_policy(
                                policy.name, first_line(exc))
             return outcome
         try:
-            outcome.run_id = _with_retries(settings, stop, lambda: ledger.start_run(
-                archive, policy.name, cutoff, tables))
+            outcome.run_id = with_retries(settings, stop, lambda: ledger.start_run(
+                archive, policy.name, cutoff, tables, kind=kind))
         except sa.exc.SQLAlchemyError as exc:
             outcome.status, outcome.error = "error", f"ARCHIVE unreachable: {first_line(exc)}"
             logger.error("policy %s: cannot start a run: %s", policy.name, outcome.error)
             return outcome
-        logger.info("policy %s run %d started: cutoff %s, batch size %d", policy.name,
+        logger.info("policy %s %s run %d started: cutoff %s, batch size %d", policy.name, kind,
                     outcome.run_id, cutoff.isoformat(), policy.batch_size)
-        if prepare is not None:
-            try:
-                policy = prepare()
-                ledger.ensure_tables(archive, outcome.run_id,
-                                     [table.fullname for table in policy.tables])
-                outcome.moved = {table.fullname: 0 for table in policy.tables}
-            except (SchemaDrift, SettingsError) as exc:
-                outcome.status, outcome.error = "schema_drift", str(exc)
-            except sa.exc.SQLAlchemyError as exc:
-                outcome.status, outcome.error = "error", first_line(exc)
+        run_id = outcome.run_id
+        try:
+            stale = with_retries(settings, stop, lambda: ledger.mark_interrupted(
+                archive, policy.name, run_id))
+        except sa.exc.SQLAlchemyError as exc:
+            outcome.status, outcome.error = "error", first_line(exc)
+        else:
+            if stale:
+                logger.warning("policy %s: runs %s had been interrupted", policy.name, stale)
+            work(outcome, lock)
         if outcome.status == "running":
-            _batches(primary, archive, policy, outcome, lock, database, settings, limits, stop,
-                     progress)
+            outcome.status = "done"
         _finish(archive, outcome, settings)
-        if outcome.rows:
-            _refresh_statistics(archive, policy)
     finally:
         lock.release()
     log = logger.error if outcome.status in ("error", "lock_lost", "schema_drift") \
         else logger.info
-    log("policy %s run %d ended %s: %d rows in %d batches, %.1fs%s", policy.name, outcome.run_id,
-        outcome.status, outcome.rows, outcome.batches, outcome.seconds,
+    log("policy %s %s run %d ended %s: %d rows in %d batches, %.1fs%s", policy.name, kind,
+        outcome.run_id, outcome.status, outcome.rows, outcome.batches, outcome.seconds,
         f": {outcome.error}" if outcome.error else "")
     return outcome
 
@@ -206,7 +247,7 @@ def _finish(archive: sa.Engine, outcome: RunOutcome, settings: ArchiveSettings) 
     assert outcome.run_id is not None
     run_id = outcome.run_id
     try:
-        _with_retries(settings, threading.Event(), lambda: ledger.finish_run(
+        with_retries(settings, threading.Event(), lambda: ledger.finish_run(
             archive, run_id, outcome.status, rows_per_second=outcome.rows_per_second,
             error=outcome.error))
     except sa.exc.SQLAlchemyError as exc:
@@ -226,10 +267,10 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
     started = time.monotonic()
 
     def moved(result: BatchResult) -> None:
-        if not _with_retries(settings, stop, partial(
+        if not with_retries(settings, stop, partial(
                 ledger.record_delete, archive, run_id, result.deleted,
                 {policy.root.fullname: result.skipped_locked})):
-            _check_still_running(archive, run_id)  # raises: another runner took the run over
+            check_still_running(archive, run_id)  # raises: another runner took the run over
         outcome.batches += 1
         outcome.roots += result.roots
         outcome.skipped_locked += result.skipped_locked
@@ -240,7 +281,7 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
 
     pipeline = BatchPipeline(lock, archive, policy, cutoff=outcome.cutoff, run_id=run_id,
                              timeouts=timeouts, on_moved=moved,
-                             on_lock_retaken=lambda: _check_still_running(archive, run_id))
+                             on_lock_retaken=lambda: check_still_running(archive, run_id))
 
     def step(limit: int) -> bool:
         """Copy the next batch and start its deletes; ``False`` once nothing is left (and
@@ -253,29 +294,17 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
         return True
 
     try:
-        stale = _with_retries(settings, stop, lambda: ledger.mark_interrupted(
-            archive, policy.name, run_id))
-        if stale:
-            logger.warning("policy %s: runs %s had been interrupted; their rows are re-checked",
-                           policy.name, stale)
-        _with_retries(settings, stop, lambda: settle_pending_runs(primary, archive, policy))
+        with_retries(settings, stop, lambda: settle_pending_runs(primary, archive, policy))
         while True:
             outcome.seconds = time.monotonic() - started
             limit = policy.batch_size
-            if stop.is_set():
-                outcome.status = "stop_requested"
-                break
-            runtime = limits.max_runtime
-            if runtime is not None and outcome.seconds >= runtime.total_seconds():
-                outcome.status = "max_runtime"
+            ended = limit_reached(outcome, limits, stop, pipeline.roots_in_flight)
+            if ended is not None:
+                outcome.status = ended
                 break
             if limits.max_rows is not None:
-                left = limits.max_rows - outcome.roots - pipeline.roots_in_flight
-                if left <= 0:
-                    outcome.status = "max_rows"
-                    break
-                limit = min(limit, left)
-            if not _with_retries(settings, stop, partial(step, limit)):
+                limit = min(limit, limits.max_rows - outcome.roots - pipeline.roots_in_flight)
+            if not with_retries(settings, stop, partial(step, limit)):
                 outcome.status = "done"
                 break
             if settings.throttle and stop.wait(settings.throttle.total_seconds()):
@@ -283,7 +312,7 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
         # The batch still deleting when a limit or a stop request ended the loop: its
         # failure ends the run ``error`` (its rows stay in both databases for the next run).
         pipeline.drain()
-        _with_retries(settings, stop, lambda: settle_pending_runs(primary, archive, policy))
+        with_retries(settings, stop, lambda: settle_pending_runs(primary, archive, policy))
     except LockLost as exc:
         outcome.status, outcome.error = "lock_lost", str(exc)
     except SchemaDrift as exc:
@@ -293,6 +322,20 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
     finally:
         pipeline.close()
         outcome.seconds = time.monotonic() - started
+
+
+def limit_reached(outcome: RunOutcome, limits: RunLimits, stop: threading.Event,
+                  in_flight: int = 0) -> RunStatus | None:
+    """How a run ends before its next batch (a stop request, its runtime or its rows
+    spent), or ``None`` to go on. ``in_flight`` counts roots of a batch still deleting."""
+    if stop.is_set():
+        return "stop_requested"
+    runtime = limits.max_runtime
+    if runtime is not None and outcome.seconds >= runtime.total_seconds():
+        return "max_runtime"
+    if limits.max_rows is not None and limits.max_rows - outcome.roots - in_flight <= 0:
+        return "max_rows"
+    return None
 
 
 def _refresh_statistics(archive: sa.Engine, policy: ArchivePolicy) -> None:
@@ -305,7 +348,7 @@ def _refresh_statistics(archive: sa.Engine, policy: ArchivePolicy) -> None:
                        first_line(exc))
 
 
-def _check_still_running(archive: sa.Engine, run_id: int) -> None:
+def check_still_running(archive: sa.Engine, run_id: int) -> None:
     """After the lock was taken back: make sure no other runner ran the policy meanwhile
     (it would have marked this run ``interrupted``)."""
     status = ledger.status_of(archive, run_id)
@@ -317,7 +360,7 @@ def _check_still_running(archive: sa.Engine, run_id: int) -> None:
 T = TypeVar("T")
 
 
-def _with_retries(settings: ArchiveSettings, stop: threading.Event,
+def with_retries(settings: ArchiveSettings, stop: threading.Event,
                   attempt: Callable[[], T]) -> T:
     """Run a whole batch (or a ledger write), again after a dropped connection, with
     doubling backoff."""

@@ -84,6 +84,6 @@ def start_in_background(archiver: Archiver) -> BackgroundArchiver:
     settings = archiver.settings.scheduler
     scheduler = BackgroundScheduler(timezone=settings.timezone)
     build_scheduler(archiver.policies, settings,
-                    lambda name, now: archiver.run(name, now, stop=stop), scheduler)
+                    lambda name, now: archiver.scheduled(name, now, stop), scheduler)
     scheduler.start()
     return BackgroundArchiver(scheduler, stop)

@@ -44,7 +44,7 @@ def verify_archive(primary: sa.Engine, archive: sa.Engine,
     """Run every check for every policy; return what passed and what did not."""
     found = Verification()
     running = _has_running_runs(archive)
-    for policy in policies:
+    for policy in (policy for policy in policies if policy.archives):
         for table, twin in ((policy.root, policy.archive_root),
                             *((link.table, link.archive_table) for link in policy.children)):
             both = _keys_in_both(primary, table, archive, twin)
@@ -115,9 +115,9 @@ def _check_ledger(archive: sa.Engine, policy: ArchivePolicy, found: Verification
     with archive.connect() as connection:
         counters = connection.execute(
             sa.select(runs.c.id, runs.c.status, run_tables.c.table_name, run_tables.c.copied,
-                      run_tables.c.deleted)
+                      run_tables.c.deleted, run_tables.c.removed)
             .join(run_tables, run_tables.c.run_id == runs.c.id)
-            .where(runs.c.policy == policy.name)
+            .where(runs.c.policy == policy.name, runs.c.kind == "archive")
         ).all()
         stamped = {}
         for name, twin in twins.items():
@@ -126,11 +126,12 @@ def _check_ledger(archive: sa.Engine, policy: ArchivePolicy, found: Verification
                     sa.select(run_column, sa.func.count()).group_by(run_column)):
                 stamped[(int(run_id), name)] = int(count)
     bad = []
-    for run_id, status, table, copied, deleted in counters:
+    for run_id, status, table, copied, deleted, removed in counters:
         if table not in twins:
             continue
-        if stamped.get((run_id, table), 0) != copied:
-            bad.append(f"run {run_id} {table}: ledger copied {copied}, archive holds "
+        if stamped.get((run_id, table), 0) != copied - removed:
+            expired = f" ({removed} expired since)" if removed else ""
+            bad.append(f"run {run_id} {table}: ledger copied {copied}{expired}, archive holds "
                        f"{stamped.get((run_id, table), 0)}")
         if status in CLEAN_ENDINGS and deleted != copied:
             bad.append(f"run {run_id} {table}: ended {status} but deleted {deleted} of {copied}")
@@ -154,7 +155,8 @@ def _check_nothing_left(primary: sa.Engine, archive: sa.Engine, policy: ArchiveP
             sa.select(runs.c.id, runs.c.cutoff, run_tables.c.skipped_locked)
             .join(run_tables, sa.and_(run_tables.c.run_id == runs.c.id,
                                       run_tables.c.table_name == policy.root.fullname))
-            .where(runs.c.policy == policy.name, runs.c.status == "done")
+            .where(runs.c.policy == policy.name, runs.c.kind == "archive",
+                   runs.c.status == "done")
             .order_by(runs.c.id.desc()).limit(1)).first()
     if last is None:
         found.checks.append(f"policy {policy.name}: no finished run yet")

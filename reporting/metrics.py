@@ -189,6 +189,10 @@ def _archive_families(overviews: Iterable[PolicyOverview]) -> Iterator[Metric]:
     rows = CounterMetricFamily("sediment_archive_rows", "Rows archived (moved to ARCHIVE and "
                                "deleted from PRIMARY), by policy and table",
                                labels=["policy", "table"])
+    swept = CounterMetricFamily("sediment_archive_swept_rows", "Rows deleted without "
+                                "archiving: purged from PRIMARY (kind purge) or expired from "
+                                "ARCHIVE (kind expire), by policy and table",
+                                labels=["policy", "kind", "table"])
     batches = CounterMetricFamily("sediment_archive_batches", "Batches archived, by policy",
                                   labels=["policy"])
     runs = CounterMetricFamily("sediment_archive_runs", "Archive runs by policy and how "
@@ -213,6 +217,8 @@ def _archive_families(overviews: Iterable[PolicyOverview]) -> Iterator[Metric]:
         name = overview.name
         for table, count in overview.rows_by_table.items():
             rows.add_metric([name, table], count)
+        for (kind, table), count in overview.swept_by_table.items():
+            swept.add_metric([name, kind, table], count)
         batches.add_metric([name], overview.batches)
         for run_status, count in overview.runs_by_status.items():
             runs.add_metric([name, run_status], count)
@@ -227,4 +233,4 @@ def _archive_families(overviews: Iterable[PolicyOverview]) -> Iterator[Metric]:
             last_success.add_metric([name], overview.last_success.timestamp())
         for table, count in (overview.backlog or {}).items():
             backlog.add_metric([name, table], count)
-    yield from (rows, batches, runs, lock_busy, duration, last_success, status, backlog)
+    yield from (rows, swept, batches, runs, lock_busy, duration, last_success, status, backlog)

@@ -42,6 +42,8 @@ class RunSummary:
     policy: str
     status: str
     started_at: datetime
+    #: archive, purge or expire
+    kind: str
     finished_at: datetime | None
     batches: int
     rows_moved: int
@@ -70,6 +72,9 @@ class PolicyOverview:
     batches: int = 0
     #: Rows archived (deleted from PRIMARY once in ARCHIVE), per table, over every run.
     rows_by_table: Mapping[str, int] = field(default_factory=dict)
+    #: Rows deleted without archiving, per ``(kind, table)``: purged from PRIMARY, or
+    #: expired from ARCHIVE.
+    swept_by_table: Mapping[tuple[str, str], int] = field(default_factory=dict)
     #: Aged rows still in PRIMARY per table, or None when they could not be counted.
     backlog: Mapping[str, int] | None = None
 
@@ -129,15 +134,16 @@ def _ledger() -> tuple[sa.Table, sa.Table]:
 
 
 def _summary(row: Any) -> RunSummary:
-    return RunSummary(id=row.id, policy=row.policy, status=row.status,
+    return RunSummary(id=row.id, policy=row.policy, status=row.status, kind=row.kind,
                       started_at=row.started_at, finished_at=row.finished_at,
                       batches=row.batches or 0, rows_moved=row.rows_moved or 0,
                       rows_per_second=row.rows_per_second, error=row.error)
 
 
 def _run_columns(runs: sa.Table) -> list[sa.ColumnElement[Any]]:
-    return [runs.c.id, runs.c.policy, runs.c.status, runs.c.started_at, runs.c.finished_at,
-            runs.c.batches, runs.c.rows_moved, runs.c.rows_per_second, runs.c.error]
+    return [runs.c.id, runs.c.policy, runs.c.kind, runs.c.status, runs.c.started_at,
+            runs.c.finished_at, runs.c.batches, runs.c.rows_moved, runs.c.rows_per_second,
+            runs.c.error]
 
 
 def policy_overviews(settings: Settings, archive: sa.Engine,
@@ -163,12 +169,16 @@ def policy_overviews(settings: Settings, archive: sa.Engine,
             by_status[policy][status] = int(count)
             batches[policy] += int(batch_count)
         rows: dict[str, dict[str, int]] = defaultdict(dict)
-        for policy, table, deleted in connection.execute(
-                sa.select(runs.c.policy, run_tables.c.table_name,
+        swept: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
+        for policy, kind, table, deleted in connection.execute(
+                sa.select(runs.c.policy, runs.c.kind, run_tables.c.table_name,
                           sa.func.coalesce(sa.func.sum(run_tables.c.deleted), 0))
                 .join(runs, runs.c.id == run_tables.c.run_id)
-                .group_by(runs.c.policy, run_tables.c.table_name)):
-            rows[policy][table] = int(deleted)
+                .group_by(runs.c.policy, runs.c.kind, run_tables.c.table_name)):
+            if kind == "archive":
+                rows[policy][table] = int(deleted)
+            else:
+                swept[policy][(kind, table)] = int(deleted)
     ledger_state = tuple(sorted((run.policy, run.id, run.status) for run in last_runs.values()))
     waiting = backlog.get(ledger_state) if backlog is not None else {}
     return [
@@ -179,7 +189,8 @@ def policy_overviews(settings: Settings, archive: sa.Engine,
             if policy.enabled and settings.scheduler.enabled else None,
             last_run=last_runs.get(policy.name), last_success=successes.get(policy.name),
             runs_by_status=by_status.get(policy.name, {}), batches=batches.get(policy.name, 0),
-            rows_by_table=rows.get(policy.name, {}), backlog=waiting.get(policy.name),
+            rows_by_table=rows.get(policy.name, {}), swept_by_table=swept.get(policy.name, {}),
+            backlog=waiting.get(policy.name),
         )
         for policy in settings.policies
     ]
@@ -223,7 +234,8 @@ def run_detail(archive: sa.Engine, run_id: int
 
 def rows_per_day(archive: sa.Engine, days: int = 90, now: datetime | None = None
                  ) -> dict[str, dict[date, int]]:
-    """Rows archived per table per UTC day (by run start) over the last ``days`` days:
+    """Rows archived (runs of kind ``archive``) per table per UTC day (by run start) over
+    the last ``days`` days:
     ``{table: {day: rows}}``, days without rows left out."""
     now = now or datetime.now(UTC)
     since = now - timedelta(days=days)
@@ -233,6 +245,7 @@ def rows_per_day(archive: sa.Engine, days: int = 90, now: datetime | None = None
         for started_at, table, deleted in connection.execute(
                 sa.select(runs.c.started_at, run_tables.c.table_name, run_tables.c.deleted)
                 .join(runs, runs.c.id == run_tables.c.run_id)
-                .where(runs.c.started_at >= since, run_tables.c.deleted > 0)):
+                .where(runs.c.started_at >= since, runs.c.kind == "archive",
+                       run_tables.c.deleted > 0)):
             per_table[table][started_at.astimezone(UTC).date()] += int(deleted)
     return {table: dict(days_rows) for table, days_rows in sorted(per_table.items())}

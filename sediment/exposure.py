@@ -31,7 +31,7 @@ def exposed_tables(settings: ReportSettings, policies: Sequence[ArchivePolicy],
         ``reports.hide_columns`` for a key column.
     """
     archived: dict[str, ExposedTable] = {}
-    for policy in policies:
+    for policy in (policy for policy in policies if policy.archives):
         archived[policy.root.fullname] = ExposedTable(
             policy.root.fullname, policy.root, policy.archive_root, policy.root.fullname)
         for child in policy.children:

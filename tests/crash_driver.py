@@ -9,6 +9,15 @@ settings file):
 * ``after_archive_commit``: ARCHIVE holds the batch; PRIMARY has deleted nothing.
 * ``before_primary_commit``: PRIMARY's deletes ran but have not committed.
 * ``after_primary_commit``: PRIMARY committed its deletes; the ledger has not counted them.
+
+Purges and expiries delete from one database without copying; with
+``CRASH_DRIVER_DELETES=primary|archive`` naming it (and ``CRASH_DRIVER_COMMAND=expire`` for
+``archive expire``), the points are:
+
+* ``before_delete``: a batch is selected; its first DELETE has not run.
+* ``before_delete_commit``: the batch's deletes ran but have not committed.
+* ``after_delete_commit``: they committed; the next statement on the other database (a
+  purge's ledger count) has not run.
 """
 
 from __future__ import annotations
@@ -23,9 +32,12 @@ from sediment.cli import main
 
 POINT, NTH = sys.argv[1], int(sys.argv[2])
 ARCHIVE_DATABASE = sa.engine.make_url(os.environ["SEDIMENT_DATABASE__ARCHIVE_URL"]).database
+SWEEP_DATABASE = os.environ.get("CRASH_DRIVER_DELETES")
+COMMAND = os.environ.get("CRASH_DRIVER_COMMAND", "run")
 reached = 0
 deleting: set[int] = set()
 primary_committed = False
+sweep_committed = False
 
 
 def is_archive(connection: sa.Connection) -> bool:
@@ -39,9 +51,28 @@ def reach() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def sweeps_here(connection: sa.Connection) -> bool:
+    return is_archive(connection) == (SWEEP_DATABASE == "archive")
+
+
+def on_sweep_statement(conn: sa.Connection, text: str) -> None:
+    global sweep_committed
+    if sweep_committed and not sweeps_here(conn):
+        sweep_committed = False
+        if POINT == "after_delete_commit":
+            reach()
+    if sweeps_here(conn) and text.startswith("DELETE"):
+        if POINT == "before_delete" and id(conn) not in deleting:
+            reach()
+        deleting.add(id(conn))
+
+
 @sa.event.listens_for(sa.Engine, "before_cursor_execute")
 def on_statement(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
     text = statement.lstrip().upper()
+    if SWEEP_DATABASE:
+        on_sweep_statement(conn, text)
+        return
     global primary_committed
     if is_archive(conn) and primary_committed:
         primary_committed = False  # the ledger's record of the deletes is next
@@ -63,7 +94,14 @@ def on_statement(conn, cursor, statement, parameters, context, executemany):  # 
 
 @sa.event.listens_for(sa.Engine, "commit")
 def on_commit(conn):  # type: ignore[no-untyped-def]
-    global primary_committed
+    global primary_committed, sweep_committed
+    if SWEEP_DATABASE:
+        if id(conn) in deleting:
+            if POINT == "before_delete_commit":
+                reach()
+            sweep_committed = POINT == "after_delete_commit"
+        deleting.discard(id(conn))
+        return
     if POINT == "before_primary_commit" and id(conn) in deleting:
         reach()
     if POINT == "after_primary_commit" and id(conn) in deleting:
@@ -78,5 +116,5 @@ def on_rollback(conn):  # type: ignore[no-untyped-def]
 
 if __name__ == "__main__":
     settings = os.environ.get("CRASH_DRIVER_SETTINGS")  # a settings file, if not the default
-    sys.exit(main([*(["--settings", settings] if settings else []), "archive", "run",
+    sys.exit(main([*(["--settings", settings] if settings else []), "archive", COMMAND,
                    *sys.argv[3:]]))

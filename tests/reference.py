@@ -131,8 +131,9 @@ def top_products(data: dict[str, Any], metric: str = "revenue",
 
 
 def archive_runs(data: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{k: r[k] for k in ("id", "policy", "status", "cutoff", "started_at", "finished_at",
-                               "batches", "rows_moved", "rows_per_second", "error")}
+    return [{k: r[k] for k in ("id", "policy", "kind", "status", "cutoff", "started_at",
+                               "finished_at", "batches", "rows_moved", "rows_per_second",
+                               "error")}
             for r in data["archive_runs"].values()]
 
 

@@ -10,6 +10,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 import pytest
 import sqlalchemy as sa
@@ -91,8 +92,9 @@ def wait_for_lock(primary: sa.Engine, policy: str, seconds: float = 10) -> None:
     pytest.fail(f"the runner lock of {policy} was still held {seconds}s after the crash")
 
 
-def crash_once(point: str, rng: random.Random, env: dict[str, str]) -> int:
-    args = ["--now", NOW.isoformat()]
+def crash_once(point: str, rng: random.Random, env: dict[str, str],
+               extra: Sequence[str] = ()) -> int:
+    args = ["--now", NOW.isoformat(), *extra]
     driver = [sys.executable, "-m", "tests.crash_driver"]
     if point == "random":
         process = subprocess.Popen([*driver, "none", "0", *args], cwd=REPO, env=env,

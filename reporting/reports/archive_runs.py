@@ -12,25 +12,29 @@ from reporting.reports.base import Column, DatabaseTables, Filter, RowReport
 
 def query(tables: DatabaseTables, params: Mapping[str, Any]) -> sa.Select[Any]:
     runs = tables["archive_runs"]
-    return sa.select(runs.c.id, runs.c.policy, runs.c.status, runs.c.cutoff, runs.c.started_at,
-                     runs.c.finished_at, runs.c.batches, runs.c.rows_moved,
+    return sa.select(runs.c.id, runs.c.policy, runs.c.kind, runs.c.status, runs.c.cutoff,
+                     runs.c.started_at, runs.c.finished_at, runs.c.batches, runs.c.rows_moved,
                      runs.c.rows_per_second, runs.c.error)
 
 
 REPORT = RowReport(
     name="archive-runs",
     title="Archive runs",
-    description="Every archiver run: policy, cutoff, timing, rows moved and how it ended.",
+    description="Every run of the archiver, of every kind (archive, purge, expire): policy, "
+                "cutoff, timing, rows and how it ended.",
     columns=(
         Column("id", "integer", "run id"),
         Column("policy", "string", "policy name"),
+        Column("kind", "string", "archive (moved to ARCHIVE), purge (deleted from PRIMARY) or "
+               "expire (deleted from ARCHIVE after the retention period)"),
         Column("status", "string", "done, max_rows, max_runtime, stop_requested, lock_busy, "
-               "error, interrupted or running"),
-        Column("cutoff", "datetime", "rows older than this were moved"),
+               "lock_lost, schema_drift, error, interrupted or running"),
+        Column("cutoff", "datetime", "rows older than this were taken"),
         Column("started_at", "datetime", "start (UTC)"),
         Column("finished_at", "datetime", "end (UTC), if ended"),
         Column("batches", "integer", "batches completed"),
-        Column("rows_moved", "integer", "rows deleted from PRIMARY after archiving"),
+        Column("rows_moved", "integer", "rows deleted: from PRIMARY after archiving, or by the "
+               "purge or the expiry"),
         Column("rows_per_second", "number", "throughput"),
         Column("error", "string", "why it failed, if it did"),
     ),
@@ -40,6 +44,7 @@ REPORT = RowReport(
     sources=("archive",),
     filters=(
         Filter("policy", "string", ("eq", "in"), "policy name"),
+        Filter("kind", "string", ("eq", "in"), "archive, purge or expire"),
         Filter("status", "string", ("eq", "ne", "in"), "how the run ended"),
         Filter("started_at", "datetime", ("gte", "lt"), "start time range"),
     ),

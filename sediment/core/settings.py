@@ -19,7 +19,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -160,6 +160,16 @@ class PolicySettings:
     batch_size: int = 5_000
     schedule: str = "*/30 * * * *"
     enabled: bool = True
+    #: "archive" moves aged rows to ARCHIVE; "purge" deletes them from PRIMARY, copying nothing.
+    mode: Literal["archive", "purge"] = "archive"
+    #: How long ARCHIVE keeps the policy's rows, measured on the age column ("7y", "400d");
+    #: empty keeps them for ever.
+    retention: str = ""
+
+    @property
+    def retention_period(self) -> Retention | None:
+        """``retention`` parsed (it is checked when the settings load)."""
+        return parse_retention(self.retention) if self.retention.strip() else None
 
 
 @dataclass(frozen=True)
@@ -210,6 +220,48 @@ def parse_duration(text: str) -> timedelta:
     if not found:
         raise ValueError(f"{text!r} is not a duration such as '30s', '15m', '12h' or '365d'")
     return timedelta(seconds=float(found.group(1)) * _DURATION_UNITS[found.group(2)])
+
+
+_RETENTION_YEARS = re.compile(r"^\s*(\d+)\s*y\s*$")
+
+
+@dataclass(frozen=True)
+class Retention:
+    """A retention period: whole calendar years (``"7y"``), or a fixed duration."""
+
+    years: int = 0
+    duration: timedelta = timedelta(0)
+
+    def cutoff(self, now: datetime) -> datetime:
+        """The instant before which a row has outlived the period. Years are calendar
+        years (29 February steps back to the 28th), so "7y" never expires a row early."""
+        if self.years:
+            year = now.year - self.years
+            day = min(now.day, 28) if now.month == 2 and now.day == 29 else now.day
+            return now.replace(year=year, day=day)
+        return now - self.duration
+
+    @property
+    def shortest(self) -> timedelta:
+        """The shortest the period can be (a year counted as 365 days)."""
+        return timedelta(days=365 * self.years) if self.years else self.duration
+
+
+def parse_retention(text: str) -> Retention:
+    """Parse ``"7y"`` (calendar years) or any duration :func:`parse_duration` reads.
+
+    :raises ValueError: for anything else.
+    """
+    found = _RETENTION_YEARS.match(text)
+    if found:
+        if int(found.group(1)) <= 0:
+            raise ValueError(f"{text!r} must be longer than zero")
+        return Retention(years=int(found.group(1)))
+    try:
+        return Retention(duration=parse_duration(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a retention period such as '7y' (calendar years) "
+                         "or '400d'") from None
 
 
 def normalise_database_url(url: str) -> str:
@@ -514,6 +566,7 @@ def _validate_policy(policy: PolicySettings, timezone: str) -> None:
     _require_positive(f"{prefix}.batch_size", policy.batch_size)
     if policy.older_than <= timedelta(0):
         raise SettingsError(f"{prefix}.older_than", "must be longer than zero")
+    _validate_retention(policy)
     try:
         ZoneInfo(policy.age_zone)
     except (ValueError, ZoneInfoNotFoundError):
@@ -523,6 +576,23 @@ def _validate_policy(policy: PolicySettings, timezone: str) -> None:
         CronTrigger.from_crontab(policy.schedule, timezone=timezone)
     except ValueError as exc:
         raise SettingsError(f"{prefix}.schedule", f"{policy.schedule!r}: {exc}") from exc
+
+
+def _validate_retention(policy: PolicySettings) -> None:
+    key = f"policy.{policy.name}.retention"
+    if not policy.retention.strip():
+        return
+    if policy.mode == "purge":
+        raise SettingsError(key, "a purge policy keeps nothing in ARCHIVE to expire; remove "
+                            "retention, or archive the rows (mode = \"archive\")")
+    try:
+        retention = parse_retention(policy.retention)
+    except ValueError as exc:
+        raise SettingsError(key, str(exc)) from None
+    if retention.shortest <= policy.older_than:
+        raise SettingsError(key, f"{policy.retention!r} is not longer than older_than "
+                            f"({policy.older_than.days} days): rows would expire from "
+                            "ARCHIVE as soon as they arrive")
 
 
 def _require_positive(key: str, value: int) -> None:

@@ -39,6 +39,12 @@ RunStatus = Literal[
 ]
 RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
 
+#: What a run did: ``archive`` moved rows PRIMARY -> ARCHIVE; ``purge`` deleted aged rows
+#: from PRIMARY without copying them (a policy with ``mode = "purge"``); ``expire`` deleted
+#: ARCHIVE rows past the policy's retention.
+RunKind = Literal["archive", "purge", "expire"]
+RUN_KINDS: tuple[RunKind, ...] = get_args(RunKind)
+
 
 class ArchiveModel(DeclarativeBase):
     """Declarative base of the ARCHIVE database: the twins and the ledger."""
@@ -98,6 +104,8 @@ class ArchiveRun(ArchiveModel):
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
     policy: Mapped[str] = mapped_column(sa.String(64), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(16), default="archive",
+                                      server_default="archive")
     status: Mapped[str] = mapped_column(sa.String(16), index=True)
     cutoff: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
@@ -136,6 +144,9 @@ class ArchiveRunTable(ArchiveModel):
     verified: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     deleted: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     skipped_locked: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    #: Rows this (archive) run copied that a later run removed from ARCHIVE (expired): the
+    #: rows stamped with its id are ``copied - removed``.
+    removed: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     pending_low: Mapped[int | None] = mapped_column(sa.BigInteger)
     pending_high: Mapped[int | None] = mapped_column(sa.BigInteger)
     pending_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -155,5 +166,27 @@ class ArchiveSchemaChange(ArchiveModel):
     detail: Mapped[str] = mapped_column(sa.Text)
 
 
+class ArchiveHold(ArchiveModel):
+    """A legal hold on one row (and its children) of a policy's table, in either database:
+    while ``released_at`` is empty, no purge, expiry or erasure touches it.
+
+    ``row_key`` is the key's values as a JSON list of their text forms, in key order.
+    Who placed or released it, and why, are as the operator gave them on the command line.
+    """
+
+    __tablename__ = "archive_holds"
+    __table_args__ = (sa.Index("ix_archive_holds_table_released", "table_name", "released_at"),)
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
+    table_name: Mapped[str] = mapped_column(sa.String(255))
+    row_key: Mapped[str] = mapped_column(sa.Text)
+    reason: Mapped[str] = mapped_column(sa.Text)
+    held_by: Mapped[str] = mapped_column(sa.String(255))
+    held_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    released_by: Mapped[str | None] = mapped_column(sa.String(255))
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    release_reason: Mapped[str | None] = mapped_column(sa.Text)
+
+
 #: The ledger tables alone: all of ARCHIVE that Alembic owns beside an existing PRIMARY.
-LEDGER_TABLES = ("archive_runs", "archive_run_tables", "archive_schema_changes")
+LEDGER_TABLES = ("archive_runs", "archive_run_tables", "archive_schema_changes", "archive_holds")

@@ -1,0 +1,315 @@
+"""The archive's lifecycle: purge policies, retention (expiry) and legal holds, on both
+backends, through the archiver and through the real command line."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from archive.archiver import Archiver
+from archive.holds import add_holds, list_holds, parse_key
+from archive.ledger import run_tables, runs
+from archive.policy import ArchivePolicy
+from archive.sweep import expiry_of, plan_sweep, purge_of
+from archive.verify import verify_archive
+from reporting.app import create_app
+from sediment.core.databases import Engines
+from sediment.core.migrations import upgrade_all
+from sediment.core.schema.archive import archived_tables
+from sediment.core.settings import Retention, SettingsError, parse_retention
+from sediment.service import resolve_policies_of
+from tests.archiving import NOW, Snapshot, seed_shop, snapshot
+from tests.support import DatabaseFactory, archiver_of, engines_of, env_for, make_settings, run_cli
+
+CHILDREN = ("order_items", "payments")
+
+
+@dataclass
+class Shop:
+    """A seeded demo shop on a fresh pair of databases, with its archiver."""
+
+    archiver: Archiver
+    urls: tuple[str, str]
+
+    @property
+    def engines(self) -> Engines:
+        return self.archiver.engines
+
+    def policy(self, name: str) -> ArchivePolicy:
+        return self.archiver.policy(name)
+
+    def order_ids(self, engine: sa.Engine, condition: sa.ColumnElement[bool]) -> list[int]:
+        table = self.policy("orders").root if engine is self.engines.primary \
+            else self.policy("orders").archive_root
+        with engine.connect() as connection:
+            return sorted(connection.execute(sa.select(table.c.id).where(condition)).scalars())
+
+
+@pytest.fixture
+def make_shop(databases: DatabaseFactory) -> Iterator[Any]:
+    made: list[Engines] = []
+
+    def make(label: str, **overrides: str) -> Shop:
+        urls = databases.pair(label)
+        app = create_app(make_settings(*urls, **overrides))
+        engines = engines_of(app)
+        upgrade_all(engines)
+        seed_shop(engines.primary, engines.archive)
+        made.append(engines)
+        return Shop(archiver_of(app), urls)
+
+    yield make
+    for engines in made:
+        engines.dispose()
+
+
+def children_of(rows: Snapshot, table: str, orders: set[int]) -> set[int]:
+    position = [c.name for c in archived_tables[table].columns].index("order_id")
+    return {key for key, row in rows[table].items() if row[position] in orders}
+
+
+def ledger_rows(engine: sa.Engine, run_id: int) -> dict[str, tuple[int, int, int]]:
+    """A run's per-table ``(copied, deleted, removed)``."""
+    with engine.connect() as connection:
+        return {row.table_name: (row.copied, row.deleted, row.removed) for row in
+                connection.execute(sa.select(run_tables).where(run_tables.c.run_id == run_id))}
+
+
+def test_purge_deletes_aged_roots_with_children_copies_nothing_and_keeps_held_rows(
+        make_shop: Any) -> None:
+    shop = make_shop("purge", SEDIMENT_POLICY__ORDERS__MODE="purge",
+                     SEDIMENT_POLICY__ORDERS__BATCH_SIZE="7")
+    primary, archive = shop.engines.primary, shop.engines.archive
+    policy = shop.policy("orders")
+    aged = shop.order_ids(primary, policy.aged(policy.cutoff(NOW)))
+    assert len(aged) > 20
+    before = snapshot(primary)
+    item_of_second = min(children_of(before, "order_items", {aged[1]}))
+    add_holds(archive, "orders", [(aged[0],)], reason="audit", held_by="t", now=NOW)
+    add_holds(archive, "order_items", [(item_of_second,)], reason="dispute", held_by="t",
+              now=NOW)
+    plan = plan_sweep(shop.engines, purge_of(policy, NOW))
+    assert plan.held == 2
+
+    outcome = shop.archiver.run("orders", NOW)
+
+    assert (outcome.kind, outcome.status, outcome.held) == ("purge", "done", 2)
+    gone = set(aged) - {aged[0], aged[1]}
+    after = snapshot(primary)
+    assert after["orders"].keys() == before["orders"].keys() - gone
+    for table in CHILDREN:
+        assert after[table].keys() == before[table].keys() - children_of(before, table, gone)
+    assert after["events"] == before["events"]
+    assert outcome.moved == plan.counts
+    assert outcome.moved["orders"] == len(gone)
+    assert all(not rows for name, rows in snapshot(archive, twins=True).items()
+               if name != "events")
+    assert {name: deleted for name, (_, deleted, _) in ledger_rows(archive, outcome.run_id)
+            .items()} == outcome.moved
+    assert shop.archiver.run("orders", NOW).rows == 0
+    assert verify_archive(primary, archive, shop.archiver.policies).ok
+
+
+def test_expiry_deletes_archived_rows_past_retention_and_keeps_the_ledger_exact(
+        make_shop: Any) -> None:
+    shop = make_shop("expire", SEDIMENT_POLICY__ORDERS__RETENTION="500d",
+                     SEDIMENT_POLICY__ORDERS__BATCH_SIZE="9")
+    primary, archive = shop.engines.primary, shop.engines.archive
+    policy = shop.policy("orders")
+    archived_by = shop.archiver.run("orders", NOW)
+    assert archived_by.status == "done" and archived_by.rows
+    live, archived = snapshot(primary), snapshot(archive, twins=True)
+    expiry = expiry_of(policy, NOW)
+    assert expiry is not None and expiry.cutoff == NOW - timedelta(days=500)
+    expiring = shop.order_ids(archive, expiry.condition)
+    assert 5 < len(expiring) < len(archived["orders"])
+    add_holds(archive, "orders", [(expiring[3],)], reason="litigation", held_by="t", now=NOW)
+    plan = plan_sweep(shop.engines, expiry)
+
+    outcome = shop.archiver.expire("orders", NOW)
+
+    assert outcome is not None
+    assert (outcome.kind, outcome.status, outcome.held) == ("expire", "done", 1)
+    gone = set(expiring) - {expiring[3]}
+    now_archived = snapshot(archive, twins=True)
+    assert now_archived["orders"].keys() == archived["orders"].keys() - gone
+    for table in CHILDREN:
+        assert now_archived[table].keys() == (archived[table].keys()
+                                              - children_of(archived, table, gone))
+    assert snapshot(primary) == live
+    assert outcome.moved == plan.counts and outcome.moved["orders"] == len(gone)
+    # The archive run that copied the rows counts them as removed: its stamped rows match.
+    counters = ledger_rows(archive, archived_by.run_id)
+    assert {name: removed for name, (_, _, removed) in counters.items()} == outcome.moved
+    assert verify_archive(primary, archive, shop.archiver.policies).ok
+    assert shop.archiver.expire("orders", NOW).rows == 0  # type: ignore[union-attr]
+    assert shop.archiver.expire("events", NOW) is None  # no retention: kept for ever
+
+
+def test_the_schedule_runs_a_policy_then_expires_it(make_shop: Any) -> None:
+    shop = make_shop("scheduled", SEDIMENT_POLICY__ORDERS__RETENTION="500d")
+    outcomes = shop.archiver.scheduled("orders", NOW, threading.Event())
+    assert [(o.kind, o.status) for o in outcomes] == [("archive", "done"), ("expire", "done")]
+    assert outcomes[1].rows > 0
+    with shop.engines.archive.connect() as connection:
+        kinds = connection.execute(sa.select(runs.c.kind).order_by(runs.c.id)).scalars().all()
+    assert kinds == ["archive", "expire"]
+
+
+def test_a_released_hold_lets_its_rows_go(make_shop: Any) -> None:
+    shop = make_shop("released", SEDIMENT_POLICY__ORDERS__MODE="purge")
+    primary, archive = shop.engines.primary, shop.engines.archive
+    policy = shop.policy("orders")
+    first = shop.order_ids(primary, policy.aged(policy.cutoff(NOW)))[0]
+    (hold,), _ = add_holds(archive, "orders", [(first,)], reason="r", held_by="t", now=NOW)
+    assert shop.archiver.run("orders", NOW).held == 1
+    assert first in shop.order_ids(primary, sa.true())
+    from archive.holds import release_holds
+    release_holds(archive, [hold.id], released_by="t", reason="closed", now=NOW)
+    outcome = shop.archiver.run("orders", NOW)
+    assert (outcome.held, outcome.moved["orders"]) == (0, 1)
+    assert first not in shop.order_ids(primary, sa.true())
+
+
+def test_the_command_line_places_lists_and_releases_holds(make_shop: Any) -> None:
+    shop = make_shop("hold_cli", SEDIMENT_POLICY__ORDERS__RETENTION="500d")
+    env = env_for(*shop.urls)
+    order = shop.order_ids(shop.engines.primary, sa.true())[0]
+
+    placed = run_cli("archive", "hold", "add", "--table", "orders", "--key", str(order),
+                     "--reason", "tax audit 2026", "--by", "legal@example", env=env)
+    assert placed.returncode == 0, placed.stderr
+    assert f"placed on orders {order} (in PRIMARY) by legal@example: tax audit 2026" \
+        in placed.stdout
+    again = run_cli("archive", "hold", "add", "--table", "orders", "--key", str(order),
+                    "--reason", "again", env=env)
+    assert "already held by hold 1" in again.stdout
+    listing = run_cli("archive", "hold", "list", env=env)
+    assert "tax audit 2026" in listing.stdout and "legal@example" in listing.stdout
+
+    missing = run_cli("archive", "hold", "add", "--table", "orders", "--key", "999999",
+                      "--reason", "x", env=env)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines() == [
+        "sediment: --key 999999: no orders row with this key in PRIMARY or ARCHIVE; nothing "
+        "was held"]
+    bad = run_cli("archive", "hold", "add", "--table", "orders", "--key", "abc", "--reason",
+                  "x", env=env)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == ("sediment: --key 'abc': 'abc' is not a value of orders.id "
+                                  "(BIGINT)")
+    unknown = run_cli("archive", "hold", "add", "--table", "customers", "--key", "1",
+                      "--reason", "x", env=env)
+    assert unknown.returncode == 2 and "not one of the policies' tables" in unknown.stderr
+
+    released = run_cli("archive", "hold", "release", "1", "--reason", "audit closed",
+                       "--by", "legal@example", env=env)
+    assert released.returncode == 0 and "hold 1 on orders" in released.stdout
+    assert "no holds in force" in run_cli("archive", "hold", "list", env=env).stdout
+    history = run_cli("archive", "hold", "list", "--all", env=env).stdout
+    assert "released" in history and "audit closed" in history
+    twice = run_cli("archive", "hold", "release", "1", env=env)
+    assert twice.returncode == 2 and "no hold in force with id 1" in twice.stderr
+    assert [hold.id for hold in list_holds(shop.engines.archive, released=True)] == [1]
+
+
+def test_the_command_line_purges_expires_and_shows_every_kind(make_shop: Any) -> None:
+    shop = make_shop("kinds_cli", SEDIMENT_POLICY__ORDERS__RETENTION="500d",
+                     SEDIMENT_POLICY__EVENTS__MODE="purge")
+    env = {**env_for(*shop.urls), "SEDIMENT_POLICY__ORDERS__RETENTION": "500d",
+           "SEDIMENT_POLICY__EVENTS__MODE": "purge"}
+    now = ["--now", NOW.isoformat()]
+    dry = run_cli("archive", "run", "--dry-run", *now, env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "policy events: cutoff" in dry.stdout and "would purge from PRIMARY events" \
+        in dry.stdout
+    ran = run_cli("archive", "run", *now, env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert [line.split()[:2] for line in ran.stdout.splitlines()[1:3]] == [
+        ["orders", "archive"], ["events", "purge"]]
+    planned = run_cli("archive", "expire", "--dry-run", *now, env=env)
+    assert "would expire from ARCHIVE orders" in planned.stdout
+    expired = run_cli("archive", "expire", *now, env=env)
+    assert expired.returncode == 0, expired.stderr
+    assert expired.stdout.splitlines()[1].split()[:4] == ["orders", "expire", "3", "done"]
+    status = run_cli("archive", "status", env=env).stdout
+    assert [line.split()[2] for line in status.splitlines()[1:4]] == [
+        "expire", "purge", "archive"]
+    no_retention = run_cli("archive", "expire", "--policy", "events", env=env)
+    assert no_retention.returncode == 2 and "has no retention" in no_retention.stderr
+    verified = run_cli("archive", "verify", env=env)
+    assert verified.returncode == 0, verified.stdout
+
+
+def test_the_archive_runs_report_lists_every_kind(make_shop: Any) -> None:
+    shop = make_shop("kinds_report", SEDIMENT_POLICY__ORDERS__RETENTION="500d",
+                     SEDIMENT_POLICY__EVENTS__MODE="purge")
+    shop.archiver.scheduled("orders", NOW, threading.Event())
+    shop.archiver.run("events", NOW)
+    app = create_app(shop.archiver.settings)
+    client = app.test_client()
+    body = client.get("/api/v1/reports/archive-runs?sort=id").get_json()
+    assert [(row["policy"], row["kind"]) for row in body["rows"]] == [
+        ("orders", "archive"), ("orders", "expire"), ("events", "purge")]
+    purges = client.get("/api/v1/reports/archive-runs?kind=purge").get_json()["rows"]
+    assert [row["policy"] for row in purges] == ["events"]
+
+
+def test_keys_are_read_as_their_columns_types(make_shop: Any) -> None:
+    shop = make_shop("keys")
+    orders = shop.policy("orders").root
+    assert parse_key(orders, " 42 ") == (42,)
+    with pytest.raises(ValueError, match="has 1 column"):
+        parse_key(orders, "[1, 2]")
+    composite = sa.Table("t", sa.MetaData(), sa.Column("a", sa.Text, primary_key=True),
+                         sa.Column("b", sa.Date, primary_key=True))
+    assert parse_key(composite, "x, 2026-01-02") == ("x", datetime(2026, 1, 2).date())
+    assert parse_key(composite, '["a,b", "2026-01-02"]')[0] == "a,b"
+
+
+# Settings: no database needed.
+
+def settings_with(tmp_path: Any, **overrides: str) -> Any:
+    return make_settings(f"sqlite:///{tmp_path}/p.db", f"sqlite:///{tmp_path}/a.db", **overrides)
+
+
+@pytest.mark.parametrize(("overrides", "key", "words"), [
+    ({"SEDIMENT_POLICY__ORDERS__RETENTION": "7 years"}, "policy.orders.retention",
+     "is not a retention period such as '7y'"),
+    ({"SEDIMENT_POLICY__ORDERS__RETENTION": "300d"}, "policy.orders.retention",
+     "is not longer than older_than (365 days)"),
+    ({"SEDIMENT_POLICY__EVENTS__MODE": "purge", "SEDIMENT_POLICY__EVENTS__RETENTION": "2y"},
+     "policy.events.retention", "a purge policy keeps nothing in ARCHIVE"),
+    ({"SEDIMENT_POLICY__EVENTS__MODE": "erase"}, "policy.events.mode", "'archive' or 'purge'"),
+])
+def test_bad_lifecycle_settings_name_their_key(tmp_path: Any, overrides: dict[str, str],
+                                               key: str, words: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        settings_with(tmp_path, **overrides)
+    assert raised.value.key == key and words in str(raised.value)
+
+
+def test_a_purge_of_a_table_another_policy_archives_is_refused(tmp_path: Any) -> None:
+    settings = settings_with(tmp_path, SEDIMENT_POLICY__EVENTS__MODE="purge",
+                             SEDIMENT_POLICY__EVENTS__TABLE="payments",
+                             SEDIMENT_POLICY__EVENTS__AGE_COLUMN="paid_at")
+    with pytest.raises(SettingsError) as raised:
+        resolve_policies_of(settings)
+    assert raised.value.key == "policy.events.mode"
+    assert "purges payments, which policy 'orders' archives" in str(raised.value)
+
+
+def test_retention_counts_calendar_years() -> None:
+    assert parse_retention("7y") == Retention(years=7)
+    leap = datetime(2028, 2, 29, 12, tzinfo=UTC)
+    assert Retention(years=1).cutoff(leap) == datetime(2027, 2, 28, 12, tzinfo=UTC)
+    assert Retention(years=7).cutoff(NOW) == datetime(2019, 6, 1, tzinfo=UTC)
+    assert parse_retention("400d").cutoff(NOW) == NOW - timedelta(days=400)
+    with pytest.raises(ValueError):
+        parse_retention("0y")
