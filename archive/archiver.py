@@ -18,6 +18,8 @@ import sqlalchemy as sa
 
 from archive.existing import prepare_run
 from archive.policy import ArchivePolicy
+from archive.restore import RestoreRequest, policy_of, run_restore
+from archive.restore_marks import without_restored
 from archive.runner import ProgressCallback, RunLimits, RunOutcome, run_policy
 from archive.sweep import expiry_of, purge_of, run_sweep
 from archive.twins import TwinPlan, apply_plan, plan_twins
@@ -50,6 +52,11 @@ class Archiver:
         """
         self.settings.policy(name)  # raises, naming the unknown policy and the known ones
         return next(policy for policy in self.policies if policy.name == name)
+
+    def as_of(self, name: str, now: datetime) -> ArchivePolicy:
+        """The policy called ``name`` as a run at ``now`` applies it: leaving alone the
+        roots restored too recently to be archived again."""
+        return without_restored(self.engines.archive, self.policy(name), now)
 
     @property
     def enabled(self) -> list[str]:
@@ -103,6 +110,18 @@ class Archiver:
         return run_sweep(self.engines, expiry, database=self.settings.database,
                          settings=self.settings.archive, limits=limits, stop=stop,
                          progress=progress)
+
+    def restore(self, request: RestoreRequest, now: datetime, *,
+                stop: threading.Event | None = None,
+                progress: ProgressCallback | None = None) -> RunOutcome:
+        """Bring the request's archived roots (with their children) back to PRIMARY.
+
+        :raises RestoreRefused: when the request names no archived table or run.
+        """
+        policy = policy_of(self.policies, self.engines.archive, request)
+        return run_restore(self.engines, policy, request, now=now,
+                           database=self.settings.database, settings=self.settings.archive,
+                           stop=stop, progress=progress)
 
     def scheduled(self, name: str, now: datetime, stop: threading.Event) -> list[RunOutcome]:
         """What the schedule does for a policy: run it, then expire what outlived its

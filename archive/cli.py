@@ -19,8 +19,10 @@ import sqlalchemy as sa
 
 from archive.archiver import Archiver
 from archive.hold_cli import add_hold_commands
+from archive.keys import BadKey
 from archive.ledger import run_tables, runs
 from archive.mover import BatchResult
+from archive.restore import RestoreRefused, RestoreRequest, plan_restore, policy_of
 from archive.runner import ProgressCallback, RunLimits, RunOutcome, plan_run
 from archive.scheduler import start_in_background
 from archive.sweep import SweepPlan, expiry_of, plan_sweep, purge_of
@@ -37,6 +39,7 @@ from sediment.core.commandline import (
     positive_int,
     progress_bar,
 )
+from sediment.core.error_text import first_line
 from sediment.core.settings import Settings
 
 #: Builds the archiver of the settings a command line chose (from the composition root).
@@ -84,6 +87,29 @@ def add_commands(commands: Any, archiver_for: ArchiverFactory) -> None:
     expire.add_argument("--now", type=instant, metavar="ISO-8601",
                         help="compute cutoffs from this instant instead of the clock")
     expire.set_defaults(handler=handler(cmd_expire))
+
+    restore = sub.add_parser(
+        "restore", help="bring archived rows back to PRIMARY",
+        description="Move archived roots, with their children, back to PRIMARY: insert, read "
+        "back and compare, commit PRIMARY, then delete from ARCHIVE. A row PRIMARY already "
+        "holds with other values stops the batch, never overwritten. A restored root ages "
+        "again from the moment of its restore: its policy leaves it in PRIMARY for "
+        "older_than. Safe to interrupt: the next restore of the policy finishes it.")
+    chosen = restore.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--run", type=positive_int, metavar="N",
+                        help="the roots archive run N moved (or: finish restore run N)")
+    chosen.add_argument("--table", help="a table of a policy: restore the roots of its rows "
+                        "given by --key or --where")
+    restore.add_argument("--key", action="append", metavar="KEY", default=[],
+                         help="a row's key (repeatable; composite keys comma-separated)")
+    restore.add_argument("--where", default="", metavar="SQL",
+                         help="a condition on --table's archived rows, e.g. "
+                         "\"customer_id = 42\"")
+    restore.add_argument("--dry-run", action="store_true",
+                         help="print the per-table counts that would come back; write nothing")
+    restore.add_argument("--now", type=instant, metavar="ISO-8601",
+                         help="restore as of this instant (the rows age again from it)")
+    restore.set_defaults(handler=handler(cmd_restore))
 
     add_hold_commands(sub, handler)
 
@@ -161,7 +187,7 @@ def _dry_run(archiver: Archiver, names: list[str], now: datetime) -> int:
         if not policy.archives:
             _print_sweep_plan(plan_sweep(archiver.engines, purge_of(policy, now)))
             continue
-        plan = plan_run(archiver.engines.primary, policy, now)
+        plan = plan_run(archiver.engines.primary, archiver.as_of(name, now), now)
         counts = ", ".join(f"{table} {count:,}" for table, count in plan.counts.items())
         print(f"dry run: policy {name}: cutoff {plan.cutoff.isoformat()}: would move {counts}")
     return EXIT_OK
@@ -173,6 +199,38 @@ def _print_sweep_plan(plan: SweepPlan) -> None:
     held = f"; {plan.held:,} held root rows stay" if plan.held else ""
     print(f"dry run: policy {plan.sweep.policy.name}: cutoff {plan.sweep.cutoff.isoformat()}: "
           f"{verb[plan.sweep.kind]} {counts}{held}")
+
+
+def cmd_restore(args: argparse.Namespace, archiver: Archiver) -> int:
+    if args.table is not None and bool(args.key) == bool(args.where.strip()):
+        return _usage("--table needs either --key or --where")
+    if args.run is not None and (args.key or args.where):
+        return _usage("--run restores a whole run; --key and --where go with --table")
+    request = RestoreRequest(run=args.run, table=args.table, keys=tuple(args.key),
+                             where=args.where.strip())
+    now = args.now or datetime.now(UTC)
+    try:
+        policy = policy_of(archiver.policies, archiver.engines.archive, request)
+        if args.dry_run:
+            counts = plan_restore(archiver.engines, policy, request)
+            shown = ", ".join(f"{table} {count:,}" for table, count in counts.items())
+            print(f"dry run: policy {policy.name}: {request.describe()}: would restore {shown}")
+            return EXIT_OK
+        planned = sum(plan_restore(archiver.engines, policy, request).values())
+    except (RestoreRefused, BadKey) as exc:
+        return _usage(str(exc))
+    except sa.exc.DBAPIError as exc:
+        if args.where:
+            return _usage(f"--where {args.where!r}: ARCHIVE refused it: {first_line(exc)}")
+        raise
+    return _run_all([policy.name], lambda name, stop: _bar(
+        planned, f"restore {name}", lambda progress: archiver.restore(
+            request, now, stop=stop, progress=progress)))
+
+
+def _usage(message: str) -> int:
+    print(f"sediment: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def cmd_expire(args: argparse.Namespace, archiver: Archiver) -> int:
@@ -212,11 +270,17 @@ def _with_progress(archiver: Archiver, name: str, action: str, now: datetime,
         planned = plan_sweep(archiver.engines, purge_of(policy, now)).counts
         label = f"purge {name}"
     else:
-        planned, label = plan_run(archiver.engines.primary, policy, now).counts, f"archive {name}"
+        planned = plan_run(archiver.engines.primary, archiver.as_of(name, now), now).counts
+        label = f"archive {name}"
     total = sum(planned.values())
     roots = next(iter(planned.values()), 0)
     if max_rows is not None and roots:
         total = min(total, round(total * max_rows / roots))
+    return _bar(total, label, run)
+
+
+def _bar(total: int, label: str,
+         run: Callable[[ProgressCallback], RunOutcome | None]) -> RunOutcome | None:
     with progress_bar(total=total, desc=label) as bar:
         def advance(result: BatchResult) -> None:
             bar.update(result.rows)

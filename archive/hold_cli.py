@@ -18,8 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from archive.archiver import Archiver
-from archive.holds import BadKey, Hold, add_holds, list_holds, parse_key, release_holds
-from archive.keys import Key, key_columns, key_filters, key_text
+from archive.holds import Hold, add_holds, list_holds, release_holds
+from archive.keys import BadKey, Key, key_columns, key_filters, key_text, parse_key
 from archive.policy import ArchivePolicy
 from sediment.core.commandline import EXIT_ERROR, EXIT_OK, EXIT_USAGE, positive_int
 

@@ -10,26 +10,18 @@ and so is its release.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from archive.keys import Key, key_columns, key_filters, key_text
+from archive.keys import Key, key_columns, key_filters, key_of_texts, key_text, stored_key
 from archive.scope import Level, ascend
-from sediment.core.instants import parse_instant
 from sediment.core.schema.archive import ArchiveHold
-from sediment.core.schema.types import python_type_of
 
 holds: sa.Table = ArchiveHold.__table__  # type: ignore[assignment]
-
-
-class BadKey(ValueError):
-    """A key given on the command line that the table's key columns cannot hold."""
 
 
 @dataclass(frozen=True)
@@ -49,59 +41,6 @@ class Hold:
     @property
     def shown_key(self) -> str:
         return ",".join(self.key)
-
-
-def parse_key(table: sa.Table, text: str) -> Key:
-    """A key as written on the command line: the value of a one-column key, the values of a
-    composite key separated by commas (``7,3``), or a JSON list (``["a,b", 3]``) when a
-    value holds a comma. Each value is read as its column's type.
-
-    :raises BadKey: naming the table's key columns when the count or a value is wrong.
-    """
-    columns = key_columns(table)
-    names = ", ".join(column.name for column in columns)
-    raw = text.strip()
-    if raw.startswith("["):
-        try:
-            parts = [str(part) for part in json.loads(raw)]
-        except json.JSONDecodeError as exc:
-            raise BadKey(f"{text!r} is not a JSON list of key values: {exc.msg}") from None
-    else:
-        parts = [raw] if len(columns) == 1 else [part.strip() for part in raw.split(",")]
-    if len(parts) != len(columns):
-        raise BadKey(f"{text!r}: {table.fullname}'s key has {len(columns)} column(s) "
-                        f"({names}); give one value for each, separated by commas")
-    return tuple(_read(column, part, text) for column, part in zip(columns, parts, strict=True))
-
-
-#: How a key value given as text becomes its column's Python type (subclasses first).
-_READERS: tuple[tuple[type, Any], ...] = (
-    (bool, lambda value: value.lower() in ("t", "true", "1")),
-    (datetime, parse_instant),
-    (date, date.fromisoformat),
-    (int, int),
-    (float, float),
-    (Decimal, Decimal),
-    (uuid.UUID, uuid.UUID),
-)
-
-
-def _read(column: sa.Column[Any], part: str, text: str) -> Any:
-    python_type = python_type_of(column.type)
-    reader = next((read for kind, read in _READERS
-                   if python_type is not None and issubclass(python_type, kind)), None)
-    if reader is None:
-        return part
-    try:
-        return reader(part)
-    except (ValueError, ArithmeticError):
-        raise BadKey(f"{text!r}: {part!r} is not a value of {column.table.fullname}."
-                        f"{column.name} ({column.type})") from None
-
-
-def stored_key(key: Key) -> str:
-    """A key as ``archive_holds.row_key`` keeps it: a JSON list of its values' text forms."""
-    return json.dumps([key_text(value) for value in key])
 
 
 def add_holds(archive: sa.Engine, table: str, keys: Sequence[Key], *, reason: str,
@@ -168,10 +107,7 @@ def held_keys(archive: sa.Connection | sa.Engine, tables: Mapping[str, sa.Table]
             return held_keys(connection, tables)
     found: dict[str, list[Key]] = {}
     for hold in _active(archive, list(tables)):
-        table = tables[hold.table]
-        found.setdefault(hold.table, []).append(
-            tuple(_read(column, part, hold.shown_key)
-                  for column, part in zip(key_columns(table), hold.key, strict=True)))
+        found.setdefault(hold.table, []).append(key_of_texts(tables[hold.table], hold.key))
     return found
 
 

@@ -15,12 +15,18 @@ can walk. SQLite gets chunked ``IN`` lists (row values for a composite key).
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime, time
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+
+from sediment.core.instants import parse_instant
+from sediment.core.schema.types import python_type_of
 
 Key = tuple[Any, ...]
 
@@ -143,6 +149,15 @@ def _bound(column: sa.ColumnElement[Any], value: Any,
     return sa.bindparam(None, value, type_=column.type)
 
 
+def keys_in(columns: Sequence[sa.ColumnElement[Any]],
+            keys: Sequence[Key]) -> sa.ColumnElement[bool]:
+    """``columns IN (keys...)`` with the keys as bound values, on any backend: for short
+    lists (restored roots), where :func:`key_filters`' per-backend forms are not needed."""
+    if len(columns) == 1:
+        return columns[0].in_([key[0] for key in keys])
+    return sa.tuple_(*columns).in_([tuple(key) for key in keys])
+
+
 def columns_in(columns: Sequence[sa.ColumnElement[Any]],
                query: sa.Select[Any]) -> sa.ColumnElement[bool]:
     """``columns IN (query)``, as a row value when there are several."""
@@ -155,3 +170,69 @@ def columns_match(left: Sequence[sa.ColumnElement[Any]],
                   right: Sequence[sa.ColumnElement[Any]]) -> sa.ColumnElement[bool]:
     """Pairwise equality of two column lists (a join condition)."""
     return sa.and_(*(a == b for a, b in zip(left, right, strict=True)))
+
+
+class BadKey(ValueError):
+    """A key given on the command line that the table's key columns cannot hold."""
+
+
+def parse_key(table: sa.Table, text: str) -> Key:
+    """A key as written on the command line: the value of a one-column key, the values of a
+    composite key separated by commas (``7,3``), or a JSON list (``["a,b", 3]``) when a
+    value holds a comma. Each value is read as its column's type.
+
+    :raises BadKey: naming the table's key columns when the count or a value is wrong.
+    """
+    columns = key_columns(table)
+    names = ", ".join(column.name for column in columns)
+    raw = text.strip()
+    if raw.startswith("["):
+        try:
+            parts = [str(part) for part in json.loads(raw)]
+        except json.JSONDecodeError as exc:
+            raise BadKey(f"{text!r} is not a JSON list of key values: {exc.msg}") from None
+    else:
+        parts = [raw] if len(columns) == 1 else [part.strip() for part in raw.split(",")]
+    if len(parts) != len(columns):
+        raise BadKey(f"{text!r}: {table.fullname}'s key has {len(columns)} column(s) "
+                        f"({names}); give one value for each, separated by commas")
+    return tuple(_read(column, part, text) for column, part in zip(columns, parts, strict=True))
+
+
+#: How a key value given as text becomes its column's Python type (subclasses first).
+_READERS: tuple[tuple[type, Any], ...] = (
+    (bool, lambda value: value.lower() in ("t", "true", "1")),
+    (datetime, parse_instant),
+    (date, date.fromisoformat),
+    (int, int),
+    (float, float),
+    (Decimal, Decimal),
+    (uuid.UUID, uuid.UUID),
+)
+
+
+def _read(column: sa.Column[Any], part: str, text: str) -> Any:
+    python_type = python_type_of(column.type)
+    reader = next((read for kind, read in _READERS
+                   if python_type is not None and issubclass(python_type, kind)), None)
+    if reader is None:
+        return part
+    try:
+        return reader(part)
+    except (ValueError, ArithmeticError):
+        raise BadKey(f"{text!r}: {part!r} is not a value of {column.table.fullname}."
+                        f"{column.name} ({column.type})") from None
+
+
+def stored_key(key: Key) -> str:
+    """A key as the ledger keeps it (``archive_holds``, ``archive_restores``): a JSON list
+    of its values' text forms."""
+    return json.dumps([key_text(value) for value in key])
+
+
+def key_of_texts(table: sa.Table, texts: Sequence[str]) -> Key:
+    """A key from its values' text forms (as :func:`stored_key` keeps them), each read as
+    its column's type."""
+    shown = ",".join(texts)
+    return tuple(_read(column, part, shown)
+                 for column, part in zip(key_columns(table), texts, strict=True))

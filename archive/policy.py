@@ -15,7 +15,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from archive.ages import AgeColumn, resolve_age_column
-from archive.keys import key_columns
+from archive.keys import Key, key_columns, keys_in
 from sediment.core.settings import PolicySettings, Retention, SettingsError
 
 
@@ -66,6 +66,9 @@ class ArchivePolicy:
     mode: Literal["archive", "purge"] = "archive"
     #: How long ARCHIVE keeps the rows (on the age column), or ``None``: for ever.
     retention: Retention | None = None
+    #: Root keys a run leaves alone although aged: rows restored from ARCHIVE, until they
+    #: age again (:mod:`archive.restore`).
+    excluded: tuple[Key, ...] = ()
 
     @property
     def archives(self) -> bool:
@@ -92,6 +95,8 @@ class ArchivePolicy:
         conditions += [self.root.c[column].in_(values) for column, values in self.match.items()]
         if self.where:
             conditions.append(self.condition)
+        if self.excluded:
+            conditions.append(sa.not_(keys_in(self.key, self.excluded)))
         return sa.and_(*conditions)
 
     @property

@@ -27,6 +27,7 @@ from archive.locks import LockLost, RunnerLock
 from archive.mover import ArchiveError, BatchResult, SchemaDrift, Timeouts
 from archive.pipeline import BatchPipeline
 from archive.policy import ArchivePolicy
+from archive.restore_marks import without_restored
 from archive.settle import settle_pending_runs
 from sediment.core.databases import analyze
 from sediment.core.error_text import first_line
@@ -155,6 +156,11 @@ def run_policy(
                 outcome.moved = {table.fullname: 0 for table in resolved.tables}
             except (SchemaDrift, SettingsError) as exc:
                 outcome.status, outcome.error = "schema_drift", str(exc)
+            except sa.exc.SQLAlchemyError as exc:
+                outcome.status, outcome.error = "error", first_line(exc)
+        if outcome.status == "running":
+            try:
+                resolved = without_restored(archive, resolved, now)
             except sa.exc.SQLAlchemyError as exc:
                 outcome.status, outcome.error = "error", first_line(exc)
         if outcome.status == "running":

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from archive.keys import Key, columns_match, key_columns
 from archive.ledger import run_tables, runs
 from archive.policy import ArchivePolicy, ChildLink
+from archive.restore_marks import without_restored
 from sediment.core.schema.archive import ARCHIVE_RUN_ID
 
 CLEAN_ENDINGS = ("done", "max_rows", "max_runtime", "stop_requested")
@@ -162,6 +163,7 @@ def _check_nothing_left(primary: sa.Engine, archive: sa.Engine, policy: ArchiveP
         found.checks.append(f"policy {policy.name}: no finished run yet")
         return
     run_id, cutoff, skipped = last
+    policy = without_restored(archive, policy, cutoff + policy.older_than)  # as the run saw it
     with primary.connect() as connection:
         left = connection.execute(sa.select(sa.func.count()).select_from(policy.root)
                                   .where(policy.aged(cutoff))).scalar_one()

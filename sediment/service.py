@@ -85,7 +85,7 @@ def build_service(settings: Settings) -> Service:
 def count_backlog(archiver: Archiver) -> dict[str, dict[str, int]]:
     """Per enabled policy and table, the aged rows a run would move now."""
     now = datetime.now(UTC)
-    return {name: plan_run(archiver.engines.primary, archiver.policy(name), now).counts
+    return {name: plan_run(archiver.engines.primary, archiver.as_of(name, now), now).counts
             for name in archiver.enabled}
 
 

@@ -14,10 +14,13 @@ Purges and expiries delete from one database without copying; with
 ``CRASH_DRIVER_DELETES=primary|archive`` naming it (and ``CRASH_DRIVER_COMMAND=expire`` for
 ``archive expire``), the points are:
 
-* ``before_delete``: a batch is selected; its first DELETE has not run.
+* ``before_delete``: a batch is selected; its first DELETE of rows (not of a restore's
+  marks) has not run.
 * ``before_delete_commit``: the batch's deletes ran but have not committed.
 * ``after_delete_commit``: they committed; the next statement on the other database (a
   purge's ledger count) has not run.
+* ``before_insert_commit`` (restores, with ``CRASH_DRIVER_DELETES=archive``): the batch's
+  marks are in ARCHIVE and its rows inserted into PRIMARY, not yet committed.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ SWEEP_DATABASE = os.environ.get("CRASH_DRIVER_DELETES")
 COMMAND = os.environ.get("CRASH_DRIVER_COMMAND", "run")
 reached = 0
 deleting: set[int] = set()
+inserting: set[int] = set()
 primary_committed = False
 sweep_committed = False
 
@@ -61,10 +65,12 @@ def on_sweep_statement(conn: sa.Connection, text: str) -> None:
         sweep_committed = False
         if POINT == "after_delete_commit":
             reach()
-    if sweeps_here(conn) and text.startswith("DELETE"):
+    if sweeps_here(conn) and text.startswith("DELETE") and "ARCHIVE_RESTORES" not in text:
         if POINT == "before_delete" and id(conn) not in deleting:
             reach()
         deleting.add(id(conn))
+    elif text.startswith("INSERT"):
+        inserting.add(id(conn))
 
 
 @sa.event.listens_for(sa.Engine, "before_cursor_execute")
@@ -96,6 +102,9 @@ def on_statement(conn, cursor, statement, parameters, context, executemany):  # 
 def on_commit(conn):  # type: ignore[no-untyped-def]
     global primary_committed, sweep_committed
     if SWEEP_DATABASE:
+        if id(conn) in inserting and not sweeps_here(conn) and POINT == "before_insert_commit":
+            reach()
+        inserting.discard(id(conn))
         if id(conn) in deleting:
             if POINT == "before_delete_commit":
                 reach()
@@ -112,6 +121,7 @@ def on_commit(conn):  # type: ignore[no-untyped-def]
 @sa.event.listens_for(sa.Engine, "rollback")
 def on_rollback(conn):  # type: ignore[no-untyped-def]
     deleting.discard(id(conn))
+    inserting.discard(id(conn))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@ import pytest
 import sqlalchemy as sa
 
 from archive.archiver import Archiver
-from archive.holds import add_holds, list_holds, parse_key
+from archive.holds import add_holds, list_holds
+from archive.keys import parse_key
 from archive.ledger import run_tables, runs
 from archive.policy import ArchivePolicy
+from archive.restore import RestoreRequest
 from archive.sweep import expiry_of, plan_sweep, purge_of
 from archive.verify import verify_archive
 from reporting.app import create_app
@@ -24,7 +26,7 @@ from sediment.core.migrations import upgrade_all
 from sediment.core.schema.archive import archived_tables
 from sediment.core.settings import Retention, SettingsError, parse_retention
 from sediment.service import resolve_policies_of
-from tests.archiving import NOW, Snapshot, seed_shop, snapshot
+from tests.archiving import NOW, Snapshot, normalise, seed_shop, snapshot
 from tests.support import DatabaseFactory, archiver_of, engines_of, env_for, make_settings, run_cli
 
 CHILDREN = ("order_items", "payments")
@@ -313,3 +315,103 @@ def test_retention_counts_calendar_years() -> None:
     assert parse_retention("400d").cutoff(NOW) == NOW - timedelta(days=400)
     with pytest.raises(ValueError):
         parse_retention("0y")
+
+
+# Restore.
+
+def test_archive_restore_archive_round_trip_keeps_every_value(make_shop: Any) -> None:
+    shop = make_shop("round_trip", SEDIMENT_POLICY__ORDERS__BATCH_SIZE="11")
+    primary, archive = shop.engines.primary, shop.engines.archive
+    original = snapshot(primary)
+    archived_by = shop.archiver.run("orders", NOW)
+    moved = set(snapshot(archive, twins=True)["orders"])
+    assert archived_by.status == "done" and len(moved) > 20
+
+    restored = shop.archiver.restore(RestoreRequest(run=archived_by.run_id), NOW)
+
+    assert (restored.kind, restored.status) == ("restore", "done")
+    assert restored.moved["orders"] == len(moved)
+    assert snapshot(primary) == original  # every row back, value for value
+    assert all(not rows for name, rows in snapshot(archive, twins=True).items()
+               if name != "events")
+    counters = ledger_rows(archive, archived_by.run_id)
+    assert {name: removed for name, (_, _, removed) in counters.items()} == restored.moved
+    assert verify_archive(primary, archive, shop.archiver.policies).ok
+    # Restored roots age again from the restore: not archived until older_than has passed.
+    assert shop.archiver.run("orders", NOW).rows == 0
+    assert "would move orders 0" in _dry_run(shop, NOW)
+    later = shop.archiver.run("orders", NOW + timedelta(days=30))  # newly aged orders only
+    assert later.rows and not moved & set(snapshot(archive, twins=True)["orders"])
+    again = shop.archiver.run("orders", NOW + timedelta(days=366))
+    archived_again = snapshot(archive, twins=True)
+    assert moved <= set(archived_again["orders"])
+    for name, rows in archived_again.items():
+        assert all(normalise(row) == normalise(original[name][key])
+                   for key, row in rows.items()), name
+    assert again.status == "done"
+
+
+def _dry_run(shop: Shop, now: datetime) -> str:
+    result = run_cli("archive", "run", "--dry-run", "--policy", "orders", "--now",
+                     now.isoformat(), env=env_for(*shop.urls))
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_restore_by_a_childs_key_brings_its_whole_order_and_never_overwrites(
+        make_shop: Any) -> None:
+    shop = make_shop("restore_key")
+    primary, archive = shop.engines.primary, shop.engines.archive
+    original = snapshot(primary)
+    shop.archiver.run("orders", NOW)
+    archived = snapshot(archive, twins=True)
+    order = sorted(archived["orders"])[3]
+    item = min(children_of(archived, "order_items", {order}))
+    outcome = shop.archiver.restore(
+        RestoreRequest(table="order_items", keys=(str(item),)), NOW)
+    assert outcome.status == "done" and outcome.moved["orders"] == 1
+    live = snapshot(primary)
+    assert live["orders"][order] == original["orders"][order]
+    for table in CHILDREN:
+        keys = children_of(original, table, {order})
+        assert keys and all(live[table][key] == original[table][key] for key in keys)
+
+    # A different row under a key being restored stops the batch; nothing changes.
+    other = sorted(archived["orders"])[4]
+    names = [c.name for c in archived_tables["orders"].columns]
+    row = dict(zip(names, archived["orders"][other], strict=False))  # data columns come first
+    with primary.begin() as connection:  # re-entered by hand, a day off
+        connection.execute(shop.policy("orders").root.insert().values(
+            {**row, "placed_at": row["placed_at"] + timedelta(days=1)}))
+    before = (snapshot(primary), snapshot(archive, twins=True))
+    refused = shop.archiver.restore(RestoreRequest(table="orders", keys=(str(other),)), NOW)
+    assert refused.status == "error"
+    assert f"already holds a different orders row with key {other}" in (refused.error or "")
+    assert (snapshot(primary), snapshot(archive, twins=True)) == before
+
+
+def test_restore_on_the_command_line(make_shop: Any) -> None:
+    shop = make_shop("restore_cli")
+    env = env_for(*shop.urls)
+    archived_by = shop.archiver.run("orders", NOW)
+    order = sorted(snapshot(shop.engines.archive, twins=True)["orders"])[0]
+    dry = run_cli("archive", "restore", "--run", str(archived_by.run_id), "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert f"policy orders: run {archived_by.run_id}: would restore orders " \
+        f"{archived_by.moved['orders']:,}" in dry.stdout
+    done = run_cli("archive", "restore", "--table", "orders", "--key", str(order), env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1].split()[:2] == ["orders", "restore"]
+    where = run_cli("archive", "restore", "--table", "orders", "--where", "customer_id = 3",
+                    "--dry-run", env=env)
+    assert where.returncode == 0 and "would restore orders" in where.stdout
+    for args, words in [
+        (["--table", "orders"], "--table needs either --key or --where"),
+        (["--run", "999"], "--run 999: the ledger has no such run"),
+        (["--table", "customers", "--key", "1"], "--table 'customers' is not archived"),
+        (["--table", "orders", "--key", "x"], "'x' is not a value of orders.id"),
+        (["--table", "orders", "--where", "no_such_column = 1"], "ARCHIVE refused it"),
+    ]:
+        refused = run_cli("archive", "restore", *args, env=env)
+        assert refused.returncode == 2, (args, refused.stdout, refused.stderr)
+        assert len(refused.stderr.strip().splitlines()) == 1 and words in refused.stderr

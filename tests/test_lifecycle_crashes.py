@@ -1,6 +1,6 @@
-"""Kill the real ``archive run`` of a purge policy and the real ``archive expire`` at every
-point of a batch, many times; a completed run then leaves exactly the rows it should, held
-rows untouched, and a ledger that adds up.
+"""Kill the real ``archive run`` of a purge policy, the real ``archive expire`` and the
+real ``archive restore`` at every point of a batch, many times; a completed run then leaves
+exactly the rows it should, held rows untouched, and a ledger that adds up.
 
 Quick mode kills a few times per point and backend; ``--full`` at least 25 times.
 """
@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from archive.holds import add_holds
 from archive.ledger import run_tables, runs
+from archive.restore import RestoreRequest
 from archive.sweep import expiry_of
 from archive.verify import verify_archive
 from reporting.app import create_app
@@ -127,3 +128,61 @@ def assert_ledger(archive: sa.Engine, kind: str, rows: Snapshot, gone: set[int])
         assert {name: removed[name] for name in counts} == counts
     else:
         assert all(deleted[name] <= counts[name] for name in counts), (deleted, counts)
+
+
+RESTORE_POINTS = ("before_insert_commit", "before_delete", "before_delete_commit", "random")
+
+
+@pytest.mark.parametrize("point", RESTORE_POINTS)
+def test_restores_killed_anywhere_lose_and_duplicate_nothing(
+        databases: DatabaseFactory, point: str, request: pytest.FixtureRequest) -> None:
+    """Kill ``archive restore --run N`` at every point of a batch; a completed restore then
+    leaves every row of the run back in PRIMARY, value for value, and none in ARCHIVE."""
+    wanted = 25 if request.config.getoption("--full") else 3
+    overrides = {"SEDIMENT_POLICY__ORDERS__BATCH_SIZE": "3"}
+    urls = databases.pair(f"restore_{point}")
+    app = create_app(make_settings(*urls, **overrides))
+    env = {**os.environ, "SEDIMENT_DATABASE__PRIMARY_URL": urls[0],
+           "SEDIMENT_DATABASE__ARCHIVE_URL": urls[1], "SEDIMENT_SERVICE__LOG_LEVEL": "WARNING",
+           "CRASH_DRIVER_DELETES": "archive", "CRASH_DRIVER_COMMAND": "restore", **overrides}
+    if point == "random":
+        env["SEDIMENT_ARCHIVE__THROTTLE"] = "15ms"
+    engines = engines_of(app)
+    upgrade_all(engines)
+    archiver = archiver_of(app)
+    rng = random.Random(f"restore-{point}-{databases.backend}")
+    killed = rounds = 0
+    while killed < wanted:
+        rounds += 1
+        assert rounds <= 2 * wanted, "restores keep finishing before the crash point"
+        empty_all_tables(engines)
+        seed_shop(engines.primary, engines.archive)
+        original = snapshot(engines.primary)
+        archived_by = archiver.run("orders", NOW)
+        assert archived_by.status == "done" and archived_by.run_id is not None
+        moved = dict(archived_by.moved)
+        while killed < wanted:
+            code = crash_once(point, rng, env, ["--run", str(archived_by.run_id)])
+            if code == 0:
+                break
+            assert code == -9, f"the CLI exited {code} instead of being killed"
+            killed += 1
+        wait_for_lock(engines.primary, "orders")
+        outcome = archiver.restore(RestoreRequest(run=archived_by.run_id), NOW)
+        assert outcome.status == "done", outcome.error
+        assert snapshot(engines.primary) == original
+        assert all(not rows for name, rows in snapshot(engines.archive, twins=True).items()
+                   if name != "events")
+        with engines.archive.connect() as connection:
+            assert connection.execute(sa.select(sa.func.count()).select_from(runs).where(
+                runs.c.status == "running")).scalar_one() == 0
+            restored = dict(connection.execute(
+                sa.select(run_tables.c.table_name, sa.func.sum(run_tables.c.deleted))
+                .join(runs, runs.c.id == run_tables.c.run_id)
+                .where(runs.c.kind == "restore").group_by(run_tables.c.table_name)).all())
+            removed = dict(connection.execute(
+                sa.select(run_tables.c.table_name, run_tables.c.removed)
+                .where(run_tables.c.run_id == archived_by.run_id)).all())
+        assert restored == moved and removed == moved
+        assert verify_archive(engines.primary, engines.archive, archiver.policies).ok
+    engines.dispose()

@@ -1,9 +1,11 @@
-"""lifecycle: run kinds, rows removed after archiving, legal holds
+"""lifecycle: run kinds, rows removed after archiving, legal holds, restore marks
 
-``archive_runs.kind`` tells archiving from purging and expiry (every earlier run archived).
-``archive_run_tables.removed`` counts rows an archive run copied that a later run removed
-from ARCHIVE, so the rows stamped with a run stay ``copied - removed``. ``archive_holds``
-keeps legal holds: a held row is never purged or expired.
+``archive_runs.kind`` tells archiving from purging, expiry and restoring (every earlier run
+archived). ``archive_run_tables.removed`` counts rows an archive run copied that a later
+run removed from ARCHIVE, so the rows stamped with a run stay ``copied - removed``.
+``archive_holds`` keeps legal holds: a held row is never purged or expired.
+``archive_restores`` marks restored roots, which archiving leaves alone until they age
+again.
 
 Revision ID: 0005_archive
 Revises: 0004_archive
@@ -48,7 +50,28 @@ def upgrade() -> None:
                               unique=False)
 
 
+    op.create_table('archive_restores',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('run_id', sa.BigInteger(), nullable=False),
+    sa.Column('table_name', sa.String(length=255), nullable=False),
+    sa.Column('row_key', sa.Text(), nullable=False),
+    sa.Column('restored_at', sediment.core.schema.types.UTCDateTime(timezone=True),
+              nullable=False),
+    sa.Column('until', sediment.core.schema.types.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_archive_restores'))
+    )
+    with op.batch_alter_table('archive_restores', schema=None) as batch_op:
+        batch_op.create_index('ix_archive_restores_table_until', ['table_name', 'until'],
+                              unique=False)
+        batch_op.create_index(batch_op.f('ix_archive_restores_run_id'), ['run_id'],
+                              unique=False)
+
+
 def downgrade() -> None:
+    with op.batch_alter_table('archive_restores', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_archive_restores_run_id'))
+        batch_op.drop_index('ix_archive_restores_table_until')
+    op.drop_table('archive_restores')
     with op.batch_alter_table('archive_holds', schema=None) as batch_op:
         batch_op.drop_index('ix_archive_holds_table_released')
     op.drop_table('archive_holds')

@@ -41,8 +41,8 @@ RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
 
 #: What a run did: ``archive`` moved rows PRIMARY -> ARCHIVE; ``purge`` deleted aged rows
 #: from PRIMARY without copying them (a policy with ``mode = "purge"``); ``expire`` deleted
-#: ARCHIVE rows past the policy's retention.
-RunKind = Literal["archive", "purge", "expire"]
+#: ARCHIVE rows past the policy's retention; ``restore`` moved rows back to PRIMARY.
+RunKind = Literal["archive", "purge", "expire", "restore"]
 RUN_KINDS: tuple[RunKind, ...] = get_args(RunKind)
 
 
@@ -188,5 +188,27 @@ class ArchiveHold(ArchiveModel):
     release_reason: Mapped[str | None] = mapped_column(sa.Text)
 
 
+class ArchiveRestore(ArchiveModel):
+    """A root row a restore run brought back (or is bringing back) to PRIMARY.
+
+    Until ``until`` (the restore time plus the policy's ``older_than``: the row ages again
+    from the moment it came back) the policy's archive runs leave the row alone, although
+    its age column says it is old. Written before the row reaches PRIMARY, so a restore
+    killed at any point still keeps the archiver away, and the next restore of the policy
+    finishes the rows its marks name.
+    """
+
+    __tablename__ = "archive_restores"
+    __table_args__ = (sa.Index("ix_archive_restores_table_until", "table_name", "until"),)
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.BigInteger, index=True)
+    table_name: Mapped[str] = mapped_column(sa.String(255))
+    row_key: Mapped[str] = mapped_column(sa.Text)
+    restored_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 #: The ledger tables alone: all of ARCHIVE that Alembic owns beside an existing PRIMARY.
-LEDGER_TABLES = ("archive_runs", "archive_run_tables", "archive_schema_changes", "archive_holds")
+LEDGER_TABLES = ("archive_runs", "archive_run_tables", "archive_schema_changes", "archive_holds",
+                 "archive_restores")

@@ -1,0 +1,343 @@
+"""Restore: archived roots, with their children, back from ARCHIVE to PRIMARY.
+
+Archiving in the mirror order, batch by batch, holding the policy's runner lock:
+
+1. ARCHIVE: the batch's roots are marked in ``archive_restores`` (until when the archiver
+   must leave them alone) and the marks committed.
+2. PRIMARY: the rows are inserted, parents first; a row whose key PRIMARY already holds
+   stops the batch and is reported, never overwritten (unless it equals the archived row:
+   then it is this restore's own, from a run killed after step 2). Everything is read back
+   and compared with the archived rows as exact multisets. PRIMARY commits.
+3. ARCHIVE: the rows are deleted, children first, and counted in the ledger (the restore
+   run's ``deleted``, and ``removed`` on the archive runs that had copied them). Commits.
+
+Killed before 2 commits: the rows are only in ARCHIVE (their marks keep nothing from
+happening). Killed between 2 and 3: the rows are in both databases; the marks keep the
+archiver from moving them back, and the next restore of the policy, whatever it selects,
+first finishes the roots its interrupted runs marked. Nothing is lost or duplicated.
+
+A restored root ages again from the moment of its restore: its mark lasts the policy's
+``older_than``, and the policy's runs leave it alone until then.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+import sqlalchemy as sa
+
+from archive import ledger
+from archive.keys import (
+    Key,
+    key_after,
+    key_columns,
+    key_filters,
+    key_of_texts,
+    keys_in,
+    parse_key,
+    stored_key,
+)
+from archive.locks import LockLost, RunnerLock
+from archive.mover import ArchiveError, BatchResult, Timeouts, apply_timeouts
+from archive.policy import ArchivePolicy
+from archive.restore_marks import marks
+from archive.runner import (
+    ProgressCallback,
+    RunLimits,
+    RunOutcome,
+    check_still_running,
+    limit_reached,
+    run_locked,
+    with_retries,
+)
+from archive.scope import Level, ascend, descend, levels_of
+from sediment.core.databases import Engines
+from sediment.core.error_text import first_line
+from sediment.core.schema.archive import ARCHIVE_RUN_ID
+from sediment.core.settings import ArchiveSettings, DatabaseSettings
+
+#: A restore takes every selected root; only a stop request ends it early.
+_NO_LIMITS = RunLimits()
+
+
+class RestoreRefused(ValueError):
+    """A restore request that names nothing restorable (an unknown run or table, a bad key)."""
+
+
+class RestoreConflict(ArchiveError):
+    """PRIMARY already holds a different row with the key of a row being restored."""
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """Which archived roots to bring back: those an archive run stamped (``run``; a restore
+    run's id resumes that run), or the roots of rows of ``table`` chosen by key or by a
+    SQL condition on the table."""
+
+    run: int | None = None
+    table: str | None = None
+    keys: tuple[str, ...] = ()
+    where: str = ""
+
+    def describe(self) -> str:
+        if self.run is not None:
+            return f"run {self.run}"
+        chosen = f"keys {', '.join(self.keys)}" if self.keys else f"where {self.where}"
+        return f"{self.table} {chosen}"
+
+
+def policy_of(policies: Sequence[ArchivePolicy], archive: sa.Engine,
+              request: RestoreRequest) -> ArchivePolicy:
+    """The archiving policy the request's rows belong to.
+
+    :raises RestoreRefused: naming the unknown run or table.
+    """
+    archiving = [policy for policy in policies if policy.archives]
+    if request.run is not None:
+        with archive.connect() as connection:
+            name = connection.execute(sa.select(ledger.runs.c.policy).where(
+                ledger.runs.c.id == request.run)).scalar_one_or_none()
+        if name is None:
+            raise RestoreRefused(f"--run {request.run}: the ledger has no such run "
+                                 "(see 'archive status')")
+        found = next((policy for policy in archiving if policy.name == name), None)
+        if found is None:
+            raise RestoreRefused(f"--run {request.run} belongs to policy {name!r}, which "
+                                 "no longer archives")
+        return found
+    for policy in archiving:
+        if any(request.table in (table.fullname, table.name) for table in policy.tables):
+            return policy
+    names = sorted(table.fullname for policy in archiving for table in policy.tables)
+    raise RestoreRefused(f"--table {request.table!r} is not archived by any policy "
+                         f"({', '.join(names)})")
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A batch read from ARCHIVE: per table (root first), its rows by key, in PRIMARY's
+    column order, and the archive runs that had copied them."""
+
+    roots: list[Key]
+    rows: dict[str, dict[Key, tuple[Any, ...]]]
+    owners: dict[tuple[int, str], int]
+
+
+def plan_restore(engines: Engines, policy: ArchivePolicy, request: RestoreRequest,
+                 ) -> dict[str, int]:
+    """The rows per table the request would bring back now (``--dry-run``)."""
+    levels = levels_of(policy, "archive")
+    with engines.archive.connect() as connection:
+        roots = _selection(connection, policy, levels, request)
+        return {name: int(connection.execute(
+            sa.select(sa.func.count()).select_from(level.table).where(condition)).scalar_one())
+            for (name, condition), level in zip(descend(levels, roots).items(), levels,
+                                                strict=True)}
+
+
+def run_restore(engines: Engines, policy: ArchivePolicy, request: RestoreRequest, *,
+                now: datetime, database: DatabaseSettings, settings: ArchiveSettings,
+                stop: threading.Event | None = None,
+                progress: ProgressCallback | None = None) -> RunOutcome:
+    """Restore the request's roots in batches, ledgered as a run of kind ``restore``.
+
+    Errors (a conflicting row in PRIMARY among them) are reported in the outcome, not
+    raised; the batch that met them changed nothing.
+    """
+    stop = stop or threading.Event()
+    timeouts = Timeouts(database.statement_timeout_ms, database.lock_timeout_ms)
+    levels = levels_of(policy, "archive")
+
+    def restore_rows(outcome: RunOutcome, lock: RunnerLock) -> None:
+        assert outcome.run_id is not None
+        run_id = outcome.run_id
+        started, after = time.monotonic(), None
+        try:
+            with engines.archive.begin() as connection:  # marks past their time go
+                connection.execute(marks.delete().where(marks.c.until <= now))
+                selection = _selection(connection, policy, levels, request)
+            while True:
+                outcome.seconds = time.monotonic() - started
+                ended = limit_reached(outcome, _NO_LIMITS, stop)
+                if ended is not None:
+                    outcome.status = ended
+                    break
+                if lock.ensure_held():
+                    check_still_running(engines.archive, run_id)
+                result = with_retries(settings, stop, partial(
+                    _restore_batch, engines, lock, policy, levels, selection, run_id, after,
+                    now, timeouts))
+                if result is None:
+                    outcome.status = "done"
+                    break
+                after = result.last_key
+                outcome.batches += 1
+                outcome.roots += result.roots
+                for name, count in result.deleted.items():
+                    outcome.moved[name] += count
+                if progress is not None:
+                    progress(result)
+        except LockLost as exc:
+            outcome.status, outcome.error = "lock_lost", str(exc)
+        except (ArchiveError, sa.exc.SQLAlchemyError) as exc:
+            outcome.status, outcome.error = "error", first_line(exc)
+        finally:
+            outcome.seconds = time.monotonic() - started
+
+    return run_locked(engines.primary, engines.archive, policy, kind="restore", cutoff=now,
+                      settings=settings, stop=stop, work=restore_rows)
+
+
+def _selection(connection: sa.Connection, policy: ArchivePolicy, levels: Sequence[Level],
+               request: RestoreRequest) -> sa.ColumnElement[bool]:
+    """The condition on ARCHIVE's root twin selecting the roots to restore: the request's,
+    and those that interrupted restore runs of the policy marked and did not finish."""
+    root = levels[0].table
+    chosen: sa.ColumnElement[bool]
+    if request.run is not None:
+        kind = connection.execute(sa.select(ledger.runs.c.kind).where(
+            ledger.runs.c.id == request.run)).scalar_one()
+        chosen = (_marked(connection, policy, root, [request.run]) if kind == "restore"
+                  else root.c[ARCHIVE_RUN_ID] == request.run)
+    else:
+        table = next(level.table for level in levels
+                     if request.table in (level.table.fullname, level.table.name))
+        if request.keys:
+            keys = [parse_key(table, text) for text in request.keys]
+            rows = sa.or_(*key_filters(key_columns(table), keys, connection.dialect))
+        else:
+            rows = sa.literal_column(f"({request.where})", sa.Boolean())
+        chosen = ascend(levels, table.fullname, rows)
+    unfinished = connection.execute(
+        sa.select(ledger.runs.c.id).where(
+            ledger.runs.c.policy == policy.name, ledger.runs.c.kind == "restore",
+            ledger.runs.c.status.not_in(("done", "running")))).scalars().all()
+    if unfinished:
+        chosen = sa.or_(chosen, _marked(connection, policy, root, unfinished))
+    return chosen
+
+
+def _marked(connection: sa.Connection, policy: ArchivePolicy, root: sa.Table,
+            runs: Sequence[int]) -> sa.ColumnElement[bool]:
+    texts = connection.execute(sa.select(marks.c.row_key).where(
+        marks.c.run_id.in_(runs), marks.c.table_name == policy.root.fullname)).scalars()
+    keys = [key_of_texts(policy.root, json.loads(text)) for text in texts]
+    return keys_in(key_columns(root), keys) if keys else sa.false()
+
+
+def _restore_batch(engines: Engines, lock: RunnerLock, policy: ArchivePolicy,
+                   levels: Sequence[Level], selection: sa.ColumnElement[bool], run_id: int,
+                   after: Key | None, now: datetime, timeouts: Timeouts) -> BatchResult | None:
+    batch = _read_batch(engines.archive, policy, levels, selection, after)
+    if batch is None:
+        return None
+    with engines.archive.begin() as connection:  # 1. the marks, before PRIMARY sees a row
+        connection.execute(marks.delete().where(
+            marks.c.table_name == policy.root.fullname,
+            marks.c.row_key.in_([stored_key(key) for key in batch.roots])))
+        connection.execute(marks.insert(), [
+            {"run_id": run_id, "table_name": policy.root.fullname, "row_key": stored_key(key),
+             "restored_at": now, "until": now + policy.older_than} for key in batch.roots])
+    with lock.batch_connection() as primary, primary.begin():  # 2. insert, compare, commit
+        apply_timeouts(primary, timeouts)
+        for table in policy.tables:
+            _insert(primary, table, batch.rows[table.fullname])
+    with engines.archive.begin() as connection:  # 3. delete from ARCHIVE, count
+        deleted: dict[str, int] = {}
+        for level in reversed(levels):
+            name = level.table.fullname
+            keys = list(batch.rows[name])
+            count = sum(connection.execute(level.table.delete().where(condition)).rowcount
+                        for condition in key_filters(key_columns(level.table), keys,
+                                                     connection.dialect))
+            if count != len(keys):
+                raise ArchiveError(f"restore: deleting {name} from ARCHIVE removed {count} "
+                                   f"rows, expected {len(keys)}; ARCHIVE rolled back, the "
+                                   "rows are in PRIMARY and the next restore finishes them")
+            deleted[name] = count
+        counted = {name: deleted[name] for name in batch.rows}
+        ledger.record_sweep(connection, run_id, counted, batch.owners)
+    return BatchResult(last_key=batch.roots[-1], roots=len(batch.roots), deleted=counted)
+
+
+def _read_batch(archive: sa.Engine, policy: ArchivePolicy, levels: Sequence[Level],
+                selection: sa.ColumnElement[bool], after: Key | None) -> _Batch | None:
+    root = levels[0].table
+    key = key_columns(root)
+    with archive.connect() as connection, connection.begin():
+        query = sa.select(*key).where(selection)
+        if after is not None:
+            query = query.where(key_after(key, after, connection.dialect))
+        roots = [tuple(row) for row in connection.execute(
+            query.order_by(*key).limit(policy.batch_size))]
+        if not roots:
+            return None
+        conditions = descend(levels, sa.or_(*key_filters(key, roots, connection.dialect)))
+        rows: dict[str, dict[Key, tuple[Any, ...]]] = {}
+        owners: dict[tuple[int, str], int] = {}
+        for table, level in zip(policy.tables, levels, strict=True):
+            twin = level.table
+            columns = [twin.c[column.name] for column in table.columns]
+            at = [columns.index(twin.c[column.name]) for column in key_columns(table)]
+            found = connection.execute(sa.select(*columns, twin.c[ARCHIVE_RUN_ID]).where(
+                conditions[twin.fullname])).all()
+            rows[table.fullname] = {tuple(row[i] for i in at): tuple(row[:-1]) for row in found}
+            for archived_by, count in Counter(row[-1] for row in found).items():
+                owners[(int(archived_by), table.fullname)] = count
+    return _Batch(roots, rows, owners)
+
+
+def _insert(primary: sa.Connection, table: sa.Table,
+            rows: dict[Key, tuple[Any, ...]]) -> None:
+    """Insert the archived rows into PRIMARY's ``table``, then read them back and compare.
+
+    :raises RestoreConflict: when PRIMARY holds a different row under one of the keys.
+    :raises ArchiveError: when what PRIMARY holds afterwards differs from the archive.
+    """
+    if not rows:
+        return
+    names = [column.name for column in table.columns]
+    keys = list(rows)
+    present = _read(primary, table, keys)
+    for found_key, row in present.items():
+        if _comparable(row) != _comparable(rows[found_key]):
+            raise RestoreConflict(
+                f"restore: PRIMARY already holds a different {table.fullname} row with key "
+                f"{','.join(map(str, found_key))}; nothing was overwritten and this batch "
+                "was rolled back (resolve it, then restore again)")
+    writable = [name for name in names if table.c[name].computed is None]
+    new = [dict(zip(names, rows[each], strict=True)) for each in keys if each not in present]
+    if new:
+        primary.execute(table.insert(), [{name: row[name] for name in writable} for row in new])
+    back = _read(primary, table, keys)
+    if Counter(map(_comparable, back.values())) != Counter(map(_comparable, rows.values())):
+        differing = sorted((k for k in keys if k not in back or
+                            _comparable(back[k]) != _comparable(rows[k])), key=str)[:5]
+        raise ArchiveError(f"restore: {table.fullname} rows read back from PRIMARY differ "
+                           f"from the archive (keys {differing}); PRIMARY rolled back")
+
+
+def _read(connection: sa.Connection, table: sa.Table,
+          keys: Sequence[Key]) -> dict[Key, tuple[Any, ...]]:
+    key = key_columns(table)
+    at = [list(table.columns).index(column) for column in key]
+    found: dict[Key, tuple[Any, ...]] = {}
+    for condition in key_filters(key, keys, connection.dialect):
+        for row in connection.execute(sa.select(*table.columns).where(condition)):
+            found[tuple(row[i] for i in at)] = tuple(row)
+    return found
+
+
+def _comparable(row: Sequence[Any]) -> tuple[Any, ...]:
+    """A row as a hashable value that compares the same whichever database it came from."""
+    return tuple(json.dumps(value, sort_keys=True, default=str)
+                 if isinstance(value, dict | list) else value for value in row)
+
