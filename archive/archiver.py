@@ -16,14 +16,18 @@ from functools import partial
 
 import sqlalchemy as sa
 
+from archive.erase import ErasureOutcome, erase
 from archive.existing import prepare_run
+from archive.keys import parse_key
 from archive.policy import ArchivePolicy
+from archive.reflection import UnknownTable, reflect_primary
 from archive.restore import RestoreRequest, policy_of, run_restore
 from archive.restore_marks import without_restored
 from archive.runner import ProgressCallback, RunLimits, RunOutcome, run_policy
 from archive.sweep import expiry_of, purge_of, run_sweep
 from archive.twins import TwinPlan, apply_plan, plan_twins
-from sediment.core.databases import Engines
+from sediment.core.databases import PRIMARY, Engines
+from sediment.core.schema import metadata_of
 from sediment.core.settings import Settings
 
 
@@ -122,6 +126,35 @@ class Archiver:
         return run_restore(self.engines, policy, request, now=now,
                            database=self.settings.database, settings=self.settings.archive,
                            stop=stop, progress=progress)
+
+    def erasure_tables(self, subject: str) -> tuple[dict[str, sa.Table], dict[str, sa.Table]]:
+        """PRIMARY's tables an erasure of ``subject`` may reach (the demo's, or the subject's
+        table and every table referencing it, reflected), and the ARCHIVE twins of the
+        archived ones.
+
+        :raises UnknownTable: when PRIMARY has no table ``subject``.
+        """
+        if self.settings.database.primary_schema == "demo":
+            tables = dict(metadata_of(PRIMARY).tables)
+            if subject not in tables:
+                raise UnknownTable(subject)
+        else:
+            tables = reflect_primary(self.engines.primary, [subject])
+        twins = {table.fullname: twin for policy in self.policies if policy.archives
+                 for table, twin in zip(policy.tables, (policy.archive_root, *(
+                     link.archive_table for link in policy.children)), strict=True)}
+        return tables, twins
+
+    def erase(self, subject: str, key_text: str, now: datetime) -> ErasureOutcome:
+        """Erase a data subject's rows from both databases (:mod:`archive.erase`).
+
+        :raises UnknownTable, BadKey, ErasureRefused: nothing was changed.
+        """
+        tables, twins = self.erasure_tables(subject)
+        table = tables[subject]
+        return erase(self.engines, tables, twins, table, parse_key(table, key_text),
+                     null_out=self.settings.erasure.null_out,
+                     secret=self.settings.service.secret_key, policies=self.policies, now=now)
 
     def scheduled(self, name: str, now: datetime, stop: threading.Event) -> list[RunOutcome]:
         """What the schedule does for a policy: run it, then expire what outlived its

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from archive.archiver import Archiver
+from archive.erase_cli import add_erase_command
 from archive.hold_cli import add_hold_commands
 from archive.keys import BadKey
 from archive.ledger import run_tables, runs
@@ -112,6 +113,7 @@ def add_commands(commands: Any, archiver_for: ArchiverFactory) -> None:
     restore.set_defaults(handler=handler(cmd_restore))
 
     add_hold_commands(sub, handler)
+    add_erase_command(sub, handler)
 
     status = sub.add_parser("status", help="show recent runs from the ledger",
                             description="Show the most recent runs, newest first.")

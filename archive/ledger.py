@@ -203,12 +203,12 @@ def settle(archive: sa.Engine, run_id: int, still_in_primary: Mapping[str, int])
 
 
 def finish_run(archive: sa.Engine, run_id: int, status: RunStatus, *, rows_per_second: float | None,
-               error: str | None = None) -> None:
-    """Close a run with its exit reason."""
+               error: str | None = None, detail: str | None = None) -> None:
+    """Close a run with its exit reason (and, for an erasure, what it erased)."""
     with archive.begin() as connection:
         connection.execute(runs.update().where(runs.c.id == run_id).values(
             status=status, finished_at=datetime.now(UTC), rows_per_second=rows_per_second,
-            error=error,
+            error=error, detail=detail,
         ))
 
 
@@ -226,18 +226,26 @@ INTERRUPTED: dict[str, str] = {
     "purge": "the process ended before the run finished; its last batch may have been "
              "deleted from PRIMARY without being counted here",
     "expire": "the process ended before the run finished; every batch it deleted is counted",
+    "restore": "the process ended before the run finished; the next restore of the policy "
+               "finishes its rows",
+    "erase": "the process ended before the erasure finished; erase the same subject again "
+             "to finish it",
 }
 
 
-def mark_interrupted(archive: sa.Engine, policy: str, current_run: int) -> list[int]:
-    """Mark earlier runs of ``policy`` (of any kind) still ``running`` as ``interrupted``.
+def mark_interrupted(archive: sa.Engine, policy: str | None, current_run: int, *,
+                     kind: RunKind | None = None) -> list[int]:
+    """Mark earlier runs of ``policy`` (of any kind), or of ``kind``, still ``running`` as
+    ``interrupted``.
 
-    Call only while holding the policy's runner lock: no other live run can then exist, so
-    a ``running`` row is a run that was killed.
+    Call only while holding the lock those runs take (the policy's runner lock, or the
+    erasure lock): no other live run can then exist, so a ``running`` row is a run that
+    was killed.
     """
+    condition = runs.c.policy == policy if policy is not None else runs.c.kind == kind
     with archive.begin() as connection:
         stale = list(connection.execute(
-            sa.select(runs.c.id).where(runs.c.policy == policy, runs.c.status == "running",
+            sa.select(runs.c.id).where(condition, runs.c.status == "running",
                                        runs.c.id != current_run)
         ).scalars())
         if stale:

@@ -3,6 +3,7 @@ backends, through the archiver and through the real command line."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from archive.archiver import Archiver
-from archive.holds import add_holds, list_holds
+from archive.erase import ErasureRefused
+from archive.holds import add_holds, list_holds, release_holds
 from archive.keys import parse_key
 from archive.ledger import run_tables, runs
 from archive.policy import ArchivePolicy
@@ -415,3 +417,153 @@ def test_restore_on_the_command_line(make_shop: Any) -> None:
         refused = run_cli("archive", "restore", *args, env=env)
         assert refused.returncode == 2, (args, refused.stdout, refused.stderr)
         assert len(refused.stderr.strip().splitlines()) == 1 and words in refused.stderr
+
+
+# Erasure.
+
+def subject_rows(shop: Shop, customer: int) -> dict[str, int]:
+    """Per database and table, the rows that still belong to ``customer``: one query per
+    table, through the foreign keys as the demo schema has them (an order's items are looked
+    for in both databases, wherever the order is)."""
+    found: dict[str, int] = {}
+    orders_of = {customer: [key for engine in (shop.engines.primary, shop.engines.archive)
+                            for key in _orders_of(engine, customer)] + _known_orders.get(
+                                (id(shop), customer), [])}
+    _known_orders[(id(shop), customer)] = orders_of[customer]
+    for side, engine in (("primary", shop.engines.primary), ("archive", shop.engines.archive)):
+        with engine.connect() as connection:
+            def count(sql: str) -> int:
+                return int(connection.execute(sa.text(sql), {"c": customer}).scalar_one())
+            found[f"{side}:orders"] = count("SELECT count(*) FROM orders WHERE customer_id = :c")
+            found[f"{side}:events"] = count("SELECT count(*) FROM events WHERE customer_id = :c")
+            if side == "primary":
+                found["primary:customers"] = count("SELECT count(*) FROM customers WHERE id = :c")
+            for child in CHILDREN:  # items and payments of the subject's orders, in either
+                found[f"{side}:{child}"] = count(
+                    f"SELECT count(*) FROM {child} WHERE order_id IN "
+                    f"({','.join(map(str, orders_of[customer])) or 'NULL'})")
+    return found
+
+
+_known_orders: dict[tuple[int, int], list[int]] = {}
+
+
+def busy_customer(shop: Shop, tables: tuple[str, ...] = ("orders", "events")) -> int:
+    """A customer with rows of ``tables`` in both databases."""
+    def having(engine: sa.Engine, table: str) -> set[int]:
+        with engine.connect() as connection:
+            return set(connection.execute(sa.text(
+                f"SELECT customer_id FROM {table} WHERE customer_id IS NOT NULL")).scalars())
+    both = set.intersection(*(having(engine, table) for table in tables
+                              for engine in (shop.engines.primary, shop.engines.archive)))
+    assert both, "the seeded shop has no customer in both databases"
+    return min(both)
+
+
+def _orders_of(engine: sa.Engine, customer: int) -> list[int]:
+    with engine.connect() as connection:
+        return list(connection.execute(sa.text("SELECT id FROM orders WHERE customer_id = :c"),
+                                       {"c": customer}).scalars())
+
+
+def test_erasure_reaches_every_referencing_row_in_both_databases(make_shop: Any) -> None:
+    shop = make_shop("erase", SEDIMENT_POLICY__ORDERS__BATCH_SIZE="50")
+    primary, archive = shop.engines.primary, shop.engines.archive
+    shop.archiver.run("orders", NOW)
+    shop.archiver.run("events", NOW)
+    customer = busy_customer(shop)
+    before = subject_rows(shop, customer)
+    assert all(before[f"{side}:{table}"] for side in ("primary", "archive")
+               for table in ("orders", "order_items", "events"))
+    with primary.connect() as connection:
+        person = connection.execute(sa.text("SELECT name, email FROM customers WHERE id = :c"),
+                                    {"c": customer}).one()
+    their_orders = _known_orders[(id(shop), customer)]
+    others = (snapshot(primary), snapshot(archive, twins=True))
+
+    # A hold on one of the subject's archived order items stops the whole erasure.
+    with archive.connect() as connection:
+        item = connection.execute(sa.text(
+            "SELECT min(id) FROM order_items WHERE order_id IN "
+            "(SELECT id FROM orders WHERE customer_id = :c)"), {"c": customer}).scalar_one()
+    (hold,), _ = add_holds(archive, "order_items", [(item,)], reason="dispute", held_by="t",
+                           now=NOW)
+    with pytest.raises(ErasureRefused, match=f"hold {hold.id} on order_items {item}"):
+        shop.archiver.erase("customers", str(customer), NOW)
+    assert (snapshot(primary), snapshot(archive, twins=True)) == others
+    release_holds(archive, [hold.id], released_by="t", reason="settled", now=NOW)
+
+    outcome = shop.archiver.erase("customers", str(customer), NOW)
+
+    assert outcome.status == "done"
+    assert not any(subject_rows(shop, customer).values())
+    assert sum(outcome.erased.values()) == sum(before.values())
+    # Nothing else changed: every other row of both databases is as it was.
+    after = (snapshot(primary), snapshot(archive, twins=True))
+    for was, now_ in zip(others, after, strict=True):
+        for table, rows in was.items():
+            assert now_[table].items() <= rows.items(), table
+    lost = sum(len(was[table]) - len(now_[table])
+               for was, now_ in zip(others, after, strict=True) for table in was)
+    assert lost == sum(count for place, count in before.items() if place != "primary:customers")
+    # The ledger holds no personal data: no name, no email, no key.
+    with archive.connect() as connection:
+        ledger_text = " ".join(str(value) for row in connection.execute(
+            sa.select(runs).where(runs.c.kind == "erase")) for value in row)
+        ledger_text += " ".join(str(value) for row in connection.execute(
+            sa.select(run_tables).join(runs, runs.c.id == run_tables.c.run_id)
+            .where(runs.c.kind == "erase")) for value in row)
+    assert person.name not in ledger_text and person.email not in ledger_text
+    assert not any(f'"{order}"' in ledger_text for order in their_orders)
+    with archive.connect() as connection:
+        detail = json.loads(connection.execute(sa.select(runs.c.detail).where(
+            runs.c.id == outcome.run_id)).scalar_one())
+    assert detail["subject"] == "customers" and len(detail["subject_digest"]) == 32
+    assert verify_archive(primary, archive, shop.archiver.policies).ok
+
+
+def test_erasure_nulls_out_the_rows_a_table_must_keep(make_shop: Any) -> None:
+    shop = make_shop("erase_null", SEDIMENT_ERASURE__NULL_OUT='{events = ["customer_id"]}')
+    primary, archive = shop.engines.primary, shop.engines.archive
+    shop.archiver.run("events", NOW)
+    customer = busy_customer(shop, ("events",))
+    query = sa.text("SELECT id, kind, detail FROM events WHERE customer_id = :c ORDER BY id")
+    with primary.connect() as connection:
+        kept = connection.execute(query, {"c": customer}).all()
+    with archive.connect() as connection:
+        kept_archived = connection.execute(query, {"c": customer}).all()
+    assert kept and kept_archived
+    outcome = shop.archiver.erase("customers", str(customer), NOW)
+    assert outcome.status == "done"
+    assert not any(count for place, count in subject_rows(shop, customer).items()
+                   if "events" not in place)
+    for engine, rows in ((primary, kept), (archive, kept_archived)):
+        with engine.connect() as connection:
+            now_rows = connection.execute(sa.text(
+                f"SELECT id, kind, detail, customer_id FROM events WHERE id IN "
+                f"({','.join(str(row.id) for row in rows)}) ORDER BY id")).all()
+        assert [tuple(row[:3]) for row in now_rows] == [tuple(row) for row in rows]
+        assert all(row.customer_id is None for row in now_rows)
+
+
+def test_erasure_refusals_on_the_command_line(make_shop: Any) -> None:
+    shop = make_shop("erase_cli")
+    env = env_for(*shop.urls)
+    dry = run_cli("archive", "erase", "--table", "customers", "--key", "4", "--dry-run", env=env)
+    assert dry.returncode == 0 and "PRIMARY  customers" in dry.stdout
+    for args, code, words in [
+        (["--table", "nope", "--key", "1"], 2, "--table 'nope': PRIMARY has no such table"),
+        (["--table", "customers", "--key", "x"], 2, "'x' is not a value of customers.id"),
+        (["--table", "customers", "--key", "99999"], 1, "nothing to erase"),
+    ]:
+        refused = run_cli("archive", "erase", *args, env=env)
+        assert refused.returncode == code, (args, refused.stderr)
+        assert len(refused.stderr.strip().splitlines()) == 1 and words in refused.stderr
+    bad = run_cli("archive", "erase", "--table", "customers", "--key", "4",
+                  env={**env, "SEDIMENT_ERASURE__NULL_OUT": '{orders = ["status"]}'})
+    assert bad.returncode == 2
+    assert "erasure.null_out.orders: orders.status cannot be NULL" in bad.stderr
+    done = run_cli("archive", "erase", "--table", "customers", "--key", "4", env=env)
+    assert done.returncode == 0 and "erased customers 4 (run 1)" in done.stdout
+    status = run_cli("archive", "status", env=env).stdout
+    assert status.splitlines()[1].split()[1:4] == ["customers", "erase", "done"]

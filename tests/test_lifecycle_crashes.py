@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -21,9 +24,16 @@ from archive.verify import verify_archive
 from reporting.app import create_app
 from sediment.core.migrations import upgrade_all
 from tests.archiving import NOW, Snapshot, seed_shop, snapshot
-from tests.support import DatabaseFactory, archiver_of, empty_all_tables, engines_of, make_settings
+from tests.support import (
+    REPO,
+    DatabaseFactory,
+    archiver_of,
+    empty_all_tables,
+    engines_of,
+    make_settings,
+)
 from tests.test_crashes import crash_once, wait_for_lock
-from tests.test_lifecycle import CHILDREN, children_of
+from tests.test_lifecycle import CHILDREN, Shop, busy_customer, children_of, subject_rows
 
 POINTS = {"purge": ("before_delete", "before_delete_commit", "after_delete_commit", "random"),
           "expire": ("before_delete", "before_delete_commit", "random")}
@@ -184,5 +194,66 @@ def test_restores_killed_anywhere_lose_and_duplicate_nothing(
                 sa.select(run_tables.c.table_name, run_tables.c.removed)
                 .where(run_tables.c.run_id == archived_by.run_id)).all())
         assert restored == moved and removed == moved
+        assert verify_archive(engines.primary, engines.archive, archiver.policies).ok
+    engines.dispose()
+
+
+ERASE_CASES = [("archive", "before_delete"), ("archive", "before_delete_commit"),
+               ("archive", "after_delete_commit"), ("primary", "before_delete"),
+               ("primary", "before_delete_commit"), ("archive", "random")]
+
+
+@pytest.mark.parametrize(("side", "point"), ERASE_CASES)
+def test_erasures_killed_anywhere_finish_when_run_again(
+        databases: DatabaseFactory, side: str, point: str,
+        request: pytest.FixtureRequest) -> None:
+    """Kill ``archive erase`` in either database's part of the procedure; erasing the same
+    subject again leaves nothing of it in either database and every other row as it was."""
+    rounds = 10 if request.config.getoption("--full") else 2
+    urls = databases.pair(f"erase_{side}_{point}")
+    app = create_app(make_settings(*urls))
+    env = {**os.environ, "SEDIMENT_DATABASE__PRIMARY_URL": urls[0],
+           "SEDIMENT_DATABASE__ARCHIVE_URL": urls[1], "SEDIMENT_SERVICE__LOG_LEVEL": "WARNING",
+           "CRASH_DRIVER_DELETES": side, "CRASH_DRIVER_COMMAND": "erase"}
+    engines = engines_of(app)
+    upgrade_all(engines)
+    archiver = archiver_of(app)
+    shop = Shop(archiver, urls)
+    rng = random.Random(f"erase-{side}-{point}-{databases.backend}")
+    for _ in range(rounds):
+        empty_all_tables(engines)
+        seed_shop(engines.primary, engines.archive)
+        archiver.run("orders", NOW)
+        archiver.run("events", NOW)
+        customer = busy_customer(shop)
+        subject = subject_rows(shop, customer)
+        before = (snapshot(engines.primary), snapshot(engines.archive, twins=True))
+        args = [sys.executable, "-m", "tests.crash_driver", point, "1", "--table", "customers",
+                "--key", str(customer), "--now", NOW.isoformat()]
+        if point == "random":
+            args[3:5] = ["none", "0"]
+            process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.3, 1.2))
+            process.kill()
+            assert process.wait(timeout=60) in (0, -9)
+        else:
+            killed = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                                    timeout=120)
+            assert killed.returncode == -9, killed.stderr[-2000:]
+        wait_for_lock(engines.primary, "erase")
+        assert archiver.erase("customers", str(customer), NOW).status == "done"
+        assert not any(subject_rows(shop, customer).values())
+        after = (snapshot(engines.primary), snapshot(engines.archive, twins=True))
+        for was, now in zip(before, after, strict=True):
+            for table, rows in was.items():
+                assert now[table].items() <= rows.items(), table
+        assert sum(len(was[table]) - len(now[table]) for was, now in zip(before, after,
+                                                                          strict=True)
+                   for table in was) == sum(count for place, count in subject.items()
+                                            if place != "primary:customers")
+        with engines.archive.connect() as connection:
+            assert connection.execute(sa.select(sa.func.count()).select_from(runs).where(
+                runs.c.status == "running")).scalar_one() == 0
         assert verify_archive(engines.primary, engines.archive, archiver.policies).ok
     engines.dispose()

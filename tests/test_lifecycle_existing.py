@@ -14,6 +14,7 @@ from tests.app_schema import (
     INVOICE_CHILDREN,
     POLICIES,
     POLICY_NAMES,
+    TENANTS,
     AppDatabase,
     rows_of,
 )
@@ -101,3 +102,44 @@ def test_purge_expiry_and_holds_on_an_existing_database(app_db: AppDatabase) -> 
     assert "all checks passed" in ok(app_db.cli("archive", "verify", settings=settings))
     assert f"would move {invoices} 0" in ok(app_db.cli(
         "archive", "run", "--dry-run", "--policy", "invoices", *NOW_ARG, settings=settings))
+
+
+def test_erasure_of_a_tenant_on_an_existing_database(app_db: AppDatabase) -> None:
+    """Erase a tenant: its invoices, their lines and notes (three levels of composite and uuid
+    keys), its events and API calls (partitioned), in PRIMARY and in ARCHIVE."""
+    settings = app_db.settings()
+    ok(app_db.cli("migrate", settings=settings))
+    ok(app_db.cli("archive", "run", *NOW_ARG, settings=settings))
+    tenant = str(TENANTS[0])
+    schema = "billing." if app_db.backend == "postgres" else ""
+    by_tenant = [name for name in ("invoices", "invoice_lines", "invoice_events", "api_calls",
+                                   "line_notes")
+                 if (app_db.backend == "sqlite" and name in ("invoices", "invoice_lines",
+                                                            "line_notes"))
+                 or (app_db.backend == "postgres" and name != "line_notes")]
+
+    def tenant_rows() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for side, engine in (("primary", app_db.primary), ("archive", app_db.archive)):
+            present = set(sa.inspect(engine).get_table_names(
+                schema="billing" if app_db.backend == "postgres" else None))
+            with engine.connect() as connection:
+                for name in by_tenant:
+                    if name in present:
+                        counts[f"{side}:{name}"] = connection.execute(sa.text(
+                            f"SELECT count(*) FROM {schema}{name} WHERE CAST(tenant_id AS TEXT)"
+                            " = :t"), {"t": tenant}).scalar_one()
+        return counts
+
+    before = tenant_rows()
+    assert before["primary:invoices"] and before["archive:invoices"]
+    dry = ok(app_db.cli("archive", "erase", "--table", f"{schema}tenants", "--key", tenant,
+                        "--dry-run", settings=settings))
+    assert "ARCHIVE" in dry and "PRIMARY" in dry
+    erased = ok(app_db.cli("archive", "erase", "--table", f"{schema}tenants", "--key", tenant,
+                           settings=settings))
+    assert "erased" in erased
+    assert not any(tenant_rows().values())
+    assert "all checks passed" in ok(app_db.cli("archive", "verify", settings=settings))
+    with app_db.primary.connect() as connection:  # the other tenant is all there
+        assert connection.execute(sa.text(f"SELECT count(*) FROM {schema}invoices")).scalar_one()

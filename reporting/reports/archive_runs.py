@@ -20,14 +20,14 @@ def query(tables: DatabaseTables, params: Mapping[str, Any]) -> sa.Select[Any]:
 REPORT = RowReport(
     name="archive-runs",
     title="Archive runs",
-    description="Every run of the archiver, of every kind (archive, purge, expire, restore): "
+    description="Every run of the archiver, of every kind (archive, purge, expire, restore, erase): "
                 "policy, cutoff, timing, rows and how it ended.",
     columns=(
         Column("id", "integer", "run id"),
         Column("policy", "string", "policy name"),
         Column("kind", "string", "archive (moved to ARCHIVE), purge (deleted from PRIMARY), "
-               "expire (deleted from ARCHIVE after the retention period) or restore (moved "
-               "back to PRIMARY)"),
+               "expire (deleted from ARCHIVE after the retention period), restore (moved "
+               "back to PRIMARY) or erase (a data subject deleted from both)"),
         Column("status", "string", "done, max_rows, max_runtime, stop_requested, lock_busy, "
                "lock_lost, schema_drift, error, interrupted or running"),
         Column("cutoff", "datetime", "rows older than this were taken"),
@@ -45,7 +45,7 @@ REPORT = RowReport(
     sources=("archive",),
     filters=(
         Filter("policy", "string", ("eq", "in"), "policy name"),
-        Filter("kind", "string", ("eq", "in"), "archive, purge, expire or restore"),
+        Filter("kind", "string", ("eq", "in"), "archive, purge, expire, restore or erase"),
         Filter("status", "string", ("eq", "ne", "in"), "how the run ended"),
         Filter("started_at", "datetime", ("gte", "lt"), "start time range"),
     ),

@@ -173,6 +173,15 @@ class PolicySettings:
 
 
 @dataclass(frozen=True)
+class ErasureSettings:
+    """How ``archive erase`` treats tables that must keep their rows."""
+
+    #: Per table, the columns set to NULL instead of deleting the subject's rows (e.g. an
+    #: audit log kept for the law, minus its link to the person).
+    null_out: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
@@ -180,6 +189,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    erasure: ErasureSettings = field(default_factory=ErasureSettings)
     policies: tuple[PolicySettings, ...] = ()
     source: Path | None = None
 
@@ -202,6 +212,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "auth": AuthSettings,
     "archive": ArchiveSettings,
     "scheduler": SchedulerSettings,
+    "erasure": ErasureSettings,
 }
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

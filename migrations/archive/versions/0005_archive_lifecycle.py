@@ -5,7 +5,7 @@ archived). ``archive_run_tables.removed`` counts rows an archive run copied that
 run removed from ARCHIVE, so the rows stamped with a run stay ``copied - removed``.
 ``archive_holds`` keeps legal holds: a held row is never purged or expired.
 ``archive_restores`` marks restored roots, which archiving leaves alone until they age
-again.
+again. ``archive_runs.detail`` says what an erasure erased, as digests.
 
 Revision ID: 0005_archive
 Revises: 0004_archive
@@ -29,6 +29,7 @@ def upgrade() -> None:
     with op.batch_alter_table('archive_runs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('kind', sa.String(length=16), server_default='archive',
                                       nullable=False))
+        batch_op.add_column(sa.Column('detail', sa.Text(), nullable=True))
     with op.batch_alter_table('archive_run_tables', schema=None) as batch_op:
         batch_op.add_column(sa.Column('removed', sa.BigInteger(), server_default='0',
                                       nullable=False))
@@ -78,4 +79,5 @@ def downgrade() -> None:
     with op.batch_alter_table('archive_run_tables', schema=None) as batch_op:
         batch_op.drop_column('removed')
     with op.batch_alter_table('archive_runs', schema=None) as batch_op:
+        batch_op.drop_column('detail')
         batch_op.drop_column('kind')

@@ -41,8 +41,9 @@ RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
 
 #: What a run did: ``archive`` moved rows PRIMARY -> ARCHIVE; ``purge`` deleted aged rows
 #: from PRIMARY without copying them (a policy with ``mode = "purge"``); ``expire`` deleted
-#: ARCHIVE rows past the policy's retention; ``restore`` moved rows back to PRIMARY.
-RunKind = Literal["archive", "purge", "expire", "restore"]
+#: ARCHIVE rows past the policy's retention; ``restore`` moved rows back to PRIMARY;
+#: ``erase`` removed a data subject's rows from both databases.
+RunKind = Literal["archive", "purge", "expire", "restore", "erase"]
 RUN_KINDS: tuple[RunKind, ...] = get_args(RunKind)
 
 
@@ -114,6 +115,9 @@ class ArchiveRun(ArchiveModel):
     rows_moved: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     rows_per_second: Mapped[float | None] = mapped_column(sa.Float)
     error: Mapped[str | None] = mapped_column(sa.Text)
+    #: What an erasure erased, without personal data: the subject's table, a keyed digest
+    #: of its key, the digests of every erased key and the columns nulled out.
+    detail: Mapped[str | None] = mapped_column(sa.Text)
     host: Mapped[str] = mapped_column(sa.String(255), default="")
     pid: Mapped[int] = mapped_column(sa.Integer, default=0)
 
