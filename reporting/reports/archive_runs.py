@@ -20,8 +20,8 @@ def query(tables: DatabaseTables, params: Mapping[str, Any]) -> sa.Select[Any]:
 REPORT = RowReport(
     name="archive-runs",
     title="Archive runs",
-    description="Every run of the archiver, of every kind (archive, purge, expire, restore, erase): "
-                "policy, cutoff, timing, rows and how it ended.",
+    description="Every run of the archiver, of every kind (archive, purge, expire, restore, "
+                "erase): policy, cutoff, timing, rows and how it ended.",
     columns=(
         Column("id", "integer", "run id"),
         Column("policy", "string", "policy name"),
