@@ -3,6 +3,13 @@ and uuid keys, a three-level chain, partitions, a trigger), through the real com
 
 from __future__ import annotations
 
+import os
+import random
+import subprocess
+import sys
+import time
+
+import pytest
 import sqlalchemy as sa
 
 from archive.keys import key_columns, key_text
@@ -16,9 +23,12 @@ from tests.app_schema import (
     POLICY_NAMES,
     TENANTS,
     AppDatabase,
+    engine_for,
     rows_of,
 )
 from tests.archiving import NOW
+from tests.support import REPO
+from tests.test_crashes import wait_for_lock
 from tests.test_existing_schema import NOW_ARG, ok
 
 
@@ -143,3 +153,93 @@ def test_erasure_of_a_tenant_on_an_existing_database(app_db: AppDatabase) -> Non
     assert "all checks passed" in ok(app_db.cli("archive", "verify", settings=settings))
     with app_db.primary.connect() as connection:  # the other tenant is all there
         assert connection.execute(sa.text(f"SELECT count(*) FROM {schema}invoices")).scalar_one()
+
+
+CRASHES = [("purge", "before_delete_commit"), ("purge", "random"),
+           ("expire", "before_delete_commit"), ("expire", "random"),
+           ("restore", "before_delete"), ("restore", "random"),
+           ("erase", "after_delete_commit"), ("erase", "random")]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The random kills on this schema run in ``--full`` mode (the demo schema's random
+    kills run in quick mode too): each case costs a handful of CLI starts."""
+    if metafunc.definition.name == "test_lifecycle_crashes_on_an_existing_database_lose_nothing":
+        full = metafunc.config.getoption("--full")
+        metafunc.parametrize(("operation", "point"),
+                             [case for case in CRASHES if full or case[1] != "random"])
+
+
+def test_lifecycle_crashes_on_an_existing_database_lose_nothing(
+        app_db: AppDatabase, operation: str, point: str) -> None:
+    """SIGKILL the real CLI inside each lifecycle operation on composite and uuid keys, a
+    partitioned table and a three-level chain; running it again completes it exactly."""
+    backend = app_db.backend
+    invoices, children = ARCHIVED[backend][0], INVOICE_CHILDREN[backend]
+    purged, purge_policy = ARCHIVED[backend][-1], POLICY_NAMES[backend][1]
+    policies = POLICIES[backend].replace("batch_size = 37", "batch_size = 5")
+    if operation == "purge":
+        policies = policies.replace(f"[policy.{purge_policy}]",
+                                    f'[policy.{purge_policy}]\nmode = "purge"').replace(
+            'older_than = "180d"', 'older_than = "30d"').replace(
+            "batch_size = 64", "batch_size = 7").replace("batch_size = 150", "batch_size = 7")
+    if operation == "expire":
+        policies = policies.replace('children = "auto"', 'children = "auto"\nretention = "600d"')
+    extra = '[archive]\nthrottle = "20ms"\n' if point == "random" else ""
+    settings = app_db.settings(extra=extra, policies=policies)
+    ok(app_db.cli("migrate", settings=settings))
+    names = [invoices, *children]
+    original = rows_of(app_db.primary, [*names, purged])
+    schema = "billing." if backend == "postgres" else ""
+    tenant = str(TENANTS[0])
+    command = {"purge": ["run", "--policy", purge_policy],
+               "expire": ["expire", "--policy", "invoices"],
+               "restore": ["restore", "--run", "1"],
+               "erase": ["erase", "--table", f"{schema}tenants", "--key", tenant]}[operation]
+    if operation != "purge":
+        ok(app_db.cli("archive", "run", "--policy", "invoices", *NOW_ARG, settings=settings))
+    archived = rows_of(app_db.archive, names, archive=True)
+    env = {**os.environ, "CRASH_DRIVER_SETTINGS": str(settings),
+           "SEDIMENT_DATABASE__ARCHIVE_URL": app_db.archive_url,
+           "CRASH_DRIVER_COMMAND": command[0],
+           "CRASH_DRIVER_DELETES": "primary" if operation == "purge" else "archive"}
+    env.pop("SEDIMENT_DATABASE__PRIMARY_URL", None)
+    driver = [sys.executable, "-m", "tests.crash_driver"]
+    arguments = [*command[1:], *(NOW_ARG if operation != "erase" else ())]
+    if point == "random":
+        process = subprocess.Popen([*driver, "none", "0", *arguments], cwd=REPO, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(random.Random(f"{operation}-{backend}").uniform(0.6, 1.4))
+        process.kill()
+        assert process.wait(timeout=60) in (0, -9)
+    else:
+        killed = subprocess.run([*driver, point, "1", *arguments], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert killed.returncode == -9, killed.stderr[-2000:] + killed.stdout[-2000:]
+    with engine_for(app_db.primary_url) as primary:
+        for name in ("erase", *POLICY_NAMES[backend]):
+            wait_for_lock(primary, name)
+    ok(app_db.cli("archive", command[0], *arguments, settings=settings))  # again: completes
+
+    live = rows_of(app_db.primary, [*names, purged])
+    kept = rows_of(app_db.archive, names, archive=True)
+    for name in names:  # nothing in both databases, nothing changed
+        assert not live[name].keys() & kept[name].keys(), name
+        assert all(original[name][key] == row for key, row in live[name].items()), name
+        assert all(archived[name][key] == row for key, row in kept[name].items()), name
+    if operation == "purge":
+        assert live[purged].items() < original[purged].items()
+        assert f"would purge from PRIMARY {purged} 0" in ok(app_db.cli(
+            "archive", "run", "--dry-run", "--policy", purge_policy, *NOW_ARG,
+            settings=settings))
+    elif operation == "expire":
+        assert len(kept[invoices]) < len(archived[invoices])
+        assert f"would expire from ARCHIVE {invoices} 0" in ok(app_db.cli(
+            "archive", "expire", "--dry-run", *NOW_ARG, settings=settings))
+    elif operation == "restore":
+        assert not any(kept.values())
+        assert {name: live[name] for name in names} == {name: original[name] for name in names}
+    else:
+        assert "nothing to erase" in app_db.cli("archive", command[0], *arguments,
+                                                settings=settings).stderr
+    assert "all checks passed" in ok(app_db.cli("archive", "verify", settings=settings))
