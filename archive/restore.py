@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from archive.keys import (
     parse_key,
     stored_key,
 )
-from archive.locks import LockLost, RunnerLock
+from archive.locks import RunnerLock
 from archive.mover import ArchiveError, BatchResult, Timeouts, apply_timeouts
 from archive.policy import ArchivePolicy
 from archive.restore_marks import marks
@@ -53,19 +52,14 @@ from archive.runner import (
     ProgressCallback,
     RunLimits,
     RunOutcome,
-    check_still_running,
-    limit_reached,
+    batch_loop,
     run_locked,
-    with_retries,
 )
 from archive.scope import Level, ascend, descend, levels_of
 from sediment.core.databases import Engines
 from sediment.core.error_text import first_line
 from sediment.core.schema.archive import ARCHIVE_RUN_ID
 from sediment.core.settings import ArchiveSettings, DatabaseSettings
-
-#: A restore takes every selected root; only a stop request ends it early.
-_NO_LIMITS = RunLimits()
 
 
 class RestoreRefused(ValueError):
@@ -158,39 +152,17 @@ def run_restore(engines: Engines, policy: ArchivePolicy, request: RestoreRequest
 
     def restore_rows(outcome: RunOutcome, lock: RunnerLock) -> None:
         assert outcome.run_id is not None
-        run_id = outcome.run_id
-        started, after = time.monotonic(), None
         try:
             with engines.archive.begin() as connection:  # marks past their time go
                 connection.execute(marks.delete().where(marks.c.until <= now))
                 selection = _selection(connection, policy, levels, request)
-            while True:
-                outcome.seconds = time.monotonic() - started
-                ended = limit_reached(outcome, _NO_LIMITS, stop)
-                if ended is not None:
-                    outcome.status = ended
-                    break
-                if lock.ensure_held():
-                    check_still_running(engines.archive, run_id)
-                result = with_retries(settings, stop, partial(
-                    _restore_batch, engines, lock, policy, levels, selection, run_id, after,
-                    now, timeouts))
-                if result is None:
-                    outcome.status = "done"
-                    break
-                after = result.last_key
-                outcome.batches += 1
-                outcome.roots += result.roots
-                for name, count in result.deleted.items():
-                    outcome.moved[name] += count
-                if progress is not None:
-                    progress(result)
-        except LockLost as exc:
-            outcome.status, outcome.error = "lock_lost", str(exc)
-        except (ArchiveError, sa.exc.SQLAlchemyError) as exc:
+        except sa.exc.SQLAlchemyError as exc:
             outcome.status, outcome.error = "error", first_line(exc)
-        finally:
-            outcome.seconds = time.monotonic() - started
+            return
+        batch_loop(outcome, lock, engines.archive, batch_size=policy.batch_size,
+                   settings=settings, limits=RunLimits(), stop=stop, progress=progress,
+                   step=partial(_restore_batch, engines, lock, policy, levels, selection,
+                                outcome.run_id, now=now, timeouts=timeouts))
 
     return run_locked(engines.primary, engines.archive, policy, kind="restore", cutoff=now,
                       settings=settings, stop=stop, work=restore_rows)
@@ -235,8 +207,9 @@ def _marked(connection: sa.Connection, policy: ArchivePolicy, root: sa.Table,
 
 def _restore_batch(engines: Engines, lock: RunnerLock, policy: ArchivePolicy,
                    levels: Sequence[Level], selection: sa.ColumnElement[bool], run_id: int,
-                   after: Key | None, now: datetime, timeouts: Timeouts) -> BatchResult | None:
-    batch = _read_batch(engines.archive, policy, levels, selection, after)
+                   after: Key | None, limit: int, *, now: datetime,
+                   timeouts: Timeouts) -> BatchResult | None:
+    batch = _read_batch(engines.archive, policy, levels, selection, after, limit)
     if batch is None:
         return None
     with engines.archive.begin() as connection:  # 1. the marks, before PRIMARY sees a row
@@ -269,7 +242,8 @@ def _restore_batch(engines: Engines, lock: RunnerLock, policy: ArchivePolicy,
 
 
 def _read_batch(archive: sa.Engine, policy: ArchivePolicy, levels: Sequence[Level],
-                selection: sa.ColumnElement[bool], after: Key | None) -> _Batch | None:
+                selection: sa.ColumnElement[bool], after: Key | None,
+                limit: int) -> _Batch | None:
     root = levels[0].table
     key = key_columns(root)
     with archive.connect() as connection, connection.begin():
@@ -277,7 +251,7 @@ def _read_batch(archive: sa.Engine, policy: ArchivePolicy, levels: Sequence[Leve
         if after is not None:
             query = query.where(key_after(key, after, connection.dialect))
         roots = [tuple(row) for row in connection.execute(
-            query.order_by(*key).limit(policy.batch_size))]
+            query.order_by(*key).limit(limit))]
         if not roots:
             return None
         conditions = descend(levels, sa.or_(*key_filters(key, roots, connection.dialect)))

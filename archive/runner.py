@@ -22,7 +22,7 @@ from typing import TypeVar
 import sqlalchemy as sa
 
 from archive import ledger
-from archive.keys import columns_in
+from archive.keys import Key, columns_in
 from archive.locks import LockLost, RunnerLock
 from archive.mover import ArchiveError, BatchResult, SchemaDrift, Timeouts
 from archive.pipeline import BatchPipeline
@@ -327,6 +327,54 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
         outcome.status, outcome.error = "error", first_line(exc)
     finally:
         pipeline.close()
+        outcome.seconds = time.monotonic() - started
+
+
+#: One batch of a sweep or a restore: the next one after a key (``None``: from the start),
+#: of at most so many roots; ``None`` once nothing is left.
+BatchStep = Callable[[Key | None, int], BatchResult | None]
+
+
+def batch_loop(outcome: RunOutcome, lock: RunnerLock, archive: sa.Engine, *, batch_size: int,
+               settings: ArchiveSettings, limits: RunLimits, stop: threading.Event,
+               progress: ProgressCallback | None, step: BatchStep) -> None:
+    """Run ``step`` batch after batch, in key order, until nothing is left, a limit or a
+    stop request, as the archive runs do: the lock checked (and taken back) before each
+    batch, a dropped connection retried, the throttle between batches. How it ended goes
+    into ``outcome``; errors are recorded there, not raised."""
+    assert outcome.run_id is not None
+    run_id = outcome.run_id
+    started, after = time.monotonic(), None
+    try:
+        while True:
+            outcome.seconds = time.monotonic() - started
+            ended = limit_reached(outcome, limits, stop)
+            if ended is not None:
+                outcome.status = ended
+                break
+            if lock.ensure_held():
+                check_still_running(archive, run_id)
+            limit = batch_size
+            if limits.max_rows is not None:
+                limit = min(limit, limits.max_rows - outcome.roots)
+            result = with_retries(settings, stop, partial(step, after, limit))
+            if result is None:
+                outcome.status = "done"
+                break
+            after = result.last_key
+            outcome.batches += 1
+            outcome.roots += result.roots
+            for name, count in result.deleted.items():
+                outcome.moved[name] = outcome.moved.get(name, 0) + count
+            if progress is not None:
+                progress(result)
+            if settings.throttle and stop.wait(settings.throttle.total_seconds()):
+                continue
+    except LockLost as exc:
+        outcome.status, outcome.error = "lock_lost", str(exc)
+    except (ArchiveError, sa.exc.SQLAlchemyError) as exc:
+        outcome.status, outcome.error = "error", first_line(exc)
+    finally:
         outcome.seconds = time.monotonic() - started
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,21 +38,18 @@ import sqlalchemy as sa
 from archive import ledger
 from archive.holds import held_keys, held_roots, holds
 from archive.keys import Key, key_after, key_columns, key_filters
-from archive.locks import LockLost, RunnerLock
+from archive.locks import RunnerLock
 from archive.mover import ArchiveError, BatchResult, Timeouts, apply_timeouts
 from archive.policy import ArchivePolicy
 from archive.runner import (
     ProgressCallback,
     RunLimits,
     RunOutcome,
-    check_still_running,
-    limit_reached,
+    batch_loop,
     run_locked,
-    with_retries,
 )
 from archive.scope import Level, Side, descend, levels_of
 from sediment.core.databases import SQLITE_WRITE_LOCK, Engines
-from sediment.core.error_text import first_line
 from sediment.core.schema.archive import ARCHIVE_RUN_ID
 from sediment.core.settings import ArchiveSettings, DatabaseSettings
 
@@ -148,43 +144,13 @@ def run_sweep(engines: Engines, sweep: Sweep, *, database: DatabaseSettings,
 
     def sweep_rows(outcome: RunOutcome, lock: RunnerLock) -> None:
         assert outcome.run_id is not None
-        run_id = outcome.run_id
         outcome.moved = {name: 0 for name in sweep.tables}
         outcome.held = _held_roots(engines, sweep)
         batch = _purge_batch if sweep.kind == "purge" else _expire_batch
-        started, after = time.monotonic(), None
-        try:
-            while True:
-                outcome.seconds = time.monotonic() - started
-                ended = limit_reached(outcome, limits, stop)
-                if ended is not None:
-                    outcome.status = ended
-                    break
-                if lock.ensure_held():
-                    check_still_running(engines.archive, run_id)
-                limit = sweep.policy.batch_size
-                if limits.max_rows is not None:
-                    limit = min(limit, limits.max_rows - outcome.roots)
-                result = with_retries(settings, stop, partial(
-                    batch, engines, lock, sweep, run_id, after, limit, timeouts))
-                if result is None:
-                    outcome.status = "done"
-                    break
-                after = result.last_key
-                outcome.batches += 1
-                outcome.roots += result.roots
-                for name, count in result.deleted.items():
-                    outcome.moved[name] += count
-                if progress is not None:
-                    progress(result)
-                if settings.throttle and stop.wait(settings.throttle.total_seconds()):
-                    continue
-        except LockLost as exc:
-            outcome.status, outcome.error = "lock_lost", str(exc)
-        except (ArchiveError, sa.exc.SQLAlchemyError) as exc:
-            outcome.status, outcome.error = "error", first_line(exc)
-        finally:
-            outcome.seconds = time.monotonic() - started
+        batch_loop(outcome, lock, engines.archive, batch_size=sweep.policy.batch_size,
+                   settings=settings, limits=limits, stop=stop, progress=progress,
+                   step=partial(batch, engines, lock, sweep, outcome.run_id,
+                                timeouts=timeouts))
 
     return run_locked(engines.primary, engines.archive, sweep.policy, kind=sweep.kind,
                       cutoff=sweep.cutoff, settings=settings, stop=stop, work=sweep_rows)
@@ -201,7 +167,7 @@ def holds_guard(archive: sa.Engine) -> Iterator[sa.Connection]:
 
 
 def _purge_batch(engines: Engines, lock: RunnerLock, sweep: Sweep, run_id: int,
-                 after: Key | None, limit: int, timeouts: Timeouts) -> BatchResult | None:
+                 after: Key | None, limit: int, *, timeouts: Timeouts) -> BatchResult | None:
     """Delete the next batch from PRIMARY, then count it in ARCHIVE (PRIMARY first, like
     every archive batch, so no two transactions wait on each other's database)."""
     with lock.batch_connection() as source:
@@ -225,7 +191,7 @@ def _purge_batch(engines: Engines, lock: RunnerLock, sweep: Sweep, run_id: int,
 
 
 def _expire_batch(engines: Engines, lock: RunnerLock, sweep: Sweep, run_id: int,
-                  after: Key | None, limit: int, timeouts: Timeouts) -> BatchResult | None:
+                  after: Key | None, limit: int, *, timeouts: Timeouts) -> BatchResult | None:
     """Delete the next batch from ARCHIVE and count it, in one ARCHIVE transaction."""
     with holds_guard(engines.archive) as connection:
         apply_timeouts(connection, timeouts)
