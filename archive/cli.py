@@ -219,6 +219,10 @@ def cmd_restore(args: argparse.Namespace, archiver: Archiver) -> int:
             print(f"dry run: policy {policy.name}: {request.describe()}: would restore {shown}")
             return EXIT_OK
         planned = sum(plan_restore(archiver.engines, policy, request).values())
+        if not planned:
+            print(f"sediment: {request.describe()}: nothing archived matches; nothing to "
+                  "restore", file=sys.stderr)
+            return EXIT_ERROR
     except (RestoreRefused, BadKey) as exc:
         return _usage(str(exc))
     except sa.exc.DBAPIError as exc:

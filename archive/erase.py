@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -242,6 +243,7 @@ def erase(engines: Any, tables: Mapping[str, sa.Table], twins: Mapping[str, sa.T
     :raises ErasureRefused: when a hold covers one of its rows, or a null-out column cannot
         be nulled; nothing was changed (the run is ledgered ``error``, saying why).
     """
+    started = time.monotonic()
     plan = plan_erasure(engines, tables, twins, subject, key, null_out)
     locks = [RunnerLock(engines.primary, name) for name in lock_names(policies, plan)]
     taken: list[RunnerLock] = []
@@ -273,9 +275,10 @@ def erase(engines: Any, tables: Mapping[str, sa.Table], twins: Mapping[str, sa.T
         with engines.archive.begin() as archive:
             ledger.record_sweep(archive, run_id, {f"primary:{name}": n for (_, name), n
                                                   in primary_counts.items()})
-        ledger.finish_run(engines.archive, run_id, "done", rows_per_second=None,
-                          detail=_detail(plan, secret))
         outcome.erased = {**archive_counts, **primary_counts}
+        rate = sum(outcome.erased.values()) / max(time.monotonic() - started, 1e-6)
+        ledger.finish_run(engines.archive, run_id, "done", rows_per_second=rate,
+                          detail=_detail(plan, secret))
         outcome.status = "done"
         return outcome
     except ErasureRefused as exc:

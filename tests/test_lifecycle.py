@@ -404,6 +404,10 @@ def test_restore_on_the_command_line(make_shop: Any) -> None:
     done = run_cli("archive", "restore", "--table", "orders", "--key", str(order), env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[1].split()[:2] == ["orders", "restore"]
+    again = run_cli("archive", "restore", "--table", "orders", "--key", str(order), env=env)
+    assert again.returncode == 1
+    assert again.stderr.strip() == (f"sediment: orders keys {order}: nothing archived "
+                                    "matches; nothing to restore")
     where = run_cli("archive", "restore", "--table", "orders", "--where", "customer_id = 3",
                     "--dry-run", env=env)
     assert where.returncode == 0 and "would restore orders" in where.stdout
