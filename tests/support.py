@@ -29,7 +29,7 @@ from archive.runner import RunLimits, RunOutcome, run_policy
 from reporting.state import state_of
 from sediment.core.databases import ARCHIVE, Engines, engine_options, prepare_engine
 from sediment.core.schema import metadata_of
-from sediment.core.schema.archive import twin_of
+from sediment.core.schema.archive import LEDGER_TABLES, twin_of
 from sediment.core.settings import ArchiveSettings, PolicySettings, Settings, load_settings
 from sediment.service import resolve_policies_of
 
@@ -231,8 +231,7 @@ def own_schema(databases: DatabaseFactory, primary: sa.MetaData,
     primary.create_all(engines.primary)
     twins_metadata.create_all(engines.archive)
     ledger = metadata_of(ARCHIVE)
-    ledger.create_all(engines.archive, tables=[ledger.tables["archive_runs"],
-                                               ledger.tables["archive_run_tables"]])
+    ledger.create_all(engines.archive, tables=[ledger.tables[name] for name in LEDGER_TABLES])
     return OwnSchema(engines, settings, primary, twins)
 
 
