@@ -615,7 +615,8 @@ def as_flat_dict(settings: Settings) -> dict[str, Any]:
     """Return every ``section.key`` and its value, for documentation checks and ``--help``."""
     flat: dict[str, Any] = {}
     for name in _SECTIONS:
-        for key, value in dataclasses.asdict(getattr(settings, name)).items():
-            if (name, key) != ("auth", "tokens"):  # tables of their own, like policies
-                flat[f"{name}.{key}"] = value
+        section = getattr(settings, name)
+        for item in dataclasses.fields(section):  # not asdict: it cannot copy a mappingproxy
+            if (name, item.name) != ("auth", "tokens"):  # tables of their own, like policies
+                flat[f"{name}.{item.name}"] = getattr(section, item.name)
     return flat
