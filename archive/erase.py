@@ -111,7 +111,26 @@ def erasure_graph(tables: Mapping[str, sa.Table], subject: sa.Table,
                         found.append(table)
         ordered.extend(found)
         level = found
-    return ordered, edges
+    return _parents_first(ordered, edges), edges
+
+
+def _parents_first(tables: Sequence[sa.Table], edges: Sequence[Edge]) -> list[sa.Table]:
+    """``tables`` so that each comes after every table it references among them: a table
+    with two paths to the subject is searched once both of its parents' rows are known.
+    (A cycle other than a self-reference keeps breadth-first order.)"""
+    parents = {table.fullname: {edge.parent.fullname for edge in edges
+                                if edge.child.fullname == table.fullname
+                                and edge.parent.fullname != table.fullname}
+               for table in tables}
+    ordered: list[sa.Table] = []
+    waiting = list(tables)
+    while waiting:
+        done = {table.fullname for table in ordered}
+        ready = next((table for table in waiting if parents[table.fullname] <= done),
+                     waiting[0])
+        ordered.append(ready)
+        waiting.remove(ready)
+    return ordered
 
 
 def plan_erasure(engines: Any, tables: Mapping[str, sa.Table], twins: Mapping[str, sa.Table],

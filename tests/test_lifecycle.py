@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from archive.archiver import Archiver
-from archive.erase import ErasureRefused
+from archive.erase import ErasureRefused, erase, plan_erasure
 from archive.holds import add_holds, list_holds, release_holds
 from archive.keys import parse_key
 from archive.ledger import run_tables, runs
@@ -29,7 +29,15 @@ from sediment.core.schema.archive import archived_tables
 from sediment.core.settings import Retention, SettingsError, parse_retention
 from sediment.service import resolve_policies_of
 from tests.archiving import NOW, Snapshot, normalise, seed_shop, snapshot
-from tests.support import DatabaseFactory, archiver_of, engines_of, env_for, make_settings, run_cli
+from tests.support import (
+    DatabaseFactory,
+    archiver_of,
+    engines_of,
+    env_for,
+    make_settings,
+    own_schema,
+    run_cli,
+)
 
 CHILDREN = ("order_items", "payments")
 
@@ -571,3 +579,35 @@ def test_erasure_refusals_on_the_command_line(make_shop: Any) -> None:
     assert done.returncode == 0 and "erased customers 4 (run 1)" in done.stdout
     status = run_cli("archive", "status", env=env).stdout
     assert status.splitlines()[1].split()[1:4] == ["customers", "erase", "done"]
+
+
+def test_erasure_finds_rows_reached_by_two_paths(databases: DatabaseFactory) -> None:
+    """A table referencing the subject directly and through another table is searched once
+    both parents' rows are known: a note on the person's account, with no person of its
+    own, is found whichever order the schema lists the tables in."""
+    metadata = sa.MetaData()
+    notes = sa.Table("a_notes", metadata, sa.Column("id", sa.Integer, primary_key=True),
+                     sa.Column("person_id", sa.ForeignKey("people.id"), nullable=True),
+                     sa.Column("account_id", sa.ForeignKey("z_accounts.id"), nullable=True))
+    people = sa.Table("people", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    accounts = sa.Table("z_accounts", metadata, sa.Column("id", sa.Integer, primary_key=True),
+                        sa.Column("person_id", sa.ForeignKey("people.id"), nullable=False))
+    schema = own_schema(databases, metadata, [])
+    with schema.engines.primary.begin() as connection:
+        connection.execute(people.insert(), [{"id": 1}, {"id": 2}])
+        connection.execute(accounts.insert(), [{"id": 10, "person_id": 1},
+                                               {"id": 20, "person_id": 2}])
+        connection.execute(notes.insert(), [
+            {"id": 100, "person_id": 1, "account_id": None},
+            {"id": 101, "person_id": None, "account_id": 10},  # only through the account
+            {"id": 200, "person_id": None, "account_id": 20}])
+    plan = plan_erasure(schema.engines, metadata.tables, {}, people, (1,), {})
+    assert [table.name for table in plan.tables] == ["people", "z_accounts", "a_notes"]
+    assert plan.found[("primary", "a_notes")].keys == {(100,), (101,)}
+    outcome = erase(schema.engines, metadata.tables, {}, people, (1,), null_out={},
+                    secret="s", policies=(), now=NOW)
+    assert outcome.status == "done"
+    with schema.engines.primary.connect() as connection:
+        assert connection.execute(sa.select(notes.c.id)).scalars().all() == [200]
+        assert connection.execute(sa.select(people.c.id)).scalars().all() == [2]
+    schema.dispose()
