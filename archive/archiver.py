@@ -140,9 +140,8 @@ class Archiver:
                 raise UnknownTable(subject)
         else:
             tables = reflect_primary(self.engines.primary, [subject])
-        twins = {table.fullname: twin for policy in self.policies if policy.archives
-                 for table, twin in zip(policy.tables, (policy.archive_root, *(
-                     link.archive_table for link in policy.children)), strict=True)}
+        twins = {name: twin for policy in self.policies if policy.archives
+                 for name, twin in policy.twins.items()}
         return tables, twins
 
     def erase(self, subject: str, key_text: str, now: datetime) -> ErasureOutcome:

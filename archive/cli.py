@@ -35,6 +35,7 @@ from sediment.core.commandline import (
     EXIT_OK,
     EXIT_USAGE,
     duration,
+    fail,
     instant,
     on_stop_signals,
     positive_int,
@@ -220,9 +221,8 @@ def cmd_restore(args: argparse.Namespace, archiver: Archiver) -> int:
             return EXIT_OK
         planned = sum(plan_restore(archiver.engines, policy, request).values())
         if not planned:
-            print(f"sediment: {request.describe()}: nothing archived matches; nothing to "
-                  "restore", file=sys.stderr)
-            return EXIT_ERROR
+            return fail(f"{request.describe()}: nothing archived matches; nothing to restore",
+                        EXIT_ERROR)
     except (RestoreRefused, BadKey) as exc:
         return _usage(str(exc))
     except sa.exc.DBAPIError as exc:
@@ -235,17 +235,14 @@ def cmd_restore(args: argparse.Namespace, archiver: Archiver) -> int:
 
 
 def _usage(message: str) -> int:
-    print(f"sediment: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return fail(message, EXIT_USAGE)
 
 
 def cmd_expire(args: argparse.Namespace, archiver: Archiver) -> int:
     for name in args.policy or ():
         if archiver.policy(name).retention is None:
-            print(f"sediment: policy {name!r} has no retention: its ARCHIVE rows are kept for "
-                  "ever; set policy.<name>.retention (e.g. \"7y\") to expire them",
-                  file=sys.stderr)
-            return EXIT_USAGE
+            return _usage(f"policy {name!r} has no retention: its ARCHIVE rows are kept for "
+                          "ever; set policy.<name>.retention (e.g. \"7y\") to expire them")
     names = args.policy or [name for name in archiver.enabled
                             if archiver.policy(name).retention is not None]
     now = args.now or datetime.now(UTC)

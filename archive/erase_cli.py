@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +12,14 @@ from archive.erase import SIDES, ErasureRefused, Side, blocking_holds, plan_eras
 from archive.hold_cli import Handler
 from archive.keys import BadKey, parse_key
 from archive.reflection import UnknownTable
-from sediment.core.commandline import EXIT_ERROR, EXIT_LOCK_BUSY, EXIT_OK, EXIT_USAGE, instant
+from sediment.core.commandline import (
+    EXIT_ERROR,
+    EXIT_LOCK_BUSY,
+    EXIT_OK,
+    EXIT_USAGE,
+    fail,
+    instant,
+)
 
 LABELS = {"primary": "PRIMARY", "archive": "ARCHIVE"}
 
@@ -45,13 +51,13 @@ def cmd_erase(args: argparse.Namespace, archiver: Archiver) -> int:
         plan = plan_erasure(archiver.engines, tables, twins, subject, key,
                             archiver.settings.erasure.null_out)
     except UnknownTable:
-        return _fail(f"--table {args.table!r}: PRIMARY has no such table", EXIT_USAGE)
+        return fail(f"--table {args.table!r}: PRIMARY has no such table", EXIT_USAGE)
     except BadKey as exc:
-        return _fail(f"--key {exc}", EXIT_USAGE)
+        return fail(f"--key {exc}", EXIT_USAGE)
     except ErasureRefused as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return fail(str(exc), EXIT_USAGE)
     if not any(rows.keys for rows in plan.found.values()):
-        return _fail(f"--key {args.key}: no {args.table} row with this key, and no row "
+        return fail(f"--key {args.key}: no {args.table} row with this key, and no row "
                      "referencing it, in PRIMARY or ARCHIVE: nothing to erase", EXIT_ERROR)
     if args.dry_run:
         print(f"dry run: erasing {args.table} {args.key} would touch:")
@@ -62,9 +68,9 @@ def cmd_erase(args: argparse.Namespace, archiver: Archiver) -> int:
     try:
         outcome = archiver.erase(args.table, args.key, args.now or datetime.now(UTC))
     except ErasureRefused as exc:
-        return _fail(f"erasure refused, nothing changed: {exc}", EXIT_ERROR)
+        return fail(f"erasure refused, nothing changed: {exc}", EXIT_ERROR)
     if outcome.status == "lock_busy":
-        return _fail(f"erasure not started: {outcome.error}", EXIT_LOCK_BUSY)
+        return fail(f"erasure not started: {outcome.error}", EXIT_LOCK_BUSY)
     print(f"erased {args.table} {args.key} (run {outcome.run_id}):")
     _print_counts(outcome.erased, archiver.settings.erasure.null_out)
     return EXIT_OK
@@ -79,7 +85,3 @@ def _print_counts(counts: Mapping[tuple[Side, str], int],
             verb = f"nulled {', '.join(null_out[name])} in" if name in null_out else "deleted"
             print(f"  {LABELS[side]:<8} {name:<24} {verb} {count:,} rows")
 
-
-def _fail(message: str, code: int) -> int:
-    print(f"sediment: {message}", file=sys.stderr)
-    return code

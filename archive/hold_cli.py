@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +20,7 @@ from archive.archiver import Archiver
 from archive.holds import Hold, add_holds, list_holds, release_holds
 from archive.keys import BadKey, Key, key_columns, key_filters, key_text, parse_key
 from archive.policy import ArchivePolicy
-from sediment.core.commandline import EXIT_ERROR, EXIT_OK, EXIT_USAGE, positive_int
+from sediment.core.commandline import EXIT_ERROR, EXIT_OK, EXIT_USAGE, fail, positive_int
 
 Handler = Callable[[Callable[[argparse.Namespace, Archiver], int]],
                    Callable[[argparse.Namespace], int]]
@@ -67,15 +66,13 @@ def cmd_hold_add(args: argparse.Namespace, archiver: Archiver) -> int:
     if found is None:
         names = sorted({table.fullname for policy in archiver.policies
                         for table in policy.tables})
-        print(f"sediment: --table {args.table!r} is not one of the policies' tables "
-              f"({', '.join(names)})", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(f"--table {args.table!r} is not one of the policies' tables "
+                    f"({', '.join(names)})", EXIT_USAGE)
     policy, table = found
     try:
         keys = [parse_key(table, text) for text in args.key]
     except BadKey as exc:
-        print(f"sediment: --key {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(f"--key {exc}", EXIT_USAGE)
     places: dict[Key, list[str]] = {}
 
     def check_rows(connection: sa.Connection) -> None:
@@ -92,9 +89,8 @@ def cmd_hold_add(args: argparse.Namespace, archiver: Archiver) -> int:
                                      now=datetime.now(UTC), before_commit=check_rows)
     except _Missing as exc:
         shown = ", ".join(_shown(key) for key in exc.keys)
-        print(f"sediment: --key {shown}: no {table.fullname} row with this key in PRIMARY or "
-              "ARCHIVE; nothing was held", file=sys.stderr)
-        return EXIT_ERROR
+        return fail(f"--key {shown}: no {table.fullname} row with this key in PRIMARY or "
+                    "ARCHIVE; nothing was held", EXIT_ERROR)
     for hold in placed:
         where = " and ".join(places[_key_of(keys, hold)])
         print(f"hold {hold.id} placed on {hold.table} {hold.shown_key} (in {where}) by "
@@ -111,9 +107,8 @@ def cmd_hold_release(args: argparse.Namespace, archiver: Archiver) -> int:
     for hold in released:
         print(f"hold {hold.id} on {hold.table} {hold.shown_key} released by {args.by}")
     if unknown:
-        print(f"sediment: no hold in force with id {', '.join(map(str, unknown))} (see "
-              "'archive hold list --all')", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(f"no hold in force with id {', '.join(map(str, unknown))} (see "
+                    "'archive hold list --all')", EXIT_USAGE)
     return EXIT_OK
 
 
@@ -154,9 +149,7 @@ def _places(archiver: Archiver, policy: ArchivePolicy, table: sa.Table, key: Key
     with archiver.engines.primary.connect() as primary:
         if _exists(primary, table, key):
             places.append("PRIMARY")
-    twins = {policy.root.fullname: policy.archive_root,
-             **{link.table.fullname: link.archive_table for link in policy.children}}
-    if policy.archives and _exists(archive, twins[table.fullname], key):
+    if policy.archives and _exists(archive, policy.twins[table.fullname], key):
         places.append("ARCHIVE")
     return places
 

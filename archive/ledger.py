@@ -137,12 +137,14 @@ def record_delete(archive: sa.Engine, run_id: int, deleted: Mapping[str, int],
 
 def record_sweep(connection: sa.Connection, run_id: int, deleted: Mapping[str, int],
                  removed: Mapping[tuple[int, str], int] | None = None) -> None:
-    """Count a purge or expiry batch: its deleted rows per table, and (expiry) the rows it
-    removed from ARCHIVE by the archive run that had copied them, so each archive run's
-    stamped rows stay ``copied - removed``.
+    """Count a batch that deleted rows without archiving them (a purge, an expiry, a
+    restore, an erasure): its deleted rows per table, and the rows it removed from ARCHIVE
+    by the archive run that had copied them, so each archive run's stamped rows stay
+    ``copied - removed``.
 
-    Expiry calls this inside the ARCHIVE transaction that deletes the batch, so its counts
-    are exact; a purge calls it once its PRIMARY transaction has committed.
+    Expiry, restore and erasure call this inside the ARCHIVE transaction that deletes the
+    rows, so their counts are exact; a purge calls it once its PRIMARY transaction has
+    committed.
     """
     for table, count in deleted.items():
         _add(connection, run_id, table, deleted=count)

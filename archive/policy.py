@@ -85,6 +85,12 @@ class ArchivePolicy:
         """Root first, then children: the order rows are copied in."""
         return (self.root, *(child.table for child in self.children))
 
+    @property
+    def twins(self) -> dict[str, sa.Table]:
+        """The ARCHIVE twin of each table, by the PRIMARY table's full name, root first."""
+        return {self.root.fullname: self.archive_root,
+                **{child.table.fullname: child.archive_table for child in self.children}}
+
     def cutoff(self, now: datetime) -> datetime:
         """Return the instant before which a root row counts as aged."""
         return cutoff_for(now, self.older_than)

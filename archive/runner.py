@@ -396,7 +396,7 @@ def _refresh_statistics(archive: sa.Engine, policy: ArchivePolicy) -> None:
     """ANALYZE the twins a run added to, so merged reports are planned for their new size
     (ARCHIVE is Sediment's own; PRIMARY's statistics are left to its autovacuum)."""
     try:
-        analyze(archive, [policy.archive_root, *(link.archive_table for link in policy.children)])
+        analyze(archive, list(policy.twins.values()))
     except sa.exc.SQLAlchemyError as exc:
         logger.warning("policy %s: ANALYZE of the archive tables failed: %s", policy.name,
                        first_line(exc))

@@ -108,11 +108,14 @@ class SweepPlan:
     held: int
 
 
-def _held_roots(engines: Engines, sweep: Sweep) -> int:
-    """How many roots the sweep would take but for a hold."""
+def _held_roots(engines: Engines, sweep: Sweep,
+                held: sa.ColumnElement[bool] | None = None) -> int:
+    """How many roots the sweep would take but for a hold (``held``: the holds' condition,
+    when the caller has read them already)."""
     engine = _engine(engines, sweep)
-    with engines.archive.connect() as archive:
-        held = held_roots(sweep.levels, held_keys(archive, sweep.tables), engine.dialect)
+    if held is None:
+        with engines.archive.connect() as archive:
+            held = held_roots(sweep.levels, held_keys(archive, sweep.tables), engine.dialect)
     if held is None:
         return 0
     with engine.connect() as connection:
@@ -129,7 +132,7 @@ def plan_sweep(engines: Engines, sweep: Sweep) -> SweepPlan:
     with engine.connect() as connection:
         counts = {name: _count(connection, sweep.tables[name], condition)
                   for name, condition in descend(sweep.levels, goes).items()}
-    return SweepPlan(sweep, counts, _held_roots(engines, sweep))
+    return SweepPlan(sweep, counts, _held_roots(engines, sweep, held) if held is not None else 0)
 
 
 def run_sweep(engines: Engines, sweep: Sweep, *, database: DatabaseSettings,

@@ -111,8 +111,7 @@ def _orphans(archive: sa.Engine, link: ChildLink) -> int:
 
 
 def _check_ledger(archive: sa.Engine, policy: ArchivePolicy, found: Verification) -> None:
-    twins = {policy.root.fullname: policy.archive_root,
-             **{link.table.fullname: link.archive_table for link in policy.children}}
+    twins = policy.twins
     with archive.connect() as connection:
         counters = connection.execute(
             sa.select(runs.c.id, runs.c.status, run_tables.c.table_name, run_tables.c.copied,

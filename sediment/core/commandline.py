@@ -28,6 +28,13 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_LOCK_BUSY = 0, 1, 2, 3
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def fail(message: str, exit_code: int) -> int:
+    """Print a command's one-line error on stderr, prefixed ``sediment:``; return the exit
+    code to end with."""
+    print(f"sediment: {message}", file=sys.stderr)
+    return exit_code
+
+
 def count(text: str) -> int:
     """An argparse type: a whole number, zero or more (``1_000_000`` allowed)."""
     try:
