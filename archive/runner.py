@@ -184,7 +184,8 @@ def run_locked(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, *,
                work: RunWork) -> RunOutcome:
     """Take the policy's runner lock, record a run of ``kind`` in the ledger, do ``work``,
     record how it ended, and release the lock. Every kind of run of a policy (archive,
-    purge, expire) takes the same lock, so they never overlap.
+    purge, expire, restore) takes the same lock, so they never overlap; an erasure takes
+    the lock of every policy it touches (:mod:`archive.erase`).
 
     Errors are reported in the outcome (and the ledger), not raised.
     """
