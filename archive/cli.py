@@ -21,7 +21,7 @@ from archive.archiver import Archiver
 from archive.erase_cli import add_erase_command
 from archive.hold_cli import add_hold_commands
 from archive.keys import BadKey
-from archive.ledger import run_tables, runs
+from archive.ledger import has_running, run_tables, runs
 from archive.mover import BatchResult
 from archive.restore import RestoreRefused, RestoreRequest, plan_restore, policy_of
 from archive.runner import ProgressCallback, RunLimits, RunOutcome, plan_run
@@ -220,7 +220,9 @@ def cmd_restore(args: argparse.Namespace, archiver: Archiver) -> int:
             print(f"dry run: policy {policy.name}: {request.describe()}: would restore {shown}")
             return EXIT_OK
         planned = sum(plan_restore(archiver.engines, policy, request).values())
-        if not planned:
+        # Nothing left after a restore that was killed once its rows were back: the re-run
+        # the operator was told is safe succeeds (and marks the killed run interrupted).
+        if not planned and not has_running(archiver.engines.archive, "restore", policy.name):
             return fail(f"{request.describe()}: nothing archived matches; nothing to restore",
                         EXIT_ERROR)
     except (RestoreRefused, BadKey) as exc:

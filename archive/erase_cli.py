@@ -11,6 +11,7 @@ from archive.archiver import Archiver
 from archive.erase import SIDES, ErasureRefused, Side, blocking_holds, plan_erasure
 from archive.hold_cli import Handler
 from archive.keys import BadKey, parse_key
+from archive.ledger import has_running
 from archive.reflection import UnknownTable
 from sediment.core.commandline import (
     EXIT_ERROR,
@@ -56,7 +57,10 @@ def cmd_erase(args: argparse.Namespace, archiver: Archiver) -> int:
         return fail(f"--key {exc}", EXIT_USAGE)
     except ErasureRefused as exc:
         return fail(str(exc), EXIT_USAGE)
-    if not any(rows.keys for rows in plan.found.values()):
+    # Nothing found after an erasure that was killed once its rows were gone: erasing again,
+    # as the operator was told to, succeeds (and marks the killed run interrupted).
+    if not any(rows.keys for rows in plan.found.values()) \
+            and not has_running(archiver.engines.archive, "erase"):
         return fail(f"--key {args.key}: no {args.table} row with this key, and no row "
                      "referencing it, in PRIMARY or ARCHIVE: nothing to erase", EXIT_ERROR)
     if args.dry_run:

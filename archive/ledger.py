@@ -222,6 +222,17 @@ def status_of(archive: sa.Engine, run_id: int) -> RunStatus | None:
     return next((known for known in RUN_STATUSES if known == status), None)
 
 
+def has_running(archive: sa.Engine, kind: RunKind, policy: str | None = None) -> bool:
+    """Whether the ledger has a ``kind`` run (of ``policy``, when given) still ``running``:
+    a live run, or one that was killed and that the next run of its lock marks
+    ``interrupted``."""
+    condition = [runs.c.kind == kind, runs.c.status == "running"]
+    if policy is not None:
+        condition.append(runs.c.policy == policy)
+    with archive.connect() as connection:
+        return connection.execute(sa.select(sa.exists().where(*condition))).scalar_one()
+
+
 #: What an interrupted run of each kind left, as its ledger row says.
 INTERRUPTED: dict[str, str] = {
     "archive": "the process ended before the run finished; its rows were re-checked",

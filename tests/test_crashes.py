@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -97,11 +98,17 @@ def crash_once(point: str, rng: random.Random, env: dict[str, str],
     args = ["--now", NOW.isoformat(), *extra]
     driver = [sys.executable, "-m", "tests.crash_driver"]
     if point == "random":
-        process = subprocess.Popen([*driver, "none", "0", *args], cwd=REPO, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 1.5))
-        process.kill()
-        return process.wait(timeout=60)
+        with tempfile.TemporaryFile() as errors:
+            process = subprocess.Popen([*driver, "none", "0", *args], cwd=REPO, env=env,
+                                       stdout=subprocess.DEVNULL, stderr=errors)
+            time.sleep(rng.uniform(0.3, 1.5))
+            process.kill()
+            code = process.wait(timeout=60)
+            if code not in (0, -9):
+                errors.seek(0)
+                pytest.fail(f"the CLI exited {code} before it was killed: "
+                            f"{errors.read().decode(errors='replace')[-2000:]}")
+        return code
     result = subprocess.run([*driver, point, str(rng.randint(1, 3)), *args], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=120)
     if result.returncode not in (0, -9):

@@ -431,6 +431,36 @@ def test_restore_on_the_command_line(make_shop: Any) -> None:
         assert len(refused.stderr.strip().splitlines()) == 1 and words in refused.stderr
 
 
+
+@pytest.mark.parametrize("kind", ["restore", "erase"])
+def test_run_again_after_a_kill_at_the_end_succeeds(make_shop: Any, kind: str) -> None:
+    """A restore or erasure killed after its last rows moved, before the ledger said
+    ``done``, leaves nothing to do: running the same command again, as the operator is told
+    is safe, succeeds and marks the killed run interrupted (it said "nothing to ..." and
+    exited 1, leaving the run ``running``). Once nothing is pending, the message is back."""
+    shop = make_shop(f"{kind}_rerun")
+    env = env_for(*shop.urls)
+    archived_by = shop.archiver.run("orders", NOW)
+    shop.archiver.run("events", NOW)
+    if kind == "restore":
+        outcome = shop.archiver.restore(RestoreRequest(run=archived_by.run_id), NOW)
+        command = ["archive", "restore", "--run", str(archived_by.run_id)]
+    else:
+        customer = busy_customer(shop)
+        outcome = shop.archiver.erase("customers", str(customer), NOW)
+        command = ["archive", "erase", "--table", "customers", "--key", str(customer)]
+    assert outcome.status == "done" and outcome.run_id is not None
+    with shop.engines.archive.begin() as connection:  # as a kill before the run's end leaves it
+        connection.execute(runs.update().where(runs.c.id == outcome.run_id)
+                           .values(status="running", finished_at=None))
+    again = run_cli(*command, env=env)
+    assert again.returncode == 0, again.stderr
+    with shop.engines.archive.connect() as connection:
+        assert connection.execute(sa.select(runs.c.status).where(
+            runs.c.id == outcome.run_id)).scalar_one() == "interrupted"
+    twice = run_cli(*command, env=env)
+    assert twice.returncode == 1 and f"nothing to {kind}" in twice.stderr
+
 # Erasure.
 
 def subject_rows(shop: Shop, customer: int) -> dict[str, int]:
