@@ -223,6 +223,10 @@ def cmd_restore(args: argparse.Namespace, archiver: Archiver) -> int:
         # Nothing left after a restore that was killed once its rows were back: the re-run
         # the operator was told is safe succeeds (and marks the killed run interrupted).
         if not planned and not has_running(archiver.engines.archive, "restore", policy.name):
+            if request.run is not None:  # the run exists: its rows have all left ARCHIVE
+                print(f"run {request.run}: none of its rows is left in ARCHIVE (restored or "
+                      "expired already); nothing to restore")
+                return EXIT_OK
             return fail(f"{request.describe()}: nothing archived matches; nothing to restore",
                         EXIT_ERROR)
     except (RestoreRefused, BadKey) as exc:
