@@ -14,7 +14,7 @@ written as the general path does), so the output is always the general path's by
 
 Only statements whose every column is returned ready by ``sqlite3`` (or is a timestamp)
 take this path (:func:`sqlite_statement`): numerics, booleans and dates, which SQLAlchemy
-converts, keep the general one. The download is one statement, so
+converts, keep the general one. The check and the download are one read transaction, and
 ``reports.statement_timeout_ms`` bounds the whole of it, as it bounds PostgreSQL's COPY:
 the ``reports.csv_max_rows`` default (5,000,000) streams in well under the default 30 s.
 """
@@ -126,7 +126,13 @@ def stream_sqlite_csv(connection: sa.Connection, prepared: SqliteStatement,
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(header)
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    # One read transaction for the check and the rows, so that no timestamp the check did
+    # not see reaches the formatted rows; begun through SQLAlchemy so that the statement
+    # deadline of reporting.readonly starts now (statements on the raw cursor do not set
+    # it: a pooled connection idle for longer than the timeout was interrupted at once).
+    connection.exec_driver_sql("BEGIN")
+    dbapi_connection: Any = connection.connection.dbapi_connection
+    cursor = dbapi_connection.cursor()
     try:
         unusual = prepared.unusual is not None and bool(
             _execute(cursor, prepared.unusual, values).fetchone()[0])
@@ -144,6 +150,8 @@ def stream_sqlite_csv(connection: sa.Connection, prepared: SqliteStatement,
                     yield _drained(buffer)
     finally:
         cursor.close()
+        if dbapi_connection.in_transaction:
+            dbapi_connection.rollback()
     yield buffer.getvalue().encode()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 import tracemalloc
 from datetime import UTC, datetime
 from typing import Any
@@ -231,6 +232,32 @@ def test_memory_stays_flat_as_downloads_grow(
     assert large < small + 5 * 2**20, f"{small=} {large=}: memory grew with the download"
 
 
+def test_a_download_on_a_connection_idle_past_the_statement_timeout_completes(
+        databases: DatabaseFactory) -> None:
+    """The statement deadline starts with the download, not with whatever the pooled
+    connection last ran: on SQLite the fast path's statements on the raw cursor never set
+    it, and a download on a connection idle for longer than the timeout was interrupted."""
+    app = create_app(make_settings(*databases.pair("csv_idle"),
+                                   SEDIMENT_REPORTS__STATEMENT_TIMEOUT_MS="1000"))
+    engines = engines_of(app)
+    upgrade_all(engines)
+    bulk_events(engines.primary, 20_000)
+    with app.app_context():
+        from reporting.state import state_of
+
+        reports = state_of(app).report_databases.engines["primary"]
+        opened = [reports.connect() for _ in range(2)]  # two pooled connections, both used
+        for connection in opened:
+            connection.exec_driver_sql("SELECT 1")
+            connection.close()
+        time.sleep(1.3)
+        response = app.test_client().get("/api/v1/reports/events.csv",
+                                         query_string={"source": "primary"})
+        assert response.status_code == 200
+        assert response.get_data().count(b"\n") == 20_001
+    engines.dispose()
+
+
 def test_cli_writes_the_same_csv(databases: DatabaseFactory, tmp_path: Any) -> None:
     urls = databases.pair("csv_cli")
     app = create_app(make_settings(*urls))
@@ -248,6 +275,26 @@ def test_cli_writes_the_same_csv(databases: DatabaseFactory, tmp_path: Any) -> N
     assert bad.returncode == 2 and "status" in bad.stderr and "\n" not in bad.stderr.strip()
 
 
+def sqlite_download_by_both_paths(app: Flask, formula: str,
+                                  **params: str) -> tuple[bytes, bytes]:
+    """The events CSV through the SQLite fast path and through the general path."""
+    from reporting import csv_export
+    from reporting.request import parse_request
+    from reporting.state import state_of
+
+    databases = state_of(app).report_databases
+    query = {"source": ["primary"], "formula": [formula], "sort": ["id"],
+             **{name: [value] for name, value in params.items()}}
+    request = parse_request(REPORTS["events"], query, default_limit=10, max_limit=1000,
+                            export=True)
+    assert csv_export._sqlite_stream(databases, request, escape=request.escape_formulas) \
+        is not None
+    fast = b"".join(csv_export.stream_csv(databases, request))
+    general = b"".join(csv_export._chunked_stream(databases, request,
+                                                  escape=request.escape_formulas))
+    return fast, general
+
+
 @pytest.mark.sqlite
 @pytest.mark.parametrize("formula", ["escape", "raw"])
 @pytest.mark.parametrize("stored", [
@@ -255,28 +302,48 @@ def test_cli_writes_the_same_csv(databases: DatabaseFactory, tmp_path: Any) -> N
     "2026-03-04 05:06:07",               # as SQLite's datetime() writes it
     "2026-03-04 05:06:07+00:00",         # as sqlite3's default adapter writes an aware one
     "2026-03-04 05:06:07.123456+00:00",
-    "2026-03-04T05:06:07",               # any other form: formatted in Python instead
 ])
 def test_sqlite_downloads_formatted_by_sqlite_equal_the_general_path(
-        app: Flask, primary: sa.Engine, stored: str, formula: str) -> None:
-    """The SQLite fast path (reporting.sqlite_csv) writes the bytes the general path
-    writes, whatever form a timestamp is stored in, formulas escaped or not."""
-    from reporting import csv_export
-    from reporting.request import parse_request
-    from reporting.state import state_of
+        app: Flask, primary: sa.Engine, stored: str, formula: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SQLite fast path (reporting.sqlite_csv) has SQLite format the cells, and writes
+    the bytes the general path writes, for every timestamp form it knows, formulas escaped
+    or not, quotes, commas, line breaks and empty cells."""
+    from reporting import sqlite_csv
 
+    def no_python_formatting(*args: Any) -> Any:
+        raise AssertionError("the rows were formatted in Python, not by SQLite")
+
+    monkeypatch.setattr(sqlite_csv, "_formatted_rows", no_python_formatting)
     add_tricky_rows(primary)
     with primary.begin() as connection:
         connection.execute(sa.text("UPDATE events SET occurred_at = :stored WHERE id % 2 = 0"),
                            {"stored": stored})
-    databases = state_of(app).report_databases
-    request = parse_request(REPORTS["events"], {"source": ["primary"], "formula": [formula],
-                                                "sort": ["id"]},
-                            default_limit=10, max_limit=1000, export=True)
-    assert csv_export._sqlite_stream(databases, request, escape=request.escape_formulas) \
-        is not None
-    fast = b"".join(csv_export.stream_csv(databases, request))
-    general = b"".join(csv_export._chunked_stream(databases, request,
-                                                  escape=request.escape_formulas))
+        connection.execute(sa.text("UPDATE events SET detail = '' WHERE id % 3 = 0"))
+    fast, general = sqlite_download_by_both_paths(app, formula)
+    assert fast == general
+    assert fast.count(b"\r\n") > len(TRICKY)
+    # One column: Python's csv writes an empty cell alone on its line as "".
+    fast, general = sqlite_download_by_both_paths(app, formula, columns="detail")
+    assert fast == general and b'\r\n""\r\n' in fast
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("odd", [
+    "UPDATE events SET occurred_at = '2026-03-04 05:06:07.5' WHERE id % 2 = 0",  # other form
+    "UPDATE events SET order_id = 1e20 WHERE id % 2 = 0",     # a REAL: written as repr()
+    "UPDATE events SET detail = 'a' || char(0) || 'b' WHERE id % 2 = 0",  # text with a NUL
+    "UPDATE events SET detail = x'00ff' WHERE id % 2 = 0",    # a BLOB: written as b'...'
+    "UPDATE events SET order_id = 'x,y' WHERE id % 2 = 0",  # text in an integer column
+])
+def test_sqlite_downloads_of_unusual_stored_values_equal_the_general_path(
+        app: Flask, primary: sa.Engine, odd: str) -> None:
+    """Values stored unlike what the schema declares (SQLite keeps them) come out of the
+    fast path as the general path writes them: a timestamp in another form is formatted
+    in Python, the rest by the csv writer."""
+    add_tricky_rows(primary)
+    with primary.begin() as connection:
+        connection.execute(sa.text(odd))
+    fast, general = sqlite_download_by_both_paths(app, "escape")
     assert fast == general
     assert fast.count(b"\r\n") > len(TRICKY)
