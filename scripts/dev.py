@@ -4,7 +4,9 @@
     python3 scripts/dev.py run   [run_service.py arguments]  install, then serve (default)
     python3 scripts/dev.py test  [pytest arguments]          install (and Debian's chromium for
                                                              the browser tests), ruff, mypy, then
-                                                             the whole suite (default: --full)
+                                                             the whole suite in full mode, its
+                                                             SQLite and PostgreSQL halves at once
+                                                             (with arguments: pytest with them)
     python3 scripts/dev.py bench [--quick]                   install, then every bench/*.py
 
 Creates ``.venv`` beside the repository and installs the project into it (again only when
@@ -19,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -73,6 +76,34 @@ def ensure_chromium() -> None:
               flush=True)
 
 
+def run_both_halves() -> int:
+    """The whole suite in full mode as two pytest processes at once: the SQLite half (with
+    the tests that use no database) here, the PostgreSQL half beside it into a log that is
+    printed when it ends. The halves share nothing (their own databases, files and ports)
+    and most of their time is spent waiting on subprocesses and databases, so together they
+    take little more than the longer one."""
+    pytest = [str(PYTHON), "-m", "pytest", "--full"]
+    log = Path(tempfile.gettempdir()) / f"sediment-tests-postgres-{os.getpid()}.log"
+    print(f"running the SQLite half here and the PostgreSQL half beside it (log: {log})",
+          flush=True)
+    with log.open("wb") as output:
+        postgres = subprocess.Popen([*pytest, "--backend", "postgres", "--database-tests-only"],
+                                    cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            sqlite_code = subprocess.call([*pytest, "--backend", "sqlite"], cwd=REPO)
+            postgres_code = postgres.wait()
+        finally:
+            if postgres.poll() is None:
+                postgres.terminate()
+                postgres.wait()
+    print("\n==== the PostgreSQL half ====", flush=True)
+    sys.stdout.write(log.read_text(errors="replace"))
+    log.unlink()
+    print(f"\nSQLite half: exit {sqlite_code}; PostgreSQL half: exit {postgres_code}",
+          flush=True)
+    return sqlite_code or postgres_code
+
+
 def main(argv: list[str]) -> int:
     command, rest = (argv[0], argv[1:]) if argv else ("run", [])
     if command == "run":
@@ -85,7 +116,9 @@ def main(argv: list[str]) -> int:
             code = subprocess.call([str(PYTHON), "-m", *check], cwd=REPO)
             if code != 0:
                 return code
-        return subprocess.call([str(PYTHON), "-m", "pytest", *(rest or ["--full"])], cwd=REPO)
+        if rest:
+            return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=REPO)
+        return run_both_halves()
     if command == "bench":
         ensure_environment("test")
         for script in sorted((REPO / "bench").glob("*_bench.py")):

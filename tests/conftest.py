@@ -48,6 +48,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--full", action="store_true",
         help="full mode: long crash loops (at least 25 crashes per point and backend)",
     )
+    parser.addoption(
+        "--database-tests-only", action="store_true",
+        help="leave out the tests that use no database (scripts/dev.py runs them once, in "
+             "the SQLite half, while the PostgreSQL half runs beside it)",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -58,6 +63,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             if metafunc.definition.get_closest_marker(only):
                 backends = tuple(b for b in backends if b == only)
         metafunc.parametrize("backend", backends, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--database-tests-only"):
+        return
+    kept = [item for item in items if "backend" in getattr(item, "fixturenames", ())]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
 
 
 @pytest.fixture(scope="session")
