@@ -348,18 +348,39 @@ def _erase_side(connection: sa.Connection, side: Side, plan: ErasurePlan,
 def _detail(plan: ErasurePlan, secret: str, *, counts: bool = True) -> str:
     """The ledger's record of an erasure: no key, no value, only keyed digests (and, for
     an erasure that went ahead, what it erased)."""
-    def digest(text: str) -> str:
-        return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()[:32]
-
     return json.dumps({
         "subject": plan.subject.fullname,
-        "subject_digest": digest(f"{plan.subject.fullname}:{_text(plan.key)}"),
-        "erased": {f"{side}:{name}": {"rows": len(rows.keys), "keys_digest": digest(
-            "\n".join(sorted(_text(key) for key in rows.keys)))}
+        "subject_digest": subject_digest(plan.subject, plan.key, secret),
+        "erased": {f"{side}:{name}": {"rows": len(rows.keys), "keys_digest": _digest(
+            secret, "\n".join(sorted(_text(key) for key in rows.keys)))}
             for (side, name), rows in plan.found.items() if rows.keys and counts},
         "nulled_out": {name: list(columns) for name, columns in plan.null_out.items()
                        if any(plan.found.get((side, name), Found()).keys for side in SIDES)},
     }, sort_keys=True)
+
+
+def subject_digest(subject: sa.Table, key: Key, secret: str) -> str:
+    """The keyed digest by which the ledger names an erasure's subject."""
+    return _digest(secret, f"{subject.fullname}:{_text(key)}")
+
+
+def erased_by(archive: sa.Engine, subject: sa.Table, key: Key, secret: str) -> int | None:
+    """The finished erasure run that erased this subject, found by its digest, or None."""
+    wanted = subject_digest(subject, key, secret)
+    with archive.connect() as connection:
+        runs = ledger.runs
+        finished = connection.execute(
+            sa.select(runs.c.id, runs.c.detail).where(runs.c.kind == "erase",
+                                                      runs.c.status == "done")
+            .order_by(runs.c.id.desc()))
+        for run_id, detail in finished:
+            if detail and json.loads(detail).get("subject_digest") == wanted:
+                return int(run_id)
+    return None
+
+
+def _digest(secret: str, text: str) -> str:
+    return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _text(key: Key) -> str:

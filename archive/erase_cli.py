@@ -8,7 +8,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from archive.archiver import Archiver
-from archive.erase import SIDES, ErasureRefused, Side, blocking_holds, plan_erasure
+from archive.erase import (
+    SIDES,
+    ErasureRefused,
+    Side,
+    blocking_holds,
+    erased_by,
+    plan_erasure,
+)
 from archive.hold_cli import Handler
 from archive.keys import BadKey, parse_key
 from archive.ledger import has_running
@@ -61,6 +68,12 @@ def cmd_erase(args: argparse.Namespace, archiver: Archiver) -> int:
     # as the operator was told to, succeeds (and marks the killed run interrupted).
     if not any(rows.keys for rows in plan.found.values()) \
             and not has_running(archiver.engines.archive, "erase"):
+        done_by = erased_by(archiver.engines.archive, subject, key,
+                            archiver.settings.service.secret_key)
+        if done_by is not None:
+            print(f"{args.table} {args.key} was erased by run {done_by}; nothing is left "
+                  "to erase")
+            return EXIT_OK
         return fail(f"--key {args.key}: no {args.table} row with this key, and no row "
                      "referencing it, in PRIMARY or ARCHIVE: nothing to erase", EXIT_ERROR)
     if args.dry_run:
