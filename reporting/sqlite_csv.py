@@ -8,13 +8,16 @@ the formatting: a timestamp stored in one of the UTC forms SQLAlchemy and SQLite
 (``YYYY-MM-DD HH:MM:SS``, with or without ``.ffffff``, with or without ``+00:00``) becomes
 the CSV's ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` by string functions, and a text a spreadsheet
 would run gets its ``'`` (as PostgreSQL's COPY path does): the rows go from the cursor to
-the CSV writer with no Python per row. One ``EXISTS`` first looks for a timestamp stored in
-any other form; if there is one, the rows are formatted in Python instead (parsed and
-written as the general path does), so the output is always the general path's bytes.
+the CSV writer with no Python per row. A timestamp stored in any other form (or as a
+number) reaches the SQL function ``sediment_csv_timestamp``, which this module registers
+on the connection for the download: it formats that one value in Python, parsed and written
+as the general path does, so the output is always the general path's bytes. (An ``EXISTS``
+over every row used to look for such values first: a second scan of the table, a seventh of
+a download's time.)
 
 Only statements whose every column is returned ready by ``sqlite3`` (or is a timestamp)
 take this path (:func:`sqlite_statement`): numerics, booleans and dates, which SQLAlchemy
-converts, keep the general one. The check and the download are one read transaction, and
+converts, keep the general one. The download is one read transaction, and
 ``reports.statement_timeout_ms`` bounds the whole of it, as it bounds PostgreSQL's COPY:
 the ``reports.csv_max_rows`` default (5,000,000) streams in well under the default 30 s.
 """
@@ -32,20 +35,19 @@ import sqlalchemy as sa
 #: Rows per ``fetchmany``: enough to amortise the call, few enough to stay flat in memory.
 FETCH_ROWS = 2000
 
+#: The SQL function that formats, in Python, a timestamp stored in a form SQL does not know:
+#: ``sediment_csv_timestamp(value, column_index)``.
+PYTHON_TIMESTAMP = "sediment_csv_timestamp"
+
 
 @dataclass(frozen=True)
 class SqliteStatement:
-    """A compiled statement and, per output column, how its stored value becomes a cell;
-    with the same rows formatted by SQLite, and the check that SQLite can format them."""
+    """The ordered rows with every cell formatted in SQL (formulas escaped), and per output
+    column how :data:`PYTHON_TIMESTAMP` parses a timestamp SQL could not format."""
 
-    compiled: Any
-    #: Per column: None (written as stored), or the result processor of a timestamp.
-    timestamps: tuple[Callable[[Any], Any] | None, ...]
-    #: The rows with every cell formatted in SQL (formulas escaped).
     formatted: Any
-    #: ``EXISTS``: some timestamp is stored in a form the SQL formatting does not know
-    #: (None without timestamp columns).
-    unusual: Any
+    #: Per column: None (not a timestamp), or the result processor of a timestamp.
+    timestamps: tuple[Callable[[Any], Any] | None, ...]
 
 
 def sqlite_statement(inner: sa.Subquery, columns: Sequence[str],
@@ -75,42 +77,51 @@ def sqlite_statement(inner: sa.Subquery, columns: Sequence[str],
         else:
             timestamps.append(None)
     cells: list[sa.ColumnElement[Any]] = []
-    odd: list[sa.ColumnElement[bool]] = []
-    for name, timestamp in zip(columns, timestamps, strict=True):
+    for index, (name, timestamp) in enumerate(zip(columns, timestamps, strict=True)):
         column: sa.ColumnElement[Any] = inner.c[name]
         if timestamp is not None:
-            formatted_timestamp = _formatted_timestamp(column)
-            cells.append(formatted_timestamp.label(name))
-            odd.append(sa.and_(column.is_not(None), formatted_timestamp.is_(None)))
+            cells.append(_formatted_timestamp(column, index).label(name))
         elif formula_prefixes is not None and isinstance(column.type, sa.String):
+            # Cheapest test first: the range check alone sends most text past the IN list
+            # (SQLite tests the three in order; this order halved the escape's cost).
             codes = [ord(prefix) for prefix in formula_prefixes]
-            cells.append(sa.case((sa.and_(sa.func.typeof(column) == "text",
-                                          sa.func.unicode(column).in_(codes)),
+            first = sa.func.unicode(column)
+            cells.append(sa.case((sa.and_(first <= max(codes), first.in_(codes),
+                                          sa.func.typeof(column) == "text"),
                                   sa.literal("'") + column), else_=column).label(name))
         else:
             cells.append(column.label(name))
     formatted = sa.select(*cells).order_by(*order)
-    unusual = sa.select(sa.exists().where(sa.or_(*odd))) if odd else None
-    return SqliteStatement(statement.compile(dialect=dialect), tuple(timestamps),
-                           formatted.compile(dialect=dialect),
-                           unusual.compile(dialect=dialect) if unusual is not None else None)
+    return SqliteStatement(formatted.compile(dialect=dialect), tuple(timestamps))
 
 
-def _formatted_timestamp(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    """A stored UTC timestamp as the CSV writes it, or NULL for a form this does not know."""
+def _formatted_timestamp(column: sa.ColumnElement[Any], index: int) -> sa.ColumnElement[Any]:
+    """A stored UTC timestamp as the CSV writes it: sliced by SQL in the forms SQLAlchemy and
+    SQLite write, else formatted by :data:`PYTHON_TIMESTAMP`.
+
+    One ``CASE`` on the length, so that SQLite computes it once per cell (a searched ``CASE``
+    testing it in each branch cost a sixth more). Only text can hold the space at position
+    11 every branch checks, so a number or a blob of a known length reaches Python too.
+    """
     def part(*bounds: int) -> sa.ColumnElement[str]:
         return sa.func.substr(column, *bounds, type_=sa.String)
 
-    size, day = sa.func.length(column), part(1, 10)
-    spaced, fraction = part(11, 1) == " ", part(20, 1) == "."
+    day, spaced, fraction = part(1, 10), part(11, 1) == " ", part(20, 1) == "."
+    utc = part(20) == "+00:00"
+    in_python = getattr(sa.func, PYTHON_TIMESTAMP)(column, index, type_=sa.String)
+
+    def sliced(known: sa.ColumnElement[bool], text: sa.ColumnElement[str]
+               ) -> sa.ColumnElement[Any]:
+        return sa.case((known, text), else_=in_python)
+
     return sa.case(
-        (sa.func.typeof(column) != "text", sa.null()),
-        (sa.and_(size == 26, spaced, fraction), day + "T" + part(12) + "Z"),
-        (sa.and_(size == 19, spaced), day + "T" + part(12) + ".000000Z"),
-        (sa.and_(size == 25, spaced, part(20) == "+00:00"), day + "T" + part(12, 8) + ".000000Z"),
-        (sa.and_(size == 32, spaced, fraction, part(27) == "+00:00"),
-         day + "T" + part(12, 15) + "Z"),
-        else_=sa.null())
+        {26: sliced(sa.and_(spaced, fraction), day + "T" + part(12) + "Z"),
+         19: sliced(spaced, day + "T" + part(12) + ".000000Z"),
+         25: sliced(sa.and_(spaced, utc), day + "T" + part(12, 8) + ".000000Z"),
+         32: sliced(sa.and_(spaced, fraction, part(27) == "+00:00"),
+                    day + "T" + part(12, 15) + "Z")},
+        value=sa.func.length(column),
+        else_=sa.case((column.is_(None), sa.null()), else_=in_python))
 
 
 def stream_sqlite_csv(connection: sa.Connection, prepared: SqliteStatement,
@@ -120,34 +131,27 @@ def stream_sqlite_csv(connection: sa.Connection, prepared: SqliteStatement,
     """Every row of ``prepared`` as CSV (header first), in chunks of about
     ``chunk_bytes``.
 
-    :param cell: the general path's formatter of one value, used when some timestamp is
-        stored in a form SQL does not format (with ``escape``, formulas escaped).
+    :param cell: the general path's formatter of one value, used for a timestamp stored in
+        a form SQL does not format (with ``escape``, formulas escaped).
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(header)
-    # One read transaction for the check and the rows, so that no timestamp the check did
-    # not see reaches the formatted rows; begun through SQLAlchemy so that the statement
-    # deadline of reporting.readonly starts now (statements on the raw cursor do not set
-    # it: a pooled connection idle for longer than the timeout was interrupted at once).
+    # One read transaction, begun through SQLAlchemy so that the statement deadline of
+    # reporting.readonly starts now (statements on the raw cursor do not set it: a pooled
+    # connection idle for longer than the timeout was interrupted at once).
     connection.exec_driver_sql("BEGIN")
     dbapi_connection: Any = connection.connection.dbapi_connection
+    dbapi_connection.create_function(
+        PYTHON_TIMESTAMP, 2, timestamp_in_python(prepared.timestamps, cell, escape),
+        deterministic=True)
     cursor = dbapi_connection.cursor()
     try:
-        unusual = prepared.unusual is not None and bool(
-            _execute(cursor, prepared.unusual, values).fetchone()[0])
-        if not unusual:
-            _execute(cursor, prepared.formatted, values)
-            while rows := cursor.fetchmany(FETCH_ROWS):
-                writer.writerows(rows)
-                if buffer.tell() >= chunk_bytes:
-                    yield _drained(buffer)
-        else:
-            _execute(cursor, prepared.compiled, values)
-            while rows := cursor.fetchmany(FETCH_ROWS):
-                writer.writerows(_formatted_rows(prepared, rows, cell, escape))
-                if buffer.tell() >= chunk_bytes:
-                    yield _drained(buffer)
+        _execute(cursor, prepared.formatted, values)
+        while rows := cursor.fetchmany(FETCH_ROWS):
+            writer.writerows(rows)
+            if buffer.tell() >= chunk_bytes:
+                yield _drained(buffer)
     finally:
         cursor.close()
         if dbapi_connection.in_transaction:
@@ -173,13 +177,16 @@ def _drained(buffer: io.StringIO) -> bytes:
     return chunk
 
 
-def _formatted_rows(prepared: SqliteStatement, rows: Sequence[Sequence[Any]],
-                    cell: Callable[[Any, bool], Any], escape: bool) -> Iterator[list[Any]]:
-    """Rows as the general path writes them, every value through its formatter (some
-    timestamp is stored in a form :func:`_formatted_timestamp` does not know)."""
-    for row in rows:
-        yield [cell(value if process is None or value is None else process(value), escape)
-               for value, process in zip(row, prepared.timestamps, strict=True)]
+def timestamp_in_python(timestamps: Sequence[Callable[[Any], Any] | None],
+                        cell: Callable[[Any, bool], Any], escape: bool
+                        ) -> Callable[[Any, int], Any]:
+    """The body of :data:`PYTHON_TIMESTAMP`: a stored value of timestamp column ``index``
+    parsed by SQLAlchemy and formatted by ``cell``, as the general path writes it."""
+    def formatted(value: Any, index: int) -> Any:
+        process = timestamps[index]
+        assert process is not None
+        return None if value is None else cell(process(value), escape)
+    return formatted
 
 
 def _unchanged(value: Any) -> Any:

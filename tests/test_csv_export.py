@@ -311,10 +311,18 @@ def test_sqlite_downloads_formatted_by_sqlite_equal_the_general_path(
     or not, quotes, commas, line breaks and empty cells."""
     from reporting import sqlite_csv
 
-    def no_python_formatting(*args: Any) -> Any:
-        raise AssertionError("the rows were formatted in Python, not by SQLite")
+    formatted_in_python: list[Any] = []
+    in_python = sqlite_csv.timestamp_in_python
 
-    monkeypatch.setattr(sqlite_csv, "_formatted_rows", no_python_formatting)
+    def counted(*args: Any) -> Any:
+        formatter = in_python(*args)
+
+        def formatted(*cell: Any) -> Any:
+            formatted_in_python.append(cell)
+            return formatter(*cell)
+        return formatted
+
+    monkeypatch.setattr(sqlite_csv, "timestamp_in_python", counted)
     add_tricky_rows(primary)
     with primary.begin() as connection:
         connection.execute(sa.text("UPDATE events SET occurred_at = :stored WHERE id % 2 = 0"),
@@ -323,6 +331,7 @@ def test_sqlite_downloads_formatted_by_sqlite_equal_the_general_path(
     fast, general = sqlite_download_by_both_paths(app, formula)
     assert fast == general
     assert fast.count(b"\r\n") > len(TRICKY)
+    assert formatted_in_python == [], "timestamps were formatted in Python, not by SQLite"
     # One column: Python's csv writes an empty cell alone on its line as "".
     fast, general = sqlite_download_by_both_paths(app, formula, columns="detail")
     assert fast == general and b'\r\n""\r\n' in fast
@@ -339,8 +348,8 @@ def test_sqlite_downloads_formatted_by_sqlite_equal_the_general_path(
 def test_sqlite_downloads_of_unusual_stored_values_equal_the_general_path(
         app: Flask, primary: sa.Engine, odd: str) -> None:
     """Values stored unlike what the schema declares (SQLite keeps them) come out of the
-    fast path as the general path writes them: a timestamp in another form is formatted
-    in Python, the rest by the csv writer."""
+    fast path as the general path writes them: a timestamp in another form (or a number)
+    is formatted in Python for that one cell, the rest by the csv writer."""
     add_tricky_rows(primary)
     with primary.begin() as connection:
         connection.execute(sa.text(odd))
