@@ -233,7 +233,7 @@ class CopyTransfer:
                   rows: Sequence[Any]) -> list[Key]:
         at = positions(table, columns)
         if at == [0] and is_integer(columns[0]):  # the common case, without splitting lines
-            return [(int(row[: row.index("\t")] if "\t" in row else row),) for row in rows]
+            return [(int(row.partition("\t")[0]),) for row in rows]
         readers = [_integer_field if is_integer(column) else decode_field for column in columns]
         last = max(at)
         if len(at) == 1:
@@ -265,7 +265,7 @@ class CopyTransfer:
         target = f"{_quoted_table(connection, twin)} ({names})"
         try:
             with connection.begin_nested():
-                copy_lines_in(connection, target, [line + stamp for line in rows])
+                copy_lines_in(connection, target, rows, suffix=stamp)
             return {}
         except sa.exc.IntegrityError:
             return self._upsert_staged(connection, twin, columns, rows, run_id, archived_at)

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from archive.locks import RunnerLock
+from archive.mover import same_rows
 from archive.runner import RunLimits, plan_run
 from archive.verify import verify_archive
 from sediment.core.databases import Engines
@@ -184,6 +185,21 @@ def test_verification_mismatch_stops_the_run_and_deletes_nothing(
     assert "verification failed for table 'events'" in (report.error or "")
     assert snapshot(primary) == before
     assert snapshot(archive, twins=True)["events"] == {}
+
+
+@pytest.mark.parametrize(("found", "expected", "same"), [
+    (["b", "a"], ["a", "b"], True),             # order does not matter
+    (["a"], ["a", "b"], False),                 # a row missing
+    (["a", "b", "c"], ["a", "b"], False),       # a row more
+    (["a", "a"], ["a", "b"], False),            # as many rows, one twice, one missing
+    (["a", "c"], ["a", "b"], False),            # as many rows, one changed
+    (["a", "a", "b"], ["a", "b", "a"], True),   # repeated rows are counted
+    (["a", "b", "b"], ["a", "b", "a"], False),
+    ([(1, "x"), (2, None)], [(2, None), (1, "x")], True),  # the ORM transfer's tuples
+], ids=lambda value: repr(value))
+def test_verification_compares_rows_as_multisets(found: list[object], expected: list[object],
+                                                 same: bool) -> None:
+    assert same_rows(found, expected) is same
 
 
 @pytest.mark.parametrize("policy_index", [0, 1], ids=["orders", "events"])

@@ -82,12 +82,17 @@ def copy_in(
     return _copy_from(connection, target, encode_rows(rows))
 
 
-def copy_lines_in(connection: sa.Connection, target: str, lines: Iterable[str]) -> int:
+def copy_lines_in(connection: sa.Connection, target: str, lines: Sequence[str], *,
+                  suffix: str = "") -> int:
     """``COPY target FROM STDIN`` lines already in text format (e.g. from :func:`copy_out`).
 
     :param target: the table and column list, already quoted, e.g. ``"stage (id, name)"``.
+    :param suffix: appended to every line (more fields, e.g. ``"\t<stamp>\t<run>"``), by one
+        ``str.join`` rather than a new string per line.
     """
-    return _copy_from(connection, target, io.StringIO("".join(line + "\n" for line in lines)))
+    end = suffix + "\n"
+    payload = end.join(lines) + end if lines else ""
+    return _copy_from(connection, target, io.StringIO(payload))
 
 
 def _copy_from(connection: sa.Connection, target: str, payload: io.StringIO) -> int:
