@@ -62,10 +62,9 @@ def sqlite_statement(inner: sa.Subquery, columns: Sequence[str],
     """
     if dialect.name != "sqlite":
         return None
-    statement = sa.select(*(inner.c[name] for name in columns)).order_by(*order)
     timestamps: list[Callable[[Any], Any] | None] = []
-    for selected in statement.selected_columns:
-        declared = selected.type
+    for name in columns:
+        declared = inner.c[name].type
         base = (declared.impl_instance if isinstance(declared, sa.types.TypeDecorator)
                 else declared)
         if isinstance(base, sa.DateTime):

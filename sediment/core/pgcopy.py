@@ -87,7 +87,7 @@ def copy_lines_in(connection: sa.Connection, target: str, lines: Sequence[str], 
     """``COPY target FROM STDIN`` lines already in text format (e.g. from :func:`copy_out`).
 
     :param target: the table and column list, already quoted, e.g. ``"stage (id, name)"``.
-    :param suffix: appended to every line (more fields, e.g. ``"\t<stamp>\t<run>"``), by one
+    :param suffix: appended to every line (more fields, each after a tab), by one
         ``str.join`` rather than a new string per line.
     """
     end = suffix + "\n"
