@@ -115,8 +115,12 @@ def record_delete(archive: sa.Engine, run_id: int, deleted: Mapping[str, int],
         already counted these deletes (they committed while this run held the lock).
     """
     with archive.begin() as connection:
+        # FOR NO KEY UPDATE: it waits for a runner marking the run interrupted, as FOR UPDATE
+        # would, but not for the KEY SHARE lock that updating this run's counters twice in
+        # the next batch's copy takes (the foreign key check on the row it updated already):
+        # FOR UPDATE deadlocked with that copy, each waiting for the other's rows.
         status = connection.execute(sa.select(runs.c.status).where(runs.c.id == run_id)
-                                    .with_for_update()).scalar_one()
+                                    .with_for_update(key_share=True)).scalar_one()
         if status != "running":
             return False
         for table, count in deleted.items():

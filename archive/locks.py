@@ -4,7 +4,7 @@ PostgreSQL: two session-level advisory locks (``pg_try_advisory_lock``), each on
 PRIMARY connection (a *lane*) held for the whole run, and every batch's PRIMARY transaction
 runs on one of the two. The runner needs both: a second runner that takes one finds the
 other held and gives up. Two lanes let batch N's deletes run while batch N+1 is selected
-and copied (see :mod:`archive.runner`). So a batch can only commit while its connection,
+(see :mod:`archive.pipeline`). So a batch can only commit while its connection,
 and with it half of the lock, is alive: when a restart or ``pg_terminate_backend`` ends the
 connection, that half and the batch in flight die together, and no second runner can be
 moving rows of the policy at the same moment. The two halves carry the same two numbers,

@@ -18,9 +18,11 @@ Killed before 2 commits: nothing changed. Killed between 2 and 3: the rows are i
 databases; the next run re-copies them (overwriting with PRIMARY's version) and deletes
 them. Nothing is lost, and reports that merge both sides deduplicate by key meanwhile.
 
-:func:`copy_batch` (steps 1-2) and :func:`delete_batch` (step 3) are separate so that the
-runner can delete one batch while it copies the next (:mod:`archive.pipeline`). Both raise
-:class:`ArchiveError` when verification or a delete count fails, and let
+:func:`select_batch` (step 1), :meth:`SelectedBatch.copy` (step 2) and :func:`delete_batch`
+(step 3) are separate so that the runner can overlap batches, each in its own database
+session: select batch N+1 in PRIMARY while batch N is copied into ARCHIVE, and copy N+1
+while N is deleted (:mod:`archive.pipeline`); :func:`copy_batch` runs steps 1 and 2 in
+turn. They raise :class:`ArchiveError` when verification or a delete count fails, and let
 ``sqlalchemy.exc.OperationalError`` through when a connection drops: the caller rolls back
 the PRIMARY transaction, so both databases stay consistent and the batch is safe to retry
 as a whole.
@@ -31,7 +33,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -115,9 +117,9 @@ class _TableRows:
 
 
 @dataclass
-class CopiedBatch:
-    """A batch between its two commits: ARCHIVE holds its verified copy, and the PRIMARY
-    transaction that selected it is still open, its rows locked, nothing deleted yet."""
+class SelectedBatch:
+    """A batch after step 1: its rows selected and locked in the caller's open PRIMARY
+    transaction, ARCHIVE not touched yet. :meth:`copy` is step 2."""
 
     policy: ArchivePolicy
     parts: list[_TableRows]
@@ -126,14 +128,50 @@ class CopiedBatch:
     #: The key the next batch selects after (the last root selected, moved or skipped).
     last_key: Key
     skipped_locked: int
+    transfer: Transfer
 
     @property
     def roots(self) -> int:
         return len(self.parts[0].keys)
 
+    def copy(self, archive: sa.Engine, timeouts: Timeouts) -> CopiedBatch:
+        """Step 2: upsert every part into ARCHIVE, read it back and compare, then write the
+        ledger's counters and the run's pending window, all in one ARCHIVE transaction.
+
+        Touches ARCHIVE only, so it may run in another thread than the one that selected
+        the batch (see :mod:`archive.pipeline`). The ledger rows are written after the
+        last comparison: their row locks, which the runner's count of a finished batch
+        waits for, are then held only for the commit.
+        """
+        if self.parts[0].rows:
+            archived_at = datetime.now(UTC)  # per attempt: a retry must see its own copy
+            with archive.begin() as target:
+                apply_timeouts(target, timeouts)
+                counts = [_copy_and_verify(self.transfer, target, part, self.run_id,
+                                           archived_at) for part in self.parts]
+                for part, (found, taken_over) in zip(self.parts, counts, strict=True):
+                    if not part.rows:
+                        continue
+                    pending = (ledger.Pending(archived_at, _integer_range(part))
+                               if part is self.parts[0] else None)
+                    ledger.record_copy(target, self.run_id, part.table.fullname,
+                                       selected=len(part.rows), copied=len(part.rows),
+                                       verified=found, taken_over=taken_over,
+                                       pending=pending)
+        return CopiedBatch(**{name: getattr(self, name) for name in _BATCH_FIELDS})
+
+
+@dataclass
+class CopiedBatch(SelectedBatch):
+    """A batch between its two commits: ARCHIVE holds its verified copy, and the PRIMARY
+    transaction that selected it is still open, its rows locked, nothing deleted yet."""
+
     def delete(self, source: sa.Connection) -> BatchResult:
         """Step 3: see :func:`delete_batch`."""
         return delete_batch(source, self)
+
+
+_BATCH_FIELDS = [field.name for field in fields(SelectedBatch)]
 
 
 def copy_batch(
@@ -147,12 +185,32 @@ def copy_batch(
     run_id: int,
     timeouts: Timeouts,
 ) -> CopiedBatch | None:
-    """Steps 1 and 2: select and lock the next batch in the caller's open PRIMARY
-    transaction on ``source`` (on PostgreSQL a connection holding half of the policy's
-    runner lock, so no batch outlives the lock), then copy, verify and commit it in ARCHIVE.
+    """Steps 1 and 2 in turn: :func:`select_batch`, then :meth:`SelectedBatch.copy`.
 
-    The caller then runs :func:`delete_batch` in that same PRIMARY transaction and commits
+    The caller then runs :func:`delete_batch` in the same PRIMARY transaction and commits
     it, or rolls it back (the rows stay in both databases, which the next run settles).
+    :returns: ``None`` when no aged root is left after ``after_key``.
+    """
+    selected = select_batch(source, archive, policy, cutoff=cutoff, after_key=after_key,
+                            limit=limit, run_id=run_id, timeouts=timeouts)
+    return None if selected is None else selected.copy(archive, timeouts)
+
+
+def select_batch(
+    source: sa.Connection,
+    archive: sa.Engine,
+    policy: ArchivePolicy,
+    *,
+    cutoff: datetime,
+    after_key: Key | None,
+    limit: int,
+    run_id: int,
+    timeouts: Timeouts,
+) -> SelectedBatch | None:
+    """Step 1: select and lock the next batch in the caller's open PRIMARY transaction on
+    ``source`` (on PostgreSQL a connection holding half of the policy's runner lock, so no
+    batch outlives the lock). ``archive`` only decides how rows travel.
+
     :returns: ``None`` when no aged root is left after ``after_key``.
     """
     transfer = transfer_for(source.engine, archive)
@@ -182,15 +240,7 @@ def copy_batch(
         logger.info("policy %s run %d: %d roots skipped, a writer holds their children",
                     policy.name, run_id, len(blocked))
         batch = [part.without(blocked) for part in batch]
-    archived_at = datetime.now(UTC)  # per attempt: a retry must see its own earlier copy
-    if batch[0].rows:
-        with archive.begin() as target:
-            apply_timeouts(target, timeouts)
-            for part in batch:
-                pending = (ledger.Pending(archived_at, _integer_range(part))
-                           if part is batch[0] else None)
-                _copy_and_verify(transfer, target, part, run_id, archived_at, pending)
-    return CopiedBatch(policy, batch, cutoff, run_id, root_keys[-1], len(blocked))
+    return SelectedBatch(policy, batch, cutoff, run_id, root_keys[-1], len(blocked), transfer)
 
 
 def delete_batch(source: sa.Connection, copied: CopiedBatch) -> BatchResult:
@@ -282,10 +332,14 @@ def same_rows(found: Sequence[Any], expected: Sequence[Any]) -> bool:
 
 
 def _copy_and_verify(transfer: Transfer, connection: sa.Connection, part: _TableRows,
-                     run_id: int, archived_at: datetime,
-                     pending: ledger.Pending | None) -> None:
+                     run_id: int, archived_at: datetime) -> tuple[int, dict[int, int]]:
+    """Upsert one part and compare what ARCHIVE now holds with it.
+
+    :returns: the rows read back, and the rows taken over by the run that had copied them.
+    :raises VerificationError: when they differ.
+    """
     if not part.rows:
-        return
+        return 0, {}
     columns = [column.name for column in part.table.columns]
     taken_over = transfer.upsert(connection, part.twin, columns, part.rows, part.keys,
                                  run_id=run_id, archived_at=archived_at)
@@ -300,9 +354,7 @@ def _copy_and_verify(transfer: Transfer, connection: sa.Connection, part: _Table
     if taken_over:
         logger.warning("run %d re-copied %d %s rows left in both databases by runs %s",
                        run_id, sum(taken_over.values()), part.table.fullname, sorted(taken_over))
-    ledger.record_copy(connection, run_id, part.table.fullname, selected=len(part.rows),
-                       copied=len(part.rows), verified=len(found), taken_over=taken_over,
-                       pending=pending)
+    return len(found), taken_over
 
 
 def _delete(connection: sa.Connection, policy: ArchivePolicy, batch: list[_TableRows],

@@ -291,9 +291,9 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
                              on_lock_retaken=lambda: check_still_running(archive, run_id))
 
     def step(limit: int) -> bool:
-        """Copy the next batch and start its deletes; ``False`` once nothing is left (and
-        every batch's deletes have committed)."""
-        opened = pipeline.copy_next(limit)
+        """Select the next batch, start its copy and its deletes; ``False`` once nothing is
+        left (and every batch's deletes have committed)."""
+        opened = pipeline.start_next(limit)
         if opened is None:
             pipeline.drain()
             return False
