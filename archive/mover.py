@@ -21,11 +21,10 @@ them. Nothing is lost, and reports that merge both sides deduplicate by key mean
 :func:`select_batch` (step 1), :meth:`SelectedBatch.copy` (step 2) and :func:`delete_batch`
 (step 3) are separate so that the runner can overlap batches, each in its own database
 session: select batch N+1 in PRIMARY while batch N is copied into ARCHIVE, and copy N+1
-while N is deleted (:mod:`archive.pipeline`); :func:`copy_batch` runs steps 1 and 2 in
-turn. They raise :class:`ArchiveError` when verification or a delete count fails, and let
-``sqlalchemy.exc.OperationalError`` through when a connection drops: the caller rolls back
-the PRIMARY transaction, so both databases stay consistent and the batch is safe to retry
-as a whole.
+while N is deleted (:mod:`archive.pipeline`). They raise :class:`ArchiveError` when
+verification or a delete count fails, and let ``sqlalchemy.exc.OperationalError`` through
+when a connection drops: the caller rolls back the PRIMARY transaction, so both databases
+stay consistent and the batch is safe to retry as a whole.
 """
 
 from __future__ import annotations
@@ -172,28 +171,6 @@ class CopiedBatch(SelectedBatch):
 
 
 _BATCH_FIELDS = [field.name for field in fields(SelectedBatch)]
-
-
-def copy_batch(
-    source: sa.Connection,
-    archive: sa.Engine,
-    policy: ArchivePolicy,
-    *,
-    cutoff: datetime,
-    after_key: Key | None,
-    limit: int,
-    run_id: int,
-    timeouts: Timeouts,
-) -> CopiedBatch | None:
-    """Steps 1 and 2 in turn: :func:`select_batch`, then :meth:`SelectedBatch.copy`.
-
-    The caller then runs :func:`delete_batch` in the same PRIMARY transaction and commits
-    it, or rolls it back (the rows stay in both databases, which the next run settles).
-    :returns: ``None`` when no aged root is left after ``after_key``.
-    """
-    selected = select_batch(source, archive, policy, cutoff=cutoff, after_key=after_key,
-                            limit=limit, run_id=run_id, timeouts=timeouts)
-    return None if selected is None else selected.copy(archive, timeouts)
 
 
 def select_batch(

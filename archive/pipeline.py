@@ -43,7 +43,6 @@ from archive.mover import (
     CopiedBatch,
     SelectedBatch,
     Timeouts,
-    copy_batch,
     select_batch,
 )
 from archive.policy import ArchivePolicy
@@ -136,8 +135,7 @@ class BatchPipeline:
         self._copier = (ThreadPoolExecutor(1, f"{name}-copy")
                         if overlapped and archive.dialect.name == "postgresql" else None)
         #: Two SQLite files: SQLite copies the rows itself (see :mod:`archive.attached`).
-        self._copy: Callable[..., Batch | None] = (
-            attached.copy_batch if attached.applies(lock.primary, archive) else copy_batch)
+        self._attached = attached.applies(lock.primary, archive)
 
     @property
     def roots_in_flight(self) -> int:
@@ -161,10 +159,12 @@ class BatchPipeline:
         try:
             connection = resources.enter_context(self.lock.batch_connection(lane))
             transaction = connection.begin()
-            step = select_batch if self._copier is not None else self._copy
-            batch = step(connection, self.archive, self.policy, cutoff=self.cutoff,
-                         after_key=self.cursor, limit=limit, run_id=self.run_id,
-                         timeouts=self.timeouts)
+            select = attached.copy_batch if self._attached else select_batch
+            batch = select(connection, self.archive, self.policy, cutoff=self.cutoff,
+                           after_key=self.cursor, limit=limit, run_id=self.run_id,
+                           timeouts=self.timeouts)
+            if isinstance(batch, SelectedBatch) and self._copier is None:
+                batch = batch.copy(self.archive, self.timeouts)
         except BaseException:
             _roll_back(transaction, resources)
             raise
