@@ -54,6 +54,10 @@ def test_a_probe_is_answered_while_every_report_thread_is_busy() -> None:
     finally:
         for task in slow:
             task.release.set()
+        # The third report request is still queued when the first two are released, and
+        # waitress's shutdown cancels what is queued: a race this test is not about.
+        for task in slow:
+            task.done.wait(10)
         dispatcher.shutdown()
     assert all(task.done.is_set() for task in slow)
 
