@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -144,20 +144,19 @@ class SelectedBatch:
         """
         if self.parts[0].rows:
             archived_at = datetime.now(UTC)  # per attempt: a retry must see its own copy
+            filled = [part for part in self.parts if part.rows]
             with archive.begin() as target:
                 apply_timeouts(target, timeouts)
-                counts = [_copy_and_verify(self.transfer, target, part, self.run_id,
-                                           archived_at) for part in self.parts]
-                for part, (found, taken_over) in zip(self.parts, counts, strict=True):
-                    if not part.rows:
-                        continue
+                checked = [(part, *_copy_and_verify(self.transfer, target, part, self.run_id,
+                                                    archived_at)) for part in filled]
+                for part, found, taken_over in checked:
                     pending = (ledger.Pending(archived_at, _integer_range(part))
                                if part is self.parts[0] else None)
                     ledger.record_copy(target, self.run_id, part.table.fullname,
                                        selected=len(part.rows), copied=len(part.rows),
                                        verified=found, taken_over=taken_over,
                                        pending=pending)
-        return CopiedBatch(**{name: getattr(self, name) for name in _BATCH_FIELDS})
+        return CopiedBatch(**vars(self))
 
 
 @dataclass
@@ -168,9 +167,6 @@ class CopiedBatch(SelectedBatch):
     def delete(self, source: sa.Connection) -> BatchResult:
         """Step 3: see :func:`delete_batch`."""
         return delete_batch(source, self)
-
-
-_BATCH_FIELDS = [field.name for field in fields(SelectedBatch)]
 
 
 def select_batch(
@@ -310,13 +306,11 @@ def same_rows(found: Sequence[Any], expected: Sequence[Any]) -> bool:
 
 def _copy_and_verify(transfer: Transfer, connection: sa.Connection, part: _TableRows,
                      run_id: int, archived_at: datetime) -> tuple[int, dict[int, int]]:
-    """Upsert one part and compare what ARCHIVE now holds with it.
+    """Upsert one part (with rows) and compare what ARCHIVE now holds with it.
 
     :returns: the rows read back, and the rows taken over by the run that had copied them.
     :raises VerificationError: when they differ.
     """
-    if not part.rows:
-        return 0, {}
     columns = [column.name for column in part.table.columns]
     taken_over = transfer.upsert(connection, part.twin, columns, part.rows, part.keys,
                                  run_id=run_id, archived_at=archived_at)
