@@ -26,6 +26,7 @@ from tests.support import (
     env_for,
     make_settings,
     run_cli,
+    settings_of,
 )
 
 TRICKY = ["=1+1", "+cmd", "-2+3", "@SUM(A1)", "\tlead tab", "\rcarriage", "\nnewline",
@@ -206,6 +207,13 @@ def test_copy_failure_mid_stream_breaks_the_download(
         for chunk in chunks:
             received += chunk
     assert b"terminat" not in received
+    # The dead connection left the pool: every connection the next requests get is alive.
+    pool_size = settings_of(app).database.pool_size
+    client = app.test_client()
+    statuses = [client.get(path).status_code for _ in range(pool_size + 1)
+                for path in ("/api/v1/reports/events.csv?source=primary&kind=none",
+                             "/api/v1/reports/events?source=primary&limit=1")]
+    assert statuses == [200] * len(statuses)
 
 
 @pytest.mark.parametrize("source", ["primary", "all"])

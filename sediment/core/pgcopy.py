@@ -108,20 +108,40 @@ def raw_cursor(connection: sa.Connection, statement: str) -> Iterator[Any]:
 
     COPY (and :mod:`reporting.pgfetch`) bypass SQLAlchemy's execution, so their errors would
     otherwise escape as raw psycopg2 ones: a dropped connection would not be an
-    ``OperationalError`` to retry on, nor a statement timeout a 503.
+    ``OperationalError`` to retry on, nor a statement timeout a 503. A connection found
+    dead is invalidated, as ``Connection.execute`` does, so that the pool never hands it
+    out again.
     """
-    dbapi = connection.dialect.loaded_dbapi
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
+        with pooled_cursor(connection.connection, connection.dialect, statement) as cursor:
+            yield cursor
+    except sa.exc.DBAPIError as error:
+        if error.connection_invalidated:
+            connection.invalidate()
+        raise
+
+
+@contextmanager
+def pooled_cursor(pooled: sa.PoolProxiedConnection, dialect: sa.Dialect,
+                  statement: str) -> Iterator[Any]:
+    """:func:`raw_cursor` on a connection straight from the pool (``Engine.raw_connection``),
+    for a single statement that needs nothing of :class:`sqlalchemy.Connection`; the caller
+    invalidates the connection when the error says it is dead."""
+    dbapi = dialect.loaded_dbapi
+    cursor = None
+    try:
+        # Inside the try: a connection the server closed fails here already.
+        cursor = pooled.dbapi_connection.cursor()  # type: ignore[union-attr]
         yield cursor
     except dbapi.Error as exc:
         raise sa.exc.DBAPIError.instance(
             statement, None, exc, dbapi.Error,
-            connection_invalidated=connection.dialect.is_disconnect(exc, None, cursor),
+            connection_invalidated=dialect.is_disconnect(exc, pooled.dbapi_connection, cursor),
         ) from exc
     finally:
-        with suppress(dbapi.Error):  # the connection is gone; the pool discards it
-            cursor.close()
+        if cursor is not None:
+            with suppress(dbapi.Error):  # the connection is gone; the pool discards it
+                cursor.close()
 
 
 def copy_out(connection: sa.Connection, query: str) -> list[str]:
