@@ -182,7 +182,7 @@ def _chunked_stream(databases: ReportDatabases, request: ReportRequest, *,
     while True:
         batch = [row for _, row in zip(range(STREAM_CHUNK), rows, strict=False)]
         if isinstance(report, RowReport):
-            apply_lookups(databases, report.lookups, batch)
+            apply_lookups(databases, request, report.lookups, batch)
         if header is None:
             header = output_columns(request, batch)
             writer.writerow(header)

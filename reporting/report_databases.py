@@ -60,12 +60,15 @@ def databases_of(request: ReportRequest) -> list[Database]:
     return list(DATABASES) if request.source == "all" else [request.source]
 
 
-def apply_lookups(databases: ReportDatabases, lookups: Sequence[Lookup],
+def apply_lookups(databases: ReportDatabases, request: ReportRequest, lookups: Sequence[Lookup],
                   rows: list[dict[str, Any]]) -> None:
     """Fill reference columns (names, categories) from PRIMARY, one query per table, in the
     rows where they are still empty: those that came from ARCHIVE, which has no reference
-    tables to join. (A PRIMARY row whose join found nothing is asked again, and again finds
-    nothing.)"""
+    tables to join. Nothing to do when the request reads PRIMARY alone: its statement joined
+    them already. (In a merge, a PRIMARY row whose join found nothing is asked again, and
+    again finds nothing.)"""
+    if ARCHIVE not in databases_of(request):
+        return
     by_table: dict[tuple[str, str], list[Lookup]] = {}
     for lookup in lookups:
         by_table.setdefault((lookup.table, lookup.key), []).append(lookup)

@@ -16,6 +16,7 @@ from flask import Flask
 from archive.runner import RunLimits
 from reporting.execution import fetch_rows
 from reporting.pagination import PageCursor
+from reporting.report_databases import apply_lookups
 from reporting.reports import REPORTS
 from reporting.reports.base import Report, RowReport
 from reporting.request import parse_request
@@ -208,7 +209,7 @@ def test_direct_pages_equal_sqlalchemy_pages(
         cursor = None
         with engine.connect() as connection:
             for _ in range(2):
-                direct = fetch_rows(connection, query, request, cursor, 3)
+                direct = fetch_rows(engine, query, request, cursor, 3)
                 result = connection.execute(query.statement(cursor),
                                             query.values(request.filters, cursor, 3))
                 expected = [dict(row._mapping) for row in result]
@@ -217,6 +218,34 @@ def test_direct_pages_equal_sqlalchemy_pages(
                 if not direct:
                     break
                 cursor = PageCursor(tuple(direct[-1][c] for c in (request.sort, *request.key)))
+
+
+def test_only_archive_rows_are_looked_up_in_primary(shop: Flask) -> None:
+    """PRIMARY's statement joins the reference tables itself: a page read from PRIMARY alone
+    asks it nothing more, even for a row whose join found nothing; ARCHIVE's rows are
+    filled in one query."""
+    sources, report = state_of(shop).report_databases, REPORTS["events"]
+    assert isinstance(report, RowReport)
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        seen.append(statement)
+
+    engine = sources.engines["primary"]
+    with engine.connect() as connection:
+        customer = connection.execute(sa.text("SELECT id, name FROM customers LIMIT 1")).one()
+    named = {}
+    for source in ("primary", "archive"):
+        request = parse_request(report, {"source": [source]}, default_limit=100,
+                                max_limit=1000)
+        rows = [{"id": 1, "customer_id": customer.id, "customer_name": None}]
+        sa.event.listen(engine, "before_cursor_execute", record)
+        try:
+            apply_lookups(sources, request, report.lookups, rows)
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", record)
+        named[source] = (rows[0]["customer_name"], len(seen))
+    assert named == {"primary": (None, 0), "archive": (customer.name, 1)}
 
 
 def test_aggregate_results_are_reused_and_stay_exact_while_the_archiver_moves_rows(
