@@ -63,7 +63,7 @@ def fetch_direct(engine: sa.Engine, direct: DirectStatement,
     processors = expanded.processors
     parameters = {name: processors[name](value) if name in processors else value
                   for name, value in expanded.parameters.items()}
-    pooled = engine.raw_connection()
+    pooled = checkout(engine)
     try:
         with pooled_cursor(pooled, engine.dialect, expanded.statement) as cursor:
             cursor.execute(expanded.statement, parameters)
@@ -78,3 +78,17 @@ def fetch_direct(engine: sa.Engine, direct: DirectStatement,
         raise
     finally:
         pooled.close()
+
+
+def checkout(engine: sa.Engine) -> sa.PoolProxiedConnection:
+    """A connection from ``engine``'s pool; a failure to connect raises SQLAlchemy's
+    ``DBAPIError``, as ``Engine.connect`` would (``Engine.raw_connection`` raises the
+    driver's own, which no error handler of the API would recognise as an outage)."""
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    try:
+        return engine.raw_connection()
+    except dbapi_error as exc:
+        raise sa.exc.DBAPIError.instance(
+            None, None, exc, dbapi_error,
+            connection_invalidated=engine.dialect.is_disconnect(exc, None, None),
+        ) from exc
