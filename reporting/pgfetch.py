@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from sediment.core.pgcopy import pooled_cursor
+from sediment.core.pgcopy import raw_cursor
 from sediment.core.schema.types import UTCDateTime
 
 
@@ -54,18 +54,15 @@ def _needs_processing(type_: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> b
         return True
 
 
-def fetch_direct(engine: sa.Engine, direct: DirectStatement,
+def fetch_direct(connection: sa.Connection, direct: DirectStatement,
                  values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-    """Every row of ``direct`` with ``values`` bound, as plain tuples, on a connection
-    straight from ``engine``'s pool (no :class:`sqlalchemy.Connection` around it: one
-    statement in autocommit needs none of its transaction or event machinery)."""
+    """Every row of ``direct`` with ``values`` bound, as plain tuples."""
     expanded = direct.compiled.construct_expanded_state(values)
     processors = expanded.processors
     parameters = {name: processors[name](value) if name in processors else value
                   for name, value in expanded.parameters.items()}
-    pooled = checkout(engine)
     try:
-        with pooled_cursor(pooled, engine.dialect, expanded.statement) as cursor:
+        with raw_cursor(connection, expanded.statement) as cursor:
             cursor.execute(expanded.statement, parameters)
             rows: list[tuple[Any, ...]] = cursor.fetchall()
             return rows
@@ -73,22 +70,6 @@ def fetch_direct(engine: sa.Engine, direct: DirectStatement,
         if error.connection_invalidated:
             # As Connection.execute does on a disconnect: every pooled connection is suspect
             # (the server restarted, or a proxy dropped them all), not only this one.
-            pooled.invalidate()
-            engine.dispose()
+            connection.invalidate()
+            connection.engine.dispose()
         raise
-    finally:
-        pooled.close()
-
-
-def checkout(engine: sa.Engine) -> sa.PoolProxiedConnection:
-    """A connection from ``engine``'s pool; a failure to connect raises SQLAlchemy's
-    ``DBAPIError``, as ``Engine.connect`` would (``Engine.raw_connection`` raises the
-    driver's own, which no error handler of the API would recognise as an outage)."""
-    dbapi_error = engine.dialect.loaded_dbapi.Error
-    try:
-        return engine.raw_connection()
-    except dbapi_error as exc:
-        raise sa.exc.DBAPIError.instance(
-            None, None, exc, dbapi_error,
-            connection_invalidated=engine.dialect.is_disconnect(exc, None, None),
-        ) from exc

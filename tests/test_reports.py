@@ -209,7 +209,7 @@ def test_direct_pages_equal_sqlalchemy_pages(
         cursor = None
         with engine.connect() as connection:
             for _ in range(2):
-                direct = fetch_rows(engine, query, request, cursor, 3)
+                direct = fetch_rows(connection, query, request, cursor, 3)
                 result = connection.execute(query.statement(cursor),
                                             query.values(request.filters, cursor, 3))
                 expected = [dict(row._mapping) for row in result]

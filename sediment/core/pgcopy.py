@@ -112,31 +112,19 @@ def raw_cursor(connection: sa.Connection, statement: str) -> Iterator[Any]:
     dead is invalidated, as ``Connection.execute`` does, so that the pool never hands it
     out again.
     """
-    try:
-        with pooled_cursor(connection.connection, connection.dialect, statement) as cursor:
-            yield cursor
-    except sa.exc.DBAPIError as error:
-        if error.connection_invalidated:
-            connection.invalidate()
-        raise
-
-
-@contextmanager
-def pooled_cursor(pooled: sa.PoolProxiedConnection, dialect: sa.Dialect,
-                  statement: str) -> Iterator[Any]:
-    """:func:`raw_cursor` on a connection straight from the pool (``Engine.raw_connection``),
-    for a single statement that needs nothing of :class:`sqlalchemy.Connection`; the caller
-    invalidates the connection when the error says it is dead."""
-    dbapi = dialect.loaded_dbapi
+    dbapi = connection.dialect.loaded_dbapi
+    dbapi_connection = connection.connection.dbapi_connection
     cursor = None
     try:
         # Inside the try: a connection the server closed fails here already.
-        cursor = pooled.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
         yield cursor
     except dbapi.Error as exc:
+        invalidated = connection.dialect.is_disconnect(exc, dbapi_connection, cursor)
+        if invalidated:
+            connection.invalidate(exc)
         raise sa.exc.DBAPIError.instance(
-            statement, None, exc, dbapi.Error,
-            connection_invalidated=dialect.is_disconnect(exc, pooled.dbapi_connection, cursor),
+            statement, None, exc, dbapi.Error, connection_invalidated=invalidated,
         ) from exc
     finally:
         if cursor is not None:
