@@ -17,7 +17,11 @@ In one run, against a real ``run_service.py serve`` on this machine:
   ``report_vs_floor``;
 * the WSGI server's share: the same page from ``serve --workers 2`` (gunicorn, two
   processes of 8 threads) against ``serve`` (waitress, one process of 8 threads), in
-  alternating rounds (``gunicorn_vs_waitress``).
+  alternating rounds (``gunicorn_vs_waitress``);
+* the Python share alone: CPU time per request of Sediment's app and of the floor app,
+  both called as WSGI apps in this process, in alternating rounds (``report_cpu_vs_floor``):
+  the waitress server and the load generator are out of it, so it says how much of the
+  throughput gap is Sediment's own code.
 
 Then the same first and deep pages of a *table endpoint* over an application's own table,
 reflected (``primary_schema = "existing"``): ``ledger_entries``, keyed by ``(account uuid,
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import io
 import os
 import statistics
 import subprocess
@@ -38,8 +43,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
@@ -47,6 +54,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import databases, free_port, service_environ, wait_until_up
+from bench.floor_app import create_floor_app
 from reporting.app import create_app
 from reporting.pagination import PageCursor, encode_cursor
 from reporting.reports import REPORTS
@@ -102,6 +110,10 @@ def main() -> int:
             with serve(environ, workers=2) as gunicorn_port:
                 gunicorn_rps, waitress_rps = alternating_throughput(
                     (gunicorn_port, first_path), (port, first_path), seconds / rounds, rounds)
+        floor_app = create_floor_app(floor.dsn_of(primary_url), threads=1)
+        our_cpu_us, floor_cpu_us = alternating_cpu(
+            (app, first_path), (floor_app, f"/events?limit={LIMIT}"),
+            requests=300 if args.quick else 1500, rounds=rounds)
     table_first_ms, table_deep_ms = table_endpoint_latency(events, depth, repeats)
     print(f"first page          {first_ms:8.2f} ms (median of {repeats})")
     print(f"page {depth:,} deep  {deep_ms:8.2f} ms (keyset cursor)")
@@ -116,6 +128,9 @@ def main() -> int:
     print(f"report page, gunicorn 2 processes {gunicorn_rps:.0f} req/s against waitress 1 "
           f"process {waitress_rps:.0f} req/s -> gunicorn_vs_waitress="
           f"{gunicorn_rps / waitress_rps:.2f}")
+    print(f"report page in process {our_cpu_us:.0f} us of CPU per request against the "
+          f"floor app's {floor_cpu_us:.0f} us (median of {rounds} rounds) -> "
+          f"report_cpu_vs_floor={floor_cpu_us / our_cpu_us:.2f}")
     print(f"table endpoint, reflected composite key: first page {table_first_ms:.2f} ms, "
           f"{depth:,} deep {table_deep_ms:.2f} ms")
     print(f"table_deep_vs_first={table_deep_ms / table_first_ms:.2f}")
@@ -299,11 +314,52 @@ def alternating_throughput(ours: tuple[int, str], baseline: tuple[int, str], sec
     return statistics.median(mine), statistics.median(theirs)
 
 
+def alternating_cpu(ours: tuple[Any, str], baseline: tuple[Any, str], requests: int,
+                    rounds: int) -> tuple[float, float]:
+    """Median CPU microseconds per request of ``ours`` and of ``baseline`` (each a WSGI app
+    and a path with its query string), called in this process over alternating rounds."""
+    calls = [wsgi_call(app, path) for app, path in (ours, baseline)]
+    for call in calls:  # warm up: connections opened, statements cached
+        for _ in range(max(50, requests // 5)):
+            call()
+    timings: list[list[float]] = [[], []]
+    for _ in range(rounds):
+        for call, figures in zip(calls, timings, strict=True):
+            started = time.process_time()
+            for _ in range(requests):
+                call()
+            figures.append((time.process_time() - started) / requests * 1e6)
+    return statistics.median(timings[0]), statistics.median(timings[1])
+
+
+def wsgi_call(app: Any, path: str) -> Callable[[], None]:
+    """A function that sends ``GET path`` to the WSGI ``app`` and checks for a 200."""
+    route, _, query = path.partition("?")
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": route, "QUERY_STRING": query,
+               "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+               "HTTP_HOST": "127.0.0.1", "REMOTE_ADDR": "127.0.0.1", "wsgi.url_scheme": "http",
+               "wsgi.errors": sys.stderr}
+
+    def call() -> None:
+        statuses: list[str] = []
+        body = b"".join(app({**environ, "wsgi.input": io.BytesIO()},
+                            lambda status, headers, *info: statuses.append(status)))
+        if not statuses[0].startswith("200"):
+            raise SystemExit(f"GET {path} in process answered {statuses[0]}: {body[:200]!r}")
+
+    return call
+
+
 class floor:
     """``bench/floor_app.py`` over PRIMARY on a free port, stopped at exit."""
 
     def __init__(self, primary_url: str) -> None:
-        self.dsn = primary_url.replace("postgresql+psycopg2://", "postgresql://")
+        self.dsn = self.dsn_of(primary_url)
+
+    @staticmethod
+    def dsn_of(primary_url: str) -> str:
+        """PRIMARY's URL as psycopg2 takes it."""
+        return primary_url.replace("postgresql+psycopg2://", "postgresql://")
 
     def __enter__(self) -> int:
         self.port = free_port()
