@@ -50,6 +50,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
+from werkzeug.test import create_environ
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -334,14 +335,12 @@ def alternating_cpu(ours: tuple[Any, str], baseline: tuple[Any, str], requests: 
 
 def wsgi_call(app: Any, path: str) -> Callable[[], None]:
     """A function that sends ``GET path`` to the WSGI ``app`` and checks for a 200."""
-    route, _, query = path.partition("?")
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": route, "QUERY_STRING": query,
-               "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
-               "HTTP_HOST": "127.0.0.1", "REMOTE_ADDR": "127.0.0.1", "wsgi.url_scheme": "http",
-               "wsgi.errors": sys.stderr}
+    environ = create_environ(path, "http://127.0.0.1/",
+                             environ_overrides={"REMOTE_ADDR": "127.0.0.1"})
 
     def call() -> None:
         statuses: list[str] = []
+        # A copy per call: the app keeps per-request values (the request id) in the environ.
         body = b"".join(app({**environ, "wsgi.input": io.BytesIO()},
                             lambda status, headers, *info: statuses.append(status)))
         if not statuses[0].startswith("200"):
