@@ -151,7 +151,24 @@ def twin_type(column_type: sa.types.TypeEngine[Any], same_engine: bool
     if isinstance(column_type, postgresql.ENUM):
         return postgresql.ENUM(*column_type.enums, name=column_type.name,
                                schema=column_type.schema, create_type=False)
+    if isinstance(column_type, sa.ARRAY):
+        # An array of an enum (or of a domain) too: left as reflected, its enum would be
+        # created a second time by the table's own CREATE, after _create_schemas_and_types.
+        item = twin_type(column_type.item_type, same_engine)
+        if item is not column_type.item_type:
+            return postgresql.ARRAY(item, as_tuple=column_type.as_tuple,
+                                    dimensions=column_type.dimensions,
+                                    zero_indexes=column_type.zero_indexes)
     return column_type
+
+
+def enums_in(column_type: sa.types.TypeEngine[Any]) -> list[postgresql.ENUM]:
+    """The enum types a column of ``column_type`` holds: its own, or its arrays' items'."""
+    if isinstance(column_type, sa.ARRAY):
+        return enums_in(column_type.item_type)
+    if isinstance(column_type, postgresql.ENUM) and column_type.name is not None:
+        return [column_type]
+    return []
 
 
 def plan_twins(archive: sa.Engine, twins: Sequence[sa.Table]) -> TwinPlan:
@@ -207,10 +224,8 @@ def _missing_enum_labels(connection: sa.Connection, twins: Sequence[sa.Table]
     preparer = connection.dialect.identifier_preparer
     changes: dict[tuple[str | None, str, str], TwinChange] = {}
     for table in twins:
-        for column in table.columns:
-            enum = column.type
-            if not isinstance(enum, postgresql.ENUM) or enum.name is None:
-                continue
+        for column, enum in ((c, e) for c in table.columns for e in enums_in(c.type)):
+            assert enum.name is not None
             have = known.get((enum.schema or default, enum.name))
             for label in enum.enums:
                 if have is None or label in have or (enum.schema, enum.name, label) in changes:
@@ -402,10 +417,9 @@ def _create_schemas_and_types(connection: sa.Connection, twins: Sequence[sa.Tabl
     for schema in sorted({table.schema for table in twins if table.schema}):
         connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {preparer.quote_schema(schema)}")
     for table in twins:
-        for column in table.columns:
-            if isinstance(column.type, postgresql.ENUM):
-                postgresql.ENUM(*column.type.enums, name=column.type.name,
-                                schema=column.type.schema).create(connection, checkfirst=True)
+        for enum in (enum for column in table.columns for enum in enums_in(column.type)):
+            postgresql.ENUM(*enum.enums, name=enum.name,
+                            schema=enum.schema).create(connection, checkfirst=True)
 
 
 def recent_changes(archive: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests import app_schema
-from tests.app_schema import ARCHIVED, NOW, AppDatabase, rows_of, table_list
+from tests.app_schema import ARCHIVED, NOW, AppDatabase, rows_of, settings_file, table_list
 from tests.support import DatabaseFactory, run_cli
 
 NOW_ARG = ("--now", NOW.isoformat())
@@ -451,3 +451,46 @@ def test_the_scheduler_archives_an_existing_database(app_db: AppDatabase) -> Non
     assert status == "done"
     root = ARCHIVED[app_db.backend][0]
     assert rows_of(app_db.archive, [root])[root]
+
+
+@pytest.mark.postgres
+def test_enum_arrays_get_their_type_in_archive_and_follow_new_labels(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """An enum in a column and in an array column of one table (the twin's CREATE once
+    created the type a second time), and an enum used only in arrays, whose new label must
+    reach ARCHIVE's copy of the type before rows holding it are copied."""
+    primary_url, archive_url = databases.pair("enums")
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE SCHEMA app; CREATE TYPE app.mood AS ENUM ('sad', 'ok');"
+            "CREATE TYPE app.flag AS ENUM ('red', 'blue');"
+            "CREATE TABLE app.moods (id integer PRIMARY KEY, seen_at timestamptz NOT NULL,"
+            " mood app.mood, moods app.mood[], flags app.flag[]);"
+            "INSERT INTO app.moods SELECT g, %(now)s::timestamptz - g * interval '100 days',"
+            " 'ok', ARRAY['sad', 'ok']::app.mood[], ARRAY['blue']::app.flag[]"
+            " FROM generate_series(1, 20) g", {"now": NOW.isoformat()})
+    settings = settings_file(tmp_path, primary_url, archive_url, "postgres", policies="""
+[policy.moods]
+table = "app.moods"
+age_column = "seen_at"
+older_than = "365d"
+""")
+    ok(run_cli("--settings", str(settings), "migrate"))
+    ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("ALTER TYPE app.flag ADD VALUE 'green'")
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("UPDATE app.moods SET flags = ARRAY['green', 'red']::app.flag[]")
+    assert "add label 'green' to enum type flag" in ok(
+        run_cli("--settings", str(settings), "archive", "schema"))
+    a_year_later = NOW.replace(year=NOW.year + 1).isoformat()
+    ok(run_cli("--settings", str(settings), "archive", "run", "--now", a_year_later))
+    with app_schema.engine_for(archive_url) as archive, archive.connect() as connection:
+        archived = connection.exec_driver_sql(
+            "SELECT id, mood::text, moods::text, flags::text FROM app.moods ORDER BY id").all()
+    assert [row[0] for row in archived] == list(range(1, 21))
+    assert {row[1:3] for row in archived} == {("ok", "{sad,ok}")}
+    flags = {row[0]: row[3] for row in archived}
+    assert {flags[i] for i in range(1, 4)} == {"{green,red}"}  # the second run's
+    assert {flags[i] for i in range(4, 21)} == {"{blue}"}  # the first run's
+    assert "archive verified" in ok(run_cli("--settings", str(settings), "archive", "verify"))
