@@ -163,10 +163,14 @@ def _table_query(name: str, columns: Sequence[TableColumn]) -> Any:
 def _served(column: sa.ColumnElement[Any], served: TableColumn,
             dialect: str) -> sa.ColumnElement[Any]:
     """A column as the API serves it: typed values as they are (a domain's as its base
-    type's), enum labels and values of other types as text."""
+    type's), enum labels, bit strings and values of other types as text."""
     if isinstance(column.type, postgresql.DOMAIN):
         column = sa.type_coerce(column, column.type.data_type).label(served.name)
-    if isinstance(column.type, sa.Enum) or (served.type is None and dialect == "postgresql"):
+    # A bit string holds Python text but is no SQL text: filters (like) and the CSV's
+    # formula escape (left, ||) need it cast, as an enum's label does.
+    bits = served.type == "string" and not isinstance(column.type, sa.String)
+    if isinstance(column.type, sa.Enum) or bits or (
+            served.type is None and dialect == "postgresql"):
         return sa.cast(column, sa.Text).label(served.name)
     if served.type is None:
         if isinstance(column.type, sa.LargeBinary):

@@ -352,3 +352,42 @@ older_than = "365d"
         assert 0 < len(archived) < len(names * 3)  # both databases hold some
     finally:
         service.engines.dispose()
+
+
+@pytest.mark.postgres
+def test_bit_strings_are_filtered_and_downloaded_as_text(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """``bit`` and ``bit varying`` hold Python text but are no SQL text: ``like`` on them
+    and the CSV's formula escape (``left``, ``||``) were a 500."""
+    primary_url, archive_url = databases.pair("bits")
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE flags (id integer PRIMARY KEY, seen_at timestamptz NOT NULL,"
+            " mask bit(4), trail bit varying)")
+        connection.execute(sa.text("INSERT INTO flags VALUES (:id, :seen_at,"
+                                   " CAST(:mask AS bit(4)), CAST(:trail AS bit varying))"),
+                           [{"id": i, "seen_at": NOW - timedelta(days=10 + 400 * (i % 2)),
+                             "mask": f"{i:04b}", "trail": "1" * (i % 3)} for i in range(16)])
+    settings_path = settings_file(tmp_path, primary_url, archive_url, "postgres", policies="""
+[policy.flags]
+table = "flags"
+age_column = "seen_at"
+older_than = "365d"
+""")
+    ok(run_cli("--settings", str(settings_path), "migrate"))
+    ok(run_cli("--settings", str(settings_path), "archive", "run", "--now", NOW.isoformat()))
+    service = build_service(load_settings(str(settings_path)))
+    try:
+        client = service.app.test_client()
+        for source in ("primary", "archive", "all"):
+            ones = walk(client, "flags", f"source={source}&mask[like]=1%25&trail=11")
+            assert ones and all(row["mask"].startswith("1") and row["trail"] == "11"
+                                for row in ones), source
+            download = client.get(f"/api/v1/tables/flags.csv?source={source}")
+            assert download.status_code == 200, (source, download.get_json())
+            rows = list(csv.DictReader(io.StringIO(download.get_data(as_text=True))))
+            assert rows and all(row["mask"] == f"{int(row['id']):04b}" for row in rows), source
+        all_rows = walk(client, "flags", "source=all")
+        assert [row["id"] for row in all_rows] == list(range(16))
+    finally:
+        service.engines.dispose()
