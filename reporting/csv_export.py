@@ -54,7 +54,8 @@ CHUNK_BYTES = 64 * 1024
 QUEUE_CHUNKS = 8
 #: Characters that make a spreadsheet treat a cell as a formula (or hide its start).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n", "\0")
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+#: After the year, which is written with four digits apart (``%Y`` writes year 999 as 999).
+TIMESTAMP_FORMAT = "-%m-%dT%H:%M:%S.%fZ"
 _PG_TIMESTAMP = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
 
 
@@ -118,8 +119,14 @@ def uses_copy(databases: ReportDatabases, request: ReportRequest) -> bool:
     if not isinstance(report, RowReport) or request.source == "all":
         return False
     tables = databases.tables[request.source]
-    return (databases.engines[request.source].dialect.name == "postgresql"
-            and all(lookup.table in tables.tables for lookup in report.lookups))
+    if databases.engines[request.source].dialect.name != "postgresql" or not all(
+            lookup.table in tables.tables for lookup in report.lookups):
+        return False
+    # PostgreSQL writes a float its own way (18, NaN, 1e+15 where the csv module writes
+    # 18.0, nan, 1000000000000000.0): such a report takes the csv-module path, so that a
+    # download's cells do not depend on its source.
+    selected = source_query(databases, request, report, request.source).filtered.selected_columns
+    return not any(isinstance(selected[name].type, sa.Float) for name in _columns(request))
 
 
 def stream_csv(databases: ReportDatabases, request: ReportRequest) -> Iterator[bytes]:
@@ -198,7 +205,7 @@ def _chunked_stream(databases: ReportDatabases, request: ReportRequest, *,
 
 def _cell(value: Any, escape: bool) -> Any:
     if isinstance(value, datetime):
-        return value.strftime(TIMESTAMP_FORMAT)
+        return f"{value.year:04d}{value.strftime(TIMESTAMP_FORMAT)}"
     if isinstance(value, date):
         return value.isoformat()
     if escape and isinstance(value, str):
@@ -220,6 +227,8 @@ def copy_statement(databases: ReportDatabases, request: ReportRequest,
         column: sa.ColumnElement[Any] = inner.c[column_name]
         if types[column_name] == "datetime":
             column = sa.func.to_char(sa.func.timezone("UTC", column), _PG_TIMESTAMP)
+        elif types[column_name] == "boolean":  # as the csv module writes one, not t and f
+            column = sa.case((column.is_(True), "True"), (column.is_(False), "False"))
         elif types[column_name] == "string" and escape:
             column = sa.case((sa.func.left(column, 1).in_(FORMULA_PREFIXES[:-1]),
                               sa.literal("'") + column), else_=column)

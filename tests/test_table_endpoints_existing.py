@@ -391,3 +391,51 @@ older_than = "365d"
         assert [row["id"] for row in all_rows] == list(range(16))
     finally:
         service.engines.dispose()
+
+
+@pytest.mark.postgres
+def test_a_download_has_the_same_cells_from_every_source(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """One database's download (COPY, where PostgreSQL writes the cells) and a merged one
+    (the csv module) agree on booleans, floats and timestamps before the year 1000: they
+    wrote t, 18 and NaN against True, 18.0 and nan, and 0999 against 999."""
+    primary_url, archive_url = databases.pair("cells")
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE gauges (id integer PRIMARY KEY, seen_at timestamptz NOT NULL,"
+            " ok boolean, level float8, ratio real, since timestamptz)")
+        levels = [18.0, float("nan"), float("inf"), 1e15, 0.1, -2.5e-7, None]
+        connection.execute(sa.text(
+            "INSERT INTO gauges VALUES (:id, :seen_at, :ok, :level, :level, :since)"),
+            [{"id": i, "seen_at": NOW - timedelta(days=10 + 400 * (i % 2)),
+              "ok": (True, False, None)[i % 3], "level": levels[i % len(levels)],
+              "since": datetime(999 + i * 100, 1, 2, 3, 4, 5, 6, tzinfo=UTC)}
+             for i in range(14)])
+    settings_path = settings_file(tmp_path, primary_url, archive_url, "postgres", policies="""
+[policy.gauges]
+table = "gauges"
+age_column = "seen_at"
+older_than = "365d"
+""")
+    ok(run_cli("--settings", str(settings_path), "migrate"))
+    ok(run_cli("--settings", str(settings_path), "archive", "run", "--now", NOW.isoformat()))
+    service = build_service(load_settings(str(settings_path)))
+    try:
+        client = service.app.test_client()
+
+        def cells(source: str, columns: str) -> dict[str, dict[str, str]]:
+            response = client.get(f"/api/v1/tables/gauges.csv?source={source}&columns={columns}")
+            assert response.status_code == 200, response.get_json()
+            text = response.get_data(as_text=True)
+            return {row["id"]: row for row in csv.DictReader(io.StringIO(text))}
+
+        for columns in ("id,ok,since", "id,ok,level,ratio,since"):  # by COPY, then not
+            merged = cells("all", columns)
+            assert len(merged) == 14
+            assert cells("primary", columns) | cells("archive", columns) == merged, columns
+        assert merged["0"]["ok"] == "True" and merged["1"]["ok"] == "False"
+        assert merged["2"]["ok"] == ""
+        assert merged["0"]["since"] == "0999-01-02T03:04:05.000006Z"
+        assert merged["0"]["level"] == "18.0" and merged["1"]["level"] == "nan"
+    finally:
+        service.engines.dispose()
