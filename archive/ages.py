@@ -38,20 +38,23 @@ class AgeColumn:
     def before(self, cutoff: datetime) -> sa.ColumnElement[bool]:
         """Rows whose age is before ``cutoff`` (an aware instant)."""
         column = self.column
+        # Numbers compared as numbers, whatever the column declares (SQLite keeps epochs in
+        # a column declared DATETIME too); the column itself stays bare for its index.
         if self.format == "epoch_seconds":
-            return column < int(cutoff.timestamp())
+            return sa.type_coerce(column, sa.BigInteger) < int(cutoff.timestamp())
         if self.format == "epoch_milliseconds":
-            return column < int(cutoff.timestamp() * 1000)
+            return sa.type_coerce(column, sa.BigInteger) < int(cutoff.timestamp() * 1000)
         if self.format == "iso_text":
             text = cutoff.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%d %H:%M:%S")
             return _IsoInstant(column) < _IsoInstant(sa.literal(text))
         if python_type_of(column.type) is date:
             # A day counts as aged once all of it is before the cutoff, in the zone it was
             # written in: the cutoff's own day waits for the next run.
-            return column < cutoff.astimezone(self.zone).date()
+            return sa.and_(HeldAsText(column), column < cutoff.astimezone(self.zone).date())
         if getattr(column.type, "timezone", False):
-            return column < cutoff
-        return column < cutoff.astimezone(self.zone).replace(tzinfo=None)
+            return sa.and_(HeldAsText(column), column < cutoff)
+        return sa.and_(HeldAsText(column),
+                       column < cutoff.astimezone(self.zone).replace(tzinfo=None))
 
 
 def resolve_age_column(column: sa.Column[Any], age_format: AgeFormat, zone: str,
@@ -63,8 +66,10 @@ def resolve_age_column(column: sa.Column[Any], age_format: AgeFormat, zone: str,
     python_type = python_type_of(column.type)
     expected: dict[AgeFormat, tuple[type, ...]] = {
         "timestamp": (datetime, date),
-        "epoch_seconds": (int, float),
-        "epoch_milliseconds": (int, float),
+        # A column declared a timestamp too: SQLite stores epochs in one. Where the database
+        # cannot compare it with a number, archive.preflight stops startup naming age_format.
+        "epoch_seconds": (int, float, datetime, date),
+        "epoch_milliseconds": (int, float, datetime, date),
         "iso_text": (str,),
     }
     if python_type is None or not issubclass(python_type, expected[age_format]):
@@ -76,6 +81,31 @@ def resolve_age_column(column: sa.Column[Any], age_format: AgeFormat, zone: str,
         raise SettingsError(key, f"{column.table.name}.{column.name} holds {shown}, "
                             f"not {hint}")
     return AgeColumn(column=column, format=age_format, zone=ZoneInfo(zone))
+
+
+class HeldAsText(sa.sql.expression.FunctionElement[bool]):
+    """Whether a timestamp or date column's value is stored as one.
+
+    SQLite stores what it is given: a column declared ``DATETIME`` may hold an
+    application's Unix epochs or Julian days, and a number sorts before every text, so
+    before any cutoff: every such row would count as aged. It never does (see
+    :func:`archive.preflight.check_conditions`, which names the setting that reads it).
+    On PostgreSQL the column's type guarantees it.
+    """
+
+    type = sa.Boolean()
+    inherit_cache = True
+    name = "held_as_text"
+
+
+@compiles(HeldAsText, "sqlite")
+def _held_as_text_sqlite(element: HeldAsText, compiler: Any, **kw: Any) -> str:
+    return f"({compiler.process(element.clauses, **kw)} >= '')"  # the index's text range
+
+
+@compiles(HeldAsText)
+def _held_as_text(element: HeldAsText, compiler: Any, **kw: Any) -> str:
+    return "true"
 
 
 class _IsoInstant(sa.sql.expression.FunctionElement[Any]):

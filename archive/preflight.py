@@ -1,15 +1,18 @@
 """Checks of the resolved policies against the live PRIMARY, before anything runs.
 
-Resolving a policy (:mod:`archive.policy`) needs no connection; a ``where`` condition can
-only be judged by the database that will run it. Each policy's condition is planned once
-(``LIMIT 0``: nothing is read) inside a transaction that is rolled back, so a typo stops
-the command with the policy, the expression and the database's own message instead of
-failing every scheduled run.
+Resolving a policy (:mod:`archive.policy`) needs no connection; a ``where`` condition, and
+an age compared as the policy's ``age_format`` says, can only be judged by the database that
+will run them. Each is planned once (``LIMIT 0``: nothing is read) inside a transaction that
+is rolled back, so a typo stops the command with the policy, the expression and the
+database's own message instead of failing every scheduled run. On SQLite, a column declared
+a timestamp is also checked for numbers, which it may hold and the archiver cannot read as
+one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
@@ -19,23 +22,61 @@ from sediment.core.settings import SettingsError
 
 
 def check_conditions(primary: sa.Engine, policies: Sequence[ArchivePolicy]) -> None:
-    """Make PRIMARY plan each policy's ``where`` condition on its root table.
+    """Make PRIMARY plan each policy's age comparison and ``where`` condition on its root
+    table, and check that a SQLite age column declared a timestamp holds no numbers.
 
-    :raises SettingsError: naming ``policy.<name>.where``, the expression and the message.
+    :raises SettingsError: naming ``policy.<name>.age_format`` or ``.where`` with the
+        database's message, or ``policy.<name>.age_column`` with a number it holds.
     """
+    if primary.dialect.name == "sqlite":
+        _check_stored_ages(primary, policies)
     for policy in policies:
-        if not policy.where:
+        _plan(primary, policy, policy.age.before(datetime.now(UTC)), "age_format",
+              f"age_format = {policy.age.format!r} cannot be compared with "
+              f"{policy.root.fullname}.{policy.age.column.name} ({policy.age.column.type})")
+        if policy.where:
+            _plan(primary, policy, policy.condition, "where",
+                  f"{policy.where!r} is not a condition PRIMARY accepts on table "
+                  f"{policy.root.fullname!r}")
+
+
+def _plan(primary: sa.Engine, policy: ArchivePolicy, condition: sa.ColumnElement[bool],
+          key: str, refusal: str) -> None:
+    """Have PRIMARY plan ``condition`` on the policy's root table (``LIMIT 0``: nothing is
+    read), in a transaction rolled back.
+
+    :raises SettingsError: naming ``policy.<name>.<key>``, ``refusal`` and the message.
+    """
+    probe = sa.select(sa.literal(1)).select_from(policy.root).where(condition)
+    with primary.connect() as connection:
+        try:
+            connection.execute(probe.limit(0)).all()
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise  # the database went away: not the condition's fault
+            raise SettingsError(f"policy.{policy.name}.{key}",
+                                f"{refusal}: {first_line(exc)}") from exc
+        finally:
+            connection.rollback()
+
+
+def _check_stored_ages(primary: sa.Engine, policies: Sequence[ArchivePolicy]) -> None:
+    """A number in a SQLite column declared a timestamp or a date is an age the archiver
+    cannot read (seconds? milliseconds? a Julian day?): such rows never count as aged
+    (:class:`archive.ages.HeldAsText`), and the policy stops here instead of leaving them
+    in PRIMARY unsaid. One index range on the age column, where it has an index."""
+    for policy in policies:
+        column = policy.age.column
+        if policy.age.format != "timestamp":
             continue
-        probe = sa.select(sa.literal(1)).select_from(policy.root).where(policy.condition)
+        # Every number sorts before the empty text in SQLite; no text does.
+        probe = sa.select(column).where(column < sa.literal_column("''")).limit(1)
         with primary.connect() as connection:
-            try:
-                connection.execute(probe.limit(0)).all()
-            except sa.exc.DBAPIError as exc:
-                if exc.connection_invalidated:
-                    raise  # the database went away: not the condition's fault
-                raise SettingsError(
-                    f"policy.{policy.name}.where",
-                    f"{policy.where!r} is not a condition PRIMARY accepts on table "
-                    f"{policy.root.fullname!r}: {first_line(exc)}") from exc
-            finally:
-                connection.rollback()
+            number = connection.execute(probe.with_only_columns(
+                sa.type_coerce(column, sa.String))).scalar()
+        if number is not None:
+            raise SettingsError(
+                f"policy.{policy.name}.age_column",
+                f"{policy.root.fullname}.{column.name} is declared {column.type} but holds "
+                f"numbers (such as {number}): declare age_format = 'epoch_seconds' or "
+                "'epoch_milliseconds' if they are Unix times; until then no row counts as aged")

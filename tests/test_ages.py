@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from archive.policy import resolve_policy
+from archive.preflight import check_conditions
 from archive.verify import verify_archive
 from sediment.core.settings import PolicySettings, SettingsError
 from tests.support import DatabaseFactory, OwnSchema, own_schema
@@ -105,3 +106,52 @@ def test_an_age_column_that_cannot_hold_the_format_names_the_key(
     with pytest.raises(SettingsError) as caught:
         resolve_policy(settings, SCHEMA.tables, {table: SCHEMA.tables[table]})
     assert caught.value.key == "policy.p.age_column" and says in str(caught.value)
+
+
+@pytest.mark.sqlite
+def test_numbers_in_a_column_declared_a_timestamp_never_count_as_aged(
+        schema: OwnSchema) -> None:
+    """SQLite keeps what it is given: an application's Unix times in a column declared
+    DATETIME sort before every text, so before any cutoff, and every row moved. Startup now
+    names the key, a number written after startup never counts as aged, and declared as
+    epochs they are read as such."""
+    visits = SCHEMA.tables["visits"]
+    seconds = [int(instant.timestamp()) for instant in INSTANTS]
+    with schema.engines.primary.begin() as connection:
+        connection.execute(visits.insert(), [{"id": i, "at": instant.replace(tzinfo=None)}
+                                             for i, instant in enumerate(INSTANTS, 1)])
+        connection.execute(sa.text("INSERT INTO visits VALUES (:id, :at)"),
+                           [{"id": 100 + i, "at": s} for i, s in enumerate(seconds)])
+    as_timestamps = schema.policy(PolicySettings(name="visits", table="visits", age_column="at",
+                                                 older_than=OLDER_THAN))
+    with pytest.raises(SettingsError) as caught:
+        check_conditions(schema.engines.primary, [as_timestamps])
+    assert caught.value.key == "policy.visits.age_column"
+    assert f"holds numbers (such as {seconds[0]})" in str(caught.value)
+
+    assert schema.run(as_timestamps, NOW).status == "done"  # as if written after startup
+    aged_text = {i for i, instant in enumerate(INSTANTS, 1) if instant < CUTOFF}
+    assert moved_ids(schema) == aged_text  # not one number among them
+
+    as_epochs = schema.policy(PolicySettings(name="visits", table="visits", age_column="at",
+                                             older_than=OLDER_THAN, age_format="epoch_seconds"))
+    check_conditions(schema.engines.primary, [as_epochs])
+    assert schema.run(as_epochs, NOW).status == "done"
+    aged_numbers = {100 + i for i, s in enumerate(seconds) if s < CUTOFF.timestamp()}
+    assert moved_ids(schema) == aged_text | aged_numbers
+
+
+@pytest.mark.postgres
+def test_an_epoch_format_on_a_timestamp_column_stops_startup_naming_the_key(
+        schema: OwnSchema) -> None:
+    policy = schema.policy(PolicySettings(name="visits", table="visits", age_column="at",
+                                          older_than=OLDER_THAN, age_format="epoch_seconds"))
+    with pytest.raises(SettingsError) as caught:
+        check_conditions(schema.engines.primary, [policy])
+    assert caught.value.key == "policy.visits.age_format"
+    assert "cannot be compared with visits.at" in str(caught.value)
+
+
+def moved_ids(schema: OwnSchema) -> set[int]:
+    with schema.engines.archive.connect() as connection:
+        return set(connection.execute(sa.select(schema.twins["visits"].c.id)).scalars())
