@@ -84,7 +84,7 @@ def resolve_age_column(column: sa.Column[Any], age_format: AgeFormat, zone: str,
 
 
 class HeldAsText(sa.sql.expression.FunctionElement[bool]):
-    """Whether a timestamp or date column's value is stored as one.
+    """Whether a timestamp or date column's value is stored as text, as timestamps are.
 
     SQLite stores what it is given: a column declared ``DATETIME`` may hold an
     application's Unix epochs or Julian days, and a number sorts before every text, so

@@ -70,10 +70,11 @@ def _check_stored_ages(primary: sa.Engine, policies: Sequence[ArchivePolicy]) ->
         if policy.age.format != "timestamp":
             continue
         # Every number sorts before the empty text in SQLite; no text does.
-        probe = sa.select(column).where(column < sa.literal_column("''")).limit(1)
+        # Read as it is stored (the column's own type would parse it as a timestamp).
+        probe = sa.select(sa.type_coerce(column, sa.String)).where(
+            column < sa.literal_column("''")).limit(1)
         with primary.connect() as connection:
-            number = connection.execute(probe.with_only_columns(
-                sa.type_coerce(column, sa.String))).scalar()
+            number = connection.execute(probe).scalar()
         if number is not None:
             raise SettingsError(
                 f"policy.{policy.name}.age_column",
