@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -138,9 +138,14 @@ def merge_key(request: ReportRequest) -> Callable[[Mapping[str, Any]], tuple[Any
     """The order of a merged page in Python, as both databases' SQL orders it: a nullable
     sort column's NULLs after every value (before, descending)."""
     order = request.order
+    sort, key = order[0], order[1:]
+    if request.report.column(request.sort).type in ("datetime", "date"):
+        # A SQLite column declared a timestamp may also hold numbers (an application's
+        # Unix times), which SQLite orders before text and Python cannot compare with one.
+        return lambda row: (row[sort] is None, isinstance(row[sort], date), row[sort],
+                            *(row[c] for c in key))
     if request.sort in request.key or not request.report.column(request.sort).nullable:
         return lambda row: tuple(row[c] for c in order)
-    sort, key = order[0], order[1:]
     return lambda row: (row[sort] is None, row[sort], *(row[c] for c in key))
 
 

@@ -17,6 +17,8 @@ import orjson
 from flask import Response
 from flask.json.provider import JSONProvider
 
+from sediment.core.instants import StoredInstant
+
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
 
 
@@ -24,6 +26,8 @@ def _default(value: Any) -> Any:
     """Types orjson leaves to us, written as Flask's own provider writes them."""
     if isinstance(value, Decimal):
         return str(value)
+    if isinstance(value, StoredInstant):  # orjson writes only datetime itself
+        return value.plain()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 

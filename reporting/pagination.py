@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from reporting.report_error import ReportError
 from reporting.request import ReportRequest
-from sediment.core.instants import parse_instant
+from sediment.core.instants import StoredInstant, parse_instant
 
 _PURPOSE = b"sediment.report-cursor.v2"
 _TAG_BYTES = 16
@@ -106,7 +106,10 @@ def _verified(token: str, secret: str) -> Any:
 
 
 def _encoded(value: Any) -> Any:
-    """A cursor value as JSON: timestamps, dates, UUIDs and decimals as text."""
+    """A cursor value as JSON: timestamps, dates, UUIDs and decimals as text (a timestamp
+    SQLite stores as text, as that text: see :class:`StoredInstant`)."""
+    if isinstance(value, StoredInstant):
+        return {"stored": value.stored}
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, uuid.UUID | Decimal):
@@ -152,6 +155,11 @@ def _typed(value: Any, type_name: str) -> Any:
     """
     if value is None:
         return None  # a NULL sort value; keys are never NULL, and SQL compares it safely
+    if type_name == "datetime" and isinstance(value, dict):
+        stored = value.get("stored")
+        if set(value) != {"stored"} or not isinstance(stored, str):
+            raise ValueError(value)
+        return StoredInstant.of(parse_instant(stored), stored)
     if isinstance(value, str) and type_name in _FROM_TEXT:
         return _FROM_TEXT[type_name](value)
     accepted = _CURSOR_TYPES.get(type_name, (str,))

@@ -180,11 +180,14 @@ def timestamp_in_python(timestamps: Sequence[Callable[[Any], Any] | None],
                         cell: Callable[[Any, bool], Any], escape: bool
                         ) -> Callable[[Any, int], Any]:
     """The body of :data:`PYTHON_TIMESTAMP`: a stored value of timestamp column ``index``
-    parsed by SQLAlchemy and formatted by ``cell``, as the general path writes it."""
+    parsed by SQLAlchemy and formatted by ``cell``, as the general path writes it (text;
+    a number an application stored there is written as it is, as that path serves it)."""
     def formatted(value: Any, index: int) -> Any:
         process = timestamps[index]
         assert process is not None
-        return None if value is None else cell(process(value), escape)
+        if value is None:
+            return None
+        return cell(process(value) if isinstance(value, str) else value, escape)
     return formatted
 
 

@@ -10,6 +10,7 @@ from reporting.pagination import PageCursor, cursor_after, decode_cursor, encode
 from reporting.report_error import ReportError
 from reporting.reports import REPORTS
 from reporting.request import ReportRequest, parse_request
+from sediment.core.instants import StoredInstant
 
 SECRET = "test-secret"
 TYPES = ["datetime", "integer"]  # events: sort column, then key
@@ -46,7 +47,17 @@ def test_a_cursor_signed_with_another_key_is_refused() -> None:
         decode_cursor(events(), token, SECRET, TYPES)
 
 
-@pytest.mark.parametrize("values", [(WHEN, "41"), (WHEN, True), ("yesterday", 41), (WHEN,)])
+def test_a_timestamp_sqlite_stores_as_text_comes_back_with_that_text() -> None:
+    stored = StoredInstant.of(WHEN, "2025-05-01 12:30:00")
+    token = encode_cursor(events(), PageCursor((stored, 41)), SECRET)
+    (when, key), = [decode_cursor(events(), token, SECRET, TYPES).values]
+    assert (when, key) == (WHEN, 41)
+    assert isinstance(when, StoredInstant) and when.stored == "2025-05-01 12:30:00"
+
+
+@pytest.mark.parametrize("values", [(WHEN, "41"), (WHEN, True), ("yesterday", 41), (WHEN,),
+                                    ({"stored": 5}, 41), ({"stored": "nope"}, 41),
+                                    ({"stored": "2025-05-01", "more": 1}, 41)])
 def test_a_signed_cursor_with_wrong_values_is_malformed(values: tuple[object, ...]) -> None:
     token = encode_cursor(events(), PageCursor(values), SECRET)
     with pytest.raises(ReportError, match="malformed") as caught:

@@ -439,3 +439,93 @@ older_than = "365d"
         assert merged["0"]["level"] == "18.0" and merged["1"]["level"] == "nan"
     finally:
         service.engines.dispose()
+
+
+@pytest.mark.sqlite
+def test_unix_times_in_a_sqlite_datetime_column_are_served_as_stored(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """SQLite keeps an application's Unix times in a column declared DATETIME beside text
+    ones: parsing them failed every page and download of the table (500), and a merged sort
+    on the column compared numbers with timestamps. They are served as stored, and merged
+    in SQLite's own order (numbers before text)."""
+    primary_url, archive_url = databases.pair("epochs")
+    seconds = int(NOW.timestamp())
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE hits (id integer PRIMARY KEY, at DATETIME NOT NULL, what text)")
+        connection.exec_driver_sql("CREATE INDEX hits_at ON hits (at)")
+        connection.execute(sa.text("INSERT INTO hits VALUES (:id, :at, :what)"), [
+            *({"id": i, "at": seconds - 86400 * 100 * i, "what": f"n{i}"} for i in range(1, 9)),
+            *({"id": 100 + i, "at": f"2026-0{i}-02 03:04:05.000006", "what": f"t{i}"}
+              for i in range(1, 5))])
+    settings_path = settings_file(tmp_path, primary_url, archive_url, "sqlite", policies="""
+[policy.hits]
+table = "hits"
+age_column = "at"
+age_format = "epoch_seconds"
+older_than = "365d"
+""")
+    ok(run_cli("--settings", str(settings_path), "migrate"))
+    ok(run_cli("--settings", str(settings_path), "archive", "run", "--now", NOW.isoformat()))
+    service = build_service(load_settings(str(settings_path)))
+    try:
+        client = service.app.test_client()
+        archived = walk(client, "hits", "source=archive")
+        assert {row["id"] for row in archived} == {4, 5, 6, 7, 8}  # over 365 days old
+        rows = walk(client, "hits", "source=all")
+        assert {row["id"]: row["at"] for row in rows} == {
+            **{i: seconds - 86400 * 100 * i for i in range(1, 9)},
+            **{100 + i: f"2026-0{i}-02T03:04:05.000006" for i in range(1, 5)}}
+        for source in ("primary", "archive", "all"):
+            download = client.get(f"/api/v1/tables/hits.csv?source={source}")
+            assert download.status_code == 200, (source, download.get_json())
+            cells = {row["id"]: row["at"] for row in
+                     csv.DictReader(io.StringIO(download.get_data(as_text=True)))}
+            assert cells["4" if source != "primary" else "1"].isdigit(), source
+        page = client.get("/api/v1/tables/hits?sort=-at&limit=50")
+        assert page.status_code == 200, page.get_json()
+        assert [row["id"] for row in page.get_json()["rows"]] == [
+            104, 103, 102, 101, 1, 2, 3, 4, 5, 6, 7, 8]
+    finally:
+        service.engines.dispose()
+
+
+@pytest.mark.sqlite
+def test_pages_sorted_on_sqlite_timestamps_in_their_own_text_form_resume_exactly(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """SQLite compares a timestamp column by its text: CURRENT_TIMESTAMP's
+    ``2026-01-02 03:04:05``, bound back in SQLAlchemy's form (``...05.000000``), sorted after
+    the row it came from: descending pages repeated one page for ever, ascending ones ended
+    after the first. A cursor now resumes after the stored text itself."""
+    primary_url, archive_url = databases.pair("stamps")
+    stamps = [(NOW - timedelta(days=days)).strftime("%Y-%m-%d %H:%M:%S")
+              for days in (900, 800, 10, 5)]
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE notes (id integer PRIMARY KEY,"
+            " created_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP, body text)")
+        connection.exec_driver_sql("CREATE INDEX notes_created ON notes (created_at)")
+        connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at, :body)"),
+                           [{"id": i, "at": stamps[i % 4], "body": f"b{i}"} for i in range(16)])
+    settings_path = settings_file(tmp_path, primary_url, archive_url, "sqlite", policies="""
+[policy.notes]
+table = "notes"
+age_column = "created_at"
+older_than = "365d"
+""")
+    ok(run_cli("--settings", str(settings_path), "migrate"))
+    ok(run_cli("--settings", str(settings_path), "archive", "run", "--now", NOW.isoformat()))
+    service = build_service(load_settings(str(settings_path)))
+    try:
+        client = service.app.test_client()
+        everyone = {"all": set(range(16)), "archive": {i for i in range(16) if i % 4 < 2},
+                    "primary": {i for i in range(16) if i % 4 >= 2}}
+        for source, ids in everyone.items():
+            for sort in ("created_at", "-created_at"):
+                rows = walk(client, "notes", f"source={source}&sort={sort}", limit=3)
+                assert sorted(row["id"] for row in rows) == sorted(ids), (source, sort)
+                stamps_seen = [row["created_at"] for row in rows]
+                assert stamps_seen == sorted(stamps_seen, reverse=sort.startswith("-"))
+        assert rows[0]["created_at"] == stamps[3].replace(" ", "T")  # served as a timestamp
+    finally:
+        service.engines.dispose()
