@@ -130,7 +130,24 @@ def uses_copy(databases: ReportDatabases, request: ReportRequest) -> bool:
 
 
 def stream_csv(databases: ReportDatabases, request: ReportRequest) -> Iterator[bytes]:
-    """The CSV bytes of every row of ``request``, header first, in ~64 KiB chunks."""
+    """The CSV bytes of every row of ``request``, header first, in ~64 KiB chunks.
+
+    The first chunk is made before this returns: a failure before the first byte (a
+    statement the database refuses, a value the driver cannot read) raises here, for the
+    caller to answer as a problem, instead of breaking a download whose 200 was sent.
+    """
+    body = _stream(databases, request)
+    first = next(body, None)
+    return _resumed(first, body)
+
+
+def _resumed(first: bytes | None, body: Iterator[bytes]) -> Iterator[bytes]:
+    if first is not None:
+        yield first
+    yield from body
+
+
+def _stream(databases: ReportDatabases, request: ReportRequest) -> Iterator[bytes]:
     escape = request.escape_formulas
     if uses_copy(databases, request):
         return _copy_stream(databases, request, escape=escape)

@@ -31,6 +31,7 @@ from reporting.report_databases import (
     drop_shared_rows,
     pending_windows,
 )
+from reporting.report_error import ReportError
 from reporting.reports.base import AggregateReport, RowReport
 from reporting.request import ReportRequest
 from reporting.statements import SourceQuery, source_query
@@ -179,11 +180,18 @@ def fetch_rows(connection: sa.Connection, query: SourceQuery, request: ReportReq
     direct = query.direct(cursor)
     names: Sequence[str]
     rows: Sequence[Sequence[Any]]
-    if direct is not None:
-        names, rows = direct.names, fetch_direct(connection, direct, values)
-    else:
-        result = connection.execute(query.statement(cursor), values)
-        names, rows = list(result.keys()), result.all()
+    try:
+        if direct is not None:
+            names, rows = direct.names, fetch_direct(connection, direct, values)
+        else:
+            result = connection.execute(query.statement(cursor), values)
+            names, rows = list(result.keys()), result.all()
+    except ValueError as error:  # raised by the driver or a result processor, not by SQL
+        raise ReportError(
+            422, "unrepresentable_value", f"a stored value in these rows cannot be served "
+            f"({error}): Python's dates run from year 1 to 9999, PostgreSQL's from 4713 BC; "
+            "leave such rows out with a filter on their column (e.g. [gte]=0001-01-01)"
+        ) from error
     # Names and values come from one result, so they match. No ``strict`` argument: a
     # keyword makes each zip() call a third slower (17 of 62 us for a 100-row page).
     return [dict(zip(names, row)) for row in rows]  # noqa: B905

@@ -129,7 +129,7 @@ def openapi_document(reports: Mapping[str, Report],
                 "200": {"description": "one page", "content": {"application/json": {
                     "schema": _page_schema(report)}}},
                 "400": PROBLEM, "401": PROBLEM, "403": PROBLEM, "404": PROBLEM,
-                "503": PROBLEM,
+                "422": PROBLEM, "503": PROBLEM,
             },
         }}
     return {

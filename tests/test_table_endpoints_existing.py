@@ -529,3 +529,43 @@ older_than = "365d"
         assert rows[0]["created_at"] == stamps[3].replace(" ", "T")  # served as a timestamp
     finally:
         service.engines.dispose()
+
+
+@pytest.mark.postgres
+def test_a_date_python_cannot_hold_is_a_problem_naming_the_way_around(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """PostgreSQL stores dates from 4713 BC, Python's run from year 1: psycopg2's
+    ``ValueError`` was a 500 (a page), or a download cut after its 200. It is a 422 problem
+    saying how to filter such rows out."""
+    primary_url, archive_url = databases.pair("bc")
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE eras (id integer PRIMARY KEY, seen_at timestamptz NOT NULL,"
+            " began timestamptz)")
+        connection.exec_driver_sql(
+            "INSERT INTO eras SELECT g, now() - g * interval '100 days',"
+            " CASE WHEN g = 3 THEN '0044-03-15 12:00 BC' ELSE now() END"
+            " FROM generate_series(1, 6) g")
+    settings_path = settings_file(tmp_path, primary_url, archive_url, "postgres", policies="""
+[policy.eras]
+table = "eras"
+age_column = "seen_at"
+older_than = "365d"
+""")
+    ok(run_cli("--settings", str(settings_path), "migrate"))
+    service = build_service(load_settings(str(settings_path)))
+    try:
+        client = service.app.test_client()
+        for source in ("primary", "all"):
+            refused = client.get(f"/api/v1/tables/eras?source={source}")
+            assert refused.status_code == 422, refused.get_data(as_text=True)
+            assert refused.get_json()["code"] == "unrepresentable_value"
+            assert "[gte]=0001-01-01" in refused.get_json()["detail"]
+            rows = walk(client, "eras", f"source={source}&began[gte]=0001-01-01")
+            assert sorted(row["id"] for row in rows) == [1, 2, 4, 5, 6]
+        # Before the first byte, not a download broken after its 200 (COPY formats it).
+        download = client.get("/api/v1/tables/eras.csv?source=all")
+        assert download.status_code == 422, download.get_data(as_text=True)[:300]
+        assert client.get("/api/v1/tables/eras.csv?source=primary").status_code == 200
+    finally:
+        service.engines.dispose()
