@@ -57,6 +57,10 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n", "\0")
 #: After the year, which is written with four digits apart (``%Y`` writes year 999 as 999).
 TIMESTAMP_FORMAT = "-%m-%dT%H:%M:%S.%fZ"
 _PG_TIMESTAMP = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
+#: What the csv-module path writes for PostgreSQL's ``infinity`` and ``-infinity``, which
+#: psycopg2 reads as Python's latest and earliest values, by API type.
+_INFINITIES = {"datetime": ("9999-12-31T23:59:59.999999Z", "0001-01-01T00:00:00.000000Z"),
+               "date": ("9999-12-31", "0001-01-01")}
 
 
 class ExportLimiter:
@@ -242,8 +246,8 @@ def copy_statement(databases: ReportDatabases, request: ReportRequest,
     cells: list[sa.ColumnElement[Any]] = []
     for column_name in _columns(request):
         column: sa.ColumnElement[Any] = inner.c[column_name]
-        if types[column_name] == "datetime":
-            column = sa.func.to_char(sa.func.timezone("UTC", column), _PG_TIMESTAMP)
+        if types[column_name] in _INFINITIES:
+            column = _without_infinities(column, types[column_name])
         elif types[column_name] == "boolean":  # as the csv module writes one, not t and f
             column = sa.case((column.is_(True), "True"), (column.is_(False), "False"))
         elif types[column_name] == "string" and escape:
@@ -253,6 +257,16 @@ def copy_statement(databases: ReportDatabases, request: ReportRequest,
     statement = sa.select(*cells).order_by(
         *order_terms(request, [inner.c[c] for c in request.order]))
     return statement, query.values(request.filters)
+
+
+def _without_infinities(column: sa.ColumnElement[Any], kind: str) -> sa.ColumnElement[Any]:
+    """A timestamp (``to_char``, in UTC) or date cell for COPY, its infinities written as
+    the csv-module path writes them (``to_char`` alone wrote an empty cell, as for NULL)."""
+    latest, earliest = _INFINITIES[kind]
+    formatted = (sa.func.to_char(sa.func.timezone("UTC", column), _PG_TIMESTAMP)
+                 if kind == "datetime" else sa.cast(column, sa.Text))
+    return sa.case((column == sa.literal_column("'infinity'"), latest),
+                   (column == sa.literal_column("'-infinity'"), earliest), else_=formatted)
 
 
 class _Sink:

@@ -398,18 +398,22 @@ def test_a_download_has_the_same_cells_from_every_source(
         databases: DatabaseFactory, tmp_path: Path) -> None:
     """One database's download (COPY, where PostgreSQL writes the cells) and a merged one
     (the csv module) agree on booleans, floats and timestamps before the year 1000: they
-    wrote t, 18 and NaN against True, 18.0 and nan, and 0999 against 999."""
+    wrote t, 18 and NaN against True, 18.0 and nan, 0999 against 999, and an empty cell
+    and infinity against 9999-12-31T23:59:59.999999Z and 9999-12-31."""
     primary_url, archive_url = databases.pair("cells")
     with engine_for(primary_url) as primary, primary.begin() as connection:
         connection.exec_driver_sql(
             "CREATE TABLE gauges (id integer PRIMARY KEY, seen_at timestamptz NOT NULL,"
-            " ok boolean, level float8, ratio real, since timestamptz)")
+            " ok boolean, level float8, ratio real, since timestamptz, until timestamptz,"
+            " ends date)")
         levels = [18.0, float("nan"), float("inf"), 1e15, 0.1, -2.5e-7, None]
         connection.execute(sa.text(
-            "INSERT INTO gauges VALUES (:id, :seen_at, :ok, :level, :level, :since)"),
+            "INSERT INTO gauges VALUES (:id, :seen_at, :ok, :level, :level, :since,"
+            " CAST(:until AS timestamptz), CAST(:until AS date))"),
             [{"id": i, "seen_at": NOW - timedelta(days=10 + 400 * (i % 2)),
               "ok": (True, False, None)[i % 3], "level": levels[i % len(levels)],
-              "since": datetime(999 + i * 100, 1, 2, 3, 4, 5, 6, tzinfo=UTC)}
+              "since": datetime(999 + i * 100, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+              "until": ("infinity", "-infinity", None, "2026-02-03 04:05:06+00")[i % 4]}
              for i in range(14)])
     settings_path = settings_file(tmp_path, primary_url, archive_url, "postgres", policies="""
 [policy.gauges]
@@ -429,7 +433,7 @@ older_than = "365d"
             text = response.get_data(as_text=True)
             return {row["id"]: row for row in csv.DictReader(io.StringIO(text))}
 
-        for columns in ("id,ok,since", "id,ok,level,ratio,since"):  # by COPY, then not
+        for columns in ("id,ok,since,until,ends", "id,ok,level,ratio,since"):  # COPY, then not
             merged = cells("all", columns)
             assert len(merged) == 14
             assert cells("primary", columns) | cells("archive", columns) == merged, columns
@@ -437,6 +441,12 @@ older_than = "365d"
         assert merged["2"]["ok"] == ""
         assert merged["0"]["since"] == "0999-01-02T03:04:05.000006Z"
         assert merged["0"]["level"] == "18.0" and merged["1"]["level"] == "nan"
+        merged = cells("all", "id,until,ends")  # infinities as psycopg2 reads them
+        assert merged["0"] == {"id": "0", "until": "9999-12-31T23:59:59.999999Z",
+                               "ends": "9999-12-31"}
+        assert merged["1"] == {"id": "1", "until": "0001-01-01T00:00:00.000000Z",
+                               "ends": "0001-01-01"}
+        assert merged["2"] == {"id": "2", "until": "", "ends": ""}
     finally:
         service.engines.dispose()
 
