@@ -47,14 +47,16 @@ class AgeColumn:
         if self.format == "iso_text":
             text = cutoff.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%d %H:%M:%S")
             return _IsoInstant(column) < _IsoInstant(sa.literal(text))
+        bound: date
         if python_type_of(column.type) is date:
             # A day counts as aged once all of it is before the cutoff, in the zone it was
             # written in: the cutoff's own day waits for the next run.
-            return sa.and_(HeldAsText(column), column < cutoff.astimezone(self.zone).date())
-        if getattr(column.type, "timezone", False):
-            return sa.and_(HeldAsText(column), column < cutoff)
-        return sa.and_(HeldAsText(column),
-                       column < cutoff.astimezone(self.zone).replace(tzinfo=None))
+            bound = cutoff.astimezone(self.zone).date()
+        elif getattr(column.type, "timezone", False):
+            bound = cutoff
+        else:
+            bound = cutoff.astimezone(self.zone).replace(tzinfo=None)
+        return sa.and_(HeldAsText(column), column < bound)
 
 
 def resolve_age_column(column: sa.Column[Any], age_format: AgeFormat, zone: str,

@@ -28,39 +28,39 @@ def check_conditions(primary: sa.Engine, policies: Sequence[ArchivePolicy]) -> N
     :raises SettingsError: naming ``policy.<name>.age_format`` or ``.where`` with the
         database's message, or ``policy.<name>.age_column`` with a number it holds.
     """
-    if primary.dialect.name == "sqlite":
-        _check_stored_ages(primary, policies)
-    for policy in policies:
-        _plan(primary, policy, policy.age.before(datetime.now(UTC)), "age_format",
-              f"age_format = {policy.age.format!r} cannot be compared with "
-              f"{policy.root.fullname}.{policy.age.column.name} ({policy.age.column.type})")
-        if policy.where:
-            _plan(primary, policy, policy.condition, "where",
-                  f"{policy.where!r} is not a condition PRIMARY accepts on table "
-                  f"{policy.root.fullname!r}")
+    with primary.connect() as connection:
+        if primary.dialect.name == "sqlite":
+            _check_stored_ages(connection, policies)
+        for policy in policies:
+            _plan(connection, policy, policy.age.before(datetime.now(UTC)), "age_format",
+                  f"age_format = {policy.age.format!r} cannot be compared with "
+                  f"{policy.root.fullname}.{policy.age.column.name} ({policy.age.column.type})")
+            if policy.where:
+                _plan(connection, policy, policy.condition, "where",
+                      f"{policy.where!r} is not a condition PRIMARY accepts on table "
+                      f"{policy.root.fullname!r}")
 
 
-def _plan(primary: sa.Engine, policy: ArchivePolicy, condition: sa.ColumnElement[bool],
-          key: str, refusal: str) -> None:
+def _plan(connection: sa.Connection, policy: ArchivePolicy,
+          condition: sa.ColumnElement[bool], key: str, refusal: str) -> None:
     """Have PRIMARY plan ``condition`` on the policy's root table (``LIMIT 0``: nothing is
     read), in a transaction rolled back.
 
     :raises SettingsError: naming ``policy.<name>.<key>``, ``refusal`` and the message.
     """
     probe = sa.select(sa.literal(1)).select_from(policy.root).where(condition)
-    with primary.connect() as connection:
-        try:
-            connection.execute(probe.limit(0)).all()
-        except sa.exc.DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise  # the database went away: not the condition's fault
-            raise SettingsError(f"policy.{policy.name}.{key}",
-                                f"{refusal}: {first_line(exc)}") from exc
-        finally:
-            connection.rollback()
+    try:
+        connection.execute(probe.limit(0)).all()
+    except sa.exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise  # the database went away: not the condition's fault
+        raise SettingsError(f"policy.{policy.name}.{key}",
+                            f"{refusal}: {first_line(exc)}") from exc
+    finally:
+        connection.rollback()
 
 
-def _check_stored_ages(primary: sa.Engine, policies: Sequence[ArchivePolicy]) -> None:
+def _check_stored_ages(connection: sa.Connection, policies: Sequence[ArchivePolicy]) -> None:
     """A number in a SQLite column declared a timestamp or a date is an age the archiver
     cannot read (seconds? milliseconds? a Julian day?): such rows never count as aged
     (:class:`archive.ages.HeldAsText`), and the policy stops here instead of leaving them
@@ -73,8 +73,8 @@ def _check_stored_ages(primary: sa.Engine, policies: Sequence[ArchivePolicy]) ->
         # Read as it is stored (the column's own type would parse it as a timestamp).
         probe = sa.select(sa.type_coerce(column, sa.String)).where(
             column < sa.literal_column("''")).limit(1)
-        with primary.connect() as connection:
-            number = connection.execute(probe).scalar()
+        number = connection.execute(probe).scalar()
+        connection.rollback()
         if number is not None:
             raise SettingsError(
                 f"policy.{policy.name}.age_column",

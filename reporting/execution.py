@@ -140,12 +140,13 @@ def merge_key(request: ReportRequest) -> Callable[[Mapping[str, Any]], tuple[Any
     sort column's NULLs after every value (before, descending)."""
     order = request.order
     sort, key = order[0], order[1:]
-    if request.report.column(request.sort).type in ("datetime", "date"):
+    column = request.report.column(request.sort)
+    if column.type in ("datetime", "date"):
         # A SQLite column declared a timestamp may also hold numbers (an application's
         # Unix times), which SQLite orders before text and Python cannot compare with one.
         return lambda row: (row[sort] is None, isinstance(row[sort], date), row[sort],
                             *(row[c] for c in key))
-    if request.sort in request.key or not request.report.column(request.sort).nullable:
+    if request.sort in request.key or not column.nullable:
         return lambda row: tuple(row[c] for c in order)
     return lambda row: (row[sort] is None, row[sort], *(row[c] for c in key))
 

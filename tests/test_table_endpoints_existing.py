@@ -14,6 +14,7 @@ import io
 import uuid
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -79,6 +80,22 @@ def served(app_db: AppDatabase) -> Iterator[tuple[AppDatabase, Flask]]:
 
 
 POLICY_OF = {"postgres": "calls", "sqlite": "sessions"}
+
+
+@contextmanager
+def policy_served(folder: Path, primary_url: str, archive_url: str, backend: str,
+                  policies: str, *, archive: bool = True) -> Iterator[FlaskClient]:
+    """A test client of the service over PRIMARY's own tables and ``policies``, through the
+    real CLI: ARCHIVE migrated and, with ``archive``, every policy run once at ``NOW``."""
+    settings = settings_file(folder, primary_url, archive_url, backend, policies=policies)
+    ok(run_cli("--settings", str(settings), "migrate"))
+    if archive:
+        ok(run_cli("--settings", str(settings), "archive", "run", "--now", NOW.isoformat()))
+    service = build_service(load_settings(str(settings)))
+    try:
+        yield service.app.test_client()
+    finally:
+        service.engines.dispose()
 
 
 def walk(client: FlaskClient, table: str, query: str = "", limit: int = 50) -> list[dict[str, Any]]:
@@ -332,17 +349,12 @@ def test_a_merged_sort_on_text_follows_code_points_whatever_the_collation(
             "INSERT INTO people VALUES (:id, :name, :seen_at)"),
             [{"id": i, "name": f"{name}{i}", "seen_at": NOW - timedelta(days=10 + 400 * (i % 2))}
              for i, name in enumerate(names * 3)])
-    settings_path = settings_file(tmp_path, primary_url, archive_url, "postgres", policies="""
+    with policy_served(tmp_path, primary_url, archive_url, "postgres", """
 [policy.people]
 table = "people"
 age_column = "seen_at"
 older_than = "365d"
-""")
-    ok(run_cli("--settings", str(settings_path), "migrate"))
-    ok(run_cli("--settings", str(settings_path), "archive", "run", "--now", NOW.isoformat()))
-    service = build_service(load_settings(str(settings_path)))
-    try:
-        client = service.app.test_client()
+""") as client:
         for sort in ("name", "-name"):
             got = [row["name"] for row in walk(client, "people", f"sort={sort}", limit=4)]
             want = sorted((f"{name}{i}" for i, name in enumerate(names * 3)),
@@ -350,8 +362,6 @@ older_than = "365d"
             assert got == want, sort
         archived = walk(client, "people", "source=archive", limit=100)
         assert 0 < len(archived) < len(names * 3)  # both databases hold some
-    finally:
-        service.engines.dispose()
 
 
 @pytest.mark.postgres
@@ -368,17 +378,12 @@ def test_bit_strings_are_filtered_and_downloaded_as_text(
                                    " CAST(:mask AS bit(4)), CAST(:trail AS bit varying))"),
                            [{"id": i, "seen_at": NOW - timedelta(days=10 + 400 * (i % 2)),
                              "mask": f"{i:04b}", "trail": "1" * (i % 3)} for i in range(16)])
-    settings_path = settings_file(tmp_path, primary_url, archive_url, "postgres", policies="""
+    with policy_served(tmp_path, primary_url, archive_url, "postgres", """
 [policy.flags]
 table = "flags"
 age_column = "seen_at"
 older_than = "365d"
-""")
-    ok(run_cli("--settings", str(settings_path), "migrate"))
-    ok(run_cli("--settings", str(settings_path), "archive", "run", "--now", NOW.isoformat()))
-    service = build_service(load_settings(str(settings_path)))
-    try:
-        client = service.app.test_client()
+""") as client:
         for source in ("primary", "archive", "all"):
             ones = walk(client, "flags", f"source={source}&mask[like]=1%25&trail=11")
             assert ones and all(row["mask"].startswith("1") and row["trail"] == "11"
@@ -389,8 +394,6 @@ older_than = "365d"
             assert rows and all(row["mask"] == f"{int(row['id']):04b}" for row in rows), source
         all_rows = walk(client, "flags", "source=all")
         assert [row["id"] for row in all_rows] == list(range(16))
-    finally:
-        service.engines.dispose()
 
 
 @pytest.mark.postgres
@@ -415,17 +418,12 @@ def test_a_download_has_the_same_cells_from_every_source(
               "since": datetime(999 + i * 100, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
               "until": ("infinity", "-infinity", None, "2026-02-03 04:05:06+00")[i % 4]}
              for i in range(14)])
-    settings_path = settings_file(tmp_path, primary_url, archive_url, "postgres", policies="""
+    with policy_served(tmp_path, primary_url, archive_url, "postgres", """
 [policy.gauges]
 table = "gauges"
 age_column = "seen_at"
 older_than = "365d"
-""")
-    ok(run_cli("--settings", str(settings_path), "migrate"))
-    ok(run_cli("--settings", str(settings_path), "archive", "run", "--now", NOW.isoformat()))
-    service = build_service(load_settings(str(settings_path)))
-    try:
-        client = service.app.test_client()
+""") as client:
 
         def cells(source: str, columns: str) -> dict[str, dict[str, str]]:
             response = client.get(f"/api/v1/tables/gauges.csv?source={source}&columns={columns}")
@@ -447,8 +445,6 @@ older_than = "365d"
         assert merged["1"] == {"id": "1", "until": "0001-01-01T00:00:00.000000Z",
                                "ends": "0001-01-01"}
         assert merged["2"] == {"id": "2", "until": "", "ends": ""}
-    finally:
-        service.engines.dispose()
 
 
 @pytest.mark.sqlite
@@ -468,18 +464,13 @@ def test_unix_times_in_a_sqlite_datetime_column_are_served_as_stored(
             *({"id": i, "at": seconds - 86400 * 100 * i, "what": f"n{i}"} for i in range(1, 9)),
             *({"id": 100 + i, "at": f"2026-0{i}-02 03:04:05.000006", "what": f"t{i}"}
               for i in range(1, 5))])
-    settings_path = settings_file(tmp_path, primary_url, archive_url, "sqlite", policies="""
+    with policy_served(tmp_path, primary_url, archive_url, "sqlite", """
 [policy.hits]
 table = "hits"
 age_column = "at"
 age_format = "epoch_seconds"
 older_than = "365d"
-""")
-    ok(run_cli("--settings", str(settings_path), "migrate"))
-    ok(run_cli("--settings", str(settings_path), "archive", "run", "--now", NOW.isoformat()))
-    service = build_service(load_settings(str(settings_path)))
-    try:
-        client = service.app.test_client()
+""") as client:
         archived = walk(client, "hits", "source=archive")
         assert {row["id"] for row in archived} == {4, 5, 6, 7, 8}  # over 365 days old
         rows = walk(client, "hits", "source=all")
@@ -496,8 +487,6 @@ older_than = "365d"
         assert page.status_code == 200, page.get_json()
         assert [row["id"] for row in page.get_json()["rows"]] == [
             104, 103, 102, 101, 1, 2, 3, 4, 5, 6, 7, 8]
-    finally:
-        service.engines.dispose()
 
 
 @pytest.mark.sqlite
@@ -517,17 +506,12 @@ def test_pages_sorted_on_sqlite_timestamps_in_their_own_text_form_resume_exactly
         connection.exec_driver_sql("CREATE INDEX notes_created ON notes (created_at)")
         connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at, :body)"),
                            [{"id": i, "at": stamps[i % 4], "body": f"b{i}"} for i in range(16)])
-    settings_path = settings_file(tmp_path, primary_url, archive_url, "sqlite", policies="""
+    with policy_served(tmp_path, primary_url, archive_url, "sqlite", """
 [policy.notes]
 table = "notes"
 age_column = "created_at"
 older_than = "365d"
-""")
-    ok(run_cli("--settings", str(settings_path), "migrate"))
-    ok(run_cli("--settings", str(settings_path), "archive", "run", "--now", NOW.isoformat()))
-    service = build_service(load_settings(str(settings_path)))
-    try:
-        client = service.app.test_client()
+""") as client:
         everyone = {"all": set(range(16)), "archive": {i for i in range(16) if i % 4 < 2},
                     "primary": {i for i in range(16) if i % 4 >= 2}}
         for source, ids in everyone.items():
@@ -537,8 +521,6 @@ older_than = "365d"
                 stamps_seen = [row["created_at"] for row in rows]
                 assert stamps_seen == sorted(stamps_seen, reverse=sort.startswith("-"))
         assert rows[0]["created_at"] == stamps[3].replace(" ", "T")  # served as a timestamp
-    finally:
-        service.engines.dispose()
 
 
 @pytest.mark.postgres
@@ -556,16 +538,12 @@ def test_a_date_python_cannot_hold_is_a_problem_naming_the_way_around(
             "INSERT INTO eras SELECT g, now() - g * interval '100 days',"
             " CASE WHEN g = 3 THEN '0044-03-15 12:00 BC' ELSE now() END"
             " FROM generate_series(1, 6) g")
-    settings_path = settings_file(tmp_path, primary_url, archive_url, "postgres", policies="""
+    with policy_served(tmp_path, primary_url, archive_url, "postgres", """
 [policy.eras]
 table = "eras"
 age_column = "seen_at"
 older_than = "365d"
-""")
-    ok(run_cli("--settings", str(settings_path), "migrate"))
-    service = build_service(load_settings(str(settings_path)))
-    try:
-        client = service.app.test_client()
+""", archive=False) as client:
         for source in ("primary", "all"):
             refused = client.get(f"/api/v1/tables/eras?source={source}")
             assert refused.status_code == 422, refused.get_data(as_text=True)
@@ -577,5 +555,3 @@ older_than = "365d"
         download = client.get("/api/v1/tables/eras.csv?source=all")
         assert download.status_code == 422, download.get_data(as_text=True)[:300]
         assert client.get("/api/v1/tables/eras.csv?source=primary").status_code == 200
-    finally:
-        service.engines.dispose()
