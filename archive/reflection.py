@@ -156,8 +156,7 @@ def _name_unknown_types(connection: sa.Connection, metadata: sa.MetaData) -> Non
             named = {name: spec for name, spec in connection.execute(
                 _TYPES, {"table": preparer.format_table(table)})}
         else:
-            named = {row[1]: row[2] for row in connection.exec_driver_sql(
-                f"PRAGMA table_info({preparer.quote(table.name)})")}
+            named = {row[1]: row[2] for row in _sqlite_columns(connection, table)}
         for column in unknown:
             column.type = CatalogType(named.get(column.name, ""))
 
@@ -177,8 +176,17 @@ def column_names(connection: sa.Connection, table: sa.Table) -> set[str]:
     if connection.dialect.name == "postgresql":
         name = connection.dialect.identifier_preparer.format_table(table)
         return set(connection.execute(_COLUMNS, {"table": name}).scalars())
+    return {row[1] for row in _sqlite_columns(connection, table)}
+
+
+def _sqlite_columns(connection: sa.Connection, table: sa.Table) -> list[tuple[Any, ...]]:
+    """A SQLite table's columns as ``PRAGMA table_xinfo`` rows (cid, name, type, ...,
+    hidden), generated columns included: ``table_info`` leaves them out, where reflection
+    has them. Hidden columns of virtual tables (``hidden = 1``) are left out, as reflection
+    leaves them out."""
     quoted = connection.dialect.identifier_preparer.quote(table.name)
-    return {row[1] for row in connection.exec_driver_sql(f"PRAGMA table_info({quoted})")}
+    rows = connection.exec_driver_sql(f"PRAGMA table_xinfo({quoted})")
+    return [tuple(row) for row in rows if row[6] != 1]
 
 
 _COLUMNS = sa.text("SELECT attname FROM pg_attribute WHERE attrelid = CAST(:table AS regclass) "

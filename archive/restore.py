@@ -209,7 +209,11 @@ def _restore_batch(engines: Engines, lock: RunnerLock, policy: ArchivePolicy,
                    levels: Sequence[Level], selection: sa.ColumnElement[bool], run_id: int,
                    after: Key | None, limit: int, *, now: datetime,
                    timeouts: Timeouts) -> BatchResult | None:
-    batch = _read_batch(engines.archive, policy, levels, selection, after, limit)
+    # Two SQLite files: values travel as SQLite stores them, as archiving copied them (an
+    # application's own timestamp text, JSON spacing, Unix times in a DATETIME column), not
+    # parsed and written back in SQLAlchemy's forms.
+    as_stored = engines.primary.dialect.name == engines.archive.dialect.name == "sqlite"
+    batch = _read_batch(engines.archive, policy, levels, selection, after, limit, as_stored)
     if batch is None:
         return None
     with engines.archive.begin() as connection:  # 1. the marks, before PRIMARY sees a row
@@ -222,7 +226,7 @@ def _restore_batch(engines: Engines, lock: RunnerLock, policy: ArchivePolicy,
     with lock.batch_connection() as primary, primary.begin():  # 2. insert, compare, commit
         apply_timeouts(primary, timeouts)
         for table in policy.tables:
-            _insert(primary, table, batch.rows[table.fullname])
+            _insert(primary, table, batch.rows[table.fullname], as_stored)
     with engines.archive.begin() as connection:  # 3. delete from ARCHIVE, count
         deleted: dict[str, int] = {}
         for level in reversed(levels):
@@ -243,7 +247,7 @@ def _restore_batch(engines: Engines, lock: RunnerLock, policy: ArchivePolicy,
 
 def _read_batch(archive: sa.Engine, policy: ArchivePolicy, levels: Sequence[Level],
                 selection: sa.ColumnElement[bool], after: Key | None,
-                limit: int) -> _Batch | None:
+                limit: int, as_stored: bool) -> _Batch | None:
     root = levels[0].table
     key = key_columns(root)
     with archive.connect() as connection, connection.begin():
@@ -259,19 +263,23 @@ def _read_batch(archive: sa.Engine, policy: ArchivePolicy, levels: Sequence[Leve
         owners: dict[tuple[int, str], int] = {}
         for table, level in zip(policy.tables, levels, strict=True):
             twin = level.table
-            columns = [twin.c[column.name] for column in table.columns]
-            at = [columns.index(twin.c[column.name]) for column in key_columns(table)]
-            found = connection.execute(sa.select(*columns, twin.c[ARCHIVE_RUN_ID]).where(
+            values = [_value(twin.c[column.name], as_stored) for column in table.columns]
+            keys = [twin.c[column.name] for column in key_columns(table)]
+            found = connection.execute(sa.select(*values, *keys, twin.c[ARCHIVE_RUN_ID]).where(
                 conditions[twin.fullname])).all()
-            rows[table.fullname] = {tuple(row[i] for i in at): tuple(row[:-1]) for row in found}
+            width = len(values)
+            rows[table.fullname] = {tuple(row[width:-1]): tuple(row[:width]) for row in found}
             for archived_by, count in Counter(row[-1] for row in found).items():
                 owners[(int(archived_by), table.fullname)] = count
     return _Batch(roots, rows, owners)
 
 
 def _insert(primary: sa.Connection, table: sa.Table,
-            rows: dict[Key, tuple[Any, ...]]) -> None:
+            rows: dict[Key, tuple[Any, ...]], as_stored: bool) -> None:
     """Insert the archived rows into PRIMARY's ``table``, then read them back and compare.
+
+    :param as_stored: the rows' values are as the database stores them (:func:`_value`),
+        and are written and read back so.
 
     :raises RestoreConflict: when PRIMARY holds a different row under one of the keys.
     :raises ArchiveError: when what PRIMARY holds afterwards differs from the archive.
@@ -280,7 +288,7 @@ def _insert(primary: sa.Connection, table: sa.Table,
         return
     names = [column.name for column in table.columns]
     keys = list(rows)
-    present = _read(primary, table, keys)
+    present = _read(primary, table, keys, as_stored)
     for found_key, row in present.items():
         if _comparable(row) != _comparable(rows[found_key]):
             raise RestoreConflict(
@@ -290,8 +298,16 @@ def _insert(primary: sa.Connection, table: sa.Table,
     writable = [name for name in names if table.c[name].computed is None]
     new = [dict(zip(names, rows[each], strict=True)) for each in keys if each not in present]
     if new:
-        primary.execute(table.insert(), [{name: row[name] for name in writable} for row in new])
-    back = _read(primary, table, keys)
+        insert = table.insert()
+        if as_stored:  # bound unconverted (a bindparam may not take a column's own name)
+            insert = insert.values({name: sa.bindparam(f"stored_{at}", type_=_AsStored())
+                                    for at, name in enumerate(writable)})
+            writable_as = [f"stored_{at}" for at in range(len(writable))]
+        else:
+            writable_as = writable
+        primary.execute(insert, [{bound: row[name] for bound, name in zip(
+            writable_as, writable, strict=True)} for row in new])
+    back = _read(primary, table, keys, as_stored)
     if Counter(map(_comparable, back.values())) != Counter(map(_comparable, rows.values())):
         differing = sorted((k for k in keys if k not in back or
                             _comparable(back[k]) != _comparable(rows[k])), key=str)[:5]
@@ -299,15 +315,32 @@ def _insert(primary: sa.Connection, table: sa.Table,
                            f"from the archive (keys {differing}); PRIMARY rolled back")
 
 
-def _read(connection: sa.Connection, table: sa.Table,
-          keys: Sequence[Key]) -> dict[Key, tuple[Any, ...]]:
+def _read(connection: sa.Connection, table: sa.Table, keys: Sequence[Key],
+          as_stored: bool) -> dict[Key, tuple[Any, ...]]:
     key = key_columns(table)
-    at = [list(table.columns).index(column) for column in key]
+    values = [_value(column, as_stored) for column in table.columns]
+    width = len(values)
     found: dict[Key, tuple[Any, ...]] = {}
     for condition in key_filters(key, keys, connection.dialect):
-        for row in connection.execute(sa.select(*table.columns).where(condition)):
-            found[tuple(row[i] for i in at)] = tuple(row)
+        for row in connection.execute(sa.select(*values, *key).where(condition)):
+            found[tuple(row[width:])] = tuple(row[:width])
     return found
+
+
+def _value(column: sa.Column[Any], as_stored: bool) -> sa.ColumnElement[Any]:
+    """``column`` as read for a restore: as the database stores it (no result processing)
+    when ``as_stored``, else as its type reads it. Keys are always read as their type, for
+    the key filters to bind."""
+    return sa.type_coerce(column, _AsStored()) if as_stored else column
+
+
+class _AsStored(sa.types.TypeDecorator[Any]):
+    """A value as the database stores it: no bind or result processing. (A bare
+    ``NullType`` would do for reading, but an INSERT's values take their column's type in
+    its place.)"""
+
+    impl = sa.types.NullType
+    cache_ok = True
 
 
 def _comparable(row: Sequence[Any]) -> tuple[Any, ...]:
