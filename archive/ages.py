@@ -92,7 +92,8 @@ class HeldAsText(sa.sql.expression.FunctionElement[bool]):
     application's Unix epochs or Julian days, and a number sorts before every text, so
     before any cutoff: every such row would count as aged. It never does (see
     :func:`archive.preflight.check_conditions`, which names the setting that reads it).
-    On PostgreSQL the column's type guarantees it.
+    Nor does text that cannot start with a year (an application's ``''`` for "unknown"
+    sorts before every date too). On PostgreSQL the column's type guarantees it.
     """
 
     type = sa.Boolean()
@@ -102,7 +103,9 @@ class HeldAsText(sa.sql.expression.FunctionElement[bool]):
 
 @compiles(HeldAsText, "sqlite")
 def _held_as_text_sqlite(element: HeldAsText, compiler: Any, **kw: Any) -> str:
-    return f"({compiler.process(element.clauses, **kw)} >= '')"  # the index's text range
+    # The index's range of text from the least date on. Not '0': a column declared DATETIME
+    # has NUMERIC affinity, which would make that the number 0, after every Unix time.
+    return f"({compiler.process(element.clauses, **kw)} >= '0000-00-00')"
 
 
 @compiles(HeldAsText)

@@ -36,6 +36,7 @@ from reporting.reports.base import AggregateReport, RowReport
 from reporting.request import ReportRequest
 from reporting.statements import SourceQuery, source_query
 from sediment.core.databases import ARCHIVE, Database
+from sediment.core.instants import StoredInstant
 
 STREAM_CHUNK = 1000
 
@@ -132,23 +133,47 @@ def iter_rows(databases: ReportDatabases, request: ReportRequest,
         yield from streams[0]
         return
     with closing(streams[0]), closing(streams[1]):
-        yield from heapq.merge(*streams, key=merge_key(request), reverse=request.descending)
+        in_sqlite = all(databases.engines[name].dialect.name == "sqlite"
+                        for name in databases_of(request))
+        yield from heapq.merge(*streams, key=merge_key(request, sqlite_order=in_sqlite),
+                               reverse=request.descending)
 
 
-def merge_key(request: ReportRequest) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+def merge_key(request: ReportRequest, *, sqlite_order: bool = False
+              ) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
     """The order of a merged page in Python, as both databases' SQL orders it: a nullable
-    sort column's NULLs after every value (before, descending)."""
+    sort column's NULLs after every value (before, descending).
+
+    :param sqlite_order: both databases are SQLite, which orders an application's
+        timestamps by the text it stores (:class:`StoredInstant`), whatever its spelling.
+    """
     order = request.order
     sort, key = order[0], order[1:]
     column = request.report.column(request.sort)
     if column.type in ("datetime", "date"):
         # A SQLite column declared a timestamp may also hold numbers (an application's
-        # Unix times), which SQLite orders before text and Python cannot compare with one.
-        return lambda row: (row[sort] is None, isinstance(row[sort], date), row[sort],
-                            *(row[c] for c in key))
+        # Unix times), which SQLite orders before text, and text of no date, served as it
+        # is: Python compares neither with a datetime.
+        rank = _in_sqlite_order if sqlite_order else _in_instant_order
+        return lambda row: (row[sort] is None, *rank(row[sort]), *(row[c] for c in key))
     if request.sort in request.key or not column.nullable:
         return lambda row: tuple(row[c] for c in order)
     return lambda row: (row[sort] is None, row[sort], *(row[c] for c in key))
+
+
+def _in_sqlite_order(value: Any) -> tuple[int, Any]:
+    """A timestamp or date column's value as SQLite orders it: numbers, then text (an
+    application's instant by its stored text; a column of Sediment's own instants, stored
+    in one form, holds no text to compare them with)."""
+    if isinstance(value, StoredInstant):
+        return 1, value.stored
+    return (1 if isinstance(value, str | date) else 0), value
+
+
+def _in_instant_order(value: Any) -> tuple[int, Any]:
+    """A timestamp or date column's value in instant order: numbers first (as SQLite orders
+    them), then dates and instants, then text that is neither."""
+    return (1 if isinstance(value, date) else 2 if isinstance(value, str) else 0), value
 
 
 def _source_stream(databases: ReportDatabases, request: ReportRequest, report: RowReport,

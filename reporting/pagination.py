@@ -23,7 +23,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from reporting.report_error import ReportError
 from reporting.request import ReportRequest
-from sediment.core.instants import StoredInstant, parse_instant
+from sediment.core.instants import StoredInstant, parse_instant, read_stored_instant
 
 _PURPOSE = b"sediment.report-cursor.v2"
 _TAG_BYTES = 16
@@ -159,7 +159,10 @@ def _typed(value: Any, type_name: str) -> Any:
         stored = value.get("stored")
         if set(value) != {"stored"} or not isinstance(stored, str):
             raise ValueError(value)
-        return StoredInstant.of(parse_instant(stored), stored)
+        parsed = read_stored_instant(stored)
+        if parsed is None:
+            raise ValueError(value)
+        return StoredInstant.of(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC), stored)
     if isinstance(value, str) and type_name in _FROM_TEXT:
         return _FROM_TEXT[type_name](value)
     accepted = _CURSOR_TYPES.get(type_name, (str,))

@@ -20,6 +20,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from reporting.stored_times import install_instant_function
+
 
 def create_readonly_engine(url: str, *, statement_timeout_ms: int, pool_size: int) -> sa.Engine:
     """An engine whose connections cannot write."""
@@ -59,6 +61,7 @@ def _limit_statement_time(engine: sa.Engine, seconds: float) -> None:
     def install(dbapi_connection: Any, record: Any) -> None:
         # ``like`` matches case as on PostgreSQL (``ilike`` is there for the other kind).
         dbapi_connection.execute("PRAGMA case_sensitive_like = ON")
+        install_instant_function(dbapi_connection)  # filters on an application's timestamps
         deadline = record.info.setdefault("statement_deadline", [None])
         dbapi_connection.set_progress_handler(
             lambda: int(deadline[0] is not None and time.monotonic() > deadline[0]), 10_000)

@@ -68,8 +68,9 @@ def sqlite_statement(inner: sa.Subquery, columns: Sequence[str],
         base = (declared.impl_instance if isinstance(declared, sa.types.TypeDecorator)
                 else declared)
         if isinstance(base, sa.DateTime):
-            parse: Callable[[Any], Any] | None = base.dialect_impl(dialect).result_processor(
-                dialect, None)
+            # The column's own reading (an application's timestamp is read leniently)
+            parse: Callable[[Any], Any] | None = declared.dialect_impl(
+                dialect).result_processor(dialect, None)
             timestamps.append(parse or _unchanged)
         elif declared.dialect_impl(dialect).result_processor(dialect, None) is not None:
             return None
@@ -160,9 +161,16 @@ def stream_sqlite_csv(connection: sa.Connection, prepared: SqliteStatement,
 
 def _execute(cursor: Any, compiled: Any, values: Mapping[str, Any]) -> Any:
     """Run a compiled statement on the raw cursor, its values through SQLAlchemy's bind
-    processors (a timestamp filter becomes SQLAlchemy's stored form)."""
+    processors (a timestamp filter becomes the text it is compared with).
+
+    ``ExpandedState.processors`` holds only the expanded (``IN``) parameters' processors;
+    the others are the compiled statement's own, which SQLAlchemy's execution context
+    reads from the same private attribute. Without them a filter's datetime reached
+    ``sqlite3``'s default adapter, whose spelling (``...00+00:00``) is not the stored one:
+    ``eq`` matched nothing in a download its JSON pages showed rows for.
+    """
     expanded = compiled.construct_expanded_state(values)
-    processors = expanded.processors
+    processors = {**compiled._bind_processors, **expanded.processors}
     cursor.execute(expanded.statement, [
         processors[name](expanded.parameters[name]) if name in processors
         else expanded.parameters[name] for name in expanded.positiontup])

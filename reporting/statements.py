@@ -22,6 +22,7 @@ from reporting.pgfetch import DirectStatement, direct_statement
 from reporting.report_databases import ReportDatabases, exclude_shared, in_parameter
 from reporting.reports.base import DatabaseTables, Lookup, RowReport
 from reporting.request import COMPARISONS, FilterClause, ReportRequest
+from reporting.stored_times import StoredDateTime, instant_condition
 from sediment.core.databases import ARCHIVE, Database
 from sediment.core.schema.types import python_type_of
 
@@ -208,14 +209,19 @@ def filter_conditions(source: sa.Subquery, filters: Sequence[FilterClause], dial
     conditions: list[sa.ColumnElement[bool]] = []
     for index, clause in enumerate(filters):
         column, name = source.c[clause.column], _filter_name(index)
+        # An application's timestamp on SQLite is compared as instants, not as its text.
+        as_instant = isinstance(column.type, StoredDateTime)
         if clause.op == "in":
-            conditions.append(in_parameter(column, name, dialect, bound_type(column)))
+            conditions.append(instant_condition(column, "in", name) if as_instant
+                              else in_parameter(column, name, dialect, bound_type(column)))
         elif clause.op == "isnull":
             conditions.append(column.is_(None) == sa.bindparam(name, type_=sa.Boolean))
         elif clause.op in ("like", "ilike"):
             pattern = sa.bindparam(name, type_=sa.String)
             conditions.append(column.like(pattern) if clause.op == "like"
                               else column.ilike(pattern))
+        elif as_instant:
+            conditions.append(instant_condition(column, clause.op, name))
         else:
             value = sa.bindparam(name, type_=bound_type(column))
             conditions.append(COMPARISONS[clause.op](column, value))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -35,7 +35,7 @@ from reporting.reports.base import (
     RowReport,
     ValueType,
 )
-from sediment.core.instants import StoredInstant
+from reporting.stored_times import StoredDate, StoredDateTime
 from sediment.core.schema.types import python_type_of
 
 logger = logging.getLogger(__name__)
@@ -174,64 +174,13 @@ def _served(column: sa.ColumnElement[Any], served: TableColumn,
             served.type is None and dialect == "postgresql"):
         return sa.cast(column, sa.Text).label(served.name)
     if dialect == "sqlite" and isinstance(column.type, sa.DateTime | sa.Date):
-        stored = _StoredDateTime() if isinstance(column.type, sa.DateTime) else _StoredDate()
+        stored = StoredDateTime() if isinstance(column.type, sa.DateTime) else StoredDate()
         return sa.type_coerce(column, stored).label(served.name)
     if served.type is None:
         if isinstance(column.type, sa.LargeBinary):
             return sa.func.hex(column).label(served.name)
         return sa.cast(column, sa.Text).label(served.name)
     return column
-
-
-class _Stored(sa.types.TypeDecorator[Any]):
-    """A SQLite timestamp or date column of an application's table, read as SQLite stores
-    it: text parsed as the column declares, anything else (an application's Unix times,
-    which SQLite keeps in a column declared ``DATETIME``) served as it is, where parsing it
-    failed the request."""
-
-    impl: Any = sa.DateTime
-    cache_ok = True
-
-    def result_processor(self, dialect: sa.Dialect, coltype: object
-                         ) -> Callable[[Any], Any] | None:
-        parse = self.impl_instance.dialect_impl(dialect).result_processor(dialect, coltype)
-        if parse is None:
-            return None
-        return lambda value: parse(value) if isinstance(value, str) else value
-
-
-class _StoredDateTime(_Stored):
-    """Text read as a :class:`StoredInstant` (the text kept for keyset cursors), which a
-    cursor binds back as that very text."""
-
-    impl = sa.DateTime
-    cache_ok = True  # read from each class's own namespace
-
-    def result_processor(self, dialect: sa.Dialect, coltype: object
-                         ) -> Callable[[Any], Any] | None:
-        parse = self.impl_instance.dialect_impl(dialect).result_processor(dialect, coltype)
-        assert parse is not None  # SQLite's DATETIME is text: always parsed
-
-        def process(value: Any) -> Any:
-            if not isinstance(value, str):
-                return value
-            parsed = parse(value)
-            return StoredInstant.of(parsed, value) if parsed is not None else None
-        return process
-
-    def bind_processor(self, dialect: sa.Dialect) -> Callable[[Any], Any] | None:
-        format_ = self.impl_instance.dialect_impl(dialect).bind_processor(dialect)
-
-        def process(value: Any) -> Any:
-            if isinstance(value, StoredInstant):
-                return value.stored
-            return format_(value) if format_ is not None else value
-        return process
-
-
-class _StoredDate(_Stored):
-    impl = sa.Date
-    cache_ok = True
 
 
 def table_reports(exposed: Sequence[ExposedTable],

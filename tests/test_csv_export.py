@@ -364,3 +364,21 @@ def test_sqlite_downloads_of_unusual_stored_values_equal_the_general_path(
     fast, general = sqlite_download_by_both_paths(app, "escape")
     assert fast == general
     assert fast.count(b"\r\n") > len(TRICKY)
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("op", ["gte", "lt"])
+def test_sqlite_downloads_filter_on_timestamps_as_the_general_path(
+        app: Flask, primary: sa.Engine, op: str) -> None:
+    """The fast path ran its statement with the filter's datetime unprocessed (only the
+    expanded parameters' processors were applied), so ``sqlite3``'s adapter spelled it
+    ``...07.123456+00:00``: the row stored at that very instant fell on the wrong side."""
+    add_tricky_rows(primary)  # at 2026-05-01
+    with primary.begin() as connection:
+        connection.execute(sa.text("UPDATE events SET occurred_at = :at WHERE id = 90003"),
+                           {"at": "2026-05-04 05:06:07.123456"})
+    fast, general = sqlite_download_by_both_paths(
+        app, "escape", **{f"occurred_at[{op}]": "2026-05-04T05:06:07.123456Z"})
+    assert fast == general
+    ids = [int(row["id"]) for row in read_csv(fast)]
+    assert ids == ([90003] if op == "gte" else [90000 + i for i in range(len(TRICKY)) if i != 3])

@@ -15,7 +15,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -521,6 +521,84 @@ older_than = "365d"
                 stamps_seen = [row["created_at"] for row in rows]
                 assert stamps_seen == sorted(stamps_seen, reverse=sort.startswith("-"))
         assert rows[0]["created_at"] == stamps[3].replace(" ", "T")  # served as a timestamp
+
+
+#: How applications spell an instant in a SQLite DATETIME column.
+SPELLINGS: dict[str, Any] = {
+    "current_timestamp": lambda t: t.strftime("%Y-%m-%d %H:%M:%S"),
+    "javascript": lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z",
+    "sequelize": lambda t: t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d} +00:00",
+    "offset": lambda t: t.astimezone(timezone(timedelta(hours=14))).isoformat(),
+    "sqlalchemy": lambda t: t.strftime("%Y-%m-%d %H:%M:%S.%f"),
+}
+
+
+@pytest.mark.sqlite
+def test_filters_on_sqlite_timestamps_compare_instants_whatever_their_spelling(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """SQLite compares a DATETIME column as text, and a filter value was bound in
+    SQLAlchemy's spelling: every row of the filter's own day fell on the wrong side (``T``
+    after the space; ``...05`` before ``...05.000000``), so ``eq`` matched nothing written
+    by CURRENT_TIMESTAMP or JavaScript. Filters compare instants now. Sequelize's spelling
+    (a space before the zone) failed every page of its table (422); an offset was written
+    to CSV as if it were UTC; text of no date ('') counted as aged and was archived."""
+    primary_url, archive_url = databases.pair("spelled")
+    old, new = NOW - timedelta(days=800), NOW - timedelta(days=10)
+    instants: dict[int, datetime | None] = {}
+    rows = []
+    for base, start in ((old, 0), (new, 100)):
+        for offset, (name, spell) in enumerate(SPELLINGS.items()):
+            instants[start + offset] = base
+            rows.append({"id": start + offset, "at": spell(base), "what": name})
+        for offset, near in enumerate((base - timedelta(milliseconds=1),
+                                       base + timedelta(microseconds=1),
+                                       base - timedelta(hours=13)), start=10):
+            instants[start + offset] = near
+            rows.append({"id": start + offset, "at": SPELLINGS["offset"](near), "what": "near"})
+    instants[99] = None
+    rows.append({"id": 99, "at": "", "what": "unknown"})
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE visits (id integer PRIMARY KEY, at DATETIME NOT NULL, what text)")
+        connection.exec_driver_sql("CREATE INDEX visits_at ON visits (at)")
+        connection.execute(sa.text("INSERT INTO visits VALUES (:id, :at, :what)"), rows)
+    with policy_served(tmp_path, primary_url, archive_url, "sqlite", """
+[policy.visits]
+table = "visits"
+age_column = "at"
+older_than = "365d"
+""") as client:
+        archived = {row["id"] for row in walk(client, "visits", "source=archive")}
+        assert archived == {i for i in instants if i < 99}, "'' is no date: never aged"
+        served = {row["id"]: row["at"] for row in walk(client, "visits", "source=all")}
+        assert served[99] == ""
+        assert {i: parse_instant(at) for i, at in served.items() if i != 99} == {
+            i: at for i, at in instants.items() if at is not None}
+        checks = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b,
+                  "lt": lambda a, b: a < b, "lte": lambda a, b: a <= b,
+                  "gt": lambda a, b: a > b, "gte": lambda a, b: a >= b}
+        for bound in (old, new):
+            value = quote(bound.isoformat())
+            for op, check in checks.items():
+                expected = {i for i, at in instants.items() if at is not None and check(at, bound)}
+                for source in ("primary", "archive", "all"):
+                    found = walk(client, "visits", f"source={source}&at[{op}]={value}&sort=-at")
+                    in_source = {i for i in expected if (i in archived) == (source == "archive")
+                                 or source == "all"}
+                    assert {row["id"] for row in found} == in_source, (bound, op, source)
+            both = quote(f"{bound.isoformat()},{(bound - timedelta(hours=13)).isoformat()}")
+            found = walk(client, "visits", f"at[in]={both}")
+            assert len(found) == len(SPELLINGS) + 1, bound
+        for source in ("primary", "archive", "all"):  # the SQLite path, and the merged one
+            download = client.get(f"/api/v1/tables/visits.csv?source={source}")
+            assert download.status_code == 200, download.get_data(as_text=True)[:300]
+            for cell in csv.DictReader(io.StringIO(download.get_data(as_text=True))):
+                at = instants[int(cell["id"])]
+                assert cell["at"] == (at.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if at else ""), cell
+            filtered = client.get(f"/api/v1/tables/visits.csv?source={source}"
+                                  f"&at[eq]={quote(new.isoformat())}")
+            assert len(filtered.get_data(as_text=True).splitlines()) == (
+                1 if source == "archive" else 1 + len(SPELLINGS)), source
 
 
 @pytest.mark.postgres

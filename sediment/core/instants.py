@@ -1,7 +1,9 @@
-"""Reading instants written by people: query strings, cursors and command lines."""
+"""Reading instants written by people (query strings, cursors and command lines) and by
+other applications (the text SQLite stores)."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 
@@ -23,6 +25,39 @@ def parse_instant(raw: str) -> datetime:
     if not 1 <= value.year <= 9998:
         raise ValueError(raw)
     return value
+
+
+#: The space some applications write before a zone (Sequelize on SQLite writes
+#: ``2026-01-02 03:04:05.678 +00:00``), which ISO-8601 and ``fromisoformat`` do not have.
+_SPACED_ZONE = re.compile(r"\s+(?=(?:[+-]\d\d(?::?\d\d)?|Z)$)")
+
+
+def read_stored_instant(text: str) -> datetime | None:
+    """An instant as another application stored it as text (on SQLite, in a column
+    declared ``DATETIME``): ISO-8601 with a ``T`` or a space, any fraction, a zone or none,
+    and a space before the zone. An instant with a zone is returned in UTC; one without
+    stays naive (its zone is the column's convention). ``None`` for text of another form.
+    """
+    for candidate in (text, _SPACED_ZONE.sub("", text, count=1)):
+        try:
+            value = datetime.fromisoformat(candidate)
+        except ValueError:
+            continue
+        if value.tzinfo is None:
+            return value
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01 00:00+05:00 is in year 0 in UTC
+            return None
+    return None
+
+
+def utc_text(value: datetime) -> str:
+    """An instant as the text :func:`read_stored_instant`'s comparisons use: UTC (naive is
+    taken as UTC), ``YYYY-MM-DD HH:MM:SS.ffffff``, which sorts as the instants do."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(" ", "microseconds")
 
 
 class StoredInstant(datetime):
