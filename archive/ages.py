@@ -11,7 +11,7 @@ is normalised by the database first (its spellings do not sort alike).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
@@ -56,7 +56,50 @@ class AgeColumn:
             bound = cutoff
         else:
             bound = cutoff.astimezone(self.zone).replace(tzinfo=None)
+            if isinstance(column.type, sa.DateTime):  # as reflected, not Sediment's own type
+                return _spelled_before(column, bound)
         return sa.and_(HeldAsText(column), column < bound)
+
+
+def _spelled_before(column: sa.ColumnElement[Any], bound: datetime) -> sa.ColumnElement[bool]:
+    """An application's SQLite ``DATETIME`` column before ``bound``, whatever its spelling.
+
+    SQLite compares the column as the text the application wrote: ``2026-01-02T03:04:05Z``
+    sorts after ``2026-01-02 23:00:00`` (``T`` after the space), and an offset's local time
+    (``...-10:00``) is hours from its instant, so a text comparison moved rows up to a day
+    late, or hours early. SQLite's own ``strftime`` reads every such spelling (``T`` or a
+    space, ``Z``, offsets, a space before the zone) as UTC, to the millisecond; NULL for
+    text of no date, which never counts as aged. The range on the stored text before it
+    (from the least date to the second day after the bound's: zones are within 14 hours)
+    keeps the column's index in use and leaves numbers out.
+    """
+    upper = (bound.date() + timedelta(days=2)).isoformat()
+    return _SpelledBefore(column, sa.bindparam(None, bound, type_=column.type),
+                          sa.literal(upper), sa.literal(bound.isoformat(" ", "milliseconds")))
+
+
+class _SpelledBefore(sa.sql.expression.FunctionElement[bool]):
+    """``column < bound`` (PostgreSQL's timestamps compare as instants), on SQLite
+    :func:`_spelled_before`'s comparison; arguments: column, bound, the text range's upper
+    end, the bound as ``strftime`` writes it."""
+
+    # Not Boolean: SQLite would get ``(...) = 1``, which no index serves.
+    type = sa.types.NullType()
+    inherit_cache = True
+    name = "spelled_before"
+
+
+@compiles(_SpelledBefore, "sqlite")
+def _spelled_before_sqlite(element: _SpelledBefore, compiler: Any, **kw: Any) -> str:
+    column, _, upper, instant = (compiler.process(part, **kw) for part in element.clauses)
+    return (f"({column} >= '0000-00-00' AND {column} < {upper} AND "
+            f"strftime('%Y-%m-%d %H:%M:%f', {column}) < {instant})")
+
+
+@compiles(_SpelledBefore)
+def _spelled_before_default(element: _SpelledBefore, compiler: Any, **kw: Any) -> str:
+    column, bound, *_ = element.clauses
+    return f"{compiler.process(column, **kw)} < {compiler.process(bound, **kw)}"
 
 
 def resolve_age_column(column: sa.Column[Any], age_format: AgeFormat, zone: str,

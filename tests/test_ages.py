@@ -141,6 +141,33 @@ def test_numbers_in_a_column_declared_a_timestamp_never_count_as_aged(
     assert moved_ids(schema) == aged_text | aged_numbers
 
 
+@pytest.mark.sqlite
+def test_a_sqlite_timestamp_column_is_aged_as_instants_whatever_its_spelling(
+        schema: OwnSchema) -> None:
+    """SQLite compares a DATETIME column as the text the application wrote: ``T`` sorts
+    after the space (rows of the cutoff's day waited a day), and an offset's local time is
+    hours from its instant (rows moved hours early, or late). Each spelling is now read as
+    the instant it is; text of no date ('') never counts as aged."""
+    def spellings(instant: datetime) -> list[str]:
+        utc = instant.astimezone(UTC)
+        return [*iso_spellings(instant), utc.strftime("%Y-%m-%d %H:%M:%S.%f"),
+                utc.strftime("%Y-%m-%d %H:%M:%S.123 +00:00"),  # Sequelize
+                instant.astimezone(ZoneInfo("Pacific/Honolulu")).isoformat()]
+
+    values = [text for instant in INSTANTS for text in spellings(instant)] + [""]
+    with schema.engines.primary.begin() as connection:
+        connection.execute(sa.text("INSERT INTO visits VALUES (:id, :at)"),
+                           [{"id": i, "at": text} for i, text in enumerate(values, 1)])
+    policy = schema.policy(PolicySettings(name="visits", table="visits", age_column="at",
+                                          older_than=OLDER_THAN))
+    check_conditions(schema.engines.primary, [policy])
+    assert schema.run(policy, NOW).status == "done"
+    assert moved_ids(schema) == {i for i, text in enumerate(values, 1)
+                                 if text and read_iso(text.replace(" +", "+")) < CUTOFF}
+    found = verify_archive(schema.engines.primary, schema.engines.archive, [policy])
+    assert found.ok, found.problems
+
+
 @pytest.mark.postgres
 def test_an_epoch_format_on_a_timestamp_column_stops_startup_naming_the_key(
         schema: OwnSchema) -> None:
