@@ -78,13 +78,13 @@ def _spelled_before(column: sa.ColumnElement[Any], bound: datetime) -> sa.Column
                           sa.literal(upper), sa.literal(bound.isoformat(" ", "milliseconds")))
 
 
-class _SpelledBefore(sa.sql.expression.FunctionElement[bool]):
+class _SpelledBefore(sa.sql.expression.FunctionElement[Any]):
     """``column < bound`` (PostgreSQL's timestamps compare as instants), on SQLite
     :func:`_spelled_before`'s comparison; arguments: column, bound, the text range's upper
     end, the bound as ``strftime`` writes it."""
 
     # Not Boolean: SQLite would get ``(...) = 1``, which no index serves.
-    type = sa.types.NullType()
+    type: Any = sa.types.NullType()
     inherit_cache = True
     name = "spelled_before"
 
