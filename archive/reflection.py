@@ -62,6 +62,7 @@ def reflect_primary(engine: sa.Engine, names: Iterable[str]) -> dict[str, sa.Tab
             for name in names:
                 if split_name(name, default)[1] not in metadata.tables:
                     raise UnknownTable(name)
+            _read_timestamps_by_name(connection, metadata)
         else:
             _reflect_with_referencing(connection, metadata, names, default)
             _restore_domain_modifiers(connection, metadata)
@@ -159,6 +160,25 @@ def _name_unknown_types(connection: sa.Connection, metadata: sa.MetaData) -> Non
             named = {row[1]: row[2] for row in _sqlite_columns(connection, table)}
         for column in unknown:
             column.type = CatalogType(named.get(column.name, ""))
+
+
+#: Declared SQLite types that name a timestamp but which SQLAlchemy, knowing only
+#: ``DATETIME`` and ``TIMESTAMP``, reflects by SQLite's affinity rules as NUMERIC:
+#: ``TIMESTAMPTZ``, ``TIMESTAMP WITH TIME ZONE`` (DDL shared with PostgreSQL), Ecto's
+#: ``UTC_DATETIME``, SQL Server's ``DATETIME2``.
+_TIMESTAMP_NAME = re.compile(r"TIMESTAMP|DATETIME", re.IGNORECASE)
+
+
+def _read_timestamps_by_name(connection: sa.Connection, metadata: sa.MetaData) -> None:
+    """Type a SQLite column declared as a timestamp as one, where SQLAlchemy reflected it as
+    a number: the application writes timestamps into it, and as NUMERIC no age format
+    could read it (not a timestamp, not ISO text) and every page of its table failed."""
+    for table in metadata.tables.values():
+        declared = {row[1]: str(row[2]) for row in _sqlite_columns(connection, table)}
+        for column in table.columns:
+            if isinstance(column.type, sa.Numeric) and _TIMESTAMP_NAME.search(
+                    declared.get(column.name, "")):
+                column.type = sa.DateTime()
 
 
 def _regclass(connection: sa.Connection, table: sa.Table) -> str:

@@ -541,3 +541,30 @@ children = "auto"
         assert connection.exec_driver_sql(
             "SELECT count(*) FROM cart_lines WHERE cart_id IN (4, 8)").scalar() == 4
     assert "archive verified" in ok(run_cli("--settings", str(settings), "archive", "verify"))
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("declared", ["TIMESTAMPTZ", "timestamp with time zone", "UTC_DATETIME"])
+def test_a_sqlite_column_declared_as_any_timestamp_is_one(
+        databases: DatabaseFactory, tmp_path: Path, declared: str) -> None:
+    """SQLAlchemy knows SQLite's ``DATETIME`` and ``TIMESTAMP``; other timestamp names (DDL
+    shared with PostgreSQL, Ecto's) it reflected by affinity as NUMERIC, so neither age
+    format could read the column (``holds Decimal``) and the table could not be archived."""
+    primary_url, archive_url = databases.pair("declared")
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            f"CREATE TABLE logs (id integer PRIMARY KEY, at {declared} NOT NULL, note text)")
+        connection.execute(sa.text("INSERT INTO logs VALUES (:id, :at, 'n')"), [
+            {"id": i, "at": (NOW - timedelta(days=100 * i)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            for i in range(1, 7)])
+    settings = settings_file(tmp_path, primary_url, archive_url, "sqlite", policies="""
+[policy.logs]
+table = "logs"
+age_column = "at"
+older_than = "365d"
+""")
+    ok(run_cli("--settings", str(settings), "migrate"))
+    assert "logs 3" in ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
+    with app_schema.engine_for(archive_url) as archive, archive.connect() as connection:
+        assert connection.exec_driver_sql("SELECT at FROM logs ORDER BY id").scalars().all() \
+            == [(NOW - timedelta(days=100 * i)).strftime("%Y-%m-%dT%H:%M:%SZ") for i in (4, 5, 6)]
