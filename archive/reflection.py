@@ -62,7 +62,7 @@ def reflect_primary(engine: sa.Engine, names: Iterable[str]) -> dict[str, sa.Tab
             for name in names:
                 if split_name(name, default)[1] not in metadata.tables:
                     raise UnknownTable(name)
-            _read_timestamps_by_name(connection, metadata)
+            _read_types_by_name(connection, metadata)
         else:
             _reflect_with_referencing(connection, metadata, names, default)
             _restore_domain_modifiers(connection, metadata)
@@ -162,23 +162,29 @@ def _name_unknown_types(connection: sa.Connection, metadata: sa.MetaData) -> Non
             column.type = CatalogType(named.get(column.name, ""))
 
 
-#: Declared SQLite types that name a timestamp but which SQLAlchemy, knowing only
-#: ``DATETIME`` and ``TIMESTAMP``, reflects by SQLite's affinity rules as NUMERIC:
-#: ``TIMESTAMPTZ``, ``TIMESTAMP WITH TIME ZONE`` (DDL shared with PostgreSQL), Ecto's
-#: ``UTC_DATETIME``, SQL Server's ``DATETIME2``.
-_TIMESTAMP_NAME = re.compile(r"TIMESTAMP|DATETIME", re.IGNORECASE)
+#: Declared SQLite types SQLAlchemy does not know, which it reflects by SQLite's affinity
+#: rules as NUMERIC, and what they hold: timestamps (``TIMESTAMPTZ``, ``TIMESTAMP WITH
+#: TIME ZONE`` from DDL shared with PostgreSQL, Ecto's ``UTC_DATETIME``, SQL Server's
+#: ``DATETIME2``), UUIDs and JSON as text.
+_NAMED_TYPES: tuple[tuple[re.Pattern[str], Callable[[], sa.types.TypeEngine[Any]]], ...] = (
+    (re.compile(r"TIMESTAMP|DATETIME", re.IGNORECASE), sa.DateTime),
+    (re.compile(r"UUID", re.IGNORECASE), sa.Text),
+    (re.compile(r"JSON", re.IGNORECASE), sa.JSON),
+)
 
 
-def _read_timestamps_by_name(connection: sa.Connection, metadata: sa.MetaData) -> None:
-    """Type a SQLite column declared as a timestamp as one, where SQLAlchemy reflected it as
-    a number: the application writes timestamps into it, and as NUMERIC no age format
-    could read it (not a timestamp, not ISO text) and every page of its table failed."""
+def _read_types_by_name(connection: sa.Connection, metadata: sa.MetaData) -> None:
+    """Type a SQLite column by the name it was declared with, where SQLAlchemy reflected it
+    as a number: as NUMERIC, a timestamp column could be read by no age format (so its
+    table could not be archived), and one value that is no number (a UUID, JSON, a
+    timestamp's text) made every page of the table fail."""
     for table in metadata.tables.values():
         declared = {row[1]: str(row[2]) for row in _sqlite_columns(connection, table)}
         for column in table.columns:
-            if isinstance(column.type, sa.Numeric) and _TIMESTAMP_NAME.search(
-                    declared.get(column.name, "")):
-                column.type = sa.DateTime()
+            if not isinstance(column.type, sa.Numeric):
+                continue
+            column.type = next((build() for pattern, build in _NAMED_TYPES
+                                if pattern.search(declared.get(column.name, ""))), column.type)
 
 
 def _regclass(connection: sa.Connection, table: sa.Table) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -150,10 +151,10 @@ def merge_key(request: ReportRequest, *, sqlite_order: bool = False
     order = request.order
     sort, key = order[0], order[1:]
     column = request.report.column(request.sort)
-    if column.type in ("datetime", "date"):
-        # A SQLite column declared a timestamp may also hold numbers (an application's
-        # Unix times), which SQLite orders before text, and text of no date, served as it
-        # is: Python compares neither with a datetime.
+    if sqlite_order or column.type in ("datetime", "date"):
+        # SQLite keeps any value in any column (an application's Unix times in a DATETIME
+        # one, 'n/a' in a DECIMAL one), served as stored and ordered by SQLite numbers
+        # first, then text: Python compares neither kind with the other, nor with a datetime.
         rank = _in_sqlite_order if sqlite_order else _in_instant_order
         return lambda row: (row[sort] is None, *rank(row[sort]), *(row[c] for c in key))
     if request.sort in request.key or not column.nullable:
@@ -162,12 +163,14 @@ def merge_key(request: ReportRequest, *, sqlite_order: bool = False
 
 
 def _in_sqlite_order(value: Any) -> tuple[int, Any]:
-    """A timestamp or date column's value as SQLite orders it: numbers, then text (an
-    application's instant by its stored text; a column of Sediment's own instants, stored
-    in one form, holds no text to compare them with)."""
+    """A value as SQLite orders it: numbers, then text (an application's instant by its
+    stored text; a column of Sediment's own instants, stored in one form, holds no text to
+    compare them with), then blobs."""
     if isinstance(value, StoredInstant):
         return 1, value.stored
-    return (1 if isinstance(value, str | date) else 0), value
+    if isinstance(value, str | date | uuid.UUID):
+        return 1, value
+    return (2 if isinstance(value, bytes) else 0), value
 
 
 def _in_instant_order(value: Any) -> tuple[int, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from reporting.stored_times import install_instant_function
+from reporting.stored_values import install_instant_function
 
 
 def create_readonly_engine(url: str, *, statement_timeout_ms: int, pool_size: int) -> sa.Engine:

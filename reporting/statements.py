@@ -22,7 +22,7 @@ from reporting.pgfetch import DirectStatement, direct_statement
 from reporting.report_databases import ReportDatabases, exclude_shared, in_parameter
 from reporting.reports.base import DatabaseTables, Lookup, RowReport
 from reporting.request import COMPARISONS, FilterClause, ReportRequest
-from reporting.stored_times import StoredDateTime, instant_condition
+from reporting.stored_values import StoredDateTime, instant_condition
 from sediment.core.databases import ARCHIVE, Database
 from sediment.core.schema.types import python_type_of
 

@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 
 from reporting.reports.base import (
     SOURCES,
@@ -35,11 +35,12 @@ from reporting.reports.base import (
     RowReport,
     ValueType,
 )
-from reporting.stored_times import StoredDate, StoredDateTime
+from reporting.stored_values import Lenient, StoredDate, StoredDateTime
 from sediment.core.schema.types import python_type_of
 
 logger = logging.getLogger(__name__)
 
+_SQLITE = sqlite.dialect()
 _ORDERED: tuple[Operator, ...] = ("eq", "ne", "in", "gt", "gte", "lt", "lte")
 #: The operators of each value type; ``isnull`` is added for nullable columns.
 OPERATORS_BY_TYPE: Mapping[ValueType, tuple[Operator, ...]] = {
@@ -176,6 +177,8 @@ def _served(column: sa.ColumnElement[Any], served: TableColumn,
     if dialect == "sqlite" and isinstance(column.type, sa.DateTime | sa.Date):
         stored = StoredDateTime() if isinstance(column.type, sa.DateTime) else StoredDate()
         return sa.type_coerce(column, stored).label(served.name)
+    if served.type is not None and dialect == "sqlite" and Lenient.needed(column.type, _SQLITE):
+        return sa.type_coerce(column, Lenient(column.type)).label(served.name)
     if served.type is None:
         if isinstance(column.type, sa.LargeBinary):
             return sa.func.hex(column).label(served.name)

@@ -523,6 +523,66 @@ older_than = "365d"
         assert rows[0]["created_at"] == stamps[3].replace(" ", "T")  # served as a timestamp
 
 
+@pytest.mark.sqlite
+def test_values_sqlite_keeps_against_their_declared_type_are_served_as_stored(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """SQLite keeps any value in any column: one that failed SQLAlchemy's conversion ('n/a'
+    in a DECIMAL column, a UUID in one declared UUID, which SQLAlchemy reflected as NUMERIC)
+    made every page and download of the table a 500. They are served as stored, a text
+    'false' in a BOOLEAN column is not served as true, and a merge on such a column orders
+    as SQLite does (numbers, then text)."""
+    primary_url, archive_url = databases.pair("odd")
+    ref = str(uuid.uuid4())
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE items (id integer PRIMARY KEY, made DATETIME NOT NULL,"
+            " price DECIMAL(10, 2), active BOOLEAN, ref UUID, meta JSONB)")
+        connection.exec_driver_sql("CREATE INDEX items_price ON items (price)")
+        odd = {1: ("price", "n/a"), 2: ("active", "false"), 3: ("ref", "not-a-uuid"),
+               4: ("meta", "{not json"), 5: ("price", "12.5.1")}
+        rows = []
+        for i in range(1, 21):
+            row = {"id": i, "made": (NOW - timedelta(days=50 * i)).strftime("%Y-%m-%d %H:%M:%S"),
+                   "price": i * 1.25, "active": i % 2, "ref": ref, "meta": f'{{"i": {i}}}'}
+            if i in odd:
+                row[odd[i][0]] = odd[i][1]
+            if i - 10 in odd:  # the same odd values among the archived rows
+                row[odd[i - 10][0]] = odd[i - 10][1]
+            rows.append(row)
+        connection.execute(sa.text("INSERT INTO items VALUES (:id, :made, :price, :active,"
+                                   " :ref, :meta)"), rows)
+    with policy_served(tmp_path, primary_url, archive_url, "sqlite", """
+[policy.items]
+table = "items"
+age_column = "made"
+older_than = "365d"
+""") as client:
+        catalog = client.get("/api/v1/tables").get_json()["tables"]
+        types = {column["name"]: column["type"] for column in catalog[0]["columns"]}
+        assert (types["ref"], types["made"]) == ("string", "datetime")  # not NUMERIC's number
+        served = {row["id"]: row for row in walk(client, "items", "source=all")}
+        assert set(served) == set(range(1, 21))
+        for i, (column, value) in odd.items():
+            assert served[i][column] == served[i + 10][column] == value, (i, column)
+        assert served[6]["active"] is False and served[7]["active"] is True
+        assert served[6]["price"] == "7.50" and served[6]["ref"] == ref
+        for source in ("primary", "archive", "all"):
+            assert client.get(f"/api/v1/tables/items.csv?source={source}").status_code == 200
+            for sort in ("price", "-price"):
+                walked = [row["price"] for row in walk(
+                    client, "items", f"source={source}&sort={sort}", limit=50)]
+                assert walked == sorted(walked, key=as_sqlite_orders,
+                                        reverse=sort.startswith("-")), (source, sort)
+
+
+def as_sqlite_orders(served: str) -> tuple[int, Any]:
+    """A DECIMAL column's served value as SQLite orders what it stores: numbers, then text."""
+    try:
+        return 0, Decimal(served)
+    except ArithmeticError:
+        return 1, served
+
+
 #: How applications spell an instant in a SQLite DATETIME column.
 SPELLINGS: dict[str, Any] = {
     "current_timestamp": lambda t: t.strftime("%Y-%m-%d %H:%M:%S"),

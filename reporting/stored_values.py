@@ -1,6 +1,10 @@
-"""An application's timestamps and dates on SQLite, read and compared as SQLite stores them.
+"""An application's values on SQLite, read and compared as SQLite stores them.
 
-SQLite has no timestamp type: a column declared ``DATETIME`` holds whatever the application
+SQLite keeps whatever it is given, whatever the column declares: a ``DECIMAL`` column may
+hold ``'n/a'``, a ``BOOLEAN`` one ``'true'``. Such a value failed SQLAlchemy's conversion,
+and with it every page of the table (500); it is served as stored (:class:`Lenient`).
+
+SQLite has no timestamp type either: a column declared ``DATETIME`` holds whatever the application
 wrote. ``CURRENT_TIMESTAMP`` writes ``2026-01-02 03:04:05``, SQLAlchemy and Django add
 ``.ffffff``, JavaScript's ``toISOString`` writes ``2026-01-02T03:04:05.678Z``, Sequelize
 ``2026-01-02 03:04:05.678 +00:00``; Prisma-style applications store Unix times, and some
@@ -45,6 +49,42 @@ def _instant_text(value: Any) -> str | None:
         return None  # a number's unit is unknown: no instant to compare
     parsed = read_stored_instant(value)
     return utc_text(parsed) if parsed is not None else None
+
+
+class Lenient(sa.types.TypeDecorator[Any]):
+    """A column of an application's SQLite table read through its declared type where the
+    stored value fits it, and as stored where it does not. Bound as the declared type."""
+
+    impl = sa.types.NullType
+    cache_ok = True
+
+    def __init__(self, declared: sa.types.TypeEngine[Any]) -> None:
+        super().__init__()
+        self.declared = declared
+
+    @staticmethod
+    def needed(declared: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> bool:
+        """Whether reading ``declared`` converts a value (and so may fail on one)."""
+        return declared.dialect_impl(dialect).result_processor(dialect, None) is not None
+
+    def bind_processor(self, dialect: sa.Dialect) -> Callable[[Any], Any] | None:
+        return self.declared.dialect_impl(dialect).bind_processor(dialect)
+
+    def result_processor(self, dialect: sa.Dialect, coltype: object
+                         ) -> Callable[[Any], Any] | None:
+        convert = self.declared.dialect_impl(dialect).result_processor(dialect, coltype)
+        if convert is None:
+            return None
+        if isinstance(self.declared, sa.Boolean):
+            # SQLAlchemy's reading is truthiness: the text 'false' would be served as true.
+            return lambda value: value != 0 if isinstance(value, int | float) else value
+
+        def process(value: Any) -> Any:
+            try:
+                return convert(value)
+            except (ValueError, TypeError, ArithmeticError):
+                return value
+        return process
 
 
 class StoredTimestamp(sa.types.TypeDecorator[Any]):
