@@ -27,6 +27,7 @@ spelling of a matching instant falls in keeps the column's index in use.
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -78,6 +79,12 @@ class Lenient(sa.types.TypeDecorator[Any]):
         if isinstance(self.declared, sa.Boolean):
             # SQLAlchemy's reading is truthiness: the text 'false' would be served as true.
             return lambda value: value != 0 if isinstance(value, int | float) else value
+        if isinstance(self.declared, sa.Numeric) and self.declared.asdecimal \
+                and self.declared.scale is None:
+            # SQLAlchemy pads a number of no declared scale to ten places: SQLite's 1 and
+            # 2.5 (a NUMERIC or STRICT ANY column) were served as 1.0000000000, 2.5000000000.
+            return lambda value: Decimal(repr(value)) if isinstance(
+                value, int | float) else value
 
         def process(value: Any) -> Any:
             try:

@@ -528,7 +528,8 @@ def test_values_sqlite_keeps_against_their_declared_type_are_served_as_stored(
         databases: DatabaseFactory, tmp_path: Path) -> None:
     """SQLite keeps any value in any column: one that failed SQLAlchemy's conversion ('n/a'
     in a DECIMAL column, a UUID in one declared UUID, which SQLAlchemy reflected as NUMERIC)
-    made every page and download of the table a 500. They are served as stored, a text
+    made every page and download of the table a 500. They are served as stored, a NUMERIC
+    of no scale unpadded, a text
     'false' in a BOOLEAN column is not served as true, and a merge on such a column orders
     as SQLite does (numbers, then text)."""
     primary_url, archive_url = databases.pair("odd")
@@ -536,21 +537,22 @@ def test_values_sqlite_keeps_against_their_declared_type_are_served_as_stored(
     with engine_for(primary_url) as primary, primary.begin() as connection:
         connection.exec_driver_sql(
             "CREATE TABLE items (id integer PRIMARY KEY, made DATETIME NOT NULL,"
-            " price DECIMAL(10, 2), active BOOLEAN, ref UUID, meta JSONB)")
+            " price DECIMAL(10, 2), active BOOLEAN, ref UUID, meta JSONB, weight NUMERIC)")
         connection.exec_driver_sql("CREATE INDEX items_price ON items (price)")
         odd = {1: ("price", "n/a"), 2: ("active", "false"), 3: ("ref", "not-a-uuid"),
                4: ("meta", "{not json"), 5: ("price", "12.5.1")}
         rows = []
         for i in range(1, 21):
             row = {"id": i, "made": (NOW - timedelta(days=50 * i)).strftime("%Y-%m-%d %H:%M:%S"),
-                   "price": i * 1.25, "active": i % 2, "ref": ref, "meta": f'{{"i": {i}}}'}
+                   "price": i * 1.25, "active": i % 2, "ref": ref, "meta": f'{{"i": {i}}}',
+                   "weight": i if i % 2 else i + 0.5}
             if i in odd:
                 row[odd[i][0]] = odd[i][1]
             if i - 10 in odd:  # the same odd values among the archived rows
                 row[odd[i - 10][0]] = odd[i - 10][1]
             rows.append(row)
         connection.execute(sa.text("INSERT INTO items VALUES (:id, :made, :price, :active,"
-                                   " :ref, :meta)"), rows)
+                                   " :ref, :meta, :weight)"), rows)
     with policy_served(tmp_path, primary_url, archive_url, "sqlite", """
 [policy.items]
 table = "items"
@@ -566,6 +568,8 @@ older_than = "365d"
             assert served[i][column] == served[i + 10][column] == value, (i, column)
         assert served[6]["active"] is False and served[7]["active"] is True
         assert served[6]["price"] == "7.50" and served[6]["ref"] == ref
+        # NUMERIC of no scale: as stored, not padded to ten places (1.0000000000)
+        assert (served[7]["weight"], served[8]["weight"]) == ("7", "8.5")
         for source in ("primary", "archive", "all"):
             assert client.get(f"/api/v1/tables/items.csv?source={source}").status_code == 200
             for sort in ("price", "-price"):
