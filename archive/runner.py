@@ -326,6 +326,8 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
         outcome.status, outcome.error = "schema_drift", str(exc)
     except (ArchiveError, sa.exc.SQLAlchemyError) as exc:
         outcome.status, outcome.error = "error", first_line(exc)
+    except UNCONVERTIBLE as exc:
+        _unconvertible(outcome, exc)
     finally:
         pipeline.close()
         outcome.seconds = time.monotonic() - started
@@ -375,8 +377,25 @@ def batch_loop(outcome: RunOutcome, lock: RunnerLock, archive: sa.Engine, *, bat
         outcome.status, outcome.error = "lock_lost", str(exc)
     except (ArchiveError, sa.exc.SQLAlchemyError) as exc:
         outcome.status, outcome.error = "error", first_line(exc)
+    except UNCONVERTIBLE as exc:
+        _unconvertible(outcome, exc)
     finally:
         outcome.seconds = time.monotonic() - started
+
+
+#: What a driver or a column type raises for a stored value it cannot convert (SQLite keeps
+#: any value in any column: text of no timestamp in a DATETIME one copied into PostgreSQL).
+UNCONVERTIBLE = (ValueError, TypeError, ArithmeticError)
+
+
+def _unconvertible(outcome: RunOutcome, error: Exception) -> None:
+    """End the run ``error`` on a value that could not be converted, where it escaped as a
+    traceback and left the run ``running`` in the ledger. The batch's transactions rolled
+    back on their way out, as for any other error; the run's end is logged as an error,
+    the traceback at DEBUG (``--log-level DEBUG``)."""
+    outcome.status = "error"
+    outcome.error = f"a stored value could not be converted: {first_line(error)}"
+    logger.debug("policy %s: %s", outcome.policy, outcome.error, exc_info=True)
 
 
 def limit_reached(outcome: RunOutcome, limits: RunLimits, stop: threading.Event,

@@ -316,6 +316,39 @@ def test_a_sqlite_application_database_archives_into_postgresql(
 
 
 @pytest.mark.postgres
+def test_a_value_postgresql_cannot_take_ends_the_run_in_the_ledger(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """SQLite keeps any text in a DATETIME column; copied into PostgreSQL, one that is no
+    timestamp SQLAlchemy reads raised ValueError past the runner: a traceback, and the run
+    left ``running`` in the ledger. The run ends ``error`` naming the value; nothing moved."""
+    archive_url = databases.pair("unconvertible")[1]
+    primary_url = f"sqlite:///{tmp_path / 'app.sqlite3'}"
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE notes (id integer PRIMARY KEY, at DATETIME NOT NULL, body text)")
+        connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at, 'b')"), [
+            {"id": i, "at": (NOW - timedelta(days=100 * i)).strftime("%Y-%m-%d %H:%M:%S")}
+            for i in range(1, 7)] + [{"id": 7, "at": "2024-01-02 03:04:05.678 +00:00"}])
+    settings = settings_file(tmp_path, primary_url, archive_url, "sqlite", policies="""
+[policy.notes]
+table = "notes"
+age_column = "at"
+older_than = "365d"
+""")
+    ok(run_cli("--settings", str(settings), "migrate"))
+    ran = run_cli("--settings", str(settings), "archive", "run", *NOW_ARG)
+    assert ran.returncode == 1, ran.stderr[-2000:]
+    assert "Traceback" not in ran.stderr and "Traceback" not in ran.stdout
+    assert "a stored value could not be converted: Invalid isoformat string: " \
+        "'2024-01-02 03:04:05.678 +00:00'" in ran.stdout
+    status = ok(run_cli("--settings", str(settings), "archive", "status"))
+    assert " error " in status.splitlines()[1] and "running" not in status
+    with app_schema.engine_for(primary_url) as primary, primary.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM notes").scalar() == 7
+    assert "archive verified" in ok(run_cli("--settings", str(settings), "archive", "verify"))
+
+
+@pytest.mark.postgres
 def test_a_postgresql_application_database_is_refused_a_sqlite_archive(
         app_db: AppDatabase, tmp_path: Path) -> None:
     archive_url = f"sqlite:///{tmp_path / 'archive.sqlite3'}"
