@@ -23,6 +23,7 @@ from archive.hold_cli import add_hold_commands
 from archive.keys import BadKey
 from archive.ledger import has_running, run_tables, runs
 from archive.mover import BatchResult
+from archive.policy import unreferenced_by_others
 from archive.restore import RestoreRefused, RestoreRequest, plan_restore, policy_of
 from archive.runner import ProgressCallback, RunLimits, RunOutcome, plan_run
 from archive.scheduler import start_in_background
@@ -193,6 +194,9 @@ def _dry_run(archiver: Archiver, names: list[str], now: datetime) -> int:
         plan = plan_run(archiver.engines.primary, archiver.as_of(name, now), now)
         counts = ", ".join(f"{table} {count:,}" for table, count in plan.counts.items())
         print(f"dry run: policy {name}: cutoff {plan.cutoff.isoformat()}: would move {counts}")
+        if unreferenced_by_others(policy.root):
+            print(f"  (aged {policy.root.fullname} rows that other rows of it reference are not "
+                  "counted: they move in the same run, once those rows have left)")
     return EXIT_OK
 
 

@@ -230,6 +230,14 @@ class BatchPipeline:
                                  "the one before it failed; both are retried")
         return batch.copy(self.archive, self.timeouts)
 
+    def restart(self) -> None:
+        """Select from the first key again, once nothing is in flight (after :meth:`drain`):
+        the pass's deletes may have freed rows it went by (see
+        :func:`archive.policy.unreferenced_by_others`)."""
+        assert self._deleting is None
+        self.cursor = self.confirmed = None
+        self._copying = None
+
     def _retry_from_confirmed(self) -> None:
         """Nothing is in flight any more: the next batch starts after the last one whose
         deletes committed, and its copy depends on no failed one."""

@@ -103,12 +103,35 @@ class ArchivePolicy:
             conditions.append(self.condition)
         if self.excluded:
             conditions.append(sa.not_(keys_in(self.key, self.excluded)))
+        conditions += unreferenced_by_others(self.root)
         return sa.and_(*conditions)
 
     @property
     def condition(self) -> sa.ColumnElement[bool]:
         """The ``where`` setting as SQL, parenthesised so that it cannot leak into the rest."""
         return sa.literal_column(f"({self.where})", sa.Boolean())
+
+
+def unreferenced_by_others(table: sa.Table) -> list[sa.ColumnElement[bool]]:
+    """For each foreign key of ``table`` to itself (a reply to a comment, an employee's
+    manager): the row is referenced by no other row of the table.
+
+    Deleting a row another one still references fails, or with ``ON DELETE CASCADE``
+    deletes that one uncopied (the batch's delete count refuses it): the batch failed, and
+    every run after it. Such a row waits until the rows referencing it have been archived
+    (a thread moves from its leaves, a level per run); a row referencing itself counts as
+    unreferenced.
+    """
+    key = key_columns(table)
+    conditions: list[sa.ColumnElement[bool]] = []
+    for constraint in table.foreign_key_constraints:
+        if constraint.referred_table is not table:
+            continue
+        other = table.alias("referencing")
+        conditions.append(~sa.exists().where(
+            *(other.c[element.parent.name] == element.column for element in constraint.elements),
+            sa.not_(sa.and_(*(other.c[column.name] == column for column in key)))))
+    return conditions
 
 
 def cutoff_for(now: datetime, older_than: timedelta) -> datetime:

@@ -26,7 +26,7 @@ from archive.keys import Key, columns_in
 from archive.locks import LockLost, RunnerLock
 from archive.mover import ArchiveError, BatchResult, SchemaDrift, Timeouts
 from archive.pipeline import BatchPipeline
-from archive.policy import ArchivePolicy
+from archive.policy import ArchivePolicy, unreferenced_by_others
 from archive.restore_marks import without_restored
 from archive.settle import settle_pending_runs
 from sediment.core.databases import analyze
@@ -290,12 +290,21 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
                              timeouts=timeouts, on_moved=moved,
                              on_lock_retaken=lambda: check_still_running(archive, run_id))
 
+    # A root another row of its table references waits for that row: a pass that moved
+    # rows may have freed some it went by, and the next pass starts from the first key.
+    passes_again = bool(unreferenced_by_others(policy.root))
+    moved_before_pass = [0]
+
     def step(limit: int) -> bool:
         """Select the next batch, start its copy and its deletes; ``False`` once nothing is
         left (and every batch's deletes have committed)."""
         opened = pipeline.start_next(limit)
         if opened is None:
             pipeline.drain()
+            if passes_again and outcome.roots > moved_before_pass[0]:
+                moved_before_pass[0] = outcome.roots
+                pipeline.restart()
+                return True
             return False
         pipeline.hand_over(opened)
         return True
