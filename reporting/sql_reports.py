@@ -60,6 +60,7 @@ from reporting.reports.base import (
     ValueType,
 )
 from reporting.request import convert
+from reporting.stored_values import StoredUTCDateTime
 from sediment.core.databases import ARCHIVE, PRIMARY, Database
 from sediment.core.schema.types import UTCDateTime
 
@@ -264,11 +265,19 @@ def _lookup(entry: Any, names: Sequence[str], fail: Any) -> Lookup:
 
 
 def _statement(body: str, selected: Sequence[Column], params: Sequence[Param],
-               values: Mapping[str, Any]) -> sa.TextualSelect:
+               values: Mapping[str, Any], dialect: str) -> sa.TextualSelect:
     bound = [sa.bindparam(param.name, values[param.name], type_=RESULT_TYPES[param.type])
              for param in params]
     return sa.text(body).bindparams(*bound).columns(
-        *(sa.column(column.name, RESULT_TYPES[column.type]) for column in selected))
+        *(sa.column(column.name, _result_type(column.type, dialect)) for column in selected))
+
+
+def _result_type(declared: str, dialect: str) -> sa.types.TypeEngine[Any]:
+    """How a body's column is read: on SQLite a timestamp as the text a table holds it in,
+    whichever application wrote it (:class:`StoredUTCDateTime`), else :data:`RESULT_TYPES`."""
+    if declared == "datetime" and dialect == "sqlite":
+        return StoredUTCDateTime()
+    return RESULT_TYPES[declared]
 
 
 def _row_query(body: str, selected: Sequence[Column], params: Sequence[Param]) -> Any:
@@ -287,7 +296,7 @@ def _partials(body: str, selected: Sequence[Column], params: Sequence[Param]) ->
 def _body_select(body: str, selected: Sequence[Column], params: Sequence[Param],
                  tables: DatabaseTables, values: Mapping[str, Any]) -> sa.Select[Any]:
     """The body on one database, as a subquery a report's query or partials select from."""
-    statement = _statement(_shadowed(body, tables), selected, params, values)
+    statement = _statement(_shadowed(body, tables), selected, params, values, tables.dialect)
     return sa.select(statement.subquery("body"))
 
 

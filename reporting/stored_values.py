@@ -27,6 +27,7 @@ spelling of a matching instant falls in keeps the column's index in use.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
@@ -141,6 +142,25 @@ class StoredDateTime(StoredTimestamp):
             if isinstance(value, StoredInstant):
                 return value.stored
             return format_(value) if format_ is not None else value
+        return process
+
+
+class StoredUTCDateTime(StoredDateTime):
+    """A :class:`StoredDateTime` whose text without a zone is UTC, as Sediment's own tables
+    and a SQL report's declared ``datetime`` columns are: read aware."""
+
+    cache_ok = True
+
+    def result_processor(self, dialect: sa.Dialect, coltype: object
+                         ) -> Callable[[Any], Any] | None:
+        def process(value: Any) -> Any:
+            if not isinstance(value, str):
+                return value
+            parsed = read_stored_instant(value)
+            if parsed is None:
+                return value
+            return StoredInstant.of(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC),
+                                    value)
         return process
 
 

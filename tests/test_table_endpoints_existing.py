@@ -626,7 +626,16 @@ def test_filters_on_sqlite_timestamps_compare_instants_whatever_their_spelling(
             "CREATE TABLE visits (id integer PRIMARY KEY, at DATETIME NOT NULL, what text)")
         connection.exec_driver_sql("CREATE INDEX visits_at ON visits (at)")
         connection.execute(sa.text("INSERT INTO visits VALUES (:id, :at, :what)"), rows)
+    (tmp_path / "sql").mkdir()
+    (tmp_path / "sql" / "visited.sql").write_text(
+        '-- title = "Visits"\n-- key = ["id"]\n-- sort_keys = ["at", "id"]\n-- default_sort = "-at"\n'
+        '-- root = "visits"\n-- [columns]\n-- id = "integer"\n'
+        '-- at = { type = "datetime", nullable = false }\n-- [filters]\n'
+        '-- at = ["eq", "gte"]\nSELECT id, at FROM visits WHERE at <> \'\'\n')
     with policy_served(tmp_path, primary_url, archive_url, "sqlite", """
+[reports]
+sql_folder = "sql"
+
 [policy.visits]
 table = "visits"
 age_column = "at"
@@ -650,6 +659,10 @@ older_than = "365d"
                     in_source = {i for i in expected if (i in archived) == (source == "archive")
                                  or source == "all"}
                     assert {row["id"] for row in found} == in_source, (bound, op, source)
+            # A SQL report's datetime column reads and compares them alike.
+            found = walk_pages(client, "/api/v1/reports/visited", f"at[eq]={value}")
+            assert {row["id"] for row in found} == {
+                i for i, at in instants.items() if at == bound}, bound
             both = quote(f"{bound.isoformat()},{(bound - timedelta(hours=13)).isoformat()}")
             found = walk(client, "visits", f"at[in]={both}")
             assert len(found) == len(SPELLINGS) + 1, bound
