@@ -628,8 +628,8 @@ def test_filters_on_sqlite_timestamps_compare_instants_whatever_their_spelling(
         connection.execute(sa.text("INSERT INTO visits VALUES (:id, :at, :what)"), rows)
     (tmp_path / "sql").mkdir()
     (tmp_path / "sql" / "visited.sql").write_text(
-        '-- title = "Visits"\n-- key = ["id"]\n-- sort_keys = ["at", "id"]\n-- default_sort = "-at"\n'
-        '-- root = "visits"\n-- [columns]\n-- id = "integer"\n'
+        '-- title = "Visits"\n-- key = ["id"]\n-- sort_keys = ["at", "id"]\n'
+        '-- default_sort = "-at"\n-- root = "visits"\n-- [columns]\n-- id = "integer"\n'
         '-- at = { type = "datetime", nullable = false }\n-- [filters]\n'
         '-- at = ["eq", "gte"]\nSELECT id, at FROM visits WHERE at <> \'\'\n')
     with policy_served(tmp_path, primary_url, archive_url, "sqlite", """
