@@ -4,8 +4,8 @@ SQLite keeps whatever it is given, whatever the column declares: a ``DECIMAL`` c
 hold ``'n/a'``, a ``BOOLEAN`` one ``'true'``. Such a value failed SQLAlchemy's conversion,
 and with it every page of the table (500); it is served as stored (:class:`Lenient`).
 
-SQLite has no timestamp type either: a column declared ``DATETIME`` holds whatever the application
-wrote. ``CURRENT_TIMESTAMP`` writes ``2026-01-02 03:04:05``, SQLAlchemy and Django add
+SQLite has no timestamp type either: a column declared ``DATETIME`` holds whatever the
+application wrote. ``CURRENT_TIMESTAMP`` writes ``2026-01-02 03:04:05``, SQLAlchemy and Django add
 ``.ffffff``, JavaScript's ``toISOString`` writes ``2026-01-02T03:04:05.678Z``, Sequelize
 ``2026-01-02 03:04:05.678 +00:00``; Prisma-style applications store Unix times, and some
 rows hold text of no date at all (``''``). SQLite orders and compares the column by that
@@ -125,14 +125,22 @@ class StoredDateTime(StoredTimestamp):
 
     impl = sa.DateTime
     cache_ok = True  # read from each class's own namespace
+    #: Text without a zone is read as UTC (aware), not as a naive wall-clock time.
+    naive_is_utc = False
 
     def result_processor(self, dialect: sa.Dialect, coltype: object
                          ) -> Callable[[Any], Any] | None:
+        utc = self.naive_is_utc
+
         def process(value: Any) -> Any:
             if not isinstance(value, str):
                 return value
             parsed = read_stored_instant(value)
-            return StoredInstant.of(parsed, value) if parsed is not None else value
+            if parsed is None:
+                return value
+            if utc and parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            return StoredInstant.of(parsed, value)
         return process
 
     def bind_processor(self, dialect: sa.Dialect) -> Callable[[Any], Any] | None:
@@ -150,18 +158,7 @@ class StoredUTCDateTime(StoredDateTime):
     and a SQL report's declared ``datetime`` columns are: read aware."""
 
     cache_ok = True
-
-    def result_processor(self, dialect: sa.Dialect, coltype: object
-                         ) -> Callable[[Any], Any] | None:
-        def process(value: Any) -> Any:
-            if not isinstance(value, str):
-                return value
-            parsed = read_stored_instant(value)
-            if parsed is None:
-                return value
-            return StoredInstant.of(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC),
-                                    value)
-        return process
+    naive_is_utc = True
 
 
 class StoredDate(StoredTimestamp):
