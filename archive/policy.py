@@ -119,8 +119,8 @@ def unreferenced_by_others(table: sa.Table) -> list[sa.ColumnElement[bool]]:
     Deleting a row another one still references fails, or with ``ON DELETE CASCADE``
     deletes that one uncopied (the batch's delete count refuses it): the batch failed, and
     every run after it. Such a row waits until the rows referencing it have been archived
-    (a thread moves from its leaves, a level per run); a row referencing itself counts as
-    unreferenced.
+    (a thread moves from its leaves, a level per pass over the table: the runner passes
+    again while a pass moved rows); a row referencing itself counts as unreferenced.
     """
     key = key_columns(table)
     conditions: list[sa.ColumnElement[bool]] = []
