@@ -23,7 +23,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -159,10 +159,10 @@ def _typed(value: Any, type_name: str) -> Any:
         stored = value.get("stored")
         if set(value) != {"stored"} or not isinstance(stored, str):
             raise ValueError(value)
-        parsed = read_stored_instant(stored)
+        parsed = read_stored_instant(stored, naive_is_utc=True)
         if parsed is None:
             raise ValueError(value)
-        return StoredInstant.of(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC), stored)
+        return StoredInstant.of(parsed, stored)
     if isinstance(value, str) and type_name in _FROM_TEXT:
         return _FROM_TEXT[type_name](value)
     accepted = _CURSOR_TYPES.get(type_name, (str,))

@@ -27,7 +27,6 @@ spelling of a matching instant falls in keeps the column's index in use.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
@@ -135,12 +134,8 @@ class StoredDateTime(StoredTimestamp):
         def process(value: Any) -> Any:
             if not isinstance(value, str):
                 return value
-            parsed = read_stored_instant(value)
-            if parsed is None:
-                return value
-            if utc and parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            return StoredInstant.of(parsed, value)
+            parsed = read_stored_instant(value, naive_is_utc=utc)
+            return StoredInstant.of(parsed, value) if parsed is not None else value
         return process
 
     def bind_processor(self, dialect: sa.Dialect) -> Callable[[Any], Any] | None:

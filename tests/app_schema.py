@@ -304,6 +304,15 @@ def fill(primary: sa.Engine, backend: str, first: int = 1, count: int = INVOICES
                 connection.execute(sa.text(statement), rows[name])
 
 
+def one_policy(table: str, age_column: str, **settings: str) -> str:
+    """The TOML of one policy archiving ``table`` (named after it) a year after
+    ``age_column``, with ``settings`` added as written (``age_format='"epoch_seconds"'``)."""
+    lines = [f"[policy.{table.rpartition('.')[2]}]", f'table = "{table}"',
+             f'age_column = "{age_column}"', 'older_than = "365d"',
+             *(f"{key} = {value}" for key, value in settings.items())]
+    return "\n".join(lines) + "\n"
+
+
 def settings_file(folder: Path, primary_url: str, archive_url: str, backend: str,
                   extra: str = "", policies: str | None = None) -> Path:
     """A settings file for this database, as an operator would write it (these policies,

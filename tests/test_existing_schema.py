@@ -16,10 +16,26 @@ import pytest
 import sqlalchemy as sa
 
 from tests import app_schema
-from tests.app_schema import ARCHIVED, NOW, AppDatabase, rows_of, settings_file, table_list
+from tests.app_schema import (
+    ARCHIVED,
+    NOW,
+    AppDatabase,
+    one_policy,
+    rows_of,
+    settings_file,
+    table_list,
+)
 from tests.support import DatabaseFactory, run_cli
 
 NOW_ARG = ("--now", NOW.isoformat())
+
+
+def migrated(folder: Path, primary_url: str, archive_url: str, backend: str,
+             policies: str) -> Path:
+    """A settings file for ``policies`` beside PRIMARY's own tables, ARCHIVE migrated."""
+    settings = settings_file(folder, primary_url, archive_url, backend, policies=policies)
+    ok(run_cli("--settings", str(settings), "migrate"))
+    return settings
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -329,13 +345,8 @@ def test_a_value_postgresql_cannot_take_ends_the_run_in_the_ledger(
         connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at, 'b')"), [
             {"id": i, "at": (NOW - timedelta(days=100 * i)).strftime("%Y-%m-%d %H:%M:%S")}
             for i in range(1, 7)] + [{"id": 7, "at": "2024-01-02 03:04:05.678 +00:00"}])
-    settings = settings_file(tmp_path, primary_url, archive_url, "sqlite", policies="""
-[policy.notes]
-table = "notes"
-age_column = "at"
-older_than = "365d"
-""")
-    ok(run_cli("--settings", str(settings), "migrate"))
+    settings = migrated(tmp_path, primary_url, archive_url, "sqlite",
+                        one_policy("notes", "at"))
     ran = run_cli("--settings", str(settings), "archive", "run", *NOW_ARG)
     assert ran.returncode == 1, ran.stderr[-2000:]
     assert "Traceback" not in ran.stderr and "Traceback" not in ran.stdout
@@ -503,13 +514,8 @@ def test_enum_arrays_get_their_type_in_archive_and_follow_new_labels(
             "INSERT INTO app.moods SELECT g, %(now)s::timestamptz - g * interval '100 days',"
             " 'ok', ARRAY['sad', 'ok']::app.mood[], ARRAY['blue']::app.flag[]"
             " FROM generate_series(1, 20) g", {"now": NOW.isoformat()})
-    settings = settings_file(tmp_path, primary_url, archive_url, "postgres", policies="""
-[policy.moods]
-table = "app.moods"
-age_column = "seen_at"
-older_than = "365d"
-""")
-    ok(run_cli("--settings", str(settings), "migrate"))
+    settings = migrated(tmp_path, primary_url, archive_url, "postgres",
+                        one_policy("app.moods", "seen_at"))
     ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
     with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
         connection.exec_driver_sql("ALTER TYPE app.flag ADD VALUE 'green'")
@@ -555,14 +561,8 @@ def test_a_sqlite_application_table_is_archived_and_restored_byte_for_byte(
             {"cart": i, "line": line, "sku": f"s{i}.{line}"}
             for i in range(1, 9) for line in (1, 2)])
         written = connection.exec_driver_sql("SELECT * FROM carts ORDER BY id").all()
-    settings = settings_file(tmp_path, primary_url, archive_url, "sqlite", policies="""
-[policy.carts]
-table = "carts"
-age_column = "placed_at"
-older_than = "365d"
-children = "auto"
-""")
-    ok(run_cli("--settings", str(settings), "migrate"))
+    settings = migrated(tmp_path, primary_url, archive_url, "sqlite",
+                        one_policy("carts", "placed_at", children='"auto"'))
     ran = ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
     assert "carts 5, cart_lines 10" in ran, ran  # 400 to 800 days old
     restored = ok(run_cli("--settings", str(settings), "archive", "restore", "--table",
@@ -590,13 +590,8 @@ def test_a_sqlite_column_declared_as_any_timestamp_is_one(
         connection.execute(sa.text("INSERT INTO logs VALUES (:id, :at, 'n')"), [
             {"id": i, "at": (NOW - timedelta(days=100 * i)).strftime("%Y-%m-%dT%H:%M:%SZ")}
             for i in range(1, 7)])
-    settings = settings_file(tmp_path, primary_url, archive_url, "sqlite", policies="""
-[policy.logs]
-table = "logs"
-age_column = "at"
-older_than = "365d"
-""")
-    ok(run_cli("--settings", str(settings), "migrate"))
+    settings = migrated(tmp_path, primary_url, archive_url, "sqlite",
+                        one_policy("logs", "at"))
     assert "logs 3" in ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
     with app_schema.engine_for(archive_url) as archive, archive.connect() as connection:
         assert connection.exec_driver_sql("SELECT at FROM logs ORDER BY id").scalars().all() \
@@ -621,13 +616,8 @@ def test_a_table_that_references_itself_is_archived_from_its_leaves(
         connection.execute(sa.text("INSERT INTO comments VALUES (:id, :parent, :at, 'c')"), [
             {"id": i, "parent": p, "at": (NOW - timedelta(days=400 if i in aged else 5))
              .strftime("%Y-%m-%d %H:%M:%S")} for i, p in parent.items()])
-    settings = settings_file(tmp_path, primary_url, archive_url, databases.backend, policies="""
-[policy.comments]
-table = "comments"
-age_column = "created_at"
-older_than = "365d"
-""")
-    ok(run_cli("--settings", str(settings), "migrate"))
+    settings = migrated(tmp_path, primary_url, archive_url, databases.backend,
+                        one_policy("comments", "created_at"))
 
     def stays(row: int) -> bool:
         replies = [i for i, p in parent.items() if p == row and i != row]

@@ -34,6 +34,7 @@ from tests.app_schema import (
     NOW,
     AppDatabase,
     engine_for,
+    one_policy,
     rows_of,
     settings_file,
     table_list,
@@ -349,12 +350,8 @@ def test_a_merged_sort_on_text_follows_code_points_whatever_the_collation(
             "INSERT INTO people VALUES (:id, :name, :seen_at)"),
             [{"id": i, "name": f"{name}{i}", "seen_at": NOW - timedelta(days=10 + 400 * (i % 2))}
              for i, name in enumerate(names * 3)])
-    with policy_served(tmp_path, primary_url, archive_url, "postgres", """
-[policy.people]
-table = "people"
-age_column = "seen_at"
-older_than = "365d"
-""") as client:
+    with policy_served(tmp_path, primary_url, archive_url, "postgres",
+                       one_policy("people", "seen_at")) as client:
         for sort in ("name", "-name"):
             got = [row["name"] for row in walk(client, "people", f"sort={sort}", limit=4)]
             want = sorted((f"{name}{i}" for i, name in enumerate(names * 3)),
@@ -378,12 +375,8 @@ def test_bit_strings_are_filtered_and_downloaded_as_text(
                                    " CAST(:mask AS bit(4)), CAST(:trail AS bit varying))"),
                            [{"id": i, "seen_at": NOW - timedelta(days=10 + 400 * (i % 2)),
                              "mask": f"{i:04b}", "trail": "1" * (i % 3)} for i in range(16)])
-    with policy_served(tmp_path, primary_url, archive_url, "postgres", """
-[policy.flags]
-table = "flags"
-age_column = "seen_at"
-older_than = "365d"
-""") as client:
+    with policy_served(tmp_path, primary_url, archive_url, "postgres",
+                       one_policy("flags", "seen_at")) as client:
         for source in ("primary", "archive", "all"):
             ones = walk(client, "flags", f"source={source}&mask[like]=1%25&trail=11")
             assert ones and all(row["mask"].startswith("1") and row["trail"] == "11"
@@ -418,12 +411,8 @@ def test_a_download_has_the_same_cells_from_every_source(
               "since": datetime(999 + i * 100, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
               "until": ("infinity", "-infinity", None, "2026-02-03 04:05:06+00")[i % 4]}
              for i in range(14)])
-    with policy_served(tmp_path, primary_url, archive_url, "postgres", """
-[policy.gauges]
-table = "gauges"
-age_column = "seen_at"
-older_than = "365d"
-""") as client:
+    with policy_served(tmp_path, primary_url, archive_url, "postgres",
+                       one_policy("gauges", "seen_at")) as client:
 
         def cells(source: str, columns: str) -> dict[str, dict[str, str]]:
             response = client.get(f"/api/v1/tables/gauges.csv?source={source}&columns={columns}")
@@ -464,13 +453,8 @@ def test_unix_times_in_a_sqlite_datetime_column_are_served_as_stored(
             *({"id": i, "at": seconds - 86400 * 100 * i, "what": f"n{i}"} for i in range(1, 9)),
             *({"id": 100 + i, "at": f"2026-0{i}-02 03:04:05.000006", "what": f"t{i}"}
               for i in range(1, 5))])
-    with policy_served(tmp_path, primary_url, archive_url, "sqlite", """
-[policy.hits]
-table = "hits"
-age_column = "at"
-age_format = "epoch_seconds"
-older_than = "365d"
-""") as client:
+    with policy_served(tmp_path, primary_url, archive_url, "sqlite",
+                       one_policy("hits", "at", age_format='"epoch_seconds"')) as client:
         archived = walk(client, "hits", "source=archive")
         assert {row["id"] for row in archived} == {4, 5, 6, 7, 8}  # over 365 days old
         rows = walk(client, "hits", "source=all")
@@ -506,12 +490,8 @@ def test_pages_sorted_on_sqlite_timestamps_in_their_own_text_form_resume_exactly
         connection.exec_driver_sql("CREATE INDEX notes_created ON notes (created_at)")
         connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at, :body)"),
                            [{"id": i, "at": stamps[i % 4], "body": f"b{i}"} for i in range(16)])
-    with policy_served(tmp_path, primary_url, archive_url, "sqlite", """
-[policy.notes]
-table = "notes"
-age_column = "created_at"
-older_than = "365d"
-""") as client:
+    with policy_served(tmp_path, primary_url, archive_url, "sqlite",
+                       one_policy("notes", "created_at")) as client:
         everyone = {"all": set(range(16)), "archive": {i for i in range(16) if i % 4 < 2},
                     "primary": {i for i in range(16) if i % 4 >= 2}}
         for source, ids in everyone.items():
@@ -553,12 +533,8 @@ def test_values_sqlite_keeps_against_their_declared_type_are_served_as_stored(
             rows.append(row)
         connection.execute(sa.text("INSERT INTO items VALUES (:id, :made, :price, :active,"
                                    " :ref, :meta, :weight)"), rows)
-    with policy_served(tmp_path, primary_url, archive_url, "sqlite", """
-[policy.items]
-table = "items"
-age_column = "made"
-older_than = "365d"
-""") as client:
+    with policy_served(tmp_path, primary_url, archive_url, "sqlite",
+                       one_policy("items", "made")) as client:
         catalog = client.get("/api/v1/tables").get_json()["tables"]
         types = {column["name"]: column["type"] for column in catalog[0]["columns"]}
         assert (types["ref"], types["made"]) == ("string", "datetime")  # not NUMERIC's number
@@ -632,15 +608,8 @@ def test_filters_on_sqlite_timestamps_compare_instants_whatever_their_spelling(
         '-- default_sort = "-at"\n-- root = "visits"\n-- [columns]\n-- id = "integer"\n'
         '-- at = { type = "datetime", nullable = false }\n-- [filters]\n'
         '-- at = ["eq", "gte"]\nSELECT id, at FROM visits WHERE at <> \'\'\n')
-    with policy_served(tmp_path, primary_url, archive_url, "sqlite", """
-[reports]
-sql_folder = "sql"
-
-[policy.visits]
-table = "visits"
-age_column = "at"
-older_than = "365d"
-""") as client:
+    with policy_served(tmp_path, primary_url, archive_url, "sqlite",
+                       '[reports]\nsql_folder = "sql"\n' + one_policy("visits", "at")) as client:
         archived = {row["id"] for row in walk(client, "visits", "source=archive")}
         assert archived == {i for i in instants if i < 99}, "'' is no date: never aged"
         served = {row["id"]: row["at"] for row in walk(client, "visits", "source=all")}
@@ -693,12 +662,8 @@ def test_a_date_python_cannot_hold_is_a_problem_naming_the_way_around(
             "INSERT INTO eras SELECT g, now() - g * interval '100 days',"
             " CASE WHEN g = 3 THEN '0044-03-15 12:00 BC' ELSE now() END"
             " FROM generate_series(1, 6) g")
-    with policy_served(tmp_path, primary_url, archive_url, "postgres", """
-[policy.eras]
-table = "eras"
-age_column = "seen_at"
-older_than = "365d"
-""", archive=False) as client:
+    with policy_served(tmp_path, primary_url, archive_url, "postgres",
+                       one_policy("eras", "seen_at"), archive=False) as client:
         for source in ("primary", "all"):
             refused = client.get(f"/api/v1/tables/eras?source={source}")
             assert refused.status_code == 422, refused.get_data(as_text=True)

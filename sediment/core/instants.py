@@ -32,11 +32,12 @@ def parse_instant(raw: str) -> datetime:
 _SPACED_ZONE = re.compile(r"\s+(?=(?:[+-]\d\d(?::?\d\d)?|Z)$)")
 
 
-def read_stored_instant(text: str) -> datetime | None:
+def read_stored_instant(text: str, *, naive_is_utc: bool = False) -> datetime | None:
     """An instant as another application stored it as text (on SQLite, in a column
     declared ``DATETIME``): ISO-8601 with a ``T`` or a space, any fraction, a zone or none,
     and a space before the zone. An instant with a zone is returned in UTC; one without
-    stays naive (its zone is the column's convention). ``None`` for text of another form.
+    stays naive (its zone is the column's convention), or with ``naive_is_utc`` is UTC.
+    ``None`` for text of another form.
     """
     for candidate in (text, _SPACED_ZONE.sub("", text, count=1)):
         try:
@@ -44,7 +45,7 @@ def read_stored_instant(text: str) -> datetime | None:
         except ValueError:
             continue
         if value.tzinfo is None:
-            return value
+            return value.replace(tzinfo=UTC) if naive_is_utc else value
         try:
             return value.astimezone(UTC)
         except OverflowError:  # 0001-01-01 00:00+05:00 is in year 0 in UTC
