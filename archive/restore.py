@@ -22,6 +22,7 @@ A restored root ages again from the moment of its restore: its mark lasts the po
 
 from __future__ import annotations
 
+import enum
 import json
 import threading
 from collections import Counter
@@ -34,6 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from archive import ledger
+from archive.identity_insert import insert_keeping_identities
 from archive.keys import (
     Key,
     key_after,
@@ -209,11 +211,8 @@ def _restore_batch(engines: Engines, lock: RunnerLock, policy: ArchivePolicy,
                    levels: Sequence[Level], selection: sa.ColumnElement[bool], run_id: int,
                    after: Key | None, limit: int, *, now: datetime,
                    timeouts: Timeouts) -> BatchResult | None:
-    # Two SQLite files: values travel as SQLite stores them, as archiving copied them (an
-    # application's own timestamp text, JSON spacing, Unix times in a DATETIME column), not
-    # parsed and written back in SQLAlchemy's forms.
-    as_stored = engines.primary.dialect.name == engines.archive.dialect.name == "sqlite"
-    batch = _read_batch(engines.archive, policy, levels, selection, after, limit, as_stored)
+    travel = _Travel.between(engines)
+    batch = _read_batch(engines.archive, policy, levels, selection, after, limit, travel)
     if batch is None:
         return None
     with engines.archive.begin() as connection:  # 1. the marks, before PRIMARY sees a row
@@ -226,7 +225,7 @@ def _restore_batch(engines: Engines, lock: RunnerLock, policy: ArchivePolicy,
     with lock.batch_connection() as primary, primary.begin():  # 2. insert, compare, commit
         apply_timeouts(primary, timeouts)
         for table in policy.tables:
-            _insert(primary, table, batch.rows[table.fullname], as_stored)
+            _insert(primary, table, batch.rows[table.fullname], travel)
     with engines.archive.begin() as connection:  # 3. delete from ARCHIVE, count
         deleted: dict[str, int] = {}
         for level in reversed(levels):
@@ -247,7 +246,7 @@ def _restore_batch(engines: Engines, lock: RunnerLock, policy: ArchivePolicy,
 
 def _read_batch(archive: sa.Engine, policy: ArchivePolicy, levels: Sequence[Level],
                 selection: sa.ColumnElement[bool], after: Key | None,
-                limit: int, as_stored: bool) -> _Batch | None:
+                limit: int, travel: _Travel) -> _Batch | None:
     root = levels[0].table
     key = key_columns(root)
     with archive.connect() as connection, connection.begin():
@@ -263,7 +262,7 @@ def _read_batch(archive: sa.Engine, policy: ArchivePolicy, levels: Sequence[Leve
         owners: dict[tuple[int, str], int] = {}
         for table, level in zip(policy.tables, levels, strict=True):
             twin = level.table
-            values = [_value(twin.c[column.name], as_stored) for column in table.columns]
+            values = [travel.read(twin.c[column.name]) for column in table.columns]
             keys = [twin.c[column.name] for column in key_columns(table)]
             found = connection.execute(sa.select(*values, *keys, twin.c[ARCHIVE_RUN_ID]).where(
                 conditions[twin.fullname])).all()
@@ -275,11 +274,11 @@ def _read_batch(archive: sa.Engine, policy: ArchivePolicy, levels: Sequence[Leve
 
 
 def _insert(primary: sa.Connection, table: sa.Table,
-            rows: dict[Key, tuple[Any, ...]], as_stored: bool) -> None:
+            rows: dict[Key, tuple[Any, ...]], travel: _Travel) -> None:
     """Insert the archived rows into PRIMARY's ``table``, then read them back and compare.
 
-    :param as_stored: the rows' values are as the database stores them (:func:`_value`),
-        and are written and read back so.
+    :param travel: how the rows' values were read from ARCHIVE; they are written and read
+        back the same way.
 
     :raises RestoreConflict: when PRIMARY holds a different row under one of the keys.
     :raises ArchiveError: when what PRIMARY holds afterwards differs from the archive.
@@ -288,7 +287,7 @@ def _insert(primary: sa.Connection, table: sa.Table,
         return
     names = [column.name for column in table.columns]
     keys = list(rows)
-    present = _read(primary, table, keys, as_stored)
+    present = _read(primary, table, keys, travel)
     for found_key, row in present.items():
         if _comparable(row) != _comparable(rows[found_key]):
             raise RestoreConflict(
@@ -298,8 +297,9 @@ def _insert(primary: sa.Connection, table: sa.Table,
     writable = [name for name in names if table.c[name].computed is None]
     new = [dict(zip(names, rows[each], strict=True)) for each in keys if each not in present]
     if new:
-        insert = table.insert()
-        if as_stored:  # bound unconverted (a bindparam may not take a column's own name)
+        insert = insert_keeping_identities(table)
+        if travel is not _Travel.TYPED:  # unconverted (a bindparam may not take its
+            # column's own name)
             insert = insert.values({name: sa.bindparam(f"stored_{at}", type_=_AsStored())
                                     for at, name in enumerate(writable)})
             writable_as = [f"stored_{at}" for at in range(len(writable))]
@@ -307,7 +307,7 @@ def _insert(primary: sa.Connection, table: sa.Table,
             writable_as = writable
         primary.execute(insert, [{bound: row[name] for bound, name in zip(
             writable_as, writable, strict=True)} for row in new])
-    back = _read(primary, table, keys, as_stored)
+    back = _read(primary, table, keys, travel)
     if Counter(map(_comparable, back.values())) != Counter(map(_comparable, rows.values())):
         differing = sorted((k for k in keys if k not in back or
                             _comparable(back[k]) != _comparable(rows[k])), key=str)[:5]
@@ -316,9 +316,9 @@ def _insert(primary: sa.Connection, table: sa.Table,
 
 
 def _read(connection: sa.Connection, table: sa.Table, keys: Sequence[Key],
-          as_stored: bool) -> dict[Key, tuple[Any, ...]]:
+          travel: _Travel) -> dict[Key, tuple[Any, ...]]:
     key = key_columns(table)
-    values = [_value(column, as_stored) for column in table.columns]
+    values = [travel.read(column) for column in table.columns]
     width = len(values)
     found: dict[Key, tuple[Any, ...]] = {}
     for condition in key_filters(key, keys, connection.dialect):
@@ -327,11 +327,42 @@ def _read(connection: sa.Connection, table: sa.Table, keys: Sequence[Key],
     return found
 
 
-def _value(column: sa.Column[Any], as_stored: bool) -> sa.ColumnElement[Any]:
-    """``column`` as read for a restore: as the database stores it (no result processing)
-    when ``as_stored``, else as its type reads it. Keys are always read as their type, for
-    the key filters to bind."""
-    return sa.type_coerce(column, _AsStored()) if as_stored else column
+class _Travel(enum.Enum):
+    """How a restore's values travel from ARCHIVE back into PRIMARY, and are compared.
+
+    Keys are always read as their type, for the key filters to bind.
+    """
+
+    #: Two SQLite files: as SQLite stores them, as archiving copied them (an application's
+    #: own timestamp text, JSON spacing, Unix times in a DATETIME column), not parsed and
+    #: written back in SQLAlchemy's forms.
+    STORED = "stored"
+    #: Two PostgreSQL databases: as the types' text forms, as archiving's COPY moved them,
+    #: inserted as untyped literals that PostgreSQL reads with the column's own input
+    #: function. Python's values would not give everything back: ``interval '1 mon'``
+    #: reads as 30 days and ``'150 hours'`` as 6 days 6 hours (equal to PostgreSQL, but
+    #: not in date arithmetic), ``json`` loses its spacing and key order, an array its
+    #: lower bound.
+    TEXT = "text"
+    #: SQLite PRIMARY, PostgreSQL ARCHIVE: as the column types read and write them.
+    TYPED = "typed"
+
+    @classmethod
+    def between(cls, engines: Engines) -> _Travel:
+        names = engines.primary.dialect.name, engines.archive.dialect.name
+        if names == ("sqlite", "sqlite"):
+            return cls.STORED
+        if names == ("postgresql", "postgresql"):
+            return cls.TEXT
+        return cls.TYPED
+
+    def read(self, column: sa.Column[Any]) -> sa.ColumnElement[Any]:
+        """``column`` as a restore reads it."""
+        if self is _Travel.STORED:
+            return sa.type_coerce(column, _AsStored())
+        if self is _Travel.TEXT:
+            return sa.type_coerce(sa.cast(column, sa.Text), _AsStored())
+        return column
 
 
 class _AsStored(sa.types.TypeDecorator[Any]):
