@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from reporting.stored_values import install_instant_function
+from sediment.core.databases import POSTGRESQL_SESSION
 
 
 def create_readonly_engine(url: str, *, statement_timeout_ms: int, pool_size: int) -> sa.Engine:
@@ -30,7 +31,8 @@ def create_readonly_engine(url: str, *, statement_timeout_ms: int, pool_size: in
         # JIT compiles a report query for longer than the query runs (seen: pages of the
         # orders report at 0.3-1.4 s with it, the planner misled by unanalysed tables).
         options = ("-c default_transaction_read_only=on "
-                   f"-c statement_timeout={statement_timeout_ms} -c timezone=UTC -c jit=off")
+                   f"-c statement_timeout={statement_timeout_ms} -c jit=off "
+                   f"{POSTGRESQL_SESSION}")
         # No hstore in any report: skipping psycopg2's catalog lookup for it keeps a first
         # connection's set-up inside even a very short statement_timeout.
         # Autocommit leaves no transaction to roll back when a connection returns to the

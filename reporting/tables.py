@@ -171,6 +171,8 @@ def _served(column: sa.ColumnElement[Any], served: TableColumn,
     # A bit string holds Python text but is no SQL text: filters (like) and the CSV's
     # formula escape (left, ||) need it cast, as an enum's label does.
     bits = served.type == "string" and not isinstance(column.type, sa.String)
+    if isinstance(column.type, postgresql.INET):  # as PostgreSQL prints it: a cast to text
+        return sa.func.abbrev(column).label(served.name)  # writes an address with its /32
     if isinstance(column.type, sa.Enum) or bits or (
             served.type is None and dialect == "postgresql"):
         return sa.cast(column, sa.Text).label(served.name)

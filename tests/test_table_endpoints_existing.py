@@ -675,3 +675,46 @@ def test_a_date_python_cannot_hold_is_a_problem_naming_the_way_around(
         download = client.get("/api/v1/tables/eras.csv?source=all")
         assert download.status_code == 422, download.get_data(as_text=True)[:300]
         assert client.get("/api/v1/tables/eras.csv?source=primary").status_code == 200
+
+
+@pytest.mark.postgres
+def test_the_application_databases_own_session_settings_change_no_value(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """A database its application set to ``datestyle 'SQL, DMY'``, ``intervalstyle
+    'iso_8601'`` and ``extra_float_digits 0``: every batch failed its read-back (the
+    intervals), and without that, floats were archived rounded to 15 digits, unnoticed.
+    Rows are archived exactly and served in PostgreSQL's default forms. And an ``inet``
+    address is served as PostgreSQL prints it, not with the ``/32`` a cast to text adds."""
+    primary_url, archive_url = databases.pair("datestyle")
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE visits (id integer PRIMARY KEY, at timestamptz NOT NULL, day date,"
+            " stay interval, score float8, client inet)")
+        connection.execute(sa.text(
+            "INSERT INTO visits VALUES (:id, :at, :day, :stay, :score, :client)"), [
+            {"id": i, "at": NOW - timedelta(days=100 * i), "day": datetime(2026, 1, 3 * i).date(),
+             "stay": "1 mon 2 days 150 hours", "score": i / 10 + 0.2, "client": f"10.0.0.{i}"}
+            for i in range(1, 9)])
+        database = sa.engine.make_url(primary_url).database
+        for setting in ("datestyle = 'SQL, DMY'", "intervalstyle = 'iso_8601'",
+                        "extra_float_digits = 0"):
+            connection.exec_driver_sql(f'ALTER DATABASE "{database}" SET {setting}')
+
+    def printed(url: str) -> list[tuple[str, ...]]:
+        with engine_for(url) as engine, engine.connect() as connection:
+            connection.exec_driver_sql("SET datestyle = ISO; SET intervalstyle = postgres;"
+                                       " SET extra_float_digits = 3; SET timezone = UTC")
+            return [tuple(row) for row in connection.exec_driver_sql(
+                "SELECT id::text, at::text, day::text, stay::text, score::text,"
+                " client::text FROM visits ORDER BY id")]
+
+    written = printed(primary_url)
+    with policy_served(tmp_path, primary_url, archive_url, "postgres",
+                       one_policy("visits", "at")) as client:
+        assert printed(archive_url) == written[3:]  # 400 days and older
+        assert printed(primary_url) == written[:3]
+        served = walk(client, "visits", "source=all")
+    assert [(row["at"], row["day"], row["stay"], row["score"], row["client"])
+            for row in served] == [
+        ((NOW - timedelta(days=100 * i)).strftime("%Y-%m-%dT%H:%M:%SZ"), f"2026-01-{3 * i:02d}",
+         "1 mon 2 days 150:00:00", i / 10 + 0.2, f"10.0.0.{i}") for i in range(1, 9)]

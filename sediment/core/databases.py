@@ -44,18 +44,30 @@ class Engines:
             engine.dispose()
 
 
+#: The session every PostgreSQL connection of Sediment's asks for, whatever the server's or
+#: the application's database's own settings (``ALTER DATABASE ... SET``): the archiver
+#: moves and compares rows as the types' text forms, and psycopg2 parses values from text.
+#: So: UTC (``timestamptz`` is written in the session's zone); ISO dates (psycopg2 asks for
+#: them on connecting too); intervals in PostgreSQL's own style (``iso_8601`` writes
+#: ``P1M2DT150H``: ARCHIVE printed its copy otherwise, so every batch failed its read-back,
+#: and psycopg2 refuses to read it); and floats to their last digit (``extra_float_digits =
+#: 0`` prints 15 digits: ``0.6000000000000001`` was archived as ``0.6``, and the read-back,
+#: printed as rounded, could not tell).
+POSTGRESQL_SESSION = ("-c timezone=UTC -c datestyle=ISO -c intervalstyle=postgres "
+                      "-c extra_float_digits=3")
+
+
 def engine_options(url: str, *, pool_size: int, busy_timeout_ms: int) -> dict[str, Any]:
     """Return the engine options Sediment uses for a database at ``url``.
 
-    Every connection talks UTC (PostgreSQL renders ``timestamptz`` in the session's zone,
-    and the archiver compares rendered rows across two servers). SQLite waits for a writer
+    PostgreSQL connections ask for :data:`POSTGRESQL_SESSION`. SQLite waits for a writer
     instead of failing at once.
     """
     options: dict[str, Any] = {"pool_pre_ping": True}
     if sa.engine.make_url(url).get_backend_name() == "postgresql":
         options.update(
             pool_size=pool_size,
-            connect_args={"options": "-c timezone=UTC", "application_name": "sediment"},
+            connect_args={"options": POSTGRESQL_SESSION, "application_name": "sediment"},
         )
     else:
         options["connect_args"] = {"timeout": busy_timeout_ms / 1000}
