@@ -11,13 +11,14 @@ one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
 from archive.policy import ArchivePolicy
 from sediment.core.error_text import first_line
+from sediment.core.schema.archive import RunKind
 from sediment.core.settings import SettingsError
 
 
@@ -81,3 +82,47 @@ def _check_stored_ages(connection: sa.Connection, policies: Sequence[ArchivePoli
                 f"{policy.root.fullname}.{column.name} is declared {column.type} but holds "
                 f"numbers (such as {number}): declare age_format = 'epoch_seconds' or "
                 "'epoch_milliseconds' if they are Unix times; until then no row counts as aged")
+
+
+#: What each kind of run does to PRIMARY's tables of its policy, as PostgreSQL privileges:
+#: an archive run or a purge reads the tables, locks the batch's rows (``FOR UPDATE``,
+#: which needs ``UPDATE``) and deletes them; a restore reads and inserts. An expiry and an
+#: erasure's ARCHIVE side leave PRIMARY alone.
+PRIMARY_PRIVILEGES: Mapping[RunKind, tuple[str, ...]] = {
+    "archive": ("SELECT", "UPDATE", "DELETE"),
+    "purge": ("SELECT", "UPDATE", "DELETE"),
+    "restore": ("SELECT", "INSERT"),
+}
+
+
+def missing_privileges(primary: sa.Engine, tables: Sequence[sa.Table],
+                       kind: RunKind) -> str | None:
+    """The privileges on ``tables`` that a ``kind`` run needs and PRIMARY's role lacks, as
+    one line naming the role, the privileges and the ``GRANT`` that gives them; ``None``
+    when it lacks none (and always on SQLite, which has no privileges).
+
+    Checked before a run's first batch: without it, an archive run whose role could read
+    and lock but not delete committed the first batch's copy to ARCHIVE and then failed on
+    the delete, every run again, with only PostgreSQL's "permission denied" to go by.
+    """
+    needed = PRIMARY_PRIVILEGES.get(kind, ())
+    if primary.dialect.name != "postgresql" or not needed or not tables:
+        return None
+    preparer = primary.dialect.identifier_preparer
+    names = [preparer.format_table(table) for table in tables]
+    checks = [sa.func.has_any_column_privilege(name, privilege) if privilege == "UPDATE"
+              else sa.func.has_table_privilege(name, privilege)  # UPDATE of one column will do
+              for name in names for privilege in needed]
+    with primary.connect() as connection:
+        role, *granted = connection.execute(sa.select(sa.func.current_user(), *checks)).one()
+    lacking: dict[str, list[str]] = {}
+    for at, allowed in enumerate(granted):
+        if not allowed:
+            lacking.setdefault(names[at // len(needed)], []).append(needed[at % len(needed)])
+    if not lacking:
+        return None
+    missing = "; ".join(f"{', '.join(privileges)} on {name}"
+                        for name, privileges in lacking.items())
+    return (f"the role {role} lacks {missing} in PRIMARY, which {kind} runs need; "
+            f"nothing was done: GRANT {', '.join(needed)} ON {', '.join(lacking)} "
+            f"TO {preparer.quote(role)}")

@@ -27,6 +27,7 @@ from archive.locks import LockLost, RunnerLock
 from archive.mover import ArchiveError, BatchResult, SchemaDrift, Timeouts
 from archive.pipeline import BatchPipeline
 from archive.policy import ArchivePolicy, unreferenced_by_others
+from archive.preflight import missing_privileges
 from archive.restore_marks import without_restored
 from archive.settle import settle_pending_runs
 from sediment.core.databases import analyze
@@ -231,7 +232,14 @@ def run_locked(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, *,
         else:
             if stale:
                 logger.warning("policy %s: runs %s had been interrupted", policy.name, stale)
-            work(outcome, lock)
+            try:
+                outcome.error = missing_privileges(primary, policy.tables, kind)
+            except sa.exc.SQLAlchemyError as exc:
+                outcome.error = first_line(exc)
+            if outcome.error:
+                outcome.status = "error"
+            else:
+                work(outcome, lock)
         if outcome.status == "running":
             outcome.status = "done"
         _finish(archive, outcome, settings)

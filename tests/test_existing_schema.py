@@ -9,6 +9,7 @@ developers would have: Sediment only ever sees it by reflection.
 from __future__ import annotations
 
 import subprocess
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -681,3 +682,53 @@ def test_a_postgresql_restore_gives_back_every_value_as_the_application_wrote_it
         run_cli("--settings", str(settings), "archive", "restore", "--run", "1", *NOW_ARG))
     assert as_printed() == written
     assert "archive verified" in ok(run_cli("--settings", str(settings), "archive", "verify"))
+
+
+@pytest.mark.postgres
+def test_a_role_without_the_privileges_a_run_needs_is_told_the_grant_before_anything_moves(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """An archiver's role that could read and lock but not delete committed each run's
+    first batch to ARCHIVE, then failed on the delete with PostgreSQL's bare "permission
+    denied". Now the run ends ``error`` before its first batch, naming the role, what it
+    lacks on which table, and the GRANT that gives it; that GRANT is enough."""
+    primary_url, archive_url = databases.pair("grants")
+    role = f"archiver_{uuid.uuid4().hex[:8]}"
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE posts (id integer PRIMARY KEY,"
+                                   " at timestamptz NOT NULL)")
+        connection.exec_driver_sql("CREATE TABLE likes (id integer PRIMARY KEY,"
+                                   " post_id integer NOT NULL REFERENCES posts (id))")
+        connection.execute(sa.text("INSERT INTO posts VALUES (:id, :at)"), [
+            {"id": i, "at": NOW - timedelta(days=100 * i)} for i in range(1, 7)])
+        connection.exec_driver_sql("INSERT INTO likes SELECT i, i FROM generate_series(1, 6) i")
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        connection.exec_driver_sql(f"GRANT SELECT ON posts, likes TO {role}")
+        connection.exec_driver_sql(f"GRANT UPDATE, DELETE ON posts TO {role}")
+        connection.exec_driver_sql(f"GRANT UPDATE ON likes TO {role}")
+    as_role = sa.engine.make_url(primary_url).set(username=role).render_as_string(
+        hide_password=False)
+    try:
+        settings = migrated(tmp_path, as_role, archive_url, "postgres",
+                            one_policy("posts", "at", children='"auto"'))
+        refused = run_cli("--settings", str(settings), "archive", "run", *NOW_ARG)
+        assert refused.returncode == 1, refused.stdout
+        grant = f"GRANT SELECT, UPDATE, DELETE ON likes TO {role}"
+        assert (f"error: the role {role} lacks DELETE on likes in PRIMARY, which "
+                f"archive runs need; nothing was done: {grant}") in refused.stdout
+        with app_schema.engine_for(archive_url) as archive:
+            assert rows_of(archive, ["posts", "likes"], archive=True) == {"posts": {},
+                                                                          "likes": {}}
+        with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+            connection.exec_driver_sql(grant)
+        assert "posts 3, likes 3" in ok(
+            run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
+        restoring = run_cli("--settings", str(settings), "archive", "restore", "--run", "2")
+        assert (f"lacks INSERT on posts; INSERT on likes in PRIMARY, which restore runs "
+                f"need; nothing was done: GRANT SELECT, INSERT ON posts, likes TO {role}"
+                ) in restoring.stdout, restoring.stdout
+    finally:
+        for url in (primary_url, archive_url):
+            with app_schema.engine_for(url) as engine, engine.begin() as connection:
+                connection.exec_driver_sql(f"DROP OWNED BY {role}")
+        with app_schema.engine_for(archive_url) as engine, engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP ROLE {role}")
