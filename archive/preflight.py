@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from archive.policy import ArchivePolicy
 from sediment.core.error_text import first_line
+from sediment.core.names import quoted_table, uninterpolated
 from sediment.core.schema.archive import RunKind
 from sediment.core.settings import SettingsError
 
@@ -109,7 +110,7 @@ def missing_privileges(primary: sa.Engine, tables: Sequence[sa.Table],
     if primary.dialect.name != "postgresql" or not needed or not tables:
         return None
     preparer = primary.dialect.identifier_preparer
-    names = [preparer.format_table(table) for table in tables]
+    names = [quoted_table(primary.dialect, table) for table in tables]
     checks = [sa.func.has_any_column_privilege(name, privilege) if privilege == "UPDATE"
               else sa.func.has_table_privilege(name, privilege)  # UPDATE of one column will do
               for name in names for privilege in needed]
@@ -125,4 +126,4 @@ def missing_privileges(primary: sa.Engine, tables: Sequence[sa.Table],
                         for name, privileges in lacking.items())
     return (f"the role {role} lacks {missing} in PRIMARY, which {kind} runs need; "
             f"nothing was done: GRANT {', '.join(needed)} ON {', '.join(lacking)} "
-            f"TO {preparer.quote(role)}")
+            f"TO {uninterpolated(primary.dialect, preparer.quote(role))}")

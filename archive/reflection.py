@@ -22,6 +22,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from sediment.core.names import quoted_table
+
 #: Foreign keys pointing at the given tables, declared on a table itself (not the copies
 #: PostgreSQL keeps on each partition of a partitioned table, nor those pointing at a
 #: partition on behalf of its parent).
@@ -130,20 +132,42 @@ def _restore_domain_modifiers(connection: sa.Connection, metadata: sa.MetaData) 
 class CatalogType(sa.types.UserDefinedType[Any]):
     """A column type SQLAlchemy does not know, named as the database's catalog names it
     (``xml``, ``ltree``, ``geometry(Point,4326)``; on SQLite a declared type, or none), so
-    that the twin is created with exactly that type."""
+    that the twin is created with exactly that type.
+
+    :param made_by: on PostgreSQL, the statement that gives ARCHIVE the type where it is
+        no built-in one: ``CREATE EXTENSION ltree`` for an extension's type, PRIMARY's own
+        definition for a composite type (of the type, or of an array's items).
+    """
 
     cache_ok = True
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, made_by: str | None = None) -> None:
         self.spec = spec
+        self.made_by = made_by
 
     def get_col_spec(self, **kw: Any) -> str:
         return self.spec
 
 
-_TYPES = sa.text("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-                 "WHERE attrelid = CAST(:table AS regclass) AND attnum > 0 "
-                 "AND NOT attisdropped")
+#: Each column's type as the catalog names it, and for a type (or an array's item type)
+#: an extension or a composite definition makes, the statement that makes it.
+_TYPES = sa.text("""
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), coalesce(
+    (SELECT 'CREATE EXTENSION ' || quote_ident(e.extname)
+     FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+     WHERE d.classid = 'pg_type'::regclass AND d.objid = b.oid AND d.deptype = 'e'),
+    CASE WHEN b.typtype = 'c' THEN
+        'CREATE TYPE ' || b.oid::regtype::text || ' AS ('
+        || (SELECT string_agg(quote_ident(f.attname) || ' '
+                              || format_type(f.atttypid, f.atttypmod), ', ' ORDER BY f.attnum)
+            FROM pg_attribute f
+            WHERE f.attrelid = b.typrelid AND f.attnum > 0 AND NOT f.attisdropped) || ')'
+    END)
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+JOIN pg_type b ON b.oid = CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END
+WHERE a.attrelid = CAST(:table AS regclass) AND a.attnum > 0 AND NOT a.attisdropped
+""")
 
 
 def _name_unknown_types(connection: sa.Connection, metadata: sa.MetaData) -> None:
@@ -152,14 +176,16 @@ def _name_unknown_types(connection: sa.Connection, metadata: sa.MetaData) -> Non
                    if isinstance(column.type, sa.types.NullType)]
         if not unknown:
             continue
-        preparer = connection.dialect.identifier_preparer
+        made_by: dict[str, str | None] = {}
         if connection.dialect.name == "postgresql":
-            named = {name: spec for name, spec in connection.execute(
-                _TYPES, {"table": preparer.format_table(table)})}
+            named: dict[str, str] = {}
+            for name, spec, making in connection.execute(
+                    _TYPES, {"table": quoted_table(connection.dialect, table)}):
+                named[name], made_by[name] = spec, making
         else:
             named = {row[1]: row[2] for row in _sqlite_columns(connection, table)}
         for column in unknown:
-            column.type = CatalogType(named.get(column.name, ""))
+            column.type = CatalogType(named.get(column.name, ""), made_by.get(column.name))
 
 
 #: Declared SQLite types SQLAlchemy does not know, which it reflects by SQLite's affinity
@@ -189,7 +215,7 @@ def _read_types_by_name(connection: sa.Connection, metadata: sa.MetaData) -> Non
 
 def _regclass(connection: sa.Connection, table: sa.Table) -> str:
     """A table's name as a quoted ``regclass`` array element."""
-    name = connection.dialect.identifier_preparer.format_table(table)
+    name = quoted_table(connection.dialect, table)
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -200,7 +226,7 @@ def _full_name(schema: str | None, table: str) -> str:
 def column_names(connection: sa.Connection, table: sa.Table) -> set[str]:
     """The columns ``table`` has in the database right now (one catalog query)."""
     if connection.dialect.name == "postgresql":
-        name = connection.dialect.identifier_preparer.format_table(table)
+        name = quoted_table(connection.dialect, table)
         return set(connection.execute(_COLUMNS, {"table": name}).scalars())
     return {row[1] for row in _sqlite_columns(connection, table)}
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sediment.core.names import uninterpolated
+
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -96,7 +98,7 @@ def copy_lines_in(connection: sa.Connection, target: str, lines: Sequence[str], 
 
 
 def _copy_from(connection: sa.Connection, target: str, payload: io.StringIO) -> int:
-    statement = f"COPY {target} FROM STDIN"
+    statement = f"COPY {uninterpolated(connection.dialect, target)} FROM STDIN"
     with raw_cursor(connection, statement) as cursor:
         cursor.copy_expert(statement, payload)
         return int(cursor.rowcount)
