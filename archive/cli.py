@@ -360,7 +360,7 @@ def cmd_schema(args: argparse.Namespace, archiver: Archiver) -> int:
     for change in plan.changes:
         print(f"{'applied' if args.apply and not plan.conflicts else 'planned'}: {change}")
     if plan.conflicts:
-        print(f"{len(plan.conflicts)} type changes cannot be followed: nothing applied",
+        print(f"{len(plan.conflicts)} conflicts (above) stop the twins: nothing applied",
               file=sys.stderr)
         return EXIT_ERROR
     if not plan.changes:

@@ -79,11 +79,28 @@ class TypeConflict:
 
 
 @dataclass(frozen=True)
+class MissingType:
+    """A PRIMARY column type that ARCHIVE does not have: a composite type, or an
+    extension's, which the twin cannot be created or changed without."""
+
+    table: str
+    column: str
+    type_name: str
+    made_by: str | None
+
+    def __str__(self) -> str:
+        how = (f"run in ARCHIVE: {self.made_by};" if self.made_by
+               else "create it in ARCHIVE as PRIMARY has it,")
+        return (f"ARCHIVE has no type {self.type_name}, which {self.table}.{self.column} "
+                f"has in PRIMARY: {how} then run 'migrate' again")
+
+
+@dataclass(frozen=True)
 class TwinPlan:
     """What ARCHIVE needs before the policies' rows can be copied into their twins."""
 
     changes: tuple[TwinChange, ...] = ()
-    conflicts: tuple[TypeConflict, ...] = ()
+    conflicts: tuple[TypeConflict | MissingType, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -200,15 +217,32 @@ def plan_twins(archive: sa.Engine, twins: Sequence[sa.Table]) -> TwinPlan:
         diffs = compare_metadata(context, metadata)
         existing = {(table.schema, table.name): _reflected(connection, table)
                     for table in twins if (table.schema, table.name) in wanted}
-        labels = (_missing_enum_labels(connection, twins)
-                  if connection.dialect.name == "postgresql" else [])
+        postgres = connection.dialect.name == "postgresql"
+        labels = _missing_enum_labels(connection, twins) if postgres else []
+        missing = _missing_types(connection, twins) if postgres else []
         connection.rollback()
     by_name = {(table.schema, table.name): table for table in twins}
     changes: list[TwinChange] = []
-    conflicts: list[TypeConflict] = []
+    conflicts: list[TypeConflict | MissingType] = [*missing]
     for diff in _flatten(diffs):
         _classify(diff, by_name, existing, changes, conflicts, archive.dialect)
     return TwinPlan(tuple([*changes, *labels]), tuple(conflicts))
+
+
+def _missing_types(connection: sa.Connection, twins: Sequence[sa.Table]) -> list[MissingType]:
+    """The twins' column types SQLAlchemy does not know that ARCHIVE has no type of that
+    name for. Creating the twin failed on PostgreSQL's bare 'type "money_pair" does not
+    exist'; this names the column and the statement that makes the type."""
+    named = [(_label(table.schema, table.name), column.name, column.type)
+             for table in twins for column in table.columns
+             if isinstance(column.type, CatalogType) and column.type.spec]
+    specs = sorted({kind.spec for _, _, kind in named})
+    if not specs:
+        return []
+    found = connection.execute(sa.select(*(sa.func.to_regtype(spec) for spec in specs))).one()
+    absent = {spec for spec, regtype in zip(specs, found, strict=True) if regtype is None}
+    return [MissingType(table, column, kind.spec, kind.made_by)
+            for table, column, kind in named if kind.spec in absent]
 
 
 def _missing_enum_labels(connection: sa.Connection, twins: Sequence[sa.Table]
@@ -259,7 +293,7 @@ def _flatten(diffs: Iterable[Any]) -> Iterable[tuple[Any, ...]]:
 
 def _classify(diff: tuple[Any, ...], twins: Mapping[tuple[str | None, str], sa.Table],
               existing: Mapping[tuple[str | None, str], Mapping[str, Mapping[str, Any]]],
-              changes: list[TwinChange], conflicts: list[TypeConflict],
+              changes: list[TwinChange], conflicts: list[TypeConflict | MissingType],
               dialect: sa.Dialect) -> None:
     from alembic.operations import ops
     kind = diff[0]
