@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
@@ -140,7 +140,7 @@ def page_of(report: Report) -> Response:
     if next_token is not None:
         args = {k: v for k, v in request.args.items() if k != "cursor"} | {"cursor": next_token}
         # Relative (RFC 8288 resolves it against the request): right behind any proxy.
-        response.headers["Link"] = f'<{request.path}?{urlencode(args)}>; rel="next"'
+        response.headers["Link"] = f'<{quote(request.path)}?{urlencode(args)}>; rel="next"'
     return response
 
 

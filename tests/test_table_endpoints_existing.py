@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -718,3 +719,33 @@ def test_the_application_databases_own_session_settings_change_no_value(
             for row in served] == [
         ((NOW - timedelta(days=100 * i)).strftime("%Y-%m-%dT%H:%M:%SZ"), f"2026-01-{3 * i:02d}",
          "1 mon 2 days 150:00:00", i / 10 + 0.2, f"10.0.0.{i}") for i in range(1, 9)]
+
+
+def test_links_to_a_table_whose_name_needs_escaping_are_urls(databases: DatabaseFactory,
+                                                            tmp_path: Path) -> None:
+    """A table called ``100% done #1``: the API's ``Link: rel="next"`` and the UI's form,
+    Clear, sort, source and pager links carried the name unescaped (a space, a ``%`` that
+    starts no escape, a ``#`` that ends the path), so following them missed the table."""
+    primary_url, archive_url = databases.pair("escaping")
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.execute(sa.text('CREATE TABLE "100% done #1" (id integer PRIMARY KEY,'
+                                   " at timestamp NOT NULL)"))
+        connection.execute(sa.text('INSERT INTO "100% done #1" VALUES (:id, :at)'), [
+            {"id": i, "at": NOW - timedelta(days=10 * i)} for i in range(1, 120)])
+    escaped = "/tables/100%25%20done%20%231"
+    with policy_served(tmp_path, primary_url, archive_url, databases.backend,
+                       '[policy.done]\ntable = "100% done #1"\nage_column = "at"\n'
+                       'older_than = "365d"\n') as client:
+        page = client.get(f"/api/v1{escaped}?limit=50&source=all")
+        assert page.status_code == 200, page.get_json()
+        link = page.headers["Link"]
+        assert link.startswith(f"</api/v1{escaped}?"), link
+        following = client.get(link[1:link.index(">")])
+        assert following.status_code == 200 and following.get_json()["rows"][0]["id"] == 51
+        html = client.get(f"{escaped}?limit=50&source=all",
+                          headers={"Accept": "text/html"}).get_data(as_text=True)
+        refused = client.get(f"{escaped}?id[gt]=abc", headers={"Accept": "text/html"})
+    hrefs = re.findall(r'(?:href|action)="(/tables/[^"]*)"', html)
+    assert len(hrefs) > 5 and all(href.startswith(f"{escaped}") for href in hrefs), hrefs
+    assert refused.status_code == 400
+    assert f'<a href="{escaped}">This page without its filters' in refused.get_data(as_text=True)

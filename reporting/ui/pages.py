@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, date, datetime
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from flask import Blueprint, abort, redirect, render_template, request, url_for
@@ -139,7 +140,7 @@ def _listing(report: Report) -> str:
     report_request = build_request(report, args={k: [v] for k, v in query.items()})
     page, next_token = fetch_page(report_request)
     trail = back_trail(request.args)
-    here = request.path
+    here = quote(request.path)  # a table's name may hold spaces, % or #
     sorted_by = report_request.sort
     start = without(query, *_POSITION)
 
@@ -167,7 +168,7 @@ def _listing(report: Report) -> str:
                  for source in report.sources],
         count_link=link(here, {**query, "count": "exact"}, trail),
         csv_link=link(url_for(collection, name=report.name), csv_query),
-        page_sizes=PAGE_SIZES, position=len(trail) + 1)
+        page_sizes=PAGE_SIZES, position=len(trail) + 1, here=here)
 
 
 @blueprint.get("/archive")
