@@ -55,8 +55,10 @@ QUEUE_CHUNKS = 8
 #: Characters that make a spreadsheet treat a cell as a formula (or hide its start).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n", "\0")
 #: After the year, which is written with four digits apart (``%Y`` writes year 999 as 999).
-TIMESTAMP_FORMAT = "-%m-%dT%H:%M:%S.%fZ"
-_PG_TIMESTAMP = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
+#: A timestamp with a time zone gets a ``Z`` after it (in UTC); one without none, as the
+#: JSON pages serve it: a column written in local time is no UTC instant.
+TIMESTAMP_FORMAT = "-%m-%dT%H:%M:%S.%f"
+_PG_TIMESTAMP = 'YYYY-MM-DD"T"HH24:MI:SS.US'
 #: What the csv-module path writes for PostgreSQL's ``infinity`` and ``-infinity``, which
 #: psycopg2 reads as Python's latest and earliest values, by API type.
 _INFINITIES = {"datetime": ("9999-12-31T23:59:59.999999Z", "0001-01-01T00:00:00.000000Z"),
@@ -226,7 +228,8 @@ def _chunked_stream(databases: ReportDatabases, request: ReportRequest, *,
 
 def _cell(value: Any, escape: bool) -> Any:
     if isinstance(value, datetime):
-        return f"{value.year:04d}{value.strftime(TIMESTAMP_FORMAT)}"
+        written = f"{value.year:04d}{value.strftime(TIMESTAMP_FORMAT)}"
+        return written if value.tzinfo is None else written + "Z"
     if isinstance(value, date):
         return value.isoformat()
     if escape and isinstance(value, str):
@@ -263,8 +266,13 @@ def _without_infinities(column: sa.ColumnElement[Any], kind: str) -> sa.ColumnEl
     """A timestamp (``to_char``, in UTC) or date cell for COPY, its infinities written as
     the csv-module path writes them (``to_char`` alone wrote an empty cell, as for NULL)."""
     latest, earliest = _INFINITIES[kind]
-    formatted = (sa.func.to_char(sa.func.timezone("UTC", column), _PG_TIMESTAMP)
-                 if kind == "datetime" else sa.cast(column, sa.Text))
+    if kind != "datetime":
+        formatted: sa.ColumnElement[Any] = sa.cast(column, sa.Text)
+    elif isinstance(column.type, sa.DateTime) and not column.type.timezone:
+        latest, earliest = latest.removesuffix("Z"), earliest.removesuffix("Z")
+        formatted = sa.func.to_char(column, _PG_TIMESTAMP)
+    else:
+        formatted = sa.func.to_char(sa.func.timezone("UTC", column), _PG_TIMESTAMP + '"Z"')
     return sa.case((column == sa.literal_column("'infinity'"), latest),
                    (column == sa.literal_column("'-infinity'"), earliest), else_=formatted)
 

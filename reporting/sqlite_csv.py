@@ -32,6 +32,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sediment.core.schema.types import UTCDateTime
+
 #: Rows per ``fetchmany``: enough to amortise the call, few enough to stay flat in memory.
 FETCH_ROWS = 2000
 
@@ -80,7 +82,8 @@ def sqlite_statement(inner: sa.Subquery, columns: Sequence[str],
     for index, (name, timestamp) in enumerate(zip(columns, timestamps, strict=True)):
         column: sa.ColumnElement[Any] = inner.c[name]
         if timestamp is not None:
-            cells.append(_formatted_timestamp(column, index).label(name))
+            cells.append(_formatted_timestamp(column, index, _utc_when_zoneless(
+                inner.c[name].type)).label(name))
         elif formula_prefixes is not None and isinstance(column.type, sa.String):
             # Cheapest test first: the range check alone sends most text past the IN list
             # (SQLite tests the three in order; this order halved the escape's cost).
@@ -95,9 +98,18 @@ def sqlite_statement(inner: sa.Subquery, columns: Sequence[str],
     return SqliteStatement(formatted.compile(dialect=dialect), tuple(timestamps))
 
 
-def _formatted_timestamp(column: sa.ColumnElement[Any], index: int) -> sa.ColumnElement[Any]:
-    """A stored UTC timestamp as the CSV writes it: sliced by SQL in the forms SQLAlchemy and
-    SQLite write, else formatted by :data:`PYTHON_TIMESTAMP`.
+def _utc_when_zoneless(declared: sa.types.TypeEngine[Any]) -> bool:
+    """Whether the column's type reads text without a zone as UTC (Sediment's own
+    timestamps, a SQL report's), rather than as a wall-clock time of no stated zone (an
+    application's ``DATETIME``, served so in JSON)."""
+    return isinstance(declared, UTCDateTime) or getattr(declared, "naive_is_utc", False)
+
+
+def _formatted_timestamp(column: sa.ColumnElement[Any], index: int,
+                         utc_when_zoneless: bool) -> sa.ColumnElement[Any]:
+    """A stored timestamp as the CSV writes it: sliced by SQL in the forms SQLAlchemy and
+    SQLite write (text without a zone with a ``Z`` only when ``utc_when_zoneless``), else
+    formatted by :data:`PYTHON_TIMESTAMP`.
 
     One ``CASE`` on the length, so that SQLite computes it once per cell (a searched ``CASE``
     testing it in each branch cost a sixth more). Only text can hold the space at position
@@ -108,6 +120,7 @@ def _formatted_timestamp(column: sa.ColumnElement[Any], index: int) -> sa.Column
 
     day, spaced, fraction = part(1, 10), part(11, 1) == " ", part(20, 1) == "."
     utc = part(20) == "+00:00"
+    zoneless = "Z" if utc_when_zoneless else ""
     in_python = getattr(sa.func, PYTHON_TIMESTAMP)(column, index, type_=sa.String)
 
     def sliced(known: sa.ColumnElement[bool], text: sa.ColumnElement[str]
@@ -115,8 +128,8 @@ def _formatted_timestamp(column: sa.ColumnElement[Any], index: int) -> sa.Column
         return sa.case((known, text), else_=in_python)
 
     return sa.case(
-        {26: sliced(sa.and_(spaced, fraction), day + "T" + part(12) + "Z"),
-         19: sliced(spaced, day + "T" + part(12) + ".000000Z"),
+        {26: sliced(sa.and_(spaced, fraction), day + "T" + part(12) + zoneless),
+         19: sliced(spaced, day + "T" + part(12) + ".000000" + zoneless),
          25: sliced(sa.and_(spaced, utc), day + "T" + part(12, 8) + ".000000Z"),
          32: sliced(sa.and_(spaced, fraction, part(27) == "+00:00"),
                     day + "T" + part(12, 15) + "Z")},

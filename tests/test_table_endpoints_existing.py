@@ -641,7 +641,10 @@ def test_filters_on_sqlite_timestamps_compare_instants_whatever_their_spelling(
             assert download.status_code == 200, download.get_data(as_text=True)[:300]
             for cell in csv.DictReader(io.StringIO(download.get_data(as_text=True))):
                 at = instants[int(cell["id"])]
-                assert cell["at"] == (at.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if at else ""), cell
+                zone = "Z" if served[int(cell["id"])].endswith("Z") else ""  # as in JSON:
+                # text without a zone is a wall-clock time of no stated zone
+                assert cell["at"] == (at.strftime("%Y-%m-%dT%H:%M:%S.%f") + zone
+                                      if at else ""), cell
             filtered = client.get(f"/api/v1/tables/visits.csv?source={source}"
                                   f"&at[eq]={quote(new.isoformat())}")
             assert len(filtered.get_data(as_text=True).splitlines()) == (
@@ -749,3 +752,37 @@ def test_links_to_a_table_whose_name_needs_escaping_are_urls(databases: Database
     assert len(hrefs) > 5 and all(href.startswith(f"{escaped}") for href in hrefs), hrefs
     assert refused.status_code == 400
     assert f'<a href="{escaped}">This page without its filters' in refused.get_data(as_text=True)
+
+
+@pytest.mark.postgres
+def test_a_timestamp_without_time_zone_is_written_to_csv_without_one(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """A ``timestamp`` the application writes in its local time was served in JSON as it is
+    (``2026-01-02T03:04:05``) but written to CSV as a UTC instant (``...05.000000Z``), on
+    both CSV paths: a spreadsheet or pandas read it hours off. Now without a ``Z``, as
+    served, infinities too; a ``timestamptz`` keeps its ``Z``."""
+    primary_url, archive_url = databases.pair("naive")
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE shifts (id integer PRIMARY KEY,"
+                                   " starts timestamp NOT NULL, logged timestamptz)")
+        connection.execute(sa.text("INSERT INTO shifts VALUES (:id, :starts, :logged)"), [
+            {"id": i, "starts": (NOW - timedelta(days=100 * i, microseconds=i)).replace(
+                tzinfo=None), "logged": NOW} for i in range(1, 7)])
+        connection.exec_driver_sql("INSERT INTO shifts VALUES (7, '-infinity', NULL),"
+                                   " (8, 'infinity', NULL)")
+    with policy_served(tmp_path, primary_url, archive_url, "postgres",
+                       one_policy("shifts", "starts")) as client:
+        served = {row["id"]: row for row in walk(client, "shifts", "source=all")}
+        for source in ("primary", "all"):  # COPY, and the csv module over both databases
+            cells = list(csv.DictReader(io.StringIO(client.get(
+                f"/api/v1/tables/shifts.csv?source={source}").get_data(as_text=True))))
+            assert len(cells) == (4 if source == "primary" else 8)  # -infinity is aged
+            for cell in cells:
+                row = served[int(cell["id"])]
+                if cell["id"] in ("7", "8"):
+                    assert cell["starts"] == {"7": "0001-01-01T00:00:00.000000",
+                                              "8": "9999-12-31T23:59:59.999999"}[cell["id"]]
+                    continue
+                assert datetime.fromisoformat(cell["starts"]) == datetime.fromisoformat(
+                    row["starts"]) and not cell["starts"].endswith("Z"), (cell, row)
+                assert cell["logged"] == NOW.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
