@@ -32,6 +32,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from reporting.stored_values import StoredUTCDateTime
 from sediment.core.schema.types import UTCDateTime
 
 #: Rows per ``fetchmany``: enough to amortise the call, few enough to stay flat in memory.
@@ -102,7 +103,7 @@ def _utc_when_zoneless(declared: sa.types.TypeEngine[Any]) -> bool:
     """Whether the column's type reads text without a zone as UTC (Sediment's own
     timestamps, a SQL report's), rather than as a wall-clock time of no stated zone (an
     application's ``DATETIME``, served so in JSON)."""
-    return isinstance(declared, UTCDateTime) or getattr(declared, "naive_is_utc", False)
+    return isinstance(declared, UTCDateTime | StoredUTCDateTime)
 
 
 def _formatted_timestamp(column: sa.ColumnElement[Any], index: int,
