@@ -24,6 +24,10 @@ from sqlalchemy.dialects import postgresql
 
 from sediment.core.names import quoted_table
 
+#: ``sa.Table.info`` key: ``(schema, qualified name, CREATE COLLATION statement)`` of each
+#: collation of the application's own that the table's columns use (PostgreSQL).
+COLLATIONS = "sediment_collations"
+
 #: Foreign keys pointing at the given tables, declared on a table itself (not the copies
 #: PostgreSQL keeps on each partition of a partitioned table, nor those pointing at a
 #: partition on behalf of its parent).
@@ -68,6 +72,7 @@ def reflect_primary(engine: sa.Engine, names: Iterable[str]) -> dict[str, sa.Tab
         else:
             _reflect_with_referencing(connection, metadata, names, default)
             _restore_domain_modifiers(connection, metadata)
+            _record_collations(connection, metadata)
         _name_unknown_types(connection, metadata)
         connection.rollback()
     tables: dict[str, sa.Table] = dict(metadata.tables)
@@ -168,6 +173,38 @@ JOIN pg_type t ON t.oid = a.atttypid
 JOIN pg_type b ON b.oid = CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END
 WHERE a.attrelid = CAST(:table AS regclass) AND a.attnum > 0 AND NOT a.attisdropped
 """)
+
+
+#: The collations of a table's columns that are the application's own (not PostgreSQL's
+#: built-in ``C``, ``POSIX`` or ICU ones, which every database has), with the statement
+#: that makes each, from its catalog entry (``colliculocale`` is ``colllocale`` from 17 on).
+_COLLATIONS = sa.text("""
+SELECT DISTINCT n.nspname, quote_ident(n.nspname) || '.' || quote_ident(c.collname),
+    'CREATE COLLATION ' || quote_ident(n.nspname) || '.' || quote_ident(c.collname)
+    || ' (provider = ' || CASE c.collprovider
+        WHEN 'c' THEN 'libc, lc_collate = ' || quote_literal(c.collcollate)
+                      || ', lc_ctype = ' || quote_literal(c.collctype)
+        WHEN 'i' THEN 'icu, locale = '
+                      || quote_literal(coalesce(j ->> 'colllocale', j ->> 'colliculocale'))
+        ELSE 'builtin, locale = ' || quote_literal(j ->> 'colllocale') END
+    || coalesce(', rules = ' || quote_literal(j ->> 'collicurules'), '')
+    || ', deterministic = ' || c.collisdeterministic::text || ')'
+FROM pg_attribute a
+JOIN pg_collation c ON c.oid = a.attcollation
+JOIN pg_namespace n ON n.oid = c.collnamespace
+CROSS JOIN LATERAL to_jsonb(c) AS j
+WHERE a.attrelid = CAST(:table AS regclass) AND a.attnum > 0 AND NOT a.attisdropped
+  AND n.nspname <> 'pg_catalog'
+""")
+
+
+def _record_collations(connection: sa.Connection, metadata: sa.MetaData) -> None:
+    """Keep in each table's ``info`` the statements that make its columns' own collations
+    (a case-insensitive ICU one, say), so ARCHIVE can have them before a twin names them."""
+    for table in metadata.tables.values():
+        if any(getattr(column.type, "collation", None) for column in table.columns):
+            table.info[COLLATIONS] = sorted(tuple(row) for row in connection.execute(
+                _COLLATIONS, {"table": quoted_table(connection.dialect, table)}))
 
 
 def _name_unknown_types(connection: sa.Connection, metadata: sa.MetaData) -> None:

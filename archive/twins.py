@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql.base import PGInspector
 
-from archive.reflection import CatalogType
+from archive.reflection import COLLATIONS, CatalogType
 from sediment.core.schema.archive import ARCHIVE_RUN_ID, ARCHIVED_AT, ArchiveSchemaChange
 from sediment.core.schema.types import UTCDateTime
 
@@ -135,13 +135,14 @@ def twin_table(source: sa.Table, metadata: sa.MetaData, *, primary_dialect: str,
                if index.columns and len(index.expressions) == len(index.columns)]
     key = tuple(column.name for column in source.primary_key.columns)
     distinct = [group for group in dict.fromkeys(groups) if group != key[:len(group)]]
+    collations = source.info.get(COLLATIONS, []) if same_engine else []
     return sa.Table(
         name, metadata, *columns,
         sa.Column(ARCHIVED_AT, UTCDateTime, nullable=False),
         sa.Column(ARCHIVE_RUN_ID, sa.BigInteger, nullable=False),
         *(sa.Index(index_name(name, group), *group) for group in distinct),
         sa.Index(index_name(name, (ARCHIVE_RUN_ID, ARCHIVED_AT)), ARCHIVE_RUN_ID, ARCHIVED_AT),
-        schema=schema,
+        schema=schema, info={COLLATIONS: collations},
     )
 
 
@@ -162,9 +163,12 @@ def twin_type(column_type: sa.types.TypeEngine[Any], same_engine: bool
         return twin_type(column_type.data_type, same_engine)
     if not same_engine:
         try:
-            return column_type.as_generic()
+            generic = column_type.as_generic()
         except NotImplementedError:
             return column_type
+        if isinstance(generic, sa.String):  # a fresh copy: a collation is one engine's own
+            generic.collation = None
+        return generic
     if isinstance(column_type, postgresql.ENUM):
         return postgresql.ENUM(*column_type.enums, name=column_type.name,
                                schema=column_type.schema, create_type=False)
@@ -447,9 +451,21 @@ def _apply(operations: Operations, connection: sa.Connection, change: TwinChange
 
 
 def _create_schemas_and_types(connection: sa.Connection, twins: Sequence[sa.Table]) -> None:
+    """The schemas, enum types and collations the twins need, where ARCHIVE lacks them."""
     preparer = connection.dialect.identifier_preparer
-    for schema in sorted({table.schema for table in twins if table.schema}):
-        connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {preparer.quote_schema(schema)}")
+    collations = sorted({made for table in twins for made in table.info.get(COLLATIONS, [])})
+    schemas = {table.schema for table in twins if table.schema} | {
+        schema for schema, _, _ in collations}
+    # Only those missing: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even
+    # when the schema exists, which a role owning only ARCHIVE's public schema lacks.
+    schemas -= set(connection.execute(
+        sa.select(sa.column("nspname")).select_from(sa.table("pg_namespace"))
+        .where(sa.column("nspname").in_(schemas))).scalars())
+    for schema in sorted(schemas):
+        connection.exec_driver_sql(f"CREATE SCHEMA {preparer.quote_schema(schema)}")
+    for _, name, statement in collations:
+        if connection.execute(sa.select(sa.func.to_regcollation(name))).scalar() is None:
+            connection.exec_driver_sql(statement.replace("%", "%%"))  # psycopg2 interpolates
     for table in twins:
         for enum in (enum for column in table.columns for enum in enums_in(column.type)):
             postgresql.ENUM(*enum.enums, name=enum.name,

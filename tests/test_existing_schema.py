@@ -801,3 +801,24 @@ def test_a_type_archive_lacks_is_named_with_the_statement_that_makes_it(
     ok(run_cli("--settings", str(settings), "migrate"))
     assert "prices 3" in ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
     assert "archive verified" in ok(run_cli("--settings", str(settings), "archive", "verify"))
+
+
+@pytest.mark.postgres
+def test_a_postgresql_column_collation_stays_behind_when_archive_is_sqlite(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """A twin on SQLite took PRIMARY's ``COLLATE "C"`` along, and ``migrate`` stopped on
+    SQLite's 'no such collation sequence: C': a collation belongs to one engine."""
+    primary_url = databases.pair("collated_to_sqlite")[0]
+    archive_url = f"sqlite:///{tmp_path / 'archive.sqlite3'}"
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            'CREATE TABLE codes (code text COLLATE "C" PRIMARY KEY,'
+            ' note varchar(20) COLLATE "en-x-icu", due date NOT NULL)')
+        connection.execute(sa.text("INSERT INTO codes VALUES (:code, :note, :due)"), [
+            {"code": code, "note": code.lower(), "due": (NOW - timedelta(days=days)).date()}
+            for code, days in (("a", 900), ("B", 800), ("c", 5))])
+    settings = migrated(tmp_path, primary_url, archive_url, "sqlite", one_policy("codes", "due"))
+    ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
+    with app_schema.engine_for(archive_url) as archive, archive.connect() as connection:
+        assert sorted(connection.exec_driver_sql("SELECT code, note FROM codes")) == [
+            ("B", "b"), ("a", "a")]
