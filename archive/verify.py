@@ -22,6 +22,7 @@ from archive.keys import Key, columns_match, key_columns
 from archive.ledger import run_tables, runs
 from archive.policy import ArchivePolicy, ChildLink
 from archive.restore_marks import without_restored
+from sediment.core.collation import in_code_point_order
 from sediment.core.schema.archive import ARCHIVE_RUN_ID
 
 CLEAN_ENDINGS = ("done", "max_rows", "max_runtime", "stop_requested")
@@ -74,11 +75,10 @@ def _has_running_runs(archive: sa.Engine) -> bool:
 
 
 def _sorted_keys(engine: sa.Engine, table: sa.Table) -> Iterator[Key]:
-    """Every key of ``table``, in the order Python compares them (text by code point:
-    PostgreSQL is asked for its ``C`` collation, whatever the column's own)."""
+    """Every key of ``table``, in the order Python compares them (text by code point,
+    whatever the column's collation)."""
     columns = key_columns(table)
-    order = [column.collate("C") if engine.dialect.name == "postgresql"
-             and isinstance(column.type, sa.String) else column for column in columns]
+    order = [in_code_point_order(column, engine.dialect.name) for column in columns]
     with engine.connect() as connection:
         result = connection.execution_options(stream_results=True, yield_per=STREAM_PARTITION) \
             .execute(sa.select(*columns).order_by(*order))

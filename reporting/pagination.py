@@ -28,6 +28,8 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import BinaryExpression, CollationClause
 
 from reporting.report_error import ReportError
 from reporting.request import ReportRequest
@@ -188,8 +190,7 @@ def after(columns: Sequence[sa.ColumnElement[Any]], descending: bool, *,
 
     :param types: the bound values' types, when they differ from the columns'.
     """
-    bound = _bound(columns, types)
-    left, right = sa.tuple_(*columns), sa.tuple_(*bound)
+    left, right = (sa.tuple_(*side) for side in _compared(columns, types))
     return left < right if descending else left > right
 
 
@@ -202,22 +203,40 @@ def after_nullable(columns: Sequence[sa.ColumnElement[Any]], descending: bool, *
     A cursor whose sort value is NULL resumes among the NULLs by key (and, descending,
     then takes every non-NULL row); the two cases are two statements.
     """
-    sort, keys = columns[0], columns[1:]
-    bound = _bound(columns, types)
+    sort = columns[0]
+    compared, bound = _compared(columns, types)
     if cursor_is_null:
-        left, right = sa.tuple_(*keys), sa.tuple_(*bound[1:])
+        left, right = sa.tuple_(*compared[1:]), sa.tuple_(*bound[1:])
         if descending:
             return sa.or_(sa.and_(sort.is_(None), left < right), sort.is_not(None))
         return sa.and_(sort.is_(None), left > right)
     if descending:
-        return sa.tuple_(*columns) < sa.tuple_(*bound)
-    return sa.or_(sa.tuple_(*columns) > sa.tuple_(*bound), sort.is_(None))
+        return sa.tuple_(*compared) < sa.tuple_(*bound)
+    return sa.or_(sa.tuple_(*compared) > sa.tuple_(*bound), sort.is_(None))
 
 
-def _bound(columns: Sequence[sa.ColumnElement[Any]],
-           types: Sequence[sa.types.TypeEngine[Any]]) -> list[sa.BindParameter[Any]]:
-    return [sa.bindparam(_after_name(index), type_=types[index] if types else column.type)
-            for index, column in enumerate(columns)]
+def _compared(columns: Sequence[sa.ColumnElement[Any]],
+              types: Sequence[sa.types.TypeEngine[Any]]
+              ) -> tuple[list[sa.ColumnElement[Any]], list[sa.ColumnElement[Any]]]:
+    """The two sides of the keyset comparison: the columns, and the cursor's values bound.
+
+    A column ordered in a collation not its own (``column COLLATE "C"``: merged pages, see
+    :mod:`sediment.core.collation`) is compared bare, with the collation on its bound value
+    instead. An explicit collation on either side governs a comparison in both engines, so
+    the rows are the same; but SQLite searches an index only for a bare column, and scanned
+    from the first row on every page otherwise.
+    """
+    compared: list[sa.ColumnElement[Any]] = []
+    bound: list[sa.ColumnElement[Any]] = []
+    for index, column in enumerate(columns):
+        value: sa.ColumnElement[Any] = sa.bindparam(
+            _after_name(index), type_=types[index] if types else column.type)
+        if (isinstance(column, BinaryExpression) and column.operator is operators.collate
+                and isinstance(column.right, CollationClause)):
+            column, value = column.left, value.collate(column.right.collation)
+        compared.append(column)
+        bound.append(value)
+    return compared, bound
 
 
 def cursor_values(cursor: PageCursor) -> dict[str, Any]:

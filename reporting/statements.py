@@ -23,8 +23,8 @@ from reporting.report_databases import ReportDatabases, exclude_shared, in_param
 from reporting.reports.base import DatabaseTables, Lookup, RowReport
 from reporting.request import COMPARISONS, FilterClause, ReportRequest
 from reporting.stored_values import StoredDateTime, instant_condition
+from sediment.core.collation import in_code_point_order
 from sediment.core.databases import ARCHIVE, Database
-from sediment.core.schema.types import python_type_of
 
 
 @dataclass(frozen=True)
@@ -148,20 +148,6 @@ def order_terms(request: ReportRequest, columns: Sequence[sa.ColumnElement[Any]]
         first = columns[0]
         terms[0] = first.desc().nulls_first() if request.descending else first.asc().nulls_last()
     return terms
-
-
-def in_code_point_order(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
-    """``column`` as merged pages compare it: text by code point, as Python does.
-
-    Merging two databases' sorted streams compares their rows in Python, so both must be
-    sorted the way Python compares: PostgreSQL's ``"C"`` collation, which for UTF-8 is code
-    point order (SQLite's default ``BINARY`` already is). A database collation such as
-    ``en_US`` would interleave the streams wrongly, and pages would skip or repeat rows.
-    """
-    if dialect == "postgresql" and python_type_of(column.type) is str and not isinstance(
-            column.type, sa.Enum):
-        return column.collate("C")
-    return column
 
 
 def bound_type(column: sa.ColumnElement[Any]) -> sa.types.TypeEngine[Any]:

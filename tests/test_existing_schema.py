@@ -803,6 +803,37 @@ def test_a_type_archive_lacks_is_named_with_the_statement_that_makes_it(
     assert "archive verified" in ok(run_cli("--settings", str(settings), "archive", "verify"))
 
 
+@pytest.mark.sqlite
+def test_verify_finds_keys_in_both_databases_under_an_applications_nocase_key(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """``archive verify`` merges both databases' keys in Python: PRIMARY listed a
+    ``COLLATE NOCASE`` key case-folded ('a' < 'B'), Python and the twin by code point
+    ('B' < 'a'), so a key in both databases was missed and verify said all was well."""
+    primary_url, archive_url = databases.pair("nocase_verify")
+    names = [f"{letter}{i}" for i, letter in enumerate("aBcDeFgHi" * 3)]
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE tags (name text COLLATE NOCASE PRIMARY KEY,"
+                                   " made_at DATETIME NOT NULL)")
+        connection.execute(sa.text("INSERT INTO tags VALUES (:name, :at)"), [
+            {"name": name, "at": (NOW - timedelta(days=10 + 400 * (i % 2))).isoformat(" ")}
+            for i, name in enumerate(names)])
+    settings = migrated(tmp_path, primary_url, archive_url, "sqlite",
+                        one_policy("tags", "made_at"))
+    ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
+    assert "all checks passed" in ok(run_cli("--settings", str(settings), "archive", "verify"))
+    with app_schema.engine_for(primary_url) as primary:
+        live = sorted(rows_of(primary, ["tags"])["tags"])
+    caught = [key[0] for key in live[::3]]  # as a batch killed between its commits leaves
+    with app_schema.engine_for(archive_url) as archive, archive.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO tags (name, made_at, archived_at, archive_run_id)"
+            " VALUES (:name, '2020-01-01 00:00:00', '2026-01-01 00:00:00.000000', 1)"),
+            [{"name": name} for name in caught])
+    found = run_cli("--settings", str(settings), "archive", "verify")
+    assert found.returncode == 1, found.stdout
+    assert f"tags: {len(caught)} keys in both databases" in found.stdout
+
+
 @pytest.mark.postgres
 def test_a_postgresql_column_collation_stays_behind_when_archive_is_sqlite(
         databases: DatabaseFactory, tmp_path: Path) -> None:

@@ -362,6 +362,34 @@ def test_a_merged_sort_on_text_follows_code_points_whatever_the_collation(
         assert 0 < len(archived) < len(names * 3)  # both databases hold some
 
 
+@pytest.mark.sqlite
+def test_a_merged_walk_over_sqlite_nocase_columns_follows_code_points(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """An application's ``COLLATE NOCASE`` key and column sort 'a' < 'B' in PRIMARY, and
+    'B' < 'a' in Python and in the twin: merged pages resumed in one order after rows
+    picked in the other, and a walk over the key went round in a circle for ever."""
+    primary_url, archive_url = databases.pair("nocase")
+    names = [f"{letter}{i}" for i, letter in enumerate("aBcDeFgHiJkLmNoP" * 3)]
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE tags (name text COLLATE NOCASE PRIMARY KEY,"
+            " label text COLLATE NOCASE NOT NULL, made_at DATETIME NOT NULL)")
+        connection.exec_driver_sql("CREATE INDEX tags_label ON tags (label)")
+        connection.execute(sa.text("INSERT INTO tags VALUES (:name, :label, :at)"), [
+            {"name": name, "label": name.swapcase()[:1],
+             "at": (NOW - timedelta(days=10 + 400 * (i % 3 == 0))).isoformat(" ")}
+            for i, name in enumerate(names)])
+    with policy_served(tmp_path, primary_url, archive_url, "sqlite",
+                       one_policy("tags", "made_at")) as client:
+        for sort in ("name", "-name", "label", "-label"):
+            rows = walk(client, "tags", f"sort={sort}", limit=4)
+            assert sorted(row["name"] for row in rows) == sorted(names), sort
+            order = [(row[sort.lstrip("-")], row["name"]) for row in rows]
+            assert order == sorted(order, reverse=sort.startswith("-")), sort
+        archived = walk(client, "tags", "source=archive", limit=100)
+        assert 0 < len(archived) < len(names)  # both databases hold some
+
+
 @pytest.mark.postgres
 def test_bit_strings_are_filtered_and_downloaded_as_text(
         databases: DatabaseFactory, tmp_path: Path) -> None:
