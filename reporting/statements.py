@@ -204,14 +204,27 @@ def filter_conditions(source: sa.Subquery, filters: Sequence[FilterClause], dial
             conditions.append(column.is_(None) == sa.bindparam(name, type_=sa.Boolean))
         elif clause.op in ("like", "ilike"):
             pattern = sa.bindparam(name, type_=sa.String)
-            conditions.append(column.like(pattern) if clause.op == "like"
-                              else column.ilike(pattern))
+            matched = _pattern_matchable(column, dialect)
+            conditions.append(matched.like(pattern) if clause.op == "like"
+                              else matched.ilike(pattern))
         elif as_instant:
             conditions.append(instant_condition(column, clause.op, name))
         else:
             value = sa.bindparam(name, type_=bound_type(column))
             conditions.append(COMPARISONS[clause.op](column, value))
     return conditions
+
+
+def _pattern_matchable(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
+    """``column`` as LIKE can match it. PostgreSQL refuses LIKE and ILIKE under a
+    nondeterministic collation (an application's case-insensitive ICU collation, ``CREATE
+    COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)``): a
+    column with a collation of its own is matched in the database's default one, which is
+    always deterministic. ``C`` and ``POSIX`` are, and keep their indexes."""
+    collation = getattr(column.type, "collation", None)
+    if dialect == "postgresql" and collation and collation not in ("C", "POSIX"):
+        return column.collate("default")
+    return column
 
 
 def _filter_name(index: int) -> str:

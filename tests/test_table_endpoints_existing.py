@@ -362,6 +362,50 @@ def test_a_merged_sort_on_text_follows_code_points_whatever_the_collation(
         assert 0 < len(archived) < len(names * 3)  # both databases hold some
 
 
+@pytest.mark.postgres
+def test_an_applications_case_insensitive_collation_is_archived_filtered_and_walked(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """A key and a column under the application's own nondeterministic ICU collation:
+    ``migrate`` stopped on 'collation "ci" for encoding "UTF8" does not exist' (ARCHIVE had
+    no such collation), and a ``like`` or ``ilike`` filter was a 500 (PostgreSQL refuses
+    LIKE under such a collation)."""
+    primary_url, archive_url = databases.pair("ci_collation")
+    emails = [f"{'User' if i % 2 else 'user'}{i}@example.org" for i in range(30)]
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2',"
+            " deterministic = false)")
+        connection.exec_driver_sql(
+            "CREATE TABLE users (email text COLLATE ci PRIMARY KEY, nick text COLLATE ci"
+            " NOT NULL, seen_at timestamptz NOT NULL)")
+        connection.exec_driver_sql("CREATE INDEX users_nick ON users (nick)")
+        connection.execute(sa.text("INSERT INTO users VALUES (:email, :nick, :seen_at)"), [
+            {"email": email, "nick": ("Nick" if i % 3 else "nick") + str(i % 4),
+             "seen_at": NOW - timedelta(days=10 + 400 * (i % 2))}
+            for i, email in enumerate(emails)])
+    with policy_served(tmp_path, primary_url, archive_url, "postgres",
+                       one_policy("users", "seen_at")) as client:
+        for sort in ("email", "-email", "nick", "-nick"):
+            rows = walk(client, "users", f"sort={sort}", limit=4)
+            assert sorted(row["email"] for row in rows) == sorted(emails), sort
+        archived = walk(client, "users", "source=archive", limit=100)
+        assert 0 < len(archived) < len(emails)  # both databases hold some
+        for source in ("primary", "archive", "all"):
+            held = walk(client, "users", f"source={source}", limit=100)
+            for query, keep in (("nick[like]=Nick1", lambda nick: nick == "Nick1"),
+                                ("nick[ilike]=NICK1", lambda nick: nick.lower() == "nick1"),
+                                ("nick=NICK1", lambda nick: nick.lower() == "nick1")):
+                got = walk(client, "users", f"source={source}&{query}", limit=100)
+                assert sorted(row["email"] for row in got) == sorted(
+                    row["email"] for row in held if keep(row["nick"])), (source, query)
+    with engine_for(archive_url) as archive, archive.connect() as connection:
+        assert connection.exec_driver_sql(
+            "SELECT collisdeterministic FROM pg_collation WHERE collname = 'ci'").scalar() \
+            is False
+    assert "all checks passed" in ok(run_cli("--settings", str(next(tmp_path.glob(
+        "settings-*.toml"))), "archive", "verify"))
+
+
 @pytest.mark.sqlite
 def test_a_merged_walk_over_sqlite_nocase_columns_follows_code_points(
         databases: DatabaseFactory, tmp_path: Path) -> None:
