@@ -42,9 +42,9 @@ def key_columns(table: sa.Table) -> tuple[sa.Column[Any], ...]:
     """
     columns = tuple(table.primary_key.columns)
     if not columns:
-        raise ValueError(f"table {table.fullname!r} has no primary key: the archiver copies, "
-                         "verifies and deletes rows by key; add one (or a unique "
-                         "not-null column made the primary key)")
+        raise ValueError(f"table {table.fullname!r} has no primary key, nor a unique index "
+                         "over NOT NULL columns to serve as one: the archiver copies, "
+                         "verifies and deletes rows by key; add either")
     return columns
 
 

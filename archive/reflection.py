@@ -74,6 +74,7 @@ def reflect_primary(engine: sa.Engine, names: Iterable[str]) -> dict[str, sa.Tab
             _restore_domain_modifiers(connection, metadata)
             _record_collations(connection, metadata)
         _name_unknown_types(connection, metadata)
+        _key_by_unique_columns(metadata)
         connection.rollback()
     tables: dict[str, sa.Table] = dict(metadata.tables)
     if default:
@@ -173,6 +174,32 @@ JOIN pg_type t ON t.oid = a.atttypid
 JOIN pg_type b ON b.oid = CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END
 WHERE a.attrelid = CAST(:table AS regclass) AND a.attnum > 0 AND NOT a.attisdropped
 """)
+
+
+def _key_by_unique_columns(metadata: sa.MetaData) -> None:
+    """Give a table without a primary key the columns of its narrowest unique index (or
+    constraint) over NOT NULL columns, whole-table and without expressions, as its key.
+
+    Such columns identify each row as a primary key would, and everything that copies,
+    verifies, deletes and pages by key reads ``table.primary_key``. Prisma's implicit
+    many-to-many tables (``_PostToTag``: a unique index on ``("A", "B")``, no key) and
+    Rails' join tables with a unique pair are shaped so; a policy over ``Post`` with
+    ``children = "auto"`` was refused for its join table. Only this ``sa.Table`` changes:
+    PRIMARY is never altered (ARCHIVE's twin gets a real primary key).
+    """
+    for table in metadata.tables.values():
+        if len(table.primary_key.columns):
+            continue
+        candidates = [tuple(constraint.columns) for constraint in table.constraints
+                      if isinstance(constraint, sa.UniqueConstraint)]
+        candidates += [tuple(index.columns) for index in table.indexes
+                       if index.unique and len(index.expressions) == len(index.columns)
+                       and all(options.get("where") is None for options
+                               in index.dialect_options.values())]
+        keys = [columns for columns in candidates
+                if columns and not any(column.nullable for column in columns)]
+        if keys:
+            table.append_constraint(sa.PrimaryKeyConstraint(*min(keys, key=len)))
 
 
 #: The collations of a table's columns that are the application's own (not PostgreSQL's

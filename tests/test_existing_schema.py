@@ -224,6 +224,10 @@ REFUSALS = {
     "no primary key": ("CREATE TABLE {p}loose (made_at DATE)",
                        "table = \"{p}loose\"\nage_column = \"made_at\"",
                        "policy.invoices.table", "has no primary key"),
+    "no key, a nullable unique column": (
+        "CREATE TABLE {p}loose (made_at DATE, code TEXT UNIQUE)",
+        "table = \"{p}loose\"\nage_column = \"made_at\"", "policy.invoices.table",
+        "has no primary key, nor a unique index over NOT NULL columns"),
     "unknown column": (None, "age_column = \"issued_on\"", "policy.invoices.age_column",
                        "issued_on"),
     "unknown table": (None, "table = \"{p}invoice\"", "policy.invoices.table", "invoice"),
@@ -853,3 +857,40 @@ def test_a_postgresql_column_collation_stays_behind_when_archive_is_sqlite(
     with app_schema.engine_for(archive_url) as archive, archive.connect() as connection:
         assert sorted(connection.exec_driver_sql("SELECT code, note FROM codes")) == [
             ("B", "b"), ("a", "a")]
+
+
+def test_a_table_keyed_only_by_a_unique_index_is_archived_by_those_columns(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """Prisma's implicit many-to-many table ``_PostToTag`` has no primary key, only a unique
+    index on ``("A", "B")``: a policy over ``Post`` with ``children = "auto"`` was refused
+    for it. NOT NULL columns under a whole-table unique index identify a row as a key does;
+    a partial unique index does not, and is passed over for them."""
+    primary_url, archive_url = databases.pair("unique_key")
+    statements = [
+        'CREATE TABLE "Post" ("id" INTEGER NOT NULL PRIMARY KEY, "createdAt" TIMESTAMP NOT NULL)',
+        'CREATE TABLE "_PostToTag" ("A" INTEGER NOT NULL REFERENCES "Post" ("id"),'
+        ' "B" INTEGER NOT NULL, "note" TEXT NOT NULL)',
+        'CREATE UNIQUE INDEX "_PostToTag_note" ON "_PostToTag" ("note") WHERE "B" > 0',
+        'CREATE UNIQUE INDEX "_PostToTag_AB_unique" ON "_PostToTag" ("A", "B")',
+    ]
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        for statement in statements:
+            connection.exec_driver_sql(statement)
+        connection.execute(sa.text('INSERT INTO "Post" VALUES (:id, :at)'), [
+            {"id": i, "at": (NOW - timedelta(days=400 if i % 2 else 10)).replace(tzinfo=None)}
+            for i in range(1, 9)])
+        connection.execute(sa.text('INSERT INTO "_PostToTag" VALUES (:a, :b, :note)'), [
+            {"a": i, "b": b, "note": f"{i}-{b}"} for i in range(1, 9) for b in (1, 2)])
+    settings = migrated(tmp_path, primary_url, archive_url, databases.backend,
+                        one_policy("Post", "createdAt", children='"auto"'))
+    ran = ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
+    assert "Post 4, _PostToTag 8" in ran
+    assert "all checks passed" in ok(run_cli("--settings", str(settings), "archive", "verify"))
+    with app_schema.engine_for(archive_url) as archive:
+        assert sa.inspect(archive).get_pk_constraint("_PostToTag")["constrained_columns"] \
+            == ["A", "B"]
+        archived = rows_of(archive, ["_PostToTag"], archive=True)["_PostToTag"]
+    assert sorted(archived) == [(a, b) for a in (1, 3, 5, 7) for b in (1, 2)]
+    ok(run_cli("--settings", str(settings), "archive", "restore", "--run", "1"))
+    with app_schema.engine_for(primary_url) as primary, primary.connect() as connection:
+        assert connection.exec_driver_sql('SELECT count(*) FROM "_PostToTag"').scalar() == 16
