@@ -27,6 +27,9 @@ from sediment.core.names import quoted_table
 #: ``sa.Table.info`` key: ``(schema, qualified name, CREATE COLLATION statement)`` of each
 #: collation of the application's own that the table's columns use (PostgreSQL).
 COLLATIONS = "sediment_collations"
+#: ``sa.Table.info`` key: ``{column: (type, CREATE EXTENSION statement)}`` for the columns
+#: of a type SQLAlchemy knows that an extension provides (``citext``, ``hstore``).
+MADE_BY = "sediment_made_by"
 
 #: Foreign keys pointing at the given tables, declared on a table itself (not the copies
 #: PostgreSQL keeps on each partition of a partitioned table, nor those pointing at a
@@ -73,7 +76,7 @@ def reflect_primary(engine: sa.Engine, names: Iterable[str]) -> dict[str, sa.Tab
             _reflect_with_referencing(connection, metadata, names, default)
             _restore_domain_modifiers(connection, metadata)
             _record_collations(connection, metadata)
-        _name_unknown_types(connection, metadata)
+        _name_catalog_types(connection, metadata)
         _key_by_unique_columns(metadata)
         connection.rollback()
     tables: dict[str, sa.Table] = dict(metadata.tables)
@@ -234,22 +237,32 @@ def _record_collations(connection: sa.Connection, metadata: sa.MetaData) -> None
                 _COLLATIONS, {"table": quoted_table(connection.dialect, table)}))
 
 
-def _name_unknown_types(connection: sa.Connection, metadata: sa.MetaData) -> None:
+def _name_catalog_types(connection: sa.Connection, metadata: sa.MetaData) -> None:
+    """Type each column SQLAlchemy does not know as a :class:`CatalogType`, and on
+    PostgreSQL record in ``table.info[MADE_BY]`` the statement that makes each type
+    SQLAlchemy does know but an extension provides (``citext``, ``hstore``), so that a
+    twin's plan can name it where ARCHIVE lacks it."""
+    postgres = connection.dialect.name == "postgresql"
     for table in metadata.tables.values():
         unknown = [column for column in table.columns
                    if isinstance(column.type, sa.types.NullType)]
-        if not unknown:
+        if not postgres:
+            declared = {row[1]: row[2] for row in _sqlite_columns(connection, table)} \
+                if unknown else {}
+            for column in unknown:
+                column.type = CatalogType(declared.get(column.name, ""))
             continue
         made_by: dict[str, str | None] = {}
-        if connection.dialect.name == "postgresql":
-            named: dict[str, str] = {}
-            for name, spec, making in connection.execute(
-                    _TYPES, {"table": quoted_table(connection.dialect, table)}):
-                named[name], made_by[name] = spec, making
-        else:
-            named = {row[1]: row[2] for row in _sqlite_columns(connection, table)}
+        named: dict[str, str] = {}
+        for name, spec, making in connection.execute(
+                _TYPES, {"table": quoted_table(connection.dialect, table)}):
+            named[name], made_by[name] = spec, making
         for column in unknown:
             column.type = CatalogType(named.get(column.name, ""), made_by.get(column.name))
+        known = {name: (named[name], making) for name, making in made_by.items()
+                 if making and not isinstance(table.c[name].type, CatalogType)}
+        if known:
+            table.info[MADE_BY] = known
 
 
 #: Declared SQLite types SQLAlchemy does not know, which it reflects by SQLite's affinity

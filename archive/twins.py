@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql.base import PGInspector
 
-from archive.reflection import COLLATIONS, CatalogType
+from archive.reflection import COLLATIONS, MADE_BY, CatalogType
 from sediment.core.schema.archive import ARCHIVE_RUN_ID, ARCHIVED_AT, ArchiveSchemaChange
 from sediment.core.schema.types import UTCDateTime
 
@@ -135,14 +135,15 @@ def twin_table(source: sa.Table, metadata: sa.MetaData, *, primary_dialect: str,
                if index.columns and len(index.expressions) == len(index.columns)]
     key = tuple(column.name for column in source.primary_key.columns)
     distinct = [group for group in dict.fromkeys(groups) if group != key[:len(group)]]
-    collations = source.info.get(COLLATIONS, []) if same_engine else []
+    made_by = {key: source.info.get(key, empty) for key, empty
+               in ((COLLATIONS, []), (MADE_BY, {}))} if same_engine else {}
     return sa.Table(
         name, metadata, *columns,
         sa.Column(ARCHIVED_AT, UTCDateTime, nullable=False),
         sa.Column(ARCHIVE_RUN_ID, sa.BigInteger, nullable=False),
         *(sa.Index(index_name(name, group), *group) for group in distinct),
         sa.Index(index_name(name, (ARCHIVE_RUN_ID, ARCHIVED_AT)), ARCHIVE_RUN_ID, ARCHIVED_AT),
-        schema=schema, info={COLLATIONS: collations},
+        schema=schema, info=made_by,
     )
 
 
@@ -237,16 +238,20 @@ def _missing_types(connection: sa.Connection, twins: Sequence[sa.Table]) -> list
     """The twins' column types SQLAlchemy does not know that ARCHIVE has no type of that
     name for. Creating the twin failed on PostgreSQL's bare 'type "money_pair" does not
     exist'; this names the column and the statement that makes the type."""
-    named = [(_label(table.schema, table.name), column.name, column.type)
+    named = [(_label(table.schema, table.name), column.name, column.type.spec,
+              column.type.made_by)
              for table in twins for column in table.columns
              if isinstance(column.type, CatalogType) and column.type.spec]
-    specs = sorted({kind.spec for _, _, kind in named})
+    named += [(_label(table.schema, table.name), column, spec, made_by)
+              for table in twins
+              for column, (spec, made_by) in table.info.get(MADE_BY, {}).items()]
+    specs = sorted({spec for _, _, spec, _ in named})
     if not specs:
         return []
     found = connection.execute(sa.select(*(sa.func.to_regtype(spec) for spec in specs))).one()
     absent = {spec for spec, regtype in zip(specs, found, strict=True) if regtype is None}
-    return [MissingType(table, column, kind.spec, kind.made_by)
-            for table, column, kind in named if kind.spec in absent]
+    return [MissingType(table, column, spec, made_by)
+            for table, column, spec, made_by in named if spec in absent]
 
 
 def _missing_enum_labels(connection: sa.Connection, twins: Sequence[sa.Table]

@@ -4,9 +4,10 @@ Two places merge sorted streams from PRIMARY and ARCHIVE in Python (``source=all
 and ``archive verify``). A merge is only right when both streams are sorted the way Python
 compares their values, and for text Python compares code points. A database sorts text by
 its column's collation instead: PostgreSQL's ``en_US`` or an ICU collation interleaves
-cases and accents, SQLite's ``NOCASE`` folds case, and an enum sorts by its labels'
-declared order. Merged with Python's comparison, such streams skip or repeat rows: a page
-walk over an application's ``COLLATE NOCASE`` key went round in a circle.
+cases and accents, SQLite's ``NOCASE`` folds case, ``citext`` folds case whatever the
+collation, and an enum sorts by its labels' declared order. Merged with Python's
+comparison, such streams skip or repeat rows: a page walk over an application's ``COLLATE
+NOCASE`` key went round in a circle.
 
 Code point order is PostgreSQL's ``"C"`` collation (UTF-8 bytes sort as their code points)
 and SQLite's ``BINARY``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from sediment.core.schema.types import python_type_of
 
@@ -33,6 +35,13 @@ def in_code_point_order(column: sa.ColumnElement[Any], dialect: str) -> sa.Colum
     """
     if python_type_of(column.type) is not str or dialect not in _CODE_POINT_COLLATION:
         return column
-    if dialect == "postgresql" and isinstance(column.type, sa.Enum):
-        column = sa.cast(column, sa.Text)  # a native enum takes no collation
+    if dialect == "postgresql" and isinstance(_base(column.type), sa.Enum | postgresql.CITEXT):
+        # A native enum takes no collation; citext compares case-folded in any collation.
+        column = sa.cast(column, sa.Text)
     return column.collate(_CODE_POINT_COLLATION[dialect])
+
+
+def _base(column_type: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
+    while isinstance(column_type, postgresql.DOMAIN):
+        column_type = column_type.data_type
+    return column_type
