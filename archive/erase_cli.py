@@ -58,8 +58,9 @@ def cmd_erase(args: argparse.Namespace, archiver: Archiver) -> int:
         key = parse_key(subject, args.key)
         plan = plan_erasure(archiver.engines, tables, twins, subject, key,
                             archiver.settings.erasure.null_out)
-    except UnknownTable:
-        return fail(f"--table {args.table!r}: PRIMARY has no such table", EXIT_USAGE)
+    except UnknownTable as exc:
+        reason = exc.reason if exc.view else "PRIMARY has no such table"
+        return fail(f"--table {args.table!r}: {reason}", EXIT_USAGE)
     except BadKey as exc:
         return fail(f"--key {exc}", EXIT_USAGE)
     except ErasureRefused as exc:

@@ -58,8 +58,7 @@ def resolve_existing(settings: Sequence[PolicySettings], engines: Engines) -> Ex
         policy = next(p for p in settings if p.table == exc.args[0]
                       or (p.children != "auto" and exc.args[0] in p.children))
         key = "table" if policy.table == exc.args[0] else "children"
-        raise SettingsError(f"policy.{policy.name}.{key}",
-                            f"PRIMARY has no table {exc.args[0]!r}") from exc
+        raise SettingsError(f"policy.{policy.name}.{key}", exc.reason) from exc
     twins, refused = declare_twins(tables, settings, engines)
     policies = resolve_policies(settings, tables, twins, refused)
     used = {table.fullname for policy in policies if policy.archives

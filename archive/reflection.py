@@ -45,7 +45,31 @@ _REFERENCING = sa.text("""
 
 
 class UnknownTable(LookupError):
-    """A policy names a table PRIMARY does not have."""
+    """A policy names a table PRIMARY does not have (``args[0]``, as given).
+
+    :param view: what the name is instead, when it is a view: rows are archived from the
+        table a view reads, which can be deleted from (a view itself seldom can).
+    """
+
+    def __init__(self, name: str, view: str | None = None) -> None:
+        super().__init__(name)
+        self.view = view
+
+    @property
+    def reason(self) -> str:
+        if self.view:
+            return (f"PRIMARY's {self.args[0]!r} is a {self.view}, not a table: name the "
+                    "table it reads")
+        return f"PRIMARY has no table {self.args[0]!r}"
+
+
+def _views(inspector: sa.Inspector, schema: str | None) -> dict[str, str]:
+    """The views of ``schema`` by name, and what each is."""
+    views = dict.fromkeys(inspector.get_view_names(schema=schema), "view")
+    if inspector.dialect.name == "postgresql":
+        views |= dict.fromkeys(inspector.get_materialized_view_names(schema=schema),
+                               "materialized view")
+    return views
 
 
 def split_name(name: str, default_schema: str | None) -> tuple[str | None, str]:
@@ -69,8 +93,9 @@ def reflect_primary(engine: sa.Engine, names: Iterable[str]) -> dict[str, sa.Tab
         if connection.dialect.name == "sqlite":
             metadata.reflect(connection)
             for name in names:
-                if split_name(name, default)[1] not in metadata.tables:
-                    raise UnknownTable(name)
+                table = split_name(name, default)[1]
+                if table not in metadata.tables:
+                    raise UnknownTable(name, _views(sa.inspect(connection), None).get(table))
             _read_types_by_name(connection, metadata)
         else:
             _reflect_with_referencing(connection, metadata, names, default)
@@ -93,8 +118,9 @@ def _reflect_with_referencing(connection: sa.Connection, metadata: sa.MetaData,
     while waiting:
         reflected: list[sa.Table] = []
         for (schema, table), given in waiting.items():
-            if not inspector.has_table(table, schema=schema):
-                raise UnknownTable(given)
+            view = _views(inspector, schema).get(table)
+            if view or not inspector.has_table(table, schema=schema):
+                raise UnknownTable(given, view)
             reflected.append(sa.Table(table, metadata, schema=schema, autoload_with=connection))
         referencing = connection.execute(_REFERENCING, {"referenced": "{" + ",".join(
             _regclass(connection, table) for table in reflected) + "}"}).all()

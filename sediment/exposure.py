@@ -61,7 +61,7 @@ def _named_tables(names: Iterable[str], primary: sa.Engine,
         try:
             known = reflect_primary(primary, names)
         except UnknownTable as exc:
-            raise SettingsError(key, f"PRIMARY has no table {exc.args[0]!r}") from exc
+            raise SettingsError(key, exc.reason) from exc
     missing = [name for name in names if name not in known]
     if missing:
         raise SettingsError(key, f"PRIMARY has no table {missing[0]!r}")
