@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 
@@ -43,7 +44,11 @@ def create_readonly_engine(url: str, *, statement_timeout_ms: int, pool_size: in
                                 connect_args={"options": options,
                                               "application_name": "sediment-reports"})
     path = Path(parsed.database or "").resolve()
-    readonly = sa.engine.make_url(f"sqlite:///file:{path}?mode=ro&uri=true")
+    # A URI's path is percent-encoded (and URL.create, unlike make_url, keeps it so): in a
+    # folder such as "My Data #1" the '#' ended the URI, and with it "?mode=ro", so the
+    # reports created and opened an empty read-write "My Data ".
+    readonly = sa.engine.URL.create("sqlite", database=f"file:{quote(str(path))}",
+                                    query={"mode": "ro", "uri": "true"})
     engine = sa.create_engine(readonly, isolation_level="AUTOCOMMIT",
                               connect_args={"timeout": statement_timeout_ms / 1000,
                                             "check_same_thread": False})

@@ -449,6 +449,32 @@ def test_citext_and_hstore_columns_are_named_for_archive_then_merged_in_code_poi
 
 
 @pytest.mark.sqlite
+def test_sqlite_files_in_a_folder_whose_name_a_uri_would_cut_are_served_read_only(
+        tmp_path: Path) -> None:
+    """The reports open SQLite files as read-only URIs: a '#' in the path ended the URI,
+    so they opened (and created, read-write) an empty 'My Data ' beside the folder, and
+    every page was a 500 'no such table'."""
+    folder = tmp_path / "My Data #1"
+    folder.mkdir()
+    primary_url = f"sqlite:///{folder / 'app 100%.sqlite3'}"
+    archive_url = f"sqlite:///{folder / 'archive #2.sqlite3'}"
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE notes (id integer PRIMARY KEY, at DATETIME NOT NULL)")
+        connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at)"), [
+            {"id": i, "at": (NOW - timedelta(days=300 * i)).strftime("%Y-%m-%d %H:%M:%S")}
+            for i in range(1, 7)])
+    with policy_served(tmp_path, primary_url, archive_url, "sqlite",
+                       one_policy("notes", "at")) as client:
+        for source, ids in (("primary", [1]), ("archive", [2, 3, 4, 5, 6]),
+                            ("all", [1, 2, 3, 4, 5, 6])):
+            assert [row["id"] for row in walk(client, "notes", f"source={source}")] == ids
+            assert client.get(f"/api/v1/tables/notes.csv?source={source}").status_code == 200
+    assert sorted(path.name for path in tmp_path.iterdir() if path.is_file()
+                  and not path.name.startswith("settings-")) == []
+
+
+@pytest.mark.sqlite
 def test_a_merged_walk_over_sqlite_nocase_columns_follows_code_points(
         databases: DatabaseFactory, tmp_path: Path) -> None:
     """An application's ``COLLATE NOCASE`` key and column sort 'a' < 'B' in PRIMARY, and
