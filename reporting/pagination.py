@@ -33,6 +33,7 @@ from sqlalchemy.sql.elements import BinaryExpression, CollationClause
 
 from reporting.report_error import ReportError
 from reporting.request import ReportRequest
+from reporting.stored_values import AsStored
 from sediment.core.instants import StoredInstant, parse_instant, read_stored_instant
 
 _PURPOSE = b"sediment.report-cursor.v2"
@@ -79,8 +80,28 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def encode_cursor(request: ReportRequest, cursor: PageCursor, secret: str) -> str:
-    return signed([fingerprint(request), [_encoded(v) for v in cursor.values]], secret)
+def encode_cursor(request: ReportRequest, cursor: PageCursor, secret: str,
+                  types: Sequence[str] = ()) -> str:
+    """``cursor`` as a signed token for ``request``.
+
+    :param types: the declared types of the cursor's columns (see :func:`decode_cursor`):
+        a value that is not of its column's type (SQLite keeps ``'n/a'`` in a ``DECIMAL``
+        column) is written as stored, for :func:`decode_cursor` to read back as
+        :class:`AsStored`.
+    """
+    values = [_encoded(value) for value in cursor.values]
+    for index, (value, type_name) in enumerate(zip(cursor.values, types, strict=False)):
+        if isinstance(value, str | int | float) and not _is_of(values[index], type_name):
+            values[index] = {"as_stored": value}
+    return signed([fingerprint(request), values], secret)
+
+
+def _is_of(value: Any, type_name: str) -> bool:
+    try:
+        _typed(value, type_name, as_stored=False)
+    except (TypeError, ValueError, ArithmeticError):
+        return False
+    return True
 
 
 def signed(data: Any, secret: str) -> str:
@@ -120,10 +141,13 @@ def _encoded(value: Any) -> Any:
 
 
 def decode_cursor(request: ReportRequest, token: str, secret: str,
-                  types: Sequence[str]) -> PageCursor:
+                  types: Sequence[str], *, as_stored: bool = False) -> PageCursor:
     """Verify and decode ``token`` for ``request``.
 
     :param types: the declared types of the sort column and key columns, in order.
+    :param as_stored: the request reads SQLite only, where a value may be kept against its
+        column's type: such a value is accepted as :class:`AsStored`. Elsewhere it is
+        refused, as any value of the wrong type is.
     :raises ReportError: 400 ``invalid_cursor`` when tampered, foreign or malformed.
     """
     try:
@@ -139,14 +163,14 @@ def decode_cursor(request: ReportRequest, token: str, secret: str,
     if not isinstance(values, list) or len(values) != len(types):
         raise ReportError(400, "invalid_cursor", "the cursor is malformed", param="cursor")
     try:
-        return PageCursor(tuple(_typed(value, type_name)
+        return PageCursor(tuple(_typed(value, type_name, as_stored=as_stored)
                                 for value, type_name in zip(values, types, strict=True)))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, ArithmeticError):  # Decimal('n/a') is an ArithmeticError
         raise ReportError(400, "invalid_cursor", "the cursor is malformed",
                           param="cursor") from None
 
 
-def _typed(value: Any, type_name: str) -> Any:
+def _typed(value: Any, type_name: str, *, as_stored: bool) -> Any:
     """Check one cursor value against its column's declared type.
 
     A valid signature proves only that this service signed the payload under its key (and
@@ -157,6 +181,11 @@ def _typed(value: Any, type_name: str) -> Any:
     """
     if value is None:
         return None  # a NULL sort value; keys are never NULL, and SQL compares it safely
+    if isinstance(value, dict) and set(value) == {"as_stored"} and as_stored:
+        stored = value["as_stored"]
+        if isinstance(stored, bool) or not isinstance(stored, str | int | float):
+            raise ValueError(value)
+        return AsStored(stored)
     if type_name == "datetime" and isinstance(value, dict):
         stored = value.get("stored")
         if set(value) != {"stored"} or not isinstance(stored, str):

@@ -22,7 +22,7 @@ from reporting.pgfetch import DirectStatement, direct_statement
 from reporting.report_databases import ReportDatabases, exclude_shared, in_parameter
 from reporting.reports.base import DatabaseTables, Lookup, RowReport
 from reporting.request import COMPARISONS, FilterClause, ReportRequest
-from reporting.stored_values import StoredDateTime, instant_condition
+from reporting.stored_values import CursorBound, StoredDateTime, instant_condition
 from sediment.core.collation import in_code_point_order
 from sediment.core.databases import ARCHIVE, Database
 
@@ -102,6 +102,8 @@ def build_query(request: ReportRequest, report: RowReport, tables: DatabaseTable
     order_columns = [in_code_point_order(subquery.c[c], tables.dialect) if merged
                      else subquery.c[c] for c in request.order]
     bound_types = [bound_type(subquery.c[c]) for c in request.order]
+    if tables.dialect == "sqlite":  # a cursor may hold a value as SQLite stored it
+        bound_types = [CursorBound(typed) for typed in bound_types]
     joined, lookups = join_lookups(subquery, tables, report.lookups)
     # The report's columns in its declared order, so each row is built once, in its final
     # shape: a lookup this database cannot join is a NULL for apply_lookups to fill.

@@ -27,6 +27,7 @@ spelling of a matching instant falls in keeps the column's index in use.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -50,6 +51,36 @@ def _instant_text(value: Any) -> str | None:
         return None  # a number's unit is unknown: no instant to compare
     parsed = read_stored_instant(value)
     return utc_text(parsed) if parsed is not None else None
+
+
+@dataclass(frozen=True)
+class AsStored:
+    """A cursor's value that its row held against the column's declared type (``'n/a'``
+    in a ``DECIMAL`` column, ``'f'`` in a ``BOOLEAN`` one): bound exactly as stored, so
+    that a page resumes after it as SQLite orders it (numbers, then text, then blobs)."""
+
+    value: str | int | float
+
+
+class CursorBound(sa.types.TypeDecorator[Any]):
+    """A cursor value's type on SQLite: ``typed``'s binding, or an :class:`AsStored` value
+    as it is (the declared type's binding refused ``'f'`` for a boolean)."""
+
+    impl = sa.types.NullType
+    cache_ok = True
+
+    def __init__(self, typed: sa.types.TypeEngine[Any]) -> None:
+        super().__init__()
+        self.typed = typed
+
+    def bind_processor(self, dialect: sa.Dialect) -> Callable[[Any], Any] | None:
+        typed = self.typed.dialect_impl(dialect).bind_processor(dialect)
+
+        def process(value: Any) -> Any:
+            if isinstance(value, AsStored):
+                return value.value
+            return typed(value) if typed is not None else value
+        return process
 
 
 class Lenient(sa.types.TypeDecorator[Any]):

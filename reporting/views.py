@@ -22,6 +22,7 @@ from reporting.execution import Page, run_page
 from reporting.metrics import count_served, metered
 from reporting.openapi import openapi_document
 from reporting.pagination import decode_cursor, encode_cursor
+from reporting.report_databases import databases_of
 from reporting.report_error import ReportError
 from reporting.reports import Report
 from reporting.request import ReportRequest, parse_request
@@ -146,13 +147,17 @@ def page_of(report: Report) -> Response:
 
 def fetch_page(report_request: ReportRequest) -> tuple[Page, str | None]:
     """Run one page of a validated request; return it with the signed cursor of the next."""
-    secret = current_state().settings.service.secret_key
+    state = current_state()
+    secret, databases = state.settings.service.secret_key, state.report_databases
+    types = cursor_types(report_request)
     cursor = None
     if report_request.cursor is not None:
-        cursor = decode_cursor(report_request, report_request.cursor, secret,
-                               cursor_types(report_request))
-    page = run_page(current_state().report_databases, report_request, cursor)
-    next_token = (encode_cursor(report_request, page.next_cursor, secret)
+        in_sqlite = all(databases.engines[name].dialect.name == "sqlite"
+                        for name in databases_of(report_request))
+        cursor = decode_cursor(report_request, report_request.cursor, secret, types,
+                               as_stored=in_sqlite)
+    page = run_page(databases, report_request, cursor)
+    next_token = (encode_cursor(report_request, page.next_cursor, secret, types)
                   if page.next_cursor is not None else None)
     return page, next_token
 

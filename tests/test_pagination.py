@@ -10,6 +10,7 @@ from reporting.pagination import PageCursor, cursor_after, decode_cursor, encode
 from reporting.report_error import ReportError
 from reporting.reports import REPORTS
 from reporting.request import ReportRequest, parse_request
+from reporting.stored_values import AsStored
 from sediment.core.instants import StoredInstant
 
 SECRET = "test-secret"
@@ -91,3 +92,21 @@ def test_a_key_beyond_64_bits_round_trips_exactly() -> None:
     token = encode_cursor(request, PageCursor((huge, huge)), SECRET)
     assert decode_cursor(request, token, SECRET, ["integer", "integer"]) == \
         PageCursor((huge, huge))
+
+
+def test_a_value_stored_against_its_type_resumes_as_stored_on_sqlite_only() -> None:
+    """SQLite keeps 'n/a' in a DECIMAL column: the cursor after it carries it as stored, and
+    only a request that reads SQLite alone accepts that (elsewhere it would reach the
+    database as a data error)."""
+    request = events(sort="id")
+    for stored in ("n/a", 1.5, ""):
+        token = encode_cursor(request, PageCursor((stored, 41)), SECRET, ["number", "integer"])
+        value, key = decode_cursor(request, token, SECRET, ["number", "integer"],
+                                   as_stored=True).values
+        assert (value, key) == (AsStored(stored) if stored != 1.5 else 1.5, 41)
+        if stored != 1.5:
+            with pytest.raises(ReportError, match="malformed"):
+                decode_cursor(request, token, SECRET, ["number", "integer"])
+    forged = encode_cursor(request, PageCursor(({"as_stored": True}, 41)), SECRET)
+    with pytest.raises(ReportError, match="malformed"):
+        decode_cursor(request, forged, SECRET, ["number", "integer"], as_stored=True)

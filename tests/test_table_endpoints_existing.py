@@ -475,6 +475,47 @@ def test_sqlite_files_in_a_folder_whose_name_a_uri_would_cut_are_served_read_onl
 
 
 @pytest.mark.sqlite
+def test_pages_resume_after_values_sqlite_keeps_against_the_sorted_columns_type(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """An old Rails table: booleans stored 't'/'f' beside 1/0, 'n/a' in a DECIMAL column,
+    Unix times and '' in a DATETIME one. Served as stored, but a page ending on such a
+    value got a cursor its next request refused: 400 'the cursor is malformed' for 'f', a
+    500 for 'n/a' (Decimal's InvalidOperation). Pages now resume after the stored value,
+    in SQLite's order."""
+    primary_url, archive_url = databases.pair("off_type")
+    published = ["t", "f", 1, 0, None, "true"]
+    prices = [12.5, "n/a", 7, "", 3.25, None, "7.00"]
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            'CREATE TABLE posts (id integer PRIMARY KEY, published boolean, price decimal(10,2),'
+            ' seen datetime, created_at datetime NOT NULL)')
+        for column in ("published", "price", "seen"):
+            connection.exec_driver_sql(f"CREATE INDEX posts_{column} ON posts ({column})")
+        connection.execute(sa.text(
+            "INSERT INTO posts VALUES (:id, :published, :price, :seen, :created_at)"), [
+            {"id": i, "published": published[i % 6], "price": prices[i % 7],
+             "seen": [1_700_000_000 + i, "", "2026-01-02 03:04:05", "n/a", None][i % 5],
+             "created_at": (NOW - timedelta(days=10 + 400 * (i % 2))).strftime(
+                 "%Y-%m-%d %H:%M:%S")}
+            for i in range(1, 43)])
+    with policy_served(tmp_path, primary_url, archive_url, "sqlite",
+                       one_policy("posts", "created_at")) as client:
+        for column in ("published", "price", "seen"):
+            for sort in (column, f"-{column}"):
+                for source, url in (("primary", primary_url), ("archive", archive_url)):
+                    rows = walk(client, "posts", f"sort={sort}&source={source}", limit=2)
+                    direction = "DESC" if sort.startswith("-") else "ASC"
+                    nulls = "FIRST" if direction == "DESC" else "LAST"
+                    with engine_for(url) as engine, engine.connect() as connection:
+                        ids = list(connection.exec_driver_sql(
+                            f"SELECT id FROM posts ORDER BY {column} {direction} NULLS {nulls},"
+                            f" id {direction}").scalars())
+                    assert [row["id"] for row in rows] == ids, (sort, source)
+                merged = walk(client, "posts", f"sort={sort}", limit=2)
+                assert sorted(row["id"] for row in merged) == list(range(1, 43)), sort
+
+
+@pytest.mark.sqlite
 def test_a_merged_walk_over_sqlite_nocase_columns_follows_code_points(
         databases: DatabaseFactory, tmp_path: Path) -> None:
     """An application's ``COLLATE NOCASE`` key and column sort 'a' < 'B' in PRIMARY, and
