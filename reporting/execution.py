@@ -157,9 +157,19 @@ def merge_key(request: ReportRequest, *, sqlite_order: bool = False
         # first, then text: Python compares neither kind with the other, nor with a datetime.
         rank = _in_sqlite_order if sqlite_order else _in_instant_order
         return lambda row: (row[sort] is None, *rank(row[sort]), *(row[c] for c in key))
+    if column.type == "number":
+        # PostgreSQL sorts NaN above every number; Python's comparisons with NaN are all
+        # false (a Decimal's raise), which left a merge out of order and pages skipping rows.
+        return lambda row: (row[sort] is None, *_nan_last(row[sort]), *(row[c] for c in key))
     if request.sort in request.key or not column.nullable:
         return lambda row: tuple(row[c] for c in order)
     return lambda row: (row[sort] is None, row[sort], *(row[c] for c in key))
+
+
+def _nan_last(value: Any) -> tuple[bool, Any]:
+    """A number in PostgreSQL's order: NaN (float or Decimal) after every other number."""
+    is_nan = value != value  # true for NaN alone
+    return is_nan, None if is_nan else value
 
 
 def _in_sqlite_order(value: Any) -> tuple[int, Any]:

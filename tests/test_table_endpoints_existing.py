@@ -515,6 +515,33 @@ def test_pages_resume_after_values_sqlite_keeps_against_the_sorted_columns_type(
                 assert sorted(row["id"] for row in merged) == list(range(1, 43)), sort
 
 
+@pytest.mark.postgres
+def test_merged_pages_sorted_on_numbers_holding_nan_and_infinities_hold_every_row(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """PostgreSQL sorts NaN above every number; Python's comparisons with a float NaN are
+    all false, so the merge went out of order and pages skipped rows, and a Decimal NaN
+    raised on comparison: every merged page of a numeric sort holding one was a 500."""
+    primary_url, archive_url = databases.pair("nan")
+    specials = ["NaN", "Infinity", "-Infinity"]
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE measures (id integer PRIMARY KEY,"
+                                   " f double precision, n numeric, at timestamptz NOT NULL)")
+        connection.exec_driver_sql("CREATE INDEX measures_f ON measures (f)")
+        connection.exec_driver_sql("CREATE INDEX measures_n ON measures (n)")
+        connection.execute(sa.text(
+            "INSERT INTO measures VALUES (:id, CAST(:f AS float8), CAST(:n AS numeric), :at)"), [
+            {"id": i, "f": specials[i % 4] if i % 4 < 3 else str(i / 3),
+             "n": specials[i % 3 - 1] if i % 3 == 1 else str(i * 1.5) if i % 5 else None,
+             "at": NOW - timedelta(days=10 + 400 * (i % 3 == 0))}
+            for i in range(1, 41)])
+    with policy_served(tmp_path, primary_url, archive_url, "postgres",
+                       one_policy("measures", "at")) as client:
+        assert 0 < len(walk(client, "measures", "source=archive", limit=100)) < 40
+        for sort in ("f", "-f", "n", "-n"):
+            rows = walk(client, "measures", f"sort={sort}", limit=3)
+            assert sorted(row["id"] for row in rows) == list(range(1, 41)), sort
+
+
 @pytest.mark.sqlite
 def test_a_merged_walk_over_sqlite_nocase_columns_follows_code_points(
         databases: DatabaseFactory, tmp_path: Path) -> None:
