@@ -46,6 +46,7 @@ from reporting.reports.base import RowReport
 from reporting.request import ReportRequest
 from reporting.sqlite_csv import sqlite_statement, stream_sqlite_csv
 from reporting.statements import order_terms, source_query
+from reporting.stored_values import blob_text
 from sediment.core.pgcopy import raw_cursor, render
 
 logger = logging.getLogger(__name__)
@@ -234,6 +235,8 @@ def _cell(value: Any, escape: bool) -> Any:
         return value.isoformat()
     if escape and isinstance(value, str):
         return escape_formula(value)
+    if isinstance(value, bytes):
+        return blob_text(value)
     return value
 
 

@@ -17,6 +17,7 @@ import orjson
 from flask import Response
 from flask.json.provider import JSONProvider
 
+from reporting.stored_values import blob_text
 from sediment.core.instants import StoredInstant
 
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
@@ -28,6 +29,8 @@ def _default(value: Any) -> Any:
         return str(value)
     if isinstance(value, StoredInstant):  # orjson writes only datetime itself
         return value.plain()
+    if isinstance(value, bytes):
+        return blob_text(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 

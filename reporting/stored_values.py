@@ -53,6 +53,13 @@ def _instant_text(value: Any) -> str | None:
     return utc_text(parsed) if parsed is not None else None
 
 
+def blob_text(value: bytes) -> str:
+    """A blob SQLite keeps in a column not declared one (a ``STRICT`` table's ``ANY``, or
+    bytes an application wrote into ``TEXT``), served as a declared ``BLOB`` column is:
+    as SQLite's ``hex()`` writes it. JSON has no bytes: such a row failed its page (500)."""
+    return value.hex().upper()
+
+
 @dataclass(frozen=True)
 class AsStored:
     """A cursor's value that its row held against the column's declared type (``'n/a'``

@@ -184,6 +184,12 @@ def _served(column: sa.ColumnElement[Any], served: TableColumn,
     if served.type is None:
         if isinstance(column.type, sa.LargeBinary):
             return sa.func.hex(column).label(served.name)
+        if dialect == "sqlite" and isinstance(  # no type declared, or one of a CatalogType
+                column.type, sa.types.NullType | sa.types.UserDefinedType):
+            # A column of no type SQLAlchemy knows (none declared, say) holds numbers, text
+            # and blobs, each served as it is (a blob as hex): cast to text, a blob came
+            # out as its raw bytes, and bytes of no UTF-8 failed the page.
+            return column
         return sa.cast(column, sa.Text).label(served.name)
     return column
 

@@ -350,7 +350,7 @@ def test_sqlite_downloads_formatted_by_sqlite_equal_the_general_path(
     "UPDATE events SET occurred_at = '2026-03-04 05:06:07.5' WHERE id % 2 = 0",  # other form
     "UPDATE events SET order_id = 1e20 WHERE id % 2 = 0",     # a REAL: written as repr()
     "UPDATE events SET detail = 'a' || char(0) || 'b' WHERE id % 2 = 0",  # text with a NUL
-    "UPDATE events SET detail = x'00ff' WHERE id % 2 = 0",    # a BLOB: written as b'...'
+    "UPDATE events SET detail = x'00ff' WHERE id % 2 = 0",    # a BLOB: written as hex
     "UPDATE events SET order_id = 'x,y' WHERE id % 2 = 0",  # text in an integer column
 ])
 def test_sqlite_downloads_of_unusual_stored_values_equal_the_general_path(
@@ -364,6 +364,7 @@ def test_sqlite_downloads_of_unusual_stored_values_equal_the_general_path(
     fast, general = sqlite_download_by_both_paths(app, "escape")
     assert fast == general
     assert fast.count(b"\r\n") > len(TRICKY)
+    assert b"b'\\x" not in fast  # a blob as hex, not as Python writes bytes
 
 
 @pytest.mark.sqlite

@@ -543,6 +543,37 @@ def test_merged_pages_sorted_on_numbers_holding_nan_and_infinities_hold_every_ro
 
 
 @pytest.mark.sqlite
+def test_a_blob_in_a_column_not_declared_one_is_served_as_hex(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """A STRICT table's ``ANY`` column (or bytes an application wrote into ``TEXT``) holds
+    a blob: JSON has no bytes, so every page holding one was a 500, and CSV and the UI wrote
+    Python's ``b'\\x00\\x01'``. Served as a declared BLOB column is: as ``hex()`` writes it."""
+    primary_url, archive_url = databases.pair("any_blob")
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE kv (k TEXT PRIMARY KEY, v, note TEXT,"
+                                   " at TEXT NOT NULL)")
+        connection.execute(sa.text("INSERT INTO kv VALUES (:k, :v, :note, :at)"), [
+            {"k": f"k{i}", "v": [b"\x00\x01", 2.5, "x"][i % 3],
+             "note": b"\xff=1" if i % 2 else "=1",
+             "at": (NOW - timedelta(days=10 + 400 * (i % 2))).strftime("%Y-%m-%d %H:%M:%S")}
+            for i in range(6)])
+    with policy_served(tmp_path, primary_url, archive_url, "sqlite",
+                       one_policy("kv", "at", age_format='"iso_text"')) as client:
+        rows = {row["k"]: row for row in walk(client, "kv")}
+        assert (rows["k0"]["v"], rows["k1"]["note"], rows["k0"]["note"]) == (
+            "0001", "FF3D31", "=1")
+        for source in ("primary", "archive", "all"):  # SQLite's own CSV path, the general one
+            text = client.get(f"/api/v1/tables/kv.csv?source={source}").get_data(as_text=True)
+            cells = {line.split(",")[0]: line for line in text.splitlines()[1:]}
+            for key, line in cells.items():
+                want = rows[key]
+                note = f"'{want['note']}" if want["note"] == "=1" else want["note"]
+                assert line.startswith(f"{key},{want['v']},{note},"), (source, line)
+        page = client.get("/tables/kv", headers={"Accept": "text/html"}).get_data(as_text=True)
+        assert ">0001<" in page and "\\x00" not in page
+
+
+@pytest.mark.sqlite
 def test_a_merged_walk_over_sqlite_nocase_columns_follows_code_points(
         databases: DatabaseFactory, tmp_path: Path) -> None:
     """An application's ``COLLATE NOCASE`` key and column sort 'a' < 'B' in PRIMARY, and

@@ -17,6 +17,7 @@ from reporting.operations import policy_overviews, recent_runs, rows_per_day, ru
 from reporting.report_error import ReportError
 from reporting.reports import Report
 from reporting.state import current_state
+from reporting.stored_values import blob_text
 from reporting.ui.chart import stacked_bars
 from reporting.ui.query import (
     FIRST_PAGE,
@@ -82,6 +83,8 @@ def _cell(value: Any) -> str:
         return f"{value:,.2f}"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, bytes):
+        return blob_text(value)
     return str(value)
 
 
