@@ -115,12 +115,16 @@ def _reflect_with_referencing(connection: sa.Connection, metadata: sa.MetaData,
                               names: Iterable[str], default: str | None) -> None:
     inspector = sa.inspect(connection)
     waiting = {split_name(name, default): name for name in names}
+    # Only the names given can be views: the tables found through foreign keys are tables.
+    views = {schema: _views(inspector, schema) for schema, _ in waiting}
+    for (schema, table), given in waiting.items():
+        if table in views[schema]:
+            raise UnknownTable(given, views[schema][table])
     while waiting:
         reflected: list[sa.Table] = []
         for (schema, table), given in waiting.items():
-            view = _views(inspector, schema).get(table)
-            if view or not inspector.has_table(table, schema=schema):
-                raise UnknownTable(given, view)
+            if not inspector.has_table(table, schema=schema):
+                raise UnknownTable(given)
             reflected.append(sa.Table(table, metadata, schema=schema, autoload_with=connection))
         referencing = connection.execute(_REFERENCING, {"referenced": "{" + ",".join(
             _regclass(connection, table) for table in reflected) + "}"}).all()

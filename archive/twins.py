@@ -135,15 +135,16 @@ def twin_table(source: sa.Table, metadata: sa.MetaData, *, primary_dialect: str,
                if index.columns and len(index.expressions) == len(index.columns)]
     key = tuple(column.name for column in source.primary_key.columns)
     distinct = [group for group in dict.fromkeys(groups) if group != key[:len(group)]]
-    made_by = {key: source.info.get(key, empty) for key, empty
-               in ((COLLATIONS, []), (MADE_BY, {}))} if same_engine else {}
+    # What ARCHIVE must make before the twin: the same engine's collations and types.
+    needs = {key: source.info[key] for key in (COLLATIONS, MADE_BY)
+             if key in source.info} if same_engine else {}
     return sa.Table(
         name, metadata, *columns,
         sa.Column(ARCHIVED_AT, UTCDateTime, nullable=False),
         sa.Column(ARCHIVE_RUN_ID, sa.BigInteger, nullable=False),
         *(sa.Index(index_name(name, group), *group) for group in distinct),
         sa.Index(index_name(name, (ARCHIVE_RUN_ID, ARCHIVED_AT)), ARCHIVE_RUN_ID, ARCHIVED_AT),
-        schema=schema, info=made_by,
+        schema=schema, info=needs,
     )
 
 

@@ -84,10 +84,11 @@ def encode_cursor(request: ReportRequest, cursor: PageCursor, secret: str,
                   types: Sequence[str] = ()) -> str:
     """``cursor`` as a signed token for ``request``.
 
-    :param types: the declared types of the cursor's columns (see :func:`decode_cursor`):
-        a value that is not of its column's type (SQLite keeps ``'n/a'`` in a ``DECIMAL``
-        column) is written as stored, for :func:`decode_cursor` to read back as
-        :class:`AsStored`.
+    :param types: for a request that reads SQLite alone, the declared types of the
+        cursor's columns (see :func:`decode_cursor`): a value that is not of its column's
+        type (SQLite keeps ``'n/a'`` in a ``DECIMAL`` column) is written as stored, for
+        :func:`decode_cursor` to read back as :class:`AsStored`. Empty elsewhere: values
+        are then never checked.
     """
     values = [_encoded(value) for value in cursor.values]
     for index, (value, type_name) in enumerate(zip(cursor.values, types, strict=False)):

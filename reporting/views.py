@@ -150,14 +150,16 @@ def fetch_page(report_request: ReportRequest) -> tuple[Page, str | None]:
     state = current_state()
     secret, databases = state.settings.service.secret_key, state.report_databases
     types = cursor_types(report_request)
+    # Only SQLite keeps a value against its column's type (PostgreSQL's are always typed).
+    in_sqlite = all(databases.engines[name].dialect.name == "sqlite"
+                    for name in databases_of(report_request))
     cursor = None
     if report_request.cursor is not None:
-        in_sqlite = all(databases.engines[name].dialect.name == "sqlite"
-                        for name in databases_of(report_request))
         cursor = decode_cursor(report_request, report_request.cursor, secret, types,
                                as_stored=in_sqlite)
     page = run_page(databases, report_request, cursor)
-    next_token = (encode_cursor(report_request, page.next_cursor, secret, types)
+    next_token = (encode_cursor(report_request, page.next_cursor, secret,
+                                types if in_sqlite else ())
                   if page.next_cursor is not None else None)
     return page, next_token
 

@@ -104,6 +104,17 @@ def walk(client: FlaskClient, table: str, query: str = "", limit: int = 50) -> l
     return walk_pages(client, f"/api/v1/tables/{table}", query, limit)
 
 
+def walks_in_code_point_order(client: FlaskClient, table: str, key: str, keys: list[str],
+                              columns: tuple[str, ...]) -> None:
+    """Merged walks sorted by each of ``columns``, both ways, hold each of ``keys`` once, in
+    Python's order of (sort value, key): code point order, whatever the collation."""
+    for sort in (*columns, *(f"-{column}" for column in columns)):
+        rows = walk(client, table, f"sort={sort}", limit=4)
+        assert sorted(row[key] for row in rows) == sorted(keys), sort
+        order = [(row[sort.lstrip("-")], row[key]) for row in rows]
+        assert order == sorted(order, reverse=sort.startswith("-")), sort
+
+
 def api_key(row: dict[str, Any], columns: dict[str, str], key: list[str]) -> Key:
     """A row's key from the API, as tests/app_schema.rows_of gives it."""
     values = []
@@ -438,11 +449,7 @@ def test_citext_and_hstore_columns_are_named_for_archive_then_merged_in_code_poi
         connection.exec_driver_sql("CREATE EXTENSION citext")
         connection.exec_driver_sql("CREATE EXTENSION hstore")
     with policy_served(tmp_path, primary_url, archive_url, "postgres", policy) as client:
-        for sort in ("handle", "-handle", "nick", "-nick"):
-            rows = walk(client, "handles", f"sort={sort}", limit=4)
-            assert sorted(row["handle"] for row in rows) == sorted(handles), sort
-            order = [(row[sort.lstrip("-")], row["handle"]) for row in rows]
-            assert order == sorted(order, reverse=sort.startswith("-")), sort
+        walks_in_code_point_order(client, "handles", "handle", handles, ("handle", "nick"))
         archived = walk(client, "handles", "source=archive", limit=100)
         assert 0 < len(archived) < len(handles)  # both databases hold some
         assert archived[0]["attrs"] == f'"k"=>"{archived[0]["handle"]}"'
@@ -592,11 +599,7 @@ def test_a_merged_walk_over_sqlite_nocase_columns_follows_code_points(
             for i, name in enumerate(names)])
     with policy_served(tmp_path, primary_url, archive_url, "sqlite",
                        one_policy("tags", "made_at")) as client:
-        for sort in ("name", "-name", "label", "-label"):
-            rows = walk(client, "tags", f"sort={sort}", limit=4)
-            assert sorted(row["name"] for row in rows) == sorted(names), sort
-            order = [(row[sort.lstrip("-")], row["name"]) for row in rows]
-            assert order == sorted(order, reverse=sort.startswith("-")), sort
+        walks_in_code_point_order(client, "tags", "name", names, ("name", "label"))
         archived = walk(client, "tags", "source=archive", limit=100)
         assert 0 < len(archived) < len(names)  # both databases hold some
 
