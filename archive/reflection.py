@@ -97,6 +97,7 @@ def reflect_primary(engine: sa.Engine, names: Iterable[str]) -> dict[str, sa.Tab
                 if table not in metadata.tables:
                     raise UnknownTable(name, _views(sa.inspect(connection), None).get(table))
             _read_types_by_name(connection, metadata)
+            _read_sqlite_collations(connection, metadata)
         else:
             _reflect_with_referencing(connection, metadata, names, default)
             _restore_domain_modifiers(connection, metadata)
@@ -318,6 +319,46 @@ def _read_types_by_name(connection: sa.Connection, metadata: sa.MetaData) -> Non
                 continue
             column.type = next((build() for pattern, build in _NAMED_TYPES
                                 if pattern.search(declared.get(column.name, ""))), column.type)
+
+
+#: SQLite's own collations other than BINARY (its default), each with the text that equals
+#: ``'a'`` under it and under no other. An application's own collation (registered on its
+#: connections) is unknown to ARCHIVE's connections, so it is never given to a twin.
+_SQLITE_COLLATIONS = {"NOCASE": "A", "RTRIM": "a "}
+
+
+def _read_sqlite_collations(connection: sa.Connection, metadata: sa.MetaData) -> None:
+    """Give SQLite text columns declared ``COLLATE NOCASE`` or ``COLLATE RTRIM`` that
+    collation, which SQLAlchemy does not reflect: without it the twin compared exactly, so
+    a filter such as ``email=Ann@x.org`` matched other rows in ARCHIVE than in PRIMARY.
+
+    SQLite is asked how each column compares, rather than its ``CREATE TABLE`` text being
+    parsed: a compound query's column takes the collation of its leftmost ``SELECT``, here
+    the table's (empty) one, so ``x = 'A'`` over the row ``'a'`` is true under NOCASE only.
+    """
+    preparer = connection.dialect.identifier_preparer
+    for table in metadata.tables.values():
+        texts = [column for column in table.columns if isinstance(column.type, sa.String)]
+        if not texts:
+            continue
+        probes = [f"c{i} = '{probe}'" for i in range(len(texts))
+                  for probe in _SQLITE_COLLATIONS.values()]
+        aliases = ", ".join(f"{preparer.quote(column.name)} AS c{i}"
+                            for i, column in enumerate(texts))
+        seeds = ", ".join("'a'" for _ in texts)
+        try:
+            answers = connection.exec_driver_sql(
+                f"SELECT {', '.join(probes)} FROM (SELECT {aliases} FROM "
+                f"{preparer.format_table(table)} WHERE 0 UNION ALL SELECT {seeds})").one()
+        except sa.exc.OperationalError:  # a collation of the application's own
+            continue
+        width = len(_SQLITE_COLLATIONS)
+        for i, column in enumerate(texts):
+            equal = answers[i * width:(i + 1) * width]
+            found = [name for name, same in zip(_SQLITE_COLLATIONS, equal, strict=True) if same]
+            if len(found) == 1:
+                column.type = column.type.copy()
+                column.type.collation = found[0]  # type: ignore[attr-defined]
 
 
 def _regclass(connection: sa.Connection, table: sa.Table) -> str:
