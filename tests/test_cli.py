@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
+import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -149,6 +152,43 @@ def test_an_unreachable_database_is_one_line_naming_it(databases: DatabaseFactor
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "cannot reach the archive database" in lines[0] and "127.0.0.1:1" in lines[0]
+
+
+#: PgBouncer's answer to a startup packet with ``options``, byte for byte (PgBouncer 1.18).
+POOLER_REFUSAL = (b"E\x00\x00\x00;SFATAL\x00C08P01\x00"
+                  b"Munsupported startup parameter: options\x00\x00")
+
+
+def test_a_connection_pooler_in_front_of_postgresql_is_named_with_what_to_do(
+        tmp_path: Path) -> None:
+    """PgBouncer refuses the ``options`` startup parameter Sediment sets its session with:
+    the bare "unsupported startup parameter: options" left an operator guessing."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+
+        def answer_like_pgbouncer() -> None:
+            for _ in range(2):  # psycopg2 may try again without SSL
+                try:
+                    client, _ = server.accept()
+                except OSError:
+                    return
+                with client:
+                    length, code = struct.unpack("!ii", client.recv(8))
+                    if code == 80877103:  # SSLRequest: no SSL here
+                        client.sendall(b"N")
+                        length, code = struct.unpack("!ii", client.recv(8))
+                    client.recv(length - 8)
+                    client.sendall(POOLER_REFUSAL)
+
+        threading.Thread(target=answer_like_pgbouncer, daemon=True).start()
+        url = f"postgresql://app@127.0.0.1:{port}/shop"
+        result = run_cli("migrate", env=env_for(url, f"sqlite:///{tmp_path}/archive.sqlite3"))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "cannot reach the primary database" in lines[0]
+    assert "unsupported startup parameter: options" in lines[0]
+    assert "a connection pooler (such as PgBouncer) answers there" in lines[0]
 
 
 def test_a_missing_archive_table_stops_migrate_until_repaired(

@@ -52,6 +52,20 @@ def database_identity(connection: sa.Connection) -> tuple[object, ...]:
     return ("sqlite", found.st_dev, found.st_ino)
 
 
+#: How PgBouncer (and poolers like it) refuse a client's ``options`` startup parameter.
+_POOLER_REFUSAL = "unsupported startup parameter"
+
+
+def _pooler_hint(error: BaseException) -> str:
+    """What to do when a connection pooler, not PostgreSQL, answered the URL."""
+    if _POOLER_REFUSAL not in str(getattr(error, "orig", error)):
+        return ""
+    return ("; a connection pooler (such as PgBouncer) answers there: point the URL at "
+            "PostgreSQL itself (Sediment sets each session's zone and date style with that "
+            "parameter, and its archiver's lock lives in a session, which a transaction "
+            "pool would share with other clients)")
+
+
 def check_databases(primary: sa.Engine, archive: sa.Engine) -> None:
     """Connect to both databases and make sure they are two.
 
@@ -68,7 +82,7 @@ def check_databases(primary: sa.Engine, archive: sa.Engine) -> None:
             logger.debug("connecting to the %s database failed", label, exc_info=True)
             raise DatabaseUnreachable(
                 f"cannot reach the {label} database (database.{label}_url = "
-                f"{describe(engine)}): {first_line(exc)}") from exc
+                f"{describe(engine)}): {first_line(exc)}{_pooler_hint(exc)}") from exc
     if identities["primary"] == identities["archive"]:
         raise SettingsError(
             "database.archive_url",
