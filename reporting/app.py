@@ -83,8 +83,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     db.init_app(app)
     with app.app_context():
         engines = Engines(primary=db.engines[PRIMARY], archive=db.engines[ARCHIVE])
-    for _, engine in engines.items():
-        prepare_engine(engine)
+    for name, engine in engines.items():
+        prepare_engine(engine, owned=name == ARCHIVE or database.primary_schema == "demo")
     AppState(
         settings=settings,
         engines=engines,

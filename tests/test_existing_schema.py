@@ -49,6 +49,7 @@ def test_walk_through_archives_an_existing_database_and_changes_nothing_else(
     names = ARCHIVED[app_db.backend]
     catalog = table_list(app_db.primary)
     before = rows_of(app_db.primary, names)
+    journal = _journal_mode(app_db)
 
     plan = ok(app_db.cli("archive", "schema"))
     for name in names:
@@ -74,6 +75,8 @@ def test_walk_through_archives_an_existing_database_and_changes_nothing_else(
     assert len(archived[names[0]]) == aged_invoices
     assert archived[names[1]] and archived[names[2]]
     assert table_list(app_db.primary) == catalog  # not one object created or changed
+    # Nor the file's journal mode: switched to WAL, a backup copying the one file missed rows.
+    assert _journal_mode(app_db) == journal
     if app_db.backend == "postgres":  # the twin's types are PRIMARY's own, exactly
         with app_db.archive.connect() as connection:
             types = dict(connection.execute(sa.text(
@@ -96,6 +99,14 @@ def test_walk_through_archives_an_existing_database_and_changes_nothing_else(
     assert " done " in status
     again = ok(app_db.cli("archive", "run", *NOW_ARG))
     assert f"{names[0]} 0" in again
+
+
+def _journal_mode(app_db: AppDatabase) -> str | None:
+    """PRIMARY's journal mode (a setting of a SQLite file), or None on PostgreSQL."""
+    if app_db.backend == "postgres":
+        return None
+    with app_db.primary.connect() as connection:
+        return str(connection.exec_driver_sql("PRAGMA journal_mode").scalar_one())
 
 
 def _moves(row: tuple[object, ...], app_db: AppDatabase) -> bool:

@@ -98,17 +98,27 @@ def analyze(engine: sa.Engine, tables: list[sa.Table]) -> None:
 SQLITE_WRITE_LOCK = "sediment_sqlite_write_lock"
 
 
-def prepare_engine(engine: sa.Engine) -> None:
+def prepare_engine(engine: sa.Engine, *, owned: bool = True) -> None:
     """Install per-connection setup on ``engine`` (idempotent).
 
-    SQLite enforces foreign keys only when asked on each connection, and needs WAL so that
-    reports can read while the archiver writes. The sqlite3 module also starts transactions
-    lazily, only before the first write, so a SELECT followed by a DELETE would not see one
-    snapshot; SQLAlchemy's documented recipe hands transaction control back to it.
+    SQLite enforces foreign keys only when asked on each connection. The sqlite3 module
+    also starts transactions lazily, only before the first write, so a SELECT followed by a
+    DELETE would not see one snapshot; SQLAlchemy's documented recipe hands transaction
+    control back to it.
+
+    :param owned: whether the database is Sediment's own (ARCHIVE, the demo PRIMARY): only
+        then is a SQLite file switched to WAL, so that reports read while the archiver
+        writes. The journal mode is a setting of the file, kept after Sediment has gone: an
+        application's database keeps its own (in WAL, a backup that copies the one file
+        misses the rows still in ``-wal``), and with it SQLite's default ``synchronous``,
+        which NORMAL weakens outside WAL.
     """
-    if engine.dialect.name != "sqlite" or sa.event.contains(engine, "connect", _sqlite_connect):
+    if engine.dialect.name != "sqlite":
         return
-    sa.event.listen(engine, "connect", _sqlite_connect)
+    connect = _sqlite_connect if owned else _sqlite_connect_keeping_journal
+    if sa.event.contains(engine, "connect", connect):
+        return
+    sa.event.listen(engine, "connect", connect)
     sa.event.listen(engine, "begin", _sqlite_begin)
 
 
@@ -118,11 +128,15 @@ def _sqlite_begin(connection: sa.Connection) -> None:
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.isolation_level = None
+    _sqlite_connect_keeping_journal(dbapi_connection, _record)
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+def _sqlite_connect_keeping_journal(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None
+    dbapi_connection.execute("PRAGMA foreign_keys=ON")
