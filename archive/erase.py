@@ -14,7 +14,9 @@ records the run; ARCHIVE erases its rows, children first, and counts them in the
 transaction; then PRIMARY erases its rows and commits; the ledger counts them. Killed at
 any point, the subject is partly erased and the run is left ``running``: erasing the same
 subject again finds what is left and finishes (the next erasure marks the old run
-``interrupted``). Held rows (:mod:`archive.holds`) block the whole erasure.
+``interrupted``). Held rows (:mod:`archive.holds`) block the whole erasure, and so does
+a PRIMARY role lacking a privilege the erasure needs there (checked before ARCHIVE's rows
+go, so a refused erasure changes nothing).
 
 The ledger keeps no personal data: table names, counts, and keyed digests (HMAC-SHA-256
 with ``service.secret_key``) of the subject's key and of the erased keys, so whoever holds
@@ -40,6 +42,7 @@ from archive.holds import list_holds
 from archive.keys import Key, key_columns, key_filters, key_of_texts, key_text
 from archive.locks import RunnerLock
 from archive.policy import ArchivePolicy
+from archive.preflight import lacking_privileges
 from archive.sweep import holds_guard
 from sediment.core.schema.archive import ARCHIVE_RUN_ID
 
@@ -286,6 +289,13 @@ def erase(engines: Any, tables: Mapping[str, sa.Table], twins: Mapping[str, sa.T
             held = blocking_holds(engines, tables, twins, plan)
             if held:
                 raise ErasureRefused("; ".join(held))
+            lacking = lacking_privileges(engines.primary, primary_privileges(plan))
+            if lacking is not None:
+                # Refused before ARCHIVE's rows go: PostgreSQL's "permission denied" came
+                # only after them, leaving the subject half erased.
+                lacks, grant = lacking
+                raise ErasureRefused(f"{lacks}, which erasing {subject.fullname} "
+                                     f"{_text(key)} needs: {grant}")
             archive_counts, owners = _erase_side(archive, "archive", plan, twins)
             ledger.record_sweep(archive, run_id, {f"archive:{name}": n for (_, name), n
                                                   in archive_counts.items()}, owners)
@@ -308,6 +318,14 @@ def erase(engines: Any, tables: Mapping[str, sa.Table], twins: Mapping[str, sa.T
     finally:
         for lock in taken:
             lock.release()
+
+
+def primary_privileges(plan: ErasurePlan) -> dict[sa.Table, tuple[str, ...]]:
+    """What erasing ``plan`` does to each PRIMARY table it finds rows in, as privileges:
+    ``DELETE``, or ``UPDATE`` where ``erasure.null_out`` keeps the rows."""
+    return {table: ("UPDATE",) if table is not plan.subject and plan.null_out.get(
+                table.fullname) else ("DELETE",)
+            for table in plan.tables if plan.found.get(("primary", table.fullname), Found()).keys}
 
 
 def _erase_side(connection: sa.Connection, side: Side, plan: ErasurePlan,

@@ -107,23 +107,42 @@ def missing_privileges(primary: sa.Engine, tables: Sequence[sa.Table],
     the delete, every run again, with only PostgreSQL's "permission denied" to go by.
     """
     needed = PRIMARY_PRIVILEGES.get(kind, ())
-    if primary.dialect.name != "postgresql" or not needed or not tables:
+    lacking = lacking_privileges(primary, {table: needed for table in tables})
+    if lacking is None:
         return None
-    preparer = primary.dialect.identifier_preparer
-    names = [quoted_table(primary.dialect, table) for table in tables]
+    lacks, grant = lacking
+    return f"{lacks}, which {kind} runs need; nothing was done: {grant}"
+
+
+def lacking_privileges(primary: sa.Engine, needs: Mapping[sa.Table, Sequence[str]]
+                       ) -> tuple[str, str] | None:
+    """What PRIMARY's role lacks of ``needs`` (privileges per table), as what to tell
+    (``the role app lacks DELETE on likes in PRIMARY``) and the ``GRANT`` statements that
+    give, per table lacking any, all it needs; ``None`` when it lacks none (and always on
+    SQLite, which has no privileges)."""
+    names = {table: quoted_table(primary.dialect, table) for table in needs}
+    wanted = [(names[table], privilege) for table, privileges in needs.items()
+              for privilege in privileges]
+    if primary.dialect.name != "postgresql" or not wanted:
+        return None
     checks = [sa.func.has_any_column_privilege(name, privilege) if privilege == "UPDATE"
               else sa.func.has_table_privilege(name, privilege)  # UPDATE of one column will do
-              for name in names for privilege in needed]
+              for name, privilege in wanted]
     with primary.connect() as connection:
         role, *granted = connection.execute(sa.select(sa.func.current_user(), *checks)).one()
     lacking: dict[str, list[str]] = {}
-    for at, allowed in enumerate(granted):
+    for (name, privilege), allowed in zip(wanted, granted, strict=True):
         if not allowed:
-            lacking.setdefault(names[at // len(needed)], []).append(needed[at % len(needed)])
+            lacking.setdefault(name, []).append(privilege)
     if not lacking:
         return None
+    grants: dict[tuple[str, ...], list[str]] = {}
+    for table, privileges in needs.items():
+        if names[table] in lacking:
+            grants.setdefault(tuple(privileges), []).append(names[table])
+    grantee = uninterpolated(primary.dialect, primary.dialect.identifier_preparer.quote(role))
     missing = "; ".join(f"{', '.join(privileges)} on {name}"
                         for name, privileges in lacking.items())
-    return (f"the role {role} lacks {missing} in PRIMARY, which {kind} runs need; "
-            f"nothing was done: GRANT {', '.join(needed)} ON {', '.join(lacking)} "
-            f"TO {uninterpolated(primary.dialect, preparer.quote(role))}")
+    return (f"the role {role} lacks {missing} in PRIMARY",
+            "; ".join(f"GRANT {', '.join(privileges)} ON {', '.join(tables)} TO {grantee}"
+                      for privileges, tables in grants.items()))

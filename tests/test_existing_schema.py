@@ -753,6 +753,63 @@ def test_a_role_without_the_privileges_a_run_needs_is_told_the_grant_before_anyt
 
 
 @pytest.mark.postgres
+def test_an_erasure_whose_role_cannot_delete_in_primary_is_refused_before_anything_goes(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """A role that may archive a policy's tables but not delete the subject's own row
+    erased the subject's archived rows, then stopped on PRIMARY's bare "permission denied":
+    half erased. Now the erasure is refused before either database changes, naming the
+    GRANT; with it, the same command erases everything."""
+    primary_url, archive_url = databases.pair("erase_grants")
+    role = f"eraser_{uuid.uuid4().hex[:8]}"
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE authors (id integer PRIMARY KEY, name text)")
+        connection.exec_driver_sql("CREATE TABLE posts (id integer PRIMARY KEY, author_id"
+                                   " integer NOT NULL REFERENCES authors (id),"
+                                   " at timestamptz NOT NULL)")
+        connection.exec_driver_sql("INSERT INTO authors VALUES (1, 'Ann'), (2, 'Bob')")
+        connection.execute(sa.text("INSERT INTO posts VALUES (:id, :author, :at)"), [
+            {"id": i, "author": 1 + i % 2, "at": NOW - timedelta(days=10 + 400 * (i % 3 == 0))}
+            for i in range(1, 13)])
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        connection.exec_driver_sql(f"GRANT SELECT, UPDATE, DELETE ON posts TO {role}")
+        connection.exec_driver_sql(f"GRANT SELECT ON authors TO {role}")
+    as_role = sa.engine.make_url(primary_url).set(username=role).render_as_string(
+        hide_password=False)
+    try:
+        settings = migrated(tmp_path, as_role, archive_url, "postgres",
+                            one_policy("posts", "at"))
+        ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
+        with app_schema.engine_for(primary_url) as primary, \
+                app_schema.engine_for(archive_url) as archive:
+            before = (rows_of(primary, ["authors", "posts"]),
+                      rows_of(archive, ["posts"], archive=True))
+            assert before[1]["posts"] and before[0]["posts"]  # both databases hold posts
+            erase = ("--settings", str(settings), "archive", "erase", "--table", "authors",
+                     "--key", "2")
+            refused = run_cli(*erase)
+            assert refused.returncode == 1, refused.stdout
+            grant = f"GRANT DELETE ON authors TO {role}"
+            assert (f"erasure refused, nothing changed: the role {role} lacks DELETE on "
+                    f"authors in PRIMARY, which erasing authors 2 needs: {grant}"
+                    ) in refused.stderr, (refused.stdout, refused.stderr)
+            assert (rows_of(primary, ["authors", "posts"]),
+                    rows_of(archive, ["posts"], archive=True)) == before
+            with primary.begin() as connection:
+                connection.exec_driver_sql(grant)
+            ok(run_cli(*erase))
+            left = rows_of(primary, ["authors", "posts"])
+            assert list(left["authors"]) == [(1,)]
+            assert all(row[1] == 1 for rows in (left["posts"], rows_of(
+                archive, ["posts"], archive=True)["posts"]) for row in rows.values())
+    finally:
+        for url in (primary_url, archive_url):
+            with app_schema.engine_for(url) as engine, engine.begin() as connection:
+                connection.exec_driver_sql(f"DROP OWNED BY {role}")
+        with app_schema.engine_for(archive_url) as engine, engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP ROLE {role}")
+
+
+@pytest.mark.postgres
 def test_names_with_percent_signs_and_sql_words_are_archived_and_restored(
         databases: DatabaseFactory, tmp_path: Path) -> None:
     """SQLAlchemy doubles ``%`` in names for psycopg2's interpolation, which COPY never
