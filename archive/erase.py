@@ -293,9 +293,8 @@ def erase(engines: Any, tables: Mapping[str, sa.Table], twins: Mapping[str, sa.T
             if lacking is not None:
                 # Refused before ARCHIVE's rows go: PostgreSQL's "permission denied" came
                 # only after them, leaving the subject half erased.
-                lacks, grant = lacking
-                raise ErasureRefused(f"{lacks}, which erasing {subject.fullname} "
-                                     f"{_text(key)} needs: {grant}")
+                raise ErasureRefused(f"{lacking}, which erasing {subject.fullname} "
+                                     f"{_text(key)} needs: {lacking.grant}")
             archive_counts, owners = _erase_side(archive, "archive", plan, twins)
             ledger.record_sweep(archive, run_id, {f"archive:{name}": n for (_, name), n
                                                   in archive_counts.items()}, owners)

@@ -12,6 +12,7 @@ one.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -110,39 +111,51 @@ def missing_privileges(primary: sa.Engine, tables: Sequence[sa.Table],
     lacking = lacking_privileges(primary, {table: needed for table in tables})
     if lacking is None:
         return None
-    lacks, grant = lacking
-    return f"{lacks}, which {kind} runs need; nothing was done: {grant}"
+    return f"{lacking}, which {kind} runs need; nothing was done: {lacking.grant}"
+
+
+@dataclass(frozen=True)
+class Lacking:
+    """What PRIMARY's role lacks: privileges per table, and the ``GRANT`` that gives them.
+    As text: ``the role app lacks DELETE on likes in PRIMARY``."""
+
+    role: str
+    #: The privileges lacking, by table (``sa.Table``) and in the order they were asked for.
+    privileges: Mapping[sa.Table, tuple[str, ...]]
+    #: ``GRANT`` statements giving each table lacking any all it needs.
+    grant: str
+
+    def __str__(self) -> str:
+        missing = "; ".join(f"{', '.join(privileges)} on {table.fullname}"
+                            for table, privileges in self.privileges.items())
+        return f"the role {self.role} lacks {missing} in PRIMARY"
 
 
 def lacking_privileges(primary: sa.Engine, needs: Mapping[sa.Table, Sequence[str]]
-                       ) -> tuple[str, str] | None:
-    """What PRIMARY's role lacks of ``needs`` (privileges per table), as what to tell
-    (``the role app lacks DELETE on likes in PRIMARY``) and the ``GRANT`` statements that
-    give, per table lacking any, all it needs; ``None`` when it lacks none (and always on
-    SQLite, which has no privileges)."""
-    names = {table: quoted_table(primary.dialect, table) for table in needs}
-    wanted = [(names[table], privilege) for table, privileges in needs.items()
+                       ) -> Lacking | None:
+    """What PRIMARY's role lacks of ``needs`` (privileges per table); ``None`` when it
+    lacks none (and always on SQLite, which has no privileges)."""
+    wanted = [(table, privilege) for table, privileges in needs.items()
               for privilege in privileges]
     if primary.dialect.name != "postgresql" or not wanted:
         return None
-    checks = [sa.func.has_any_column_privilege(name, privilege) if privilege == "UPDATE"
-              else sa.func.has_table_privilege(name, privilege)  # UPDATE of one column will do
-              for name, privilege in wanted]
+    names = {table: quoted_table(primary.dialect, table) for table in needs}
+    checks = [sa.func.has_any_column_privilege(names[table], privilege)
+              if privilege == "UPDATE"  # UPDATE of one column will do
+              else sa.func.has_table_privilege(names[table], privilege)
+              for table, privilege in wanted]
     with primary.connect() as connection:
         role, *granted = connection.execute(sa.select(sa.func.current_user(), *checks)).one()
-    lacking: dict[str, list[str]] = {}
-    for (name, privilege), allowed in zip(wanted, granted, strict=True):
+    lacking: dict[sa.Table, tuple[str, ...]] = {}
+    for (table, privilege), allowed in zip(wanted, granted, strict=True):
         if not allowed:
-            lacking.setdefault(name, []).append(privilege)
+            lacking[table] = (*lacking.get(table, ()), privilege)
     if not lacking:
         return None
     grants: dict[tuple[str, ...], list[str]] = {}
-    for table, privileges in needs.items():
-        if names[table] in lacking:
-            grants.setdefault(tuple(privileges), []).append(names[table])
+    for table in lacking:
+        grants.setdefault(tuple(needs[table]), []).append(names[table])
     grantee = uninterpolated(primary.dialect, primary.dialect.identifier_preparer.quote(role))
-    missing = "; ".join(f"{', '.join(privileges)} on {name}"
-                        for name, privileges in lacking.items())
-    return (f"the role {role} lacks {missing} in PRIMARY",
-            "; ".join(f"GRANT {', '.join(privileges)} ON {', '.join(tables)} TO {grantee}"
-                      for privileges, tables in grants.items()))
+    return Lacking(role, lacking, "; ".join(
+        f"GRANT {', '.join(privileges)} ON {', '.join(tables)} TO {grantee}"
+        for privileges, tables in grants.items()))

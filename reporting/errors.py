@@ -72,6 +72,12 @@ def register_error_handlers(app: Flask) -> None:
             logger.warning("report query failed: %s", first_line(error))
             return problem(503, "database_unavailable", "A database did not answer in time or "
                            "is unreachable; retry shortly.", headers={"Retry-After": "5"})
+        if getattr(error.orig, "pgcode", None) == _INSUFFICIENT_PRIVILEGE:
+            # A grant revoked since startup (which leaves out tables the role cannot read).
+            logger.error("report query refused: %s; grant the reports' role SELECT on it",
+                         first_line(error))
+            return problem(503, "database_refused", "The database refused this service "
+                           "access to the data; the service's log says which grant it needs.")
         if isinstance(error, sa.exc.DataError):
             logger.info("report query refused a value: %s", first_line(error))
             return problem(400, "invalid_value", "A value in the request is out of range or "
@@ -92,6 +98,9 @@ def register_error_handlers(app: Flask) -> None:
         return problem(500, "internal_error", "The server failed; the error has been logged "
                        f"with request id {request_id}.", extra={"request_id": request_id})
 
+
+#: PostgreSQL's SQLSTATE for "permission denied".
+_INSUFFICIENT_PRIVILEGE = "42501"
 
 #: SQLite reports a missing table or column, and a syntax error, as OperationalError too:
 #: those are the server's bugs, not outages a retry would cure.

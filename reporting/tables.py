@@ -206,10 +206,14 @@ def table_reports(exposed: Sequence[ExposedTable],
             logger.warning("table %s has no primary key: it is not served at "
                            "/api/v1/tables (pages need a key to resume after)", table.name)
             continue
-        hidden = {name.rpartition(".")[2] for name in hidden_columns
-                  if name.rpartition(".")[0] in (table.name, table.primary.name)}
-        reports[table.name] = table_report(table, hidden)
+        reports[table.name] = table_report(table, hidden_in(table, hidden_columns))
     return reports
+
+
+def hidden_in(table: ExposedTable, hidden_columns: Collection[str]) -> set[str]:
+    """The names of ``table``'s columns that ``hidden_columns`` (``table.column``) names."""
+    return {name.rpartition(".")[2] for name in hidden_columns
+            if name.rpartition(".")[0] in (table.name, table.primary.name)}
 
 
 def with_tables(tables: DatabaseTables, exposed: Sequence[ExposedTable]) -> DatabaseTables:

@@ -4,19 +4,24 @@ resolved archival policies.
 By default: every table a policy archives (served over PRIMARY and its ARCHIVE twin) and
 every table those reference (served from PRIMARY). ``reports.tables`` names the tables
 instead; ``reports.hide_tables`` and ``reports.hide_columns`` take tables and columns out
-(personal data). A name the database does not have stops startup, naming the key.
+(personal data). A name the database does not have stops startup, naming the key, and so
+does a named table PRIMARY's role may not read (a default one is left out, with a warning).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
 
 from archive.policy import ArchivePolicy
 from archive.reflection import UnknownTable, reflect_primary
-from reporting.tables import ExposedTable
+from reporting.tables import ExposedTable, hidden_in
+from sediment.core.names import quoted_table, uninterpolated
 from sediment.core.settings import ReportSettings, SettingsError
+
+logger = logging.getLogger(__name__)
 
 
 def exposed_tables(settings: ReportSettings, policies: Sequence[ArchivePolicy],
@@ -50,7 +55,44 @@ def exposed_tables(settings: ReportSettings, policies: Sequence[ArchivePolicy],
     hidden = _hidden_tables(settings.hide_tables, exposed, primary, known)
     exposed = [table for table in exposed if table.name not in hidden]
     check_hidden_columns(settings.hide_columns, exposed)
-    return exposed
+    if known is not None:  # Sediment's own tables (the demo schema), maybe not made yet
+        return exposed
+    return _readable(exposed, primary, settings.hide_columns, named=bool(settings.tables))
+
+
+def _readable(exposed: Sequence[ExposedTable], primary: sa.Engine, hide_columns: Sequence[str],
+              *, named: bool) -> list[ExposedTable]:
+    """Those of ``exposed`` whose served columns PRIMARY's role may read (a grant on the
+    table, or on each of those columns): every page of a table it could not read was a 500.
+    A table ``reports.tables`` names stops startup, naming the key and the ``GRANT``; one
+    served by default (a table a policy's tables reference, such as the application's
+    users) is left out, with a warning in the log saying how to serve it."""
+    if primary.dialect.name != "postgresql" or not exposed:
+        return list(exposed)
+    names = {table.name: quoted_table(primary.dialect, table.primary) for table in exposed}
+    wanted = [(table, column.name) for table in exposed for column in table.primary.columns
+              if column.name not in hidden_in(table, hide_columns)]
+    with primary.connect() as connection:
+        role, *allowed = connection.execute(sa.select(sa.func.current_user(), *(
+            sa.func.has_column_privilege(names[table.name], column, "SELECT")
+            for table, column in wanted))).one()
+    unreadable: dict[str, list[str]] = {}
+    for (table, column), readable in zip(wanted, allowed, strict=True):
+        if not readable:
+            unreadable.setdefault(table.name, []).append(column)
+    if not unreadable:
+        return list(exposed)
+    grantee = uninterpolated(primary.dialect, primary.dialect.identifier_preparer.quote(role))
+    what = "; ".join(f"{name} (columns {', '.join(columns)})"
+                     for name, columns in unreadable.items())
+    grant = f"GRANT SELECT ON {', '.join(names[name] for name in unreadable)} TO {grantee}"
+    if named:
+        raise SettingsError("reports.tables", f"PRIMARY's role {role} may not read {what}: "
+                            f"{grant}, hide those columns, or leave the tables out")
+    logger.warning("not serving %s: PRIMARY's role %s may not read %s; to serve them: %s "
+                   "(or hide those columns: reports.hide_columns)", ", ".join(unreadable),
+                   role, what, grant)
+    return [table for table in exposed if table.name not in unreadable]
 
 
 def _named_tables(names: Iterable[str], primary: sa.Engine,

@@ -8,14 +8,20 @@ developers would have: Sediment only ever sees it by reflection.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from flask.testing import FlaskClient
 
+from sediment.core.settings import load_settings
+from sediment.service import build_service
 from tests import app_schema
 from tests.app_schema import (
     ARCHIVED,
@@ -752,6 +758,26 @@ def test_a_role_without_the_privileges_a_run_needs_is_told_the_grant_before_anyt
             connection.exec_driver_sql(f"DROP ROLE {role}")
 
 
+@contextmanager
+def primary_role(primary_url: str, archive_url: str, *grants: str) -> Iterator[tuple[str, str]]:
+    """A new login role holding ``grants`` in PRIMARY (each ``SELECT ON posts``, say), and
+    PRIMARY's URL as that role; the role is dropped at exit."""
+    role = f"role_{uuid.uuid4().hex[:8]}"
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        for grant in grants:
+            connection.exec_driver_sql(f"GRANT {grant} TO {role}")
+    try:
+        yield role, sa.engine.make_url(primary_url).set(username=role).render_as_string(
+            hide_password=False)
+    finally:
+        for url in (primary_url, archive_url):
+            with app_schema.engine_for(url) as engine, engine.begin() as connection:
+                connection.exec_driver_sql(f"DROP OWNED BY {role}")
+        with app_schema.engine_for(archive_url) as engine, engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP ROLE {role}")
+
+
 @pytest.mark.postgres
 def test_an_erasure_whose_role_cannot_delete_in_primary_is_refused_before_anything_goes(
         databases: DatabaseFactory, tmp_path: Path) -> None:
@@ -760,22 +786,9 @@ def test_an_erasure_whose_role_cannot_delete_in_primary_is_refused_before_anythi
     half erased. Now the erasure is refused before either database changes, naming the
     GRANT; with it, the same command erases everything."""
     primary_url, archive_url = databases.pair("erase_grants")
-    role = f"eraser_{uuid.uuid4().hex[:8]}"
-    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
-        connection.exec_driver_sql("CREATE TABLE authors (id integer PRIMARY KEY, name text)")
-        connection.exec_driver_sql("CREATE TABLE posts (id integer PRIMARY KEY, author_id"
-                                   " integer NOT NULL REFERENCES authors (id),"
-                                   " at timestamptz NOT NULL)")
-        connection.exec_driver_sql("INSERT INTO authors VALUES (1, 'Ann'), (2, 'Bob')")
-        connection.execute(sa.text("INSERT INTO posts VALUES (:id, :author, :at)"), [
-            {"id": i, "author": 1 + i % 2, "at": NOW - timedelta(days=10 + 400 * (i % 3 == 0))}
-            for i in range(1, 13)])
-        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
-        connection.exec_driver_sql(f"GRANT SELECT, UPDATE, DELETE ON posts TO {role}")
-        connection.exec_driver_sql(f"GRANT SELECT ON authors TO {role}")
-    as_role = sa.engine.make_url(primary_url).set(username=role).render_as_string(
-        hide_password=False)
-    try:
+    _authors_and_posts(primary_url)
+    with primary_role(primary_url, archive_url, "SELECT, UPDATE, DELETE ON posts",
+                      "SELECT ON authors") as (role, as_role):
         settings = migrated(tmp_path, as_role, archive_url, "postgres",
                             one_policy("posts", "at"))
         ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
@@ -801,12 +814,72 @@ def test_an_erasure_whose_role_cannot_delete_in_primary_is_refused_before_anythi
             assert list(left["authors"]) == [(1,)]
             assert all(row[1] == 1 for rows in (left["posts"], rows_of(
                 archive, ["posts"], archive=True)["posts"]) for row in rows.values())
-    finally:
-        for url in (primary_url, archive_url):
-            with app_schema.engine_for(url) as engine, engine.begin() as connection:
-                connection.exec_driver_sql(f"DROP OWNED BY {role}")
-        with app_schema.engine_for(archive_url) as engine, engine.begin() as connection:
-            connection.exec_driver_sql(f"DROP ROLE {role}")
+
+
+@pytest.mark.postgres
+def test_tables_the_reports_role_may_not_read_are_not_served_nor_a_500(
+        databases: DatabaseFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every page of a served table PRIMARY's role could not read (the application's
+    authors, referenced by the archived posts) was a 500. Served by default, it is left out
+    with a warning naming the GRANT; served when the role may read the columns not hidden;
+    named in reports.tables, it stops startup; a grant revoked while serving is a 503
+    saying the log has the grant."""
+    primary_url, archive_url = databases.pair("read_grants")
+    _authors_and_posts(primary_url)
+    with primary_role(primary_url, archive_url, "SELECT, UPDATE, DELETE ON posts") as (
+            role, as_role):
+        settings = migrated(tmp_path, as_role, archive_url, "postgres",
+                            one_policy("posts", "at"))
+
+        @contextmanager
+        def served(extra: str = "") -> Iterator[FlaskClient]:
+            text = settings.read_text()
+            settings.write_text(text + extra)
+            try:
+                service = build_service(load_settings(str(settings)))
+            finally:
+                settings.write_text(text)
+            try:
+                yield service.app.test_client()
+            finally:
+                service.engines.dispose()
+
+        with caplog.at_level(logging.WARNING, logger="sediment.exposure"), served() as client:
+            listed = [t["name"] for t in client.get("/api/v1/tables").get_json()["tables"]]
+            assert listed == ["posts"]
+            assert client.get("/api/v1/tables/authors").status_code == 404
+            assert f"GRANT SELECT ON authors TO {role}" in caplog.text
+        with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+            connection.exec_driver_sql(f"GRANT SELECT (id) ON authors TO {role}")
+        hide_name = '\n[reports]\nhide_columns = ["authors.name"]\n'
+        with served(hide_name) as client:  # a grant on the columns served will do
+            assert [row["id"] for row in client.get("/api/v1/tables/authors").get_json()[
+                "rows"]] == [1, 2]
+            with app_schema.engine_for(primary_url) as primary, \
+                    primary.begin() as connection:
+                connection.exec_driver_sql(f"REVOKE SELECT ON posts FROM {role}")
+            for path in ("/api/v1/tables/posts?source=primary", "/api/v1/tables/posts.csv"):
+                refused = client.get(path)
+                assert refused.status_code == 503, (path, refused.get_data(as_text=True))
+                assert refused.get_json()["code"] == "database_refused"
+        settings.write_text(settings.read_text() + '\n[reports]\ntables = ["authors"]\n')
+        refused_start = run_cli("--settings", str(settings), "archive", "status")
+        assert refused_start.returncode == 2, refused_start.stderr
+        assert (f"reports.tables: PRIMARY's role {role} may not read authors (columns name): "
+                f"GRANT SELECT ON authors TO {role}") in refused_start.stderr
+
+
+def _authors_and_posts(primary_url: str) -> None:
+    """Two authors and a dozen posts, every third one aged for ``one_policy``."""
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE authors (id integer PRIMARY KEY, name text)")
+        connection.exec_driver_sql("CREATE TABLE posts (id integer PRIMARY KEY, author_id"
+                                   " integer NOT NULL REFERENCES authors (id),"
+                                   " at timestamptz NOT NULL)")
+        connection.exec_driver_sql("INSERT INTO authors VALUES (1, 'Ann'), (2, 'Bob')")
+        connection.execute(sa.text("INSERT INTO posts VALUES (:id, :author, :at)"), [
+            {"id": i, "author": 1 + i % 2, "at": NOW - timedelta(days=10 + 400 * (i % 3 == 0))}
+            for i in range(1, 13)])
 
 
 @pytest.mark.postgres
