@@ -43,7 +43,12 @@ from sediment.core.commandline import (
 from sediment.core.databases import Engines
 from sediment.core.error_text import first_line
 from sediment.core.logs import configure_logging
-from sediment.core.migrations import SchemaIncomplete, ensure_complete, upgrade_all
+from sediment.core.migrations import (
+    MigrationRefused,
+    SchemaIncomplete,
+    ensure_complete,
+    upgrade_all,
+)
 from sediment.core.preflight import DatabaseUnreachable
 from sediment.core.public_bind import public_bind_problems
 from sediment.core.schema.archive import archived_tables
@@ -88,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"sediment: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (DatabaseUnreachable, SchemaIncomplete) as exc:
+    except (DatabaseUnreachable, SchemaIncomplete, MigrationRefused) as exc:
         print(f"sediment: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from flask import Flask
 
@@ -19,7 +21,7 @@ from sediment.core.migrations import (
     head_revision,
     upgrade_all,
 )
-from tests.support import REPO, DatabaseFactory, engines_of, env_for, make_settings
+from tests.support import REPO, DatabaseFactory, engines_of, env_for, make_settings, run_cli
 
 
 def test_upgrade_check_downgrade_upgrade(databases: DatabaseFactory) -> None:
@@ -94,3 +96,34 @@ def test_serving_databases_at_their_head_never_loads_alembic(urls: tuple[str, st
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.postgres
+def test_a_role_that_may_not_create_tables_is_told_the_grant(databases: DatabaseFactory) -> None:
+    """PostgreSQL 15 lets no role create in the ``public`` schema of a database it does not
+    own: ``migrate`` stopped on a bare "permission denied for schema public". It now says
+    which database refused and the statements that let the role in; with one, it works."""
+    primary_url, archive_url = databases.pair("create_grant")
+    role = f"archiver_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(archive_url, poolclass=sa.pool.NullPool)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        connection.exec_driver_sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    as_role = sa.engine.make_url(archive_url).set(username=role).render_as_string(
+        hide_password=False)
+    try:
+        refused = run_cli("migrate", env=env_for(primary_url, as_role))
+        assert refused.returncode == 1, refused.stderr
+        line = refused.stderr.strip().splitlines()[-1]  # after the log's lines
+        grant = f"GRANT CREATE ON SCHEMA public TO {role}"
+        assert line.startswith("sediment: the archive database refused the migration "
+                               "(permission denied for schema public)") and grant in line
+        with admin.begin() as connection:
+            connection.exec_driver_sql(grant)
+        migrated = run_cli("migrate", env=env_for(primary_url, as_role))
+        assert migrated.returncode == 0, migrated.stderr
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"DROP OWNED BY {role}")
+            connection.exec_driver_sql(f"DROP ROLE {role}")
+        admin.dispose()

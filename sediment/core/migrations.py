@@ -31,6 +31,7 @@ from sediment.core.databases import (
     engine_options,
     prepare_engine,
 )
+from sediment.core.error_text import first_line
 from sediment.core.schema import PrimarySchema, metadata_of
 from sediment.core.settings import PROJECT_ROOT, load_settings
 
@@ -89,7 +90,33 @@ def upgrade_all(engines: Engines, revision: str = "head",
         from alembic import command
 
         logger.info("migrating %s database to %s", database, revision)
-        command.upgrade(alembic_config(database, engine, primary_schema), revision)
+        try:
+            command.upgrade(alembic_config(database, engine, primary_schema), revision)
+        except sa.exc.ProgrammingError as exc:
+            if getattr(exc.orig, "pgcode", None) != _INSUFFICIENT_PRIVILEGE:
+                raise
+            raise MigrationRefused(f"the {database} database refused the migration "
+                                   f"({first_line(exc)}): {_create_grant(engine)}") from exc
+
+
+#: PostgreSQL's SQLSTATE for "permission denied".
+_INSUFFICIENT_PRIVILEGE = "42501"
+
+
+class MigrationRefused(RuntimeError):
+    """A database's role may not create Sediment's tables; nothing was migrated."""
+
+
+def _create_grant(engine: sa.Engine) -> str:
+    """How to let ``engine``'s role create tables: PostgreSQL 15 and later no longer let
+    every role create in the ``public`` schema of a database it does not own."""
+    with engine.connect() as connection:
+        role, schema, database = connection.execute(sa.select(
+            sa.func.current_user(), sa.func.current_schema(), sa.func.current_database())).one()
+    quote = engine.dialect.identifier_preparer.quote
+    return (f"the role {role} needs to own the database, or to create in its schema: "
+            f"ALTER DATABASE {quote(database)} OWNER TO {quote(role)}; or GRANT CREATE ON "
+            f"SCHEMA {quote(schema or 'public')} TO {quote(role)}")
 
 
 class SchemaIncomplete(RuntimeError):
