@@ -716,7 +716,6 @@ def test_a_role_without_the_privileges_a_run_needs_is_told_the_grant_before_anyt
     denied". Now the run ends ``error`` before its first batch, naming the role, what it
     lacks on which table, and the GRANT that gives it; that GRANT is enough."""
     primary_url, archive_url = databases.pair("grants")
-    role = f"archiver_{uuid.uuid4().hex[:8]}"
     with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
         connection.exec_driver_sql("CREATE TABLE posts (id integer PRIMARY KEY,"
                                    " at timestamptz NOT NULL)")
@@ -725,13 +724,8 @@ def test_a_role_without_the_privileges_a_run_needs_is_told_the_grant_before_anyt
         connection.execute(sa.text("INSERT INTO posts VALUES (:id, :at)"), [
             {"id": i, "at": NOW - timedelta(days=100 * i)} for i in range(1, 7)])
         connection.exec_driver_sql("INSERT INTO likes SELECT i, i FROM generate_series(1, 6) i")
-        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
-        connection.exec_driver_sql(f"GRANT SELECT ON posts, likes TO {role}")
-        connection.exec_driver_sql(f"GRANT UPDATE, DELETE ON posts TO {role}")
-        connection.exec_driver_sql(f"GRANT UPDATE ON likes TO {role}")
-    as_role = sa.engine.make_url(primary_url).set(username=role).render_as_string(
-        hide_password=False)
-    try:
+    with primary_role(primary_url, archive_url, "SELECT ON posts, likes",
+                      "UPDATE, DELETE ON posts", "UPDATE ON likes") as (role, as_role):
         settings = migrated(tmp_path, as_role, archive_url, "postgres",
                             one_policy("posts", "at", children='"auto"'))
         refused = run_cli("--settings", str(settings), "archive", "run", *NOW_ARG)
@@ -750,12 +744,6 @@ def test_a_role_without_the_privileges_a_run_needs_is_told_the_grant_before_anyt
         assert (f"lacks INSERT on posts; INSERT on likes in PRIMARY, which restore runs "
                 f"need; nothing was done: GRANT SELECT, INSERT ON posts, likes TO {role}"
                 ) in restoring.stdout, restoring.stdout
-    finally:
-        for url in (primary_url, archive_url):
-            with app_schema.engine_for(url) as engine, engine.begin() as connection:
-                connection.exec_driver_sql(f"DROP OWNED BY {role}")
-        with app_schema.engine_for(archive_url) as engine, engine.begin() as connection:
-            connection.exec_driver_sql(f"DROP ROLE {role}")
 
 
 @contextmanager
