@@ -42,7 +42,7 @@ from archive.holds import list_holds
 from archive.keys import Key, key_columns, key_filters, key_of_texts, key_text
 from archive.locks import RunnerLock
 from archive.policy import ArchivePolicy
-from archive.preflight import lacking_privileges
+from archive.preflight import hidden_rows, lacking_privileges
 from archive.sweep import holds_guard
 from sediment.core.schema.archive import ARCHIVE_RUN_ID
 
@@ -142,10 +142,15 @@ def plan_erasure(engines: Any, tables: Mapping[str, sa.Table], twins: Mapping[st
     """Find the subject's rows in both databases (see the module docstring).
 
     :raises ErasureRefused: for a null-out column that does not exist, is part of the key,
-        or cannot be NULL in PRIMARY.
+        or cannot be NULL in PRIMARY; or when row-level security hides rows of these tables
+        from PRIMARY's role.
     """
     ordered, edges = erasure_graph(tables, subject, null_out)
     _check_null_out(ordered, edges, null_out)
+    hidden = hidden_rows(engines.primary, ordered)
+    if hidden is not None:  # rows the search cannot see would outlive the erasure
+        raise ErasureRefused(f"{hidden}, which an erasure would leave behind; nothing was "
+                             f"changed: {hidden.fix}")
     wanted: dict[str, set[tuple[str, ...]]] = {}
     for edge in edges:
         wanted.setdefault(edge.parent.fullname, set()).add(edge.referenced)

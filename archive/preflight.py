@@ -115,6 +115,45 @@ def missing_privileges(primary: sa.Engine, tables: Sequence[sa.Table],
 
 
 @dataclass(frozen=True)
+class HiddenRows:
+    """Tables whose rows PRIMARY's role sees only in part, through the application's
+    row-level security. As text: ``row-level security hides rows of notes in PRIMARY from
+    the role app``."""
+
+    role: str
+    tables: tuple[str, ...]
+    #: What lets the role see every row.
+    fix: str
+
+    def __str__(self) -> str:
+        return (f"row-level security hides rows of {', '.join(self.tables)} in PRIMARY from "
+                f"the role {self.role}")
+
+
+def hidden_rows(primary: sa.Engine, tables: Sequence[sa.Table]) -> HiddenRows | None:
+    """The tables of ``tables`` whose rows PRIMARY's role sees only in part; ``None`` when
+    it sees every row (and always on SQLite, which has no row security).
+
+    A run, an erasure or a verification sees only the rows the application's policies let
+    its role see: an archive run moved one tenant's aged rows, said ``done``, and ``archive
+    verify`` agreed that nothing aged was left, while every other tenant's stayed behind.
+    """
+    if primary.dialect.name != "postgresql" or not tables:
+        return None
+    names = [quoted_table(primary.dialect, table) for table in tables]
+    with primary.connect() as connection:
+        role, *active = connection.execute(sa.select(sa.func.current_user(), *(
+            sa.func.row_security_active(name) for name in names))).one()
+    hidden = tuple(table.fullname for table, secured in zip(tables, active, strict=True)
+                   if secured)
+    if not hidden:
+        return None
+    grantee = uninterpolated(primary.dialect, primary.dialect.identifier_preparer.quote(role))
+    return HiddenRows(role, hidden, f"ALTER ROLE {grantee} BYPASSRLS, or connect as the "
+                                    "tables' owner")
+
+
+@dataclass(frozen=True)
 class Lacking:
     """What PRIMARY's role lacks: privileges per table, and the ``GRANT`` that gives them.
     As text: ``the role app lacks DELETE on likes in PRIMARY``."""

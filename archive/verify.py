@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from archive.keys import Key, columns_match, key_columns
 from archive.ledger import run_tables, runs
 from archive.policy import ArchivePolicy, ChildLink
+from archive.preflight import hidden_rows
 from archive.restore_marks import without_restored
 from sediment.core.collation import in_code_point_order
 from sediment.core.schema.archive import ARCHIVE_RUN_ID
@@ -64,7 +65,12 @@ def verify_archive(primary: sa.Engine, archive: sa.Engine,
             else:
                 found.checks.append(f"{link.table.fullname}: every archived row has its parent")
         _check_ledger(archive, policy, found)
-        _check_nothing_left(primary, archive, policy, found)
+        hidden = hidden_rows(primary, policy.tables)
+        if hidden is not None:  # the checks above and below see only the visible rows
+            found.problems.append(f"policy {policy.name}: {hidden}, so no check can see "
+                                  f"them: {hidden.fix}")
+        else:
+            _check_nothing_left(primary, archive, policy, found)
     return found
 
 

@@ -857,6 +857,45 @@ def test_tables_the_reports_role_may_not_read_are_not_served_nor_a_500(
                 f"GRANT SELECT ON authors TO {role}") in refused_start.stderr
 
 
+@pytest.mark.postgres
+def test_rows_row_level_security_hides_from_the_role_stop_runs_erasures_and_verify(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """An application's row-level security (one tenant per policy) let the role see one
+    tenant's rows: the run moved those, said done, and verify found nothing aged left,
+    while the other tenant's aged rows stayed in PRIMARY for good."""
+    primary_url, archive_url = databases.pair("row_security")
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE notes (id integer PRIMARY KEY, tenant text"
+                                   " NOT NULL, at timestamptz NOT NULL)")
+        connection.execute(sa.text("INSERT INTO notes VALUES (:id, :tenant, :at)"), [
+            {"id": i, "tenant": ("acme", "globex")[i % 2], "at": NOW - timedelta(days=400)}
+            for i in range(10)])
+        connection.exec_driver_sql("ALTER TABLE notes ENABLE ROW LEVEL SECURITY")
+        connection.exec_driver_sql("CREATE POLICY acme_only ON notes USING (tenant = 'acme')")
+    with primary_role(primary_url, archive_url, "SELECT, UPDATE, DELETE ON notes") as (
+            role, as_role), app_schema.engine_for(primary_url) as primary:
+        settings = migrated(tmp_path, as_role, archive_url, "postgres",
+                            one_policy("notes", "at"))
+        hides = f"row-level security hides rows of notes in PRIMARY from the role {role}"
+        fix = f"ALTER ROLE {role} BYPASSRLS, or connect as the tables' owner"
+        refused = run_cli("--settings", str(settings), "archive", "run", *NOW_ARG)
+        assert refused.returncode == 1, refused.stdout
+        assert (f"{hides}, which archive runs would leave behind; nothing was done: {fix}"
+                in refused.stdout), refused.stdout
+        assert len(rows_of(primary, ["notes"])["notes"]) == 10
+        verify = run_cli("--settings", str(settings), "archive", "verify")
+        assert verify.returncode != 0 and f"FAIL  policy notes: {hides}" in verify.stdout
+        erase = run_cli("--settings", str(settings), "archive", "erase", "--table", "notes",
+                        "--key", "3")
+        assert erase.returncode != 0 and f"{hides}, which an erasure would" in erase.stderr
+        with primary.begin() as connection:
+            connection.exec_driver_sql(f"ALTER ROLE {role} BYPASSRLS")
+        assert "notes 10" in ok(run_cli("--settings", str(settings), "archive", "run",
+                                        *NOW_ARG))
+        assert "all checks passed" in ok(run_cli("--settings", str(settings), "archive",
+                                                 "verify"))
+
+
 def _authors_and_posts(primary_url: str) -> None:
     """Two authors and a dozen posts, every third one aged for ``one_policy``."""
     with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
