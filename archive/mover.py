@@ -354,6 +354,16 @@ def check_deleted(table: sa.Table, count: int, expected: int) -> None:
 
 
 def apply_timeouts(connection: sa.Connection, timeouts: Timeouts) -> None:
+    """Bound the transaction's statements and lock waits (PostgreSQL), in one round trip.
+
+    A batch's transaction waits, by design, while the other database takes its copy and
+    commits: ``idle_in_transaction_session_timeout`` is turned off for it, its statements'
+    own timeouts bound that wait. An application's database setting it (say to 300ms) had
+    PostgreSQL end every batch's connection before its delete, and the run retried the
+    same batch without end.
+    """
     if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeouts.statement_ms)}")
-        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {int(timeouts.lock_ms)}")
+        connection.exec_driver_sql(
+            f"SET LOCAL statement_timeout = {int(timeouts.statement_ms)}; "
+            f"SET LOCAL lock_timeout = {int(timeouts.lock_ms)}; "
+            "SET LOCAL idle_in_transaction_session_timeout = 0")

@@ -896,6 +896,33 @@ def test_rows_row_level_security_hides_from_the_role_stop_runs_erasures_and_veri
                                                  "verify"))
 
 
+@pytest.mark.postgres
+def test_a_primary_that_ends_idle_transactions_still_archives(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """A batch's PRIMARY transaction waits while ARCHIVE takes the copy. An application's
+    database with ``idle_in_transaction_session_timeout`` shorter than that wait had every
+    batch's connection ended before its delete, and the run retried without end."""
+    primary_url, archive_url = databases.pair("idle_timeout")
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE notes (id integer PRIMARY KEY,"
+                                   " at timestamptz NOT NULL)")
+        connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at)"), [
+            {"id": i, "at": NOW - timedelta(days=400)} for i in range(30)])
+        connection.exec_driver_sql("ALTER DATABASE " + sa.engine.make_url(primary_url).database
+                                   + " SET idle_in_transaction_session_timeout = '200ms'")
+    settings = migrated(tmp_path, primary_url, archive_url, "postgres",
+                        one_policy("notes", "at", batch_size="10"))
+    with app_schema.engine_for(archive_url) as archive, archive.begin() as connection:
+        connection.exec_driver_sql(  # each copy into the twin takes longer than 200ms
+            "CREATE FUNCTION slow_copy() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN PERFORM pg_sleep(0.4); RETURN NULL; END $$")
+        connection.exec_driver_sql("CREATE TRIGGER slow_copy AFTER INSERT ON notes"
+                                   " FOR EACH STATEMENT EXECUTE FUNCTION slow_copy()")
+    moved = run_cli("--settings", str(settings), "archive", "run", *NOW_ARG, timeout=60)
+    assert "notes 30" in ok(moved)
+    assert "all checks passed" in ok(run_cli("--settings", str(settings), "archive", "verify"))
+
+
 def _authors_and_posts(primary_url: str) -> None:
     """Two authors and a dozen posts, every third one aged for ``one_policy``."""
     with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
