@@ -99,9 +99,10 @@ PRIMARY_PRIVILEGES: Mapping[RunKind, tuple[str, ...]] = {
 
 def missing_privileges(primary: sa.Engine, tables: Sequence[sa.Table],
                        kind: RunKind) -> str | None:
-    """The privileges on ``tables`` that a ``kind`` run needs and PRIMARY's role lacks, as
-    one line naming the role, the privileges and the ``GRANT`` that gives them; ``None``
-    when it lacks none (and always on SQLite, which has no privileges).
+    """The privileges on ``tables`` that a ``kind`` run needs and PRIMARY's role lacks, or
+    the rows of them its row-level security hides (see :func:`hidden_rows`), as one line
+    naming the role, what stops the run and the statement that lets it go; ``None`` when
+    nothing does (and always on SQLite, which has neither).
 
     Checked before a run's first batch: without it, an archive run whose role could read
     and lock but not delete committed the first batch's copy to ARCHIVE and then failed on
@@ -109,9 +110,13 @@ def missing_privileges(primary: sa.Engine, tables: Sequence[sa.Table],
     """
     needed = PRIMARY_PRIVILEGES.get(kind, ())
     lacking = lacking_privileges(primary, {table: needed for table in tables})
-    if lacking is None:
-        return None
-    return f"{lacking}, which {kind} runs need; nothing was done: {lacking.grant}"
+    if lacking is not None:
+        return f"{lacking}, which {kind} runs need; nothing was done: {lacking.grant}"
+    # An expiry works in ARCHIVE alone, where no application's row security applies.
+    hidden = hidden_rows(primary, tables) if kind in PRIMARY_PRIVILEGES else None
+    if hidden is not None:
+        return f"{hidden}, which {kind} runs would leave behind; nothing was done: {hidden.fix}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -148,9 +153,8 @@ def hidden_rows(primary: sa.Engine, tables: Sequence[sa.Table]) -> HiddenRows | 
                    if secured)
     if not hidden:
         return None
-    grantee = uninterpolated(primary.dialect, primary.dialect.identifier_preparer.quote(role))
-    return HiddenRows(role, hidden, f"ALTER ROLE {grantee} BYPASSRLS, or connect as the "
-                                    "tables' owner")
+    return HiddenRows(role, hidden, f"ALTER ROLE {grantee(primary.dialect, role)} "
+                                    "BYPASSRLS, or connect as the tables' owner")
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,12 @@ def lacking_privileges(primary: sa.Engine, needs: Mapping[sa.Table, Sequence[str
     grants: dict[tuple[str, ...], list[str]] = {}
     for table in lacking:
         grants.setdefault(tuple(needs[table]), []).append(names[table])
-    grantee = uninterpolated(primary.dialect, primary.dialect.identifier_preparer.quote(role))
+    to = grantee(primary.dialect, role)
     return Lacking(role, lacking, "; ".join(
-        f"GRANT {', '.join(privileges)} ON {', '.join(tables)} TO {grantee}"
+        f"GRANT {', '.join(privileges)} ON {', '.join(tables)} TO {to}"
         for privileges, tables in grants.items()))
+
+
+def grantee(dialect: sa.Dialect, role: str) -> str:
+    """``role`` as a ``GRANT`` or ``ALTER ROLE`` statement names it, ready to paste."""
+    return uninterpolated(dialect, dialect.identifier_preparer.quote(role))

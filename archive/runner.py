@@ -27,7 +27,7 @@ from archive.locks import LockLost, RunnerLock
 from archive.mover import ArchiveError, BatchResult, SchemaDrift, Timeouts
 from archive.pipeline import BatchPipeline
 from archive.policy import ArchivePolicy, unreferenced_by_others
-from archive.preflight import PRIMARY_PRIVILEGES, hidden_rows, missing_privileges
+from archive.preflight import missing_privileges
 from archive.restore_marks import without_restored
 from archive.settle import settle_pending_runs
 from sediment.core.databases import analyze
@@ -233,12 +233,7 @@ def run_locked(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, *,
             if stale:
                 logger.warning("policy %s: runs %s had been interrupted", policy.name, stale)
             try:
-                # An expiry works in ARCHIVE alone, where no application's policy applies.
-                hidden = hidden_rows(primary, policy.tables) if kind in PRIMARY_PRIVILEGES \
-                    else None
-                outcome.error = missing_privileges(primary, policy.tables, kind) or (
-                    f"{hidden}, which {kind} runs would leave behind; nothing was done: "
-                    f"{hidden.fix}" if hidden else None)
+                outcome.error = missing_privileges(primary, policy.tables, kind)
             except sa.exc.SQLAlchemyError as exc:
                 outcome.error = first_line(exc)
             if outcome.error:

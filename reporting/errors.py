@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from reporting.access_log import request_id as current_request_id
 from reporting.report_error import ReportError
-from sediment.core.error_text import first_line
+from sediment.core.error_text import first_line, is_permission_denied
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def register_error_handlers(app: Flask) -> None:
             logger.warning("report query failed: %s", first_line(error))
             return problem(503, "database_unavailable", "A database did not answer in time or "
                            "is unreachable; retry shortly.", headers={"Retry-After": "5"})
-        if getattr(error.orig, "pgcode", None) == _INSUFFICIENT_PRIVILEGE:
+        if is_permission_denied(error):
             # A grant revoked since startup (which leaves out tables the role cannot read).
             logger.error("report query refused: %s; grant the reports' role SELECT on it",
                          first_line(error))
@@ -98,9 +98,6 @@ def register_error_handlers(app: Flask) -> None:
         return problem(500, "internal_error", "The server failed; the error has been logged "
                        f"with request id {request_id}.", extra={"request_id": request_id})
 
-
-#: PostgreSQL's SQLSTATE for "permission denied".
-_INSUFFICIENT_PRIVILEGE = "42501"
 
 #: SQLite reports a missing table or column, and a syntax error, as OperationalError too:
 #: those are the server's bugs, not outages a retry would cure.

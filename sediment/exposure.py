@@ -16,9 +16,10 @@ from collections.abc import Iterable, Mapping, Sequence
 import sqlalchemy as sa
 
 from archive.policy import ArchivePolicy
+from archive.preflight import grantee
 from archive.reflection import UnknownTable, reflect_primary
 from reporting.tables import ExposedTable, hidden_in
-from sediment.core.names import quoted_table, uninterpolated
+from sediment.core.names import quoted_table
 from sediment.core.settings import ReportSettings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -82,10 +83,10 @@ def _readable(exposed: Sequence[ExposedTable], primary: sa.Engine, hide_columns:
             unreadable.setdefault(table.name, []).append(column)
     if not unreadable:
         return list(exposed)
-    grantee = uninterpolated(primary.dialect, primary.dialect.identifier_preparer.quote(role))
     what = "; ".join(f"{name} (columns {', '.join(columns)})"
                      for name, columns in unreadable.items())
-    grant = f"GRANT SELECT ON {', '.join(names[name] for name in unreadable)} TO {grantee}"
+    grant = (f"GRANT SELECT ON {', '.join(names[name] for name in unreadable)} "
+             f"TO {grantee(primary.dialect, role)}")
     if named:
         raise SettingsError("reports.tables", f"PRIMARY's role {role} may not read {what}: "
                             f"{grant}, hide those columns, or leave the tables out")

@@ -13,3 +13,14 @@ def first_line(error: BaseException | None) -> str:
     cause = getattr(error, "orig", None) or error
     text = str(cause).strip()
     return text.splitlines()[0] if text else type(cause).__name__
+
+
+#: PostgreSQL's SQLSTATE for "permission denied".
+_INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def is_permission_denied(error: BaseException) -> bool:
+    """Whether ``error`` (SQLAlchemy's, or the driver's) is PostgreSQL's "permission
+    denied": a grant the role lacks, which no retry cures."""
+    cause = getattr(error, "orig", None) or error
+    return getattr(cause, "pgcode", None) == _INSUFFICIENT_PRIVILEGE

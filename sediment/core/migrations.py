@@ -31,7 +31,7 @@ from sediment.core.databases import (
     engine_options,
     prepare_engine,
 )
-from sediment.core.error_text import first_line
+from sediment.core.error_text import first_line, is_permission_denied
 from sediment.core.schema import PrimarySchema, metadata_of
 from sediment.core.settings import PROJECT_ROOT, load_settings
 
@@ -93,14 +93,10 @@ def upgrade_all(engines: Engines, revision: str = "head",
         try:
             command.upgrade(alembic_config(database, engine, primary_schema), revision)
         except sa.exc.ProgrammingError as exc:
-            if getattr(exc.orig, "pgcode", None) != _INSUFFICIENT_PRIVILEGE:
+            if not is_permission_denied(exc):
                 raise
             raise MigrationRefused(f"the {database} database refused the migration "
                                    f"({first_line(exc)}): {_create_grant(engine)}") from exc
-
-
-#: PostgreSQL's SQLSTATE for "permission denied".
-_INSUFFICIENT_PRIVILEGE = "42501"
 
 
 class MigrationRefused(RuntimeError):
