@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TypeVar
 
 import sqlalchemy as sa
 
@@ -29,9 +28,10 @@ from archive.pipeline import BatchPipeline
 from archive.policy import ArchivePolicy, unreferenced_by_others
 from archive.preflight import missing_privileges
 from archive.restore_marks import without_restored
+from archive.retries import RetryBudget, with_retries
 from archive.settle import settle_pending_runs
 from sediment.core.databases import analyze
-from sediment.core.error_text import first_line
+from sediment.core.error_text import first_line, is_statement_timeout
 from sediment.core.schema.archive import RunKind, RunStatus
 from sediment.core.settings import ArchiveSettings, DatabaseSettings, SettingsError
 
@@ -280,8 +280,10 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
     run_id = outcome.run_id
     timeouts = Timeouts(database.statement_timeout_ms, database.lock_timeout_ms)
     started = time.monotonic()
+    budget = RetryBudget(settings)  # renewed by each batch moved, not by each step
 
     def moved(result: BatchResult) -> None:
+        budget.progressed()
         if not with_retries(settings, stop, partial(
                 ledger.record_delete, archive, run_id, result.deleted,
                 {policy.root.fullname: result.skipped_locked})):
@@ -328,7 +330,7 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
                 break
             if limits.max_rows is not None:
                 limit = min(limit, limits.max_rows - outcome.roots - pipeline.roots_in_flight)
-            if not with_retries(settings, stop, partial(step, limit)):
+            if not with_retries(settings, stop, partial(step, limit), budget):
                 outcome.status = "done"
                 break
             if settings.throttle and stop.wait(settings.throttle.total_seconds()):
@@ -343,6 +345,11 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
         outcome.status, outcome.error = "schema_drift", str(exc)
     except (ArchiveError, sa.exc.SQLAlchemyError) as exc:
         outcome.status, outcome.error = "error", first_line(exc)
+        if is_statement_timeout(exc):
+            outcome.error += (
+                f": a batch's statement ran longer than database.statement_timeout_ms "
+                f"({database.statement_timeout_ms} ms) on every attempt; raise it, or lower "
+                f"policy.{policy.name}.batch_size ({policy.batch_size}); a re-run is safe")
     except UNCONVERTIBLE as exc:
         _unconvertible(outcome, exc)
     finally:
@@ -446,24 +453,3 @@ def check_still_running(archive: sa.Engine, run_id: int) -> None:
     if status != "running":
         raise LockLost(f"the runner lock was lost for a while, and another runner marked "
                        f"this run {status!r} meanwhile")
-
-
-T = TypeVar("T")
-
-
-def with_retries(settings: ArchiveSettings, stop: threading.Event,
-                  attempt: Callable[[], T]) -> T:
-    """Run a whole batch (or a ledger write), again after a dropped connection, with
-    doubling backoff."""
-    delay = settings.retry_backoff.total_seconds()
-    for number in range(1, settings.retry_attempts + 1):
-        try:
-            return attempt()
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            if number == settings.retry_attempts or stop.is_set():
-                raise
-            logger.warning("batch failed (%s); retry %d of %d in %.1fs",
-                           first_line(exc), number, settings.retry_attempts - 1, delay)
-            stop.wait(delay)
-            delay *= 2
-    raise AssertionError("unreachable")  # pragma: no cover

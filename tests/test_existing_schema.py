@@ -1092,3 +1092,46 @@ def test_a_table_keyed_only_by_a_unique_index_is_archived_by_those_columns(
     ok(run_cli("--settings", str(settings), "archive", "restore", "--run", "1"))
     with app_schema.engine_for(primary_url) as primary, primary.connect() as connection:
         assert connection.exec_driver_sql('SELECT count(*) FROM "_PostToTag"').scalar() == 16
+
+
+
+@pytest.mark.postgres
+def test_a_batch_whose_delete_always_times_out_ends_the_run_and_a_rerun_moves_it(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """A batch's delete fails inside the next step of a pipelined run, whose retry starts
+    the same batch again and so succeeded: each failure got a fresh retry budget. A delete
+    always longer than the statement timeout (here a trigger; in an application, often a
+    foreign key check over an unindexed referencing table) re-copied one batch for ever.
+    The budget is now renewed only by a batch moved: the run ends ``error``, saying which
+    setting to change, with nothing lost, and a re-run after the fix moves every row."""
+    primary_url, archive_url = databases.pair("slow_delete")
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE notes (id integer PRIMARY KEY,"
+                                   " at timestamptz NOT NULL)")
+        connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at)"), [
+            {"id": i, "at": NOW - timedelta(days=400)} for i in range(30)])
+        connection.exec_driver_sql(
+            "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$")
+        connection.exec_driver_sql("CREATE TRIGGER slow_delete AFTER DELETE ON notes"
+                                   " FOR EACH STATEMENT EXECUTE FUNCTION slow_delete()")
+    with app_schema.engine_for(primary_url) as primary:
+        written = rows_of(primary, ["notes"])
+    settings = migrated(tmp_path, primary_url, archive_url, "postgres",
+                        one_policy("notes", "at", batch_size="10"))
+    settings.write_text(settings.read_text().replace(
+        'primary_schema = "existing"', 'primary_schema = "existing"\nstatement_timeout_ms = 300')
+        + '\n[archive]\nretry_backoff = "0.1s"\n')
+
+    failed = run_cli("--settings", str(settings), "archive", "run", *NOW_ARG, timeout=60)
+    assert failed.returncode != 0
+    assert ("statement timeout: a batch's statement ran longer than"
+            " database.statement_timeout_ms (300 ms)") in failed.stdout
+    with app_schema.engine_for(primary_url) as primary:
+        assert rows_of(primary, ["notes"]) == written
+        with primary.begin() as connection:
+            connection.exec_driver_sql("DROP TRIGGER slow_delete ON notes")
+    assert "notes 30" in ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
+    assert "all checks passed" in ok(run_cli("--settings", str(settings), "archive", "verify"))
+    with app_schema.engine_for(archive_url) as archive:
+        assert rows_of(archive, ["notes"], archive=True) == written

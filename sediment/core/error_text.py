@@ -24,3 +24,15 @@ def is_permission_denied(error: BaseException) -> bool:
     denied": a grant the role lacks, which no retry cures."""
     cause = getattr(error, "orig", None) or error
     return getattr(cause, "pgcode", None) == _INSUFFICIENT_PRIVILEGE
+
+
+#: PostgreSQL's SQLSTATE for a statement cancelled, by its timeout or on request.
+_QUERY_CANCELED = "57014"
+
+
+def is_statement_timeout(error: BaseException) -> bool:
+    """Whether ``error`` is PostgreSQL cancelling a statement that ran past
+    ``statement_timeout`` (not one cancelled by ``pg_cancel_backend``)."""
+    cause = getattr(error, "orig", None) or error
+    return (getattr(cause, "pgcode", None) == _QUERY_CANCELED
+            and "statement timeout" in str(cause))
