@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
+#: Titles a code's words do not make: "Csrf failed" says nothing to a person at the form.
+TITLES = {"csrf_failed": "Form expired"}
+
+
 def problem(
     status: int,
     code: str,
@@ -36,7 +40,7 @@ def problem(
     """Build a problem-details response; ``extra`` adds members (RFC 9457 allows them)."""
     body: dict[str, Any] = {
         "type": f"https://sediment.invalid/problems/{code}",
-        "title": title or code.replace("_", " ").capitalize(),
+        "title": title or TITLES.get(code) or code.replace("_", " ").capitalize(),
         "status": status,
         "detail": detail,
         "code": code,

@@ -190,7 +190,9 @@ def test_the_session_cookie_is_httponly_samesite_strict_and_signed(
 
 
 def test_sign_in_refuses_a_missing_csrf_token_and_a_wrong_token(signed: FlaskClient) -> None:
-    assert signed.post("/sign-in", data={"token": TOKEN}).status_code == 403
+    stale = signed.post("/sign-in", data={"token": TOKEN}, headers=HTML)
+    assert stale.status_code == 403
+    assert "403: Form expired" in stale.get_data(as_text=True)  # not "Csrf failed"
     form = signed.get("/sign-in").get_data(as_text=True)
     refused = signed.post("/sign-in", data={"csrf": csrf_of(form), "token": "guess"})
     assert refused.status_code == 401
