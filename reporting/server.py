@@ -23,6 +23,7 @@ from flask import Flask
 from waitress.server import create_server
 from waitress.task import ThreadedTaskDispatcher
 
+from reporting.listen import cannot_listen
 from reporting.metrics import MULTIPROCESS_VARIABLE
 from sediment.core.commandline import on_stop_signals
 from sediment.core.settings import ServiceSettings
@@ -76,9 +77,13 @@ def serve_in_process(app: Flask, host: str, port: int, service: ServiceSettings,
     dispatcher.set_thread_count(service.threads)
     # ``_dispatcher`` is waitress's documented-as-test hook for exactly this; the test of
     # probes under load fails if a waitress release stops honouring it.
-    server = create_server(app, _dispatcher=dispatcher, host=host, port=port,
-                           threads=service.threads, connection_limit=service.connection_limit,
-                           backlog=service.backlog, ident="sediment")
+    try:
+        server = create_server(app, _dispatcher=dispatcher, host=host, port=port,
+                               threads=service.threads, connection_limit=service.connection_limit,
+                               backlog=service.backlog, ident="sediment")
+    except (OSError, ValueError) as exc:  # taken since check_address, or unresolvable now
+        dispatcher.shutdown()
+        raise cannot_listen(host, port, exc) from None
     if on_reload is not None:
         reload = on_reload
 

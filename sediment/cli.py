@@ -25,6 +25,7 @@ from archive.preflight import check_conditions
 from archive.scheduler import start_in_background
 from reporting import token_commands
 from reporting.csv_export import check_row_cap, stream_csv
+from reporting.listen import CannotListen, check_address
 from reporting.report_error import ReportError
 from reporting.request import parse_request
 from reporting.server import serve_in_process, serve_with_workers
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"sediment: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (DatabaseUnreachable, SchemaIncomplete, MigrationRefused) as exc:
+    except (DatabaseUnreachable, SchemaIncomplete, MigrationRefused, CannotListen) as exc:
         print(f"sediment: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -331,8 +332,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serving = settings.service
     host = getattr(args, "host", None) or serving.host
     refuse_unsafe_public_bind(settings, host)
-    service = service_for(args)
     port_number = getattr(args, "port", None) or serving.port
+    check_address(host, port_number)  # before any migration, seeding or scheduling
+    service = service_for(args)
     workers = getattr(args, "workers", None) or serving.workers
     if workers != serving.workers:
         serving = dataclasses.replace(serving, workers=workers)

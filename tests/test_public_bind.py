@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 
 from sediment.core.public_bind import is_loopback, public_bind_problems
 from sediment.core.settings import load_settings
-from tests.support import REPO, run_cli
+from tests.support import REPO, free_port, run_cli
 
 SAFE = {"SEDIMENT_AUTH__ENABLED": "true", "SEDIMENT_SERVICE__SECRET_KEY": "x" * 40,
         "SEDIMENT_SERVICE__SEED_WHEN_EMPTY": "false"}
@@ -47,3 +50,38 @@ def test_safe_settings_or_loopback_pass() -> None:
                                 "0.0.0.0") == []
     assert public_bind_problems(load_settings(REPO / "settings.toml", environ={}),
                                 "127.0.0.1") == []
+
+
+def test_an_address_in_use_stops_serve_in_one_line_before_any_work(tmp_path: Path) -> None:
+    """The most common failure to start (another Sediment still running) was waitress's
+    traceback ("OSError: [Errno 98] Address already in use"), and only after the databases
+    had been migrated and seeded; with workers, gunicorn's log alone said so."""
+    files = {"SEDIMENT_DATABASE__PRIMARY_URL": f"sqlite:///{tmp_path / 'p.db'}",
+             "SEDIMENT_DATABASE__ARCHIVE_URL": f"sqlite:///{tmp_path / 'a.db'}"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for workers in ("1", "2"):
+            result = run_cli("serve", "--port", port, "--workers", workers, env=files,
+                             timeout=60)
+            assert result.returncode == 1
+            assert result.stderr.strip().splitlines()[-1] == (
+                f"sediment: cannot listen on 127.0.0.1:{port} (service.host, service.port; "
+                "serve --host, --port): address already in use; another process is listening "
+                "there (another Sediment still running?): stop it, or choose another port")
+            assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing migrated, nothing seeded
+
+
+@pytest.mark.parametrize(("host", "reason"), [
+    ("no-such-host.invalid", "the host 'no-such-host.invalid' does not resolve"),
+    ("192.0.2.1", "cannot assign requested address"),  # TEST-NET-1: no machine's own
+])
+def test_a_host_serve_cannot_listen_on_is_named(host: str, reason: str) -> None:
+    result = run_cli("serve", "--host", host, "--port", str(free_port()),
+                     env={**SAFE, "SEDIMENT_SERVICE__ALLOW_INSECURE": "true"}, timeout=60)
+    assert result.returncode == 1
+    assert f"sediment: cannot listen on {host}:" in result.stderr
+    assert reason in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr

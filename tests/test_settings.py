@@ -85,6 +85,18 @@ def test_environment_override_reaches_policy_tables(tmp_path: Path) -> None:
         ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\nolder_than = '0d'\n", {},
          "policy.x.older_than"),
         ("[policy.x]\nage_column = 'closed_at'\n", {}, "policy.x.table"),
+        # Read only when the scheduler started: a traceback of ZoneInfoNotFoundError.
+        ("[scheduler]\ntimezone = 'Mars/Olympus'\n", {}, "scheduler.timezone"),
+        ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\nage_zone = 'Nowhere'\n", {},
+         "policy.x.age_zone"),
+        # Past PostgreSQL's int4 of milliseconds: every connection failed, naming no key.
+        ("[database]\nstatement_timeout_ms = 2147483648\n", {}, "database.statement_timeout_ms"),
+        ("[database]\nlock_timeout_ms = 2147483648000\n", {}, "database.lock_timeout_ms"),
+        ("[reports]\nstatement_timeout_ms = 10000000000\n", {}, "reports.statement_timeout_ms"),
+        # serve started 100,000 threads for minutes; listen() overflowed with a traceback.
+        ("[service]\nthreads = 100000\n", {}, "service.threads"),
+        ("[service]\nworkers = 5000\n", {}, "service.workers"),
+        ("[service]\nbacklog = 1000000000000000\n", {}, "service.backlog"),
     ],
 )
 def test_bad_settings_name_the_key(

@@ -522,15 +522,16 @@ def _validate(settings: Settings, base: Path) -> Settings:
             "archive must be another database"
         )
     _require_positive("database.pool_size", db.pool_size)
-    _require_positive("database.statement_timeout_ms", db.statement_timeout_ms)
-    _require_positive("database.lock_timeout_ms", db.lock_timeout_ms)
+    _require_positive("database.statement_timeout_ms", db.statement_timeout_ms, *_TIMEOUT_BOUND)
+    _require_positive("database.lock_timeout_ms", db.lock_timeout_ms, *_TIMEOUT_BOUND)
     service = settings.service
     if not 0 < service.port < 65536:
         raise SettingsError("service.port", f"{service.port} is not a TCP port")
-    _require_positive("service.threads", service.threads)
-    _require_positive("service.workers", service.workers)
+    _require_positive("service.threads", service.threads, *_PROCESS_BOUND)
+    _require_positive("service.workers", service.workers, *_PROCESS_BOUND)
     _require_positive("service.connection_limit", service.connection_limit)
-    _require_positive("service.backlog", service.backlog)
+    _require_positive("service.backlog", service.backlog, 65_535,
+                      "the longest listen queue a kernel keeps")
     if service.log_level.upper() not in _LOG_LEVELS:
         raise SettingsError(
             "service.log_level", f"{service.log_level!r} is not one of {', '.join(_LOG_LEVELS)}"
@@ -544,9 +545,10 @@ def _validate(settings: Settings, base: Path) -> Settings:
         settings = dataclasses.replace(settings, reports=dataclasses.replace(
             reports, sql_folder=str(folder)))
         reports = settings.reports
-    for name in ("default_limit", "max_limit", "statement_timeout_ms", "csv_max_rows",
-                 "csv_max_concurrent"):
+    for name in ("default_limit", "max_limit", "csv_max_rows", "csv_max_concurrent"):
         _require_positive(f"reports.{name}", getattr(reports, name))
+    _require_positive("reports.statement_timeout_ms", reports.statement_timeout_ms,
+                      *_TIMEOUT_BOUND)
     if reports.default_limit > reports.max_limit:
         raise SettingsError("reports.default_limit", "must not exceed reports.max_limit")
     if reports.csv_max_concurrent >= service.threads:
@@ -556,6 +558,7 @@ def _validate(settings: Settings, base: Path) -> Settings:
             f"{service.threads} service.threads; make it at most {service.threads - 1}, or "
             "raise service.threads")
     _require_positive("archive.retry_attempts", settings.archive.retry_attempts)
+    _require_time_zone("scheduler.timezone", settings.scheduler.timezone)
     seen: set[str] = set()
     for policy in settings.policies:
         _validate_policy(policy, settings.scheduler.timezone)
@@ -578,15 +581,19 @@ def _validate_policy(policy: PolicySettings, timezone: str) -> None:
     if policy.older_than <= timedelta(0):
         raise SettingsError(f"{prefix}.older_than", "must be longer than zero")
     _validate_retention(policy)
-    try:
-        ZoneInfo(policy.age_zone)
-    except (ValueError, ZoneInfoNotFoundError):
-        raise SettingsError(f"{prefix}.age_zone", f"{policy.age_zone!r} is not a time zone "
-                            "name such as 'UTC' or 'Europe/Berlin'") from None
+    _require_time_zone(f"{prefix}.age_zone", policy.age_zone)
     try:
         CronTrigger.from_crontab(policy.schedule, timezone=timezone)
     except ValueError as exc:
         raise SettingsError(f"{prefix}.schedule", f"{policy.schedule!r}: {exc}") from exc
+
+
+def _require_time_zone(key: str, name: str) -> None:
+    try:
+        ZoneInfo(name)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise SettingsError(key, f"{name!r} is not a time zone name such as 'UTC' or "
+                            "'Europe/Berlin'") from None
 
 
 def _validate_retention(policy: PolicySettings) -> None:
@@ -606,9 +613,20 @@ def _validate_retention(policy: PolicySettings) -> None:
                             "ARCHIVE as soon as they arrive")
 
 
-def _require_positive(key: str, value: int) -> None:
+#: PostgreSQL keeps a timeout in an int4 of milliseconds (about 24.8 days): a larger one
+#: failed every connection ('invalid value for parameter "statement_timeout"').
+_TIMEOUT_BOUND = (2_147_483_647, "PostgreSQL's longest timeout (about 24.8 days)")
+#: Each thread may hold a database connection, and each worker process a pool of them;
+#: 100,000 threads left ``serve`` starting them for minutes, saying nothing.
+_PROCESS_BOUND = (1_024, "a sanity bound: each may hold database connections")
+
+
+def _require_positive(key: str, value: int, at_most: int | None = None,
+                      why: str = "") -> None:
     if value <= 0:
         raise SettingsError(key, f"{value} must be greater than zero")
+    if at_most is not None and value > at_most:
+        raise SettingsError(key, f"{value:,} is more than {at_most:,}, {why}")
 
 
 def as_flat_dict(settings: Settings) -> dict[str, Any]:
