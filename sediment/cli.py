@@ -62,6 +62,7 @@ from sediment.service import (
     check_reports,
     reload_catalog,
     resolve_policies_of,
+    warn_unknown_allowed,
 )
 
 logger = logging.getLogger(__name__)
@@ -272,6 +273,7 @@ def run_seed(engines: Engines, plan: SeedPlan, *, append: bool) -> SeedResult:
 def cmd_reports_check(args: argparse.Namespace) -> int:
     service = service_for(args)
     check_reports(service.app, service.report_files)
+    warn_unknown_allowed(service.app)
     state = state_of(service.app)
     print(f"{len(state.reports)} reports ({len(service.report_files)} from SQL files): "
           f"{', '.join(state.reports) or 'none'}")
@@ -351,6 +353,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             logger.info("databases hold data: demo seeding skipped")
     check_conditions(service.engines.primary, service.archiver.policies)
     check_reports(service.app, service.report_files)
+    warn_unknown_allowed(service.app)
     scheduler = None
     if settings.scheduler.enabled and not getattr(args, "no_scheduler", False):
         # In this process only: gunicorn's workers serve HTTP and never schedule.

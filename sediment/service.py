@@ -129,6 +129,28 @@ def check_reports(app: Flask, files: Sequence[SqlReportFile]) -> None:
         check_against(found, state_of(app).report_databases)
 
 
+def warn_unknown_allowed(app: Flask) -> list[str]:
+    """Log, and return, a line per token allow-list naming what is served under no such name.
+
+    ``token create --reports`` takes any names (it reads neither database), and an
+    allow-list with a typo, or naming a table hidden or gone since, admitted nothing by that
+    name while startup said nothing; a client's 403 was the first sign.
+    """
+    served = state_of(app)
+    known = served.reports.keys() | served.tables.keys()
+    problems = []
+    for token in served.settings.auth.tokens:
+        unknown = [name for name in token.reports if name not in known]
+        if unknown:
+            problems.append(
+                f"auth.tokens.{token.name}.reports: {', '.join(map(repr, unknown))} is neither "
+                "a report nor a served table, so the token reads nothing by that name (see "
+                "'reports-check' for what is served)")
+    for problem in problems:
+        logger.warning("%s", problem)
+    return problems
+
+
 def reload_catalog(service: Service) -> Reloaded:
     """Re-read the SQL report files and PRIMARY's tables and serve them, or keep serving
     what was served when anything is wrong (logged). Requests in flight are not dropped."""
@@ -147,6 +169,7 @@ def reload_catalog(service: Service) -> Reloaded:
     except (ReportFileError, SettingsError, sa.exc.SQLAlchemyError) as exc:
         logger.error("reload refused, the previous reports and tables stay served: %s", exc)
         return Reloaded(ok=False, detail=first_line(exc))
+    warn_unknown_allowed(service.app)
     served = state_of(service.app)
     detail = (f"{len(served.reports)} reports ({len(files)} from SQL files), "
               f"{len(served.tables)} tables")

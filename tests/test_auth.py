@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 from reporting.auth import hash_token
 from reporting.security import SECURITY_HEADERS
 from sediment.core.settings import SettingsError, load_settings
-from sediment.service import build_service
+from sediment.service import build_service, warn_unknown_allowed
 from tests.archiving import seed_shop
 from tests.support import REPO, make_settings, run_cli
 
@@ -274,3 +274,20 @@ def test_an_unknown_report_names_only_those_the_token_may_read(
     assert response.status_code == 404
     detail = response.get_json()["detail"]
     assert "orders" in detail and "events" not in detail and "archive-runs" not in detail
+
+
+def test_an_allow_list_naming_nothing_served_is_named_at_startup(
+        urls: tuple[str, str], app: Flask, caplog: pytest.LogCaptureFixture) -> None:
+    """``token create --reports ordres`` is accepted (it reads no database), and the token
+    then read nothing by that name with no word at startup: a client's 403 was the first
+    sign. The catalog check names the key and the unknown name, not the good ones."""
+    _, variables = create_token("typo", "reports", "orders,ordres")
+    service = build_service(make_settings(*urls, SEDIMENT_AUTH__ENABLED="true", **variables))
+    try:
+        with caplog.at_level("WARNING"):
+            (problem,) = warn_unknown_allowed(service.app)
+    finally:
+        service.engines.dispose()
+    assert problem.startswith("auth.tokens.typo.reports: 'ordres' is neither a report nor a "
+                              "served table")
+    assert problem in caplog.text
