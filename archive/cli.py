@@ -25,7 +25,7 @@ from archive.ledger import has_running, run_tables, runs
 from archive.mover import BatchResult
 from archive.policy import unreferenced_by_others
 from archive.restore import RestoreRefused, RestoreRequest, plan_restore, policy_of
-from archive.runner import ProgressCallback, RunLimits, RunOutcome, plan_run
+from archive.runner import FAILED, SAFE_AGAIN, ProgressCallback, RunLimits, RunOutcome, plan_run
 from archive.scheduler import start_in_background
 from archive.sweep import SweepPlan, expiry_of, plan_sweep, purge_of
 from archive.twins import recent_changes
@@ -313,6 +313,8 @@ def _print_summary(outcomes: list[RunOutcome]) -> None:
                   "children): see 'archive hold list'")
         if r.error:
             print(f"  error: {r.error}")
+    if any(r.status in FAILED for r in outcomes):
+        print(f"  {SAFE_AGAIN}")
 
 
 def cmd_status(args: argparse.Namespace, archiver: Archiver) -> int:

@@ -179,6 +179,14 @@ def run_policy(
 #: the outcome (status ``running`` means it ended ``done``, unless it set another).
 RunWork = Callable[[RunOutcome, RunnerLock], None]
 
+#: How a run ends when something went wrong.
+FAILED = frozenset({"error", "lock_lost", "schema_drift"})
+
+#: What an operator needs to know about any failed run: every batch is a pair of
+#: transactions, and one that did not finish is rolled back or settled by the next run.
+SAFE_AGAIN = ("nothing is lost: a batch that did not finish was rolled back or is settled "
+              "by the next run, so running again once the cause is fixed is safe")
+
 
 def run_locked(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, *, kind: RunKind,
                cutoff: datetime, settings: ArchiveSettings, stop: threading.Event,
@@ -245,11 +253,11 @@ def run_locked(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, *,
         _finish(archive, outcome, settings)
     finally:
         lock.release()
-    log = logger.error if outcome.status in ("error", "lock_lost", "schema_drift") \
-        else logger.info
-    log("policy %s %s run %d ended %s: %d rows in %d batches, %.1fs%s", policy.name, kind,
+    failed = outcome.status in FAILED
+    (logger.error if failed else logger.info)(
+        "policy %s %s run %d ended %s: %d rows in %d batches, %.1fs%s%s", policy.name, kind,
         outcome.run_id, outcome.status, outcome.rows, outcome.batches, outcome.seconds,
-        f": {outcome.error}" if outcome.error else "")
+        f": {outcome.error}" if outcome.error else "", f" ({SAFE_AGAIN})" if failed else "")
     return outcome
 
 
@@ -349,7 +357,7 @@ def _batches(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, outc
             outcome.error += (
                 f": a batch's statement ran longer than database.statement_timeout_ms "
                 f"({database.statement_timeout_ms} ms) on every attempt; raise it, or lower "
-                f"policy.{policy.name}.batch_size ({policy.batch_size}); a re-run is safe")
+                f"policy.{policy.name}.batch_size ({policy.batch_size})")
     except UNCONVERTIBLE as exc:
         _unconvertible(outcome, exc)
     finally:

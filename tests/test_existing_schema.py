@@ -1127,6 +1127,7 @@ def test_a_batch_whose_delete_always_times_out_ends_the_run_and_a_rerun_moves_it
     assert failed.returncode != 0
     assert ("statement timeout: a batch's statement ran longer than"
             " database.statement_timeout_ms (300 ms)") in failed.stdout
+    assert "nothing is lost" in failed.stdout.splitlines()[-1]
     with app_schema.engine_for(primary_url) as primary:
         assert rows_of(primary, ["notes"]) == written
         with primary.begin() as connection:
