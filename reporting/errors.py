@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from reporting.access_log import request_id as current_request_id
 from reporting.report_error import ReportError
+from reporting.schema_change import is_schema_changed, reload_after_change
 from sediment.core.error_text import first_line, is_permission_denied
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,12 @@ def register_error_handlers(app: Flask) -> None:
                          first_line(error))
             return problem(503, "database_refused", "The database refused this service "
                            "access to the data; the service's log says which grant it needs.")
+        if is_schema_changed(error):
+            reload_after_change(app, error)
+            return problem(503, "schema_changed", "A table or column this reads has changed in "
+                           "the database since the service read its schema, which it re-reads "
+                           "(at most every 10 s): retry shortly; if this lasts, the service's "
+                           "log says why.", headers={"Retry-After": "5"})
         if isinstance(error, sa.exc.DataError):
             logger.info("report query refused a value: %s", first_line(error))
             return problem(400, "invalid_value", "A value in the request is out of range or "

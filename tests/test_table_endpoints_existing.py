@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -1061,3 +1062,34 @@ def test_a_timestamp_without_time_zone_is_written_to_csv_without_one(
                 assert datetime.fromisoformat(cell["starts"]) == datetime.fromisoformat(
                     row["starts"]) and not cell["starts"].endswith("Z"), (cell, row)
                 assert cell["logged"] == NOW.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_a_column_dropped_while_served_is_a_503_and_served_again_after_the_reload_it_starts(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """An application migration dropped a served column: every page, download and UI view
+    of the table was a 500 "internal error" until an operator sent SIGHUP. It is a 503
+    ``schema_changed`` now, which starts the reload SIGHUP does; then the table is served
+    from its new columns."""
+    primary_url, archive_url = databases.pair("dropped")
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE notes (id integer PRIMARY KEY,"
+                                   " at timestamp NOT NULL, body text, extra integer)"))
+        connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at, 'n', :id)"), [
+            {"id": i, "at": NOW - timedelta(days=10 * i)} for i in range(1, 60)])
+    with policy_served(tmp_path, primary_url, archive_url, databases.backend,
+                       one_policy("notes", "at")) as client:
+        assert client.get("/api/v1/tables/notes?source=all").get_json()["rows"][0]["extra"] == 1
+        with engine_for(primary_url) as primary, primary.begin() as connection:
+            connection.execute(sa.text("ALTER TABLE notes DROP COLUMN extra"))
+        changed = client.get("/api/v1/tables/notes?source=all")
+        assert changed.status_code == 503, changed.get_data(as_text=True)
+        assert changed.get_json()["code"] == "schema_changed"
+        assert changed.headers["Retry-After"] == "5"
+        for _ in range(100):  # the reload runs in the background
+            served = client.get("/api/v1/tables/notes?source=all")
+            if served.status_code == 200:
+                break
+            time.sleep(0.05)
+        assert served.status_code == 200, served.get_data(as_text=True)
+        assert served.get_json()["meta"]["columns"] == ["id", "at", "body"]
+        assert client.get("/api/v1/tables/notes.csv?source=all").status_code == 200
