@@ -1,7 +1,7 @@
-"""A table or column gone from the database while it is served: a 503, and a reload.
+"""A table or column gone or retyped in the database while served: a 503, and a reload.
 
 The served tables are read from PRIMARY's schema at startup (and on a reload). An
-application migration that drops or renames a served column or table since made every page,
+application migration that drops, renames or retypes a served column or table made every page,
 download and UI view of it an "internal error" (a 500) until an operator thought of sending
 SIGHUP. Such a query error now answers 503 ``schema_changed``, and starts the same reload
 SIGHUP does, in the background, at most one at a time and once per
@@ -26,8 +26,10 @@ logger = logging.getLogger(__name__)
 #: The least time between two reloads a schema change starts.
 RELOAD_INTERVAL_SECONDS = 10.0
 
-#: PostgreSQL's SQLSTATEs for a column, and for a table, that does not exist.
-_UNDEFINED = {"42703", "42P01"}
+#: PostgreSQL's SQLSTATEs for a column, and a table, that does not exist, and for an
+#: operator or a type that does not fit (a column's type changed: the statement compares
+#: it with a value typed as the catalog says, "operator does not exist: text > integer").
+_UNDEFINED = {"42703", "42P01", "42883", "42804"}
 
 #: SQLite's messages for the same.
 _SQLITE_UNDEFINED = ("no such table", "no such column")
@@ -36,7 +38,8 @@ _EXTENSION = "sediment.schema_reload"
 
 
 def is_schema_changed(error: sa.exc.DBAPIError) -> bool:
-    """Whether ``error`` says a table or column the statement reads does not exist."""
+    """Whether ``error`` says a table or column the statement reads does not exist, or no
+    longer has the type the statement was built for."""
     if getattr(error.orig, "pgcode", None) in _UNDEFINED:
         return True
     return first_line(error).lower().startswith(_SQLITE_UNDEFINED)
