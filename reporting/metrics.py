@@ -44,6 +44,7 @@ from reporting.access_log import started_at
 from reporting.auth import require
 from reporting.operations import SUCCESSFUL, PolicyOverview, policy_overviews
 from reporting.state import AppState, current_state
+from sediment.core.error_text import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class StateCollector(Collector):
                                          self._state.report_databases.engines["archive"],
                                          self._state.backlog)
         except sa.exc.SQLAlchemyError as exc:
-            logger.warning("metrics: the ledger could not be read: %s", exc)
+            logger.warning("metrics: the ledger could not be read: %s", first_line(exc))
             overviews = None
         up = GaugeMetricFamily("sediment_ledger_up", "Whether the ledger could be read")
         up.add_metric([], 0 if overviews is None else 1)

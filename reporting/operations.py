@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from apscheduler.triggers.cron import CronTrigger
 
 from sediment.core.databases import ARCHIVE
+from sediment.core.error_text import first_line
 from sediment.core.schema import metadata_of
 from sediment.core.settings import Settings
 
@@ -122,7 +123,7 @@ class BacklogEstimates:
             try:
                 counts = self._count()
             except sa.exc.SQLAlchemyError as exc:
-                logger.warning("backlog of aged rows not counted: %s", exc)
+                logger.warning("backlog of aged rows not counted: %s", first_line(exc))
                 counts = {}
             self._counted = (time.monotonic(), ledger_state, counts)
             return counts

@@ -37,6 +37,7 @@ from reporting.views import (
     listed,
     may_read,
 )
+from sediment.core.error_text import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def home() -> str:
         try:
             policies = policy_overviews(state.settings, _ledger_engine(), state.backlog)
         except sa.exc.SQLAlchemyError as exc:
-            logger.warning("home page: the ledger could not be read: %s", exc)
+            logger.warning("home page: the ledger could not be read: %s", first_line(exc))
             ledger_error = "The archive's ledger could not be read; see the service log."
     return render_template("ui/home.html", databases=databases, healthy=healthy,
                            policies=policies, ledger_error=ledger_error,
