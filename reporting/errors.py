@@ -16,7 +16,11 @@ from werkzeug.exceptions import HTTPException
 
 from reporting.access_log import request_id as current_request_id
 from reporting.report_error import ReportError
-from reporting.schema_change import is_schema_changed, reload_after_change
+from reporting.schema_change import (
+    RELOAD_INTERVAL_SECONDS,
+    is_schema_changed,
+    reload_after_change,
+)
 from sediment.core.error_text import first_line, is_permission_denied
 
 logger = logging.getLogger(__name__)
@@ -87,7 +91,8 @@ def register_error_handlers(app: Flask) -> None:
             reload_after_change(app, error)
             return problem(503, "schema_changed", "A table or column this reads has changed in "
                            "the database since the service read its schema, which it re-reads "
-                           "(at most every 10 s): retry shortly; if this lasts, the service's "
+                           f"(at most every {RELOAD_INTERVAL_SECONDS:g} s): retry shortly; if "
+                           "this lasts, the service's "
                            "log says why.", headers={"Retry-After": "5"})
         if isinstance(error, sa.exc.DataError):
             logger.info("report query refused a value: %s", first_line(error))
