@@ -15,8 +15,7 @@ import argparse
 import dataclasses
 import logging
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 
 import sqlalchemy as sa
 
@@ -55,6 +54,7 @@ from sediment.core.public_bind import public_bind_problems
 from sediment.core.schema.archive import archived_tables
 from sediment.core.seed import SeedError, SeedPlan, SeedResult, seed
 from sediment.core.settings import Settings, SettingsError, load_settings
+from sediment.export_file import ExportRefused, check_target, is_stream, write_export
 from sediment.service import (
     Service,
     build_archiver,
@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
         "/api/v1/reports/NAME.csv would, with a progress bar. Filters and parameters as in "
         "the API, e.g. --param status=closed --param 'placed_at[gte]=2025-01-01'.")
     report.add_argument("name", help="report name (GET /api/v1/reports lists them)")
-    report.add_argument("--csv", required=True, metavar="FILE", help="file to write")
+    report.add_argument("--csv", required=True, metavar="FILE",
+                        help="file to write (whole or not at all), or - for standard output")
     report.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         type=_name_value, help="a parameter or filter (repeatable)")
     report.add_argument("--sort", help="sort key, - prefix for descending")
@@ -282,7 +283,8 @@ def cmd_reports_check(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write a report's CSV to a file, atomically: a failed export leaves no partial file."""
+    """Write a report's CSV to a file, atomically (a failed export leaves no partial file),
+    or to standard output (``--csv -``) or a pipe as it streams."""
     service = service_for(args)
     check_reports(service.app, service.report_files)
     state = state_of(service.app)
@@ -294,8 +296,10 @@ def cmd_report(args: argparse.Namespace) -> int:
                                        ("formula", args.formula)) if v})
     settings = state.settings.reports
     databases = state.report_databases
-    target = Path(args.csv)
-    partial = target.with_name(f".{target.name}.partial")
+    try:
+        check_target(args.csv)
+    except ExportRefused as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from exc
     try:
         request = parse_request(state.reports[args.name], query, default_limit=1,
                                 max_limit=settings.max_limit, export=True)
@@ -303,13 +307,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ReportError as exc:
         where = f" ({exc.param})" if exc.param else ""
         raise CommandError(f"{exc.detail}{where}", EXIT_USAGE) from exc
-    with open(partial, "wb") as out, progress_bar(total=total,
-                                                  desc=f"report {args.name}") as bar:
-        for chunk in stream_csv(databases, request):
-            out.write(chunk)
-            bar.update(chunk.count(b"\n"))
-    partial.replace(target)
-    print(f"wrote {total:,} rows of {args.name} to {target}")
+    with progress_bar(total=total, desc=f"report {args.name}") as bar:
+        def counted() -> Iterator[bytes]:
+            header = 1  # a line, not a row
+            for chunk in stream_csv(databases, request):
+                yield chunk
+                lines = chunk.count(b"\n")
+                bar.update(lines - min(header, lines))
+                header -= min(header, lines)
+        try:
+            write_export(args.csv, counted())
+        except ExportRefused as exc:
+            raise CommandError(str(exc), EXIT_USAGE if exc.usage else EXIT_ERROR) from exc
+    print(f"wrote {total:,} rows of {args.name} to {args.csv}",
+          file=sys.stderr if is_stream(args.csv) else sys.stdout)
     return EXIT_OK
 
 

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import stat
+import subprocess
+import sys
+import threading
 import time
 import tracemalloc
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -17,9 +24,11 @@ from flask import Flask
 from reporting import execution
 from reporting.app import create_app
 from reporting.reports import REPORTS
+from sediment.cli import main as cli_main
 from sediment.core.migrations import upgrade_all
 from tests.archiving import seed_shop
 from tests.support import (
+    REPO,
     DatabaseFactory,
     bulk_events,
     engines_of,
@@ -281,6 +290,47 @@ def test_cli_writes_the_same_csv(databases: DatabaseFactory, tmp_path: Any) -> N
     assert target.read_bytes() == body
     bad = run_cli("report", "orders", "--param", "status=lost", "--csv", str(target), env=env)
     assert bad.returncode == 2 and "status" in bad.stderr and "\n" not in bad.stderr.strip()
+    piped = subprocess.run([sys.executable, str(REPO / "run_service.py"), "report", "orders",
+                            "--param", "status=closed", "--sort", "id", "--csv", "-"],
+                           capture_output=True, cwd=REPO, env={**os.environ, **env}, timeout=120)
+    assert piped.returncode == 0 and piped.stdout == body  # the progress goes to stderr
+
+
+@pytest.mark.parametrize(("where", "exit_code", "says"), [
+    ("", 2, "is a folder: name the file to write"),
+    ("missing/orders.csv", 2, "its folder does not exist"),
+])
+def test_cli_refuses_a_target_it_cannot_write_in_one_line(
+        databases: DatabaseFactory, tmp_path: Path, where: str, exit_code: int,
+        says: str) -> None:
+    """A folder or a missing one was a traceback (IsADirectoryError after the whole export
+    had been written beside it, and left there as ``.NAME.partial``)."""
+    urls = databases.pair("csv_target")
+    upgrade_all(engines_of(create_app(make_settings(*urls))))
+    target = tmp_path / where
+    refused = run_cli("report", "orders", "--csv", str(target), env=env_for(*urls))
+    assert refused.returncode == exit_code, refused.stderr
+    assert refused.stderr.strip() == f"sediment: --csv {str(target)!r}: {says}"
+    assert list(tmp_path.iterdir()) == [] and not tmp_path.parent.joinpath(
+        f".{tmp_path.name}.partial").exists()
+
+
+def test_an_export_failing_midway_leaves_no_file(
+        databases: DatabaseFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The docstring promised no partial file after a failed export, but nothing removed
+    ``.NAME.partial`` when the database failed (or the disk filled) halfway."""
+    urls = databases.pair("csv_midway")
+    upgrade_all(engines_of(create_app(make_settings(*urls))))
+
+    def failing(*_args: object) -> Iterator[bytes]:
+        yield b"id,customer_id\n1,2\n"
+        raise sa.exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr("sediment.cli.stream_csv", failing)
+    for name, value in env_for(*urls).items():
+        monkeypatch.setenv(name, value)
+    assert cli_main(["report", "orders", "--csv", str(tmp_path / "orders.csv")]) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def sqlite_download_by_both_paths(app: Flask, formula: str,
@@ -383,3 +433,22 @@ def test_sqlite_downloads_filter_on_timestamps_as_the_general_path(
     assert fast == general
     ids = [int(row["id"]) for row in read_csv(fast)]
     assert ids == ([90003] if op == "gte" else [90000 + i for i in range(len(TRICKY)) if i != 3])
+
+
+def test_cli_streams_into_a_named_pipe_and_leaves_it_a_pipe(databases: DatabaseFactory,
+                                                            tmp_path: Path) -> None:
+    """A written file is renamed into place; renaming over a pipe or a device (``/dev/stdout``
+    run as root) replaced it with a regular file."""
+    urls = databases.pair("csv_pipe")
+    upgrade_all(engines_of(create_app(make_settings(*urls))))
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    done = run_cli("report", "orders", "--csv", str(pipe), env=env_for(*urls))
+    reader.join(timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert received == [b"id,customer_id,customer_name,status,placed_at,closed_at,items,"
+                        b"total_cents,paid_cents\r\n"]
+    assert stat.S_ISFIFO(pipe.stat().st_mode) and sorted(tmp_path.iterdir()) == [pipe]
