@@ -109,6 +109,24 @@ def test_bad_settings_name_the_key(
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(("content", "says"), [
+    (None, "cannot be read: Is a directory"),
+    (b"\xff\xfe[service]\n", "not UTF-8 text (byte 0)"),
+])
+def test_an_unreadable_settings_file_is_named_in_one_line(
+        tmp_path: Path, content: bytes | None, says: str) -> None:
+    """A folder, or a file saved as UTF-16, was an IsADirectoryError or UnicodeDecodeError
+    traceback."""
+    path = tmp_path / "settings.toml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path, environ={})
+    assert says in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_missing_settings_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(tmp_path / "nope.toml", environ={})

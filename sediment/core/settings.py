@@ -343,6 +343,12 @@ def load_settings(
             raw = tomllib.loads(source.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(str(source), f"not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise SettingsError(str(source), f"not UTF-8 text (byte {exc.start}): save the "
+                                "settings as UTF-8") from exc
+        except OSError as exc:  # a folder, no permission to read, an unreadable file
+            raise SettingsError("--settings", f"{str(source)!r} cannot be read: "
+                                f"{exc.strerror or exc}") from exc
     elif path is not None:
         raise SettingsError("--settings", f"file {str(source)!r} does not exist")
     env_keys = _apply_environment(raw, os.environ if environ is None else environ)
