@@ -117,7 +117,13 @@ def load_folder(folder: Path, taken: Sequence[str] = ()) -> list[SqlReportFile]:
 
 def parse_file(path: Path) -> SqlReportFile:
     """Parse and check one file (no database is asked)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ReportFileError(path, 0, f"not UTF-8 text (byte {exc.start}): save it as "
+                              "UTF-8") from exc
+    except OSError as exc:  # a folder named *.sql, no permission to read
+        raise ReportFileError(path, 0, f"cannot be read: {exc.strerror or exc}") from exc
     header: list[str] = []
     for line in lines:
         stripped = line.strip()

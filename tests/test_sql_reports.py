@@ -143,6 +143,28 @@ def test_a_bad_sql_file_is_refused_naming_the_file_and_line(
     assert f"{path}:{line}:" in str(raised.value) and words in str(raised.value), raised.value
 
 
+@pytest.mark.parametrize(("content", "words"), [
+    (None, "cannot be read: Is a directory"),
+    ("-- title = \"Big\"\nSELECT 1".encode("utf-16"), "not UTF-8 text (byte 0)"),
+])
+def test_a_sql_file_that_cannot_be_read_is_refused_naming_it(
+        tmp_path: Path, content: bytes | None, words: str) -> None:
+    """A file saved as UTF-16, or a folder named ``*.sql``, stopped startup with a
+    UnicodeDecodeError or IsADirectoryError traceback."""
+    path = tmp_path / "big-orders.sql"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    settings = make_settings("sqlite:///x.sqlite3", "sqlite:///y.sqlite3",
+                             SEDIMENT_REPORTS__SQL_FOLDER=str(tmp_path))
+    from sediment.service import report_files
+    with pytest.raises(ReportFileError) as raised:
+        report_files(settings)
+    assert str(raised.value) == f"report file {path}:0: {words}" + (
+        ": save it as UTF-8" if content else "")
+
+
 @pytest.mark.parametrize(("case", "text", "line", "words"), BAD_IN_DATABASE,
                          ids=[c[0] for c in BAD_IN_DATABASE])
 def test_a_sql_file_the_database_refuses_is_refused_naming_the_line(
