@@ -97,6 +97,10 @@ def test_environment_override_reaches_policy_tables(tmp_path: Path) -> None:
         ("[service]\nthreads = 100000\n", {}, "service.threads"),
         ("[service]\nworkers = 5000\n", {}, "service.workers"),
         ("[service]\nbacklog = 1000000000000000\n", {}, "service.backlog"),
+        # A mistyped path to an application's SQLite file was created empty, folders and
+        # all, and startup then said the policy's table was missing.
+        ("[database]\nprimary_url = 'sqlite:///no/app.db'\nprimary_schema = 'existing'\n", {},
+         "database.primary_url"),
     ],
 )
 def test_bad_settings_name_the_key(

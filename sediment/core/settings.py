@@ -313,6 +313,18 @@ def resolve_sqlite_path(url: str, base: Path) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def _require_existing_sqlite_file(url: str) -> None:
+    """An application's SQLite PRIMARY must be there: connecting created an empty file (and
+    its folders) at a mistyped path, and startup then blamed the policy's table."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    if not Path(parsed.database).is_file():
+        raise SettingsError("database.primary_url", f"{parsed.database!r} is no file: "
+                            "primary_schema = \"existing\" reads an application's database "
+                            "and never creates one; check the path")
+
+
 def same_sqlite_file(first: str, second: str) -> bool:
     """Whether two SQLite URLs reach one file (through a symlink, ``..`` or a hard link)."""
     paths = []
@@ -521,6 +533,8 @@ def _validate(settings: Settings, base: Path) -> Settings:
         except ValueError as exc:
             raise SettingsError(f"database.{key}", str(exc)) from exc
         urls[key] = resolve_sqlite_path(url, base)
+    if db.primary_schema == "existing":
+        _require_existing_sqlite_file(urls["primary_url"])
     if same_sqlite_file(urls["primary_url"], urls["archive_url"]) or \
             urls["primary_url"] == urls["archive_url"]:
         raise SettingsError(
