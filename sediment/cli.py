@@ -37,8 +37,8 @@ from sediment.core.commandline import (
     count,
     instant,
     port,
-    positive_int,
     progress_bar,
+    worker_count,
 )
 from sediment.core.databases import Engines
 from sediment.core.error_text import first_line
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to listen on (default: [service] host)")
     serve.add_argument("--port", type=port, help="port to listen on (default: [service] port)")
-    serve.add_argument("--workers", type=positive_int, metavar="N",
+    serve.add_argument("--workers", type=worker_count, metavar="N",
                        help="worker processes (default: [service] workers); more than 1 "
                        "serves with gunicorn, the scheduler staying in this process")
     serve.add_argument("--no-scheduler", action="store_true",

@@ -85,3 +85,14 @@ def test_a_host_serve_cannot_listen_on_is_named(host: str, reason: str) -> None:
     assert f"sediment: cannot listen on {host}:" in result.stderr
     assert reason in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr
+
+
+def test_serve_workers_beyond_the_bound_are_refused_before_anything_starts(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``service.workers`` stops at 1,024, but ``serve --workers 2000`` went past the
+    settings and forked 2,000 gunicorn workers until the machine ran out of memory."""
+    from sediment.cli import build_parser
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["serve", "--workers", "2000"])
+    assert exited.value.code == 2
+    assert "argument --workers: '2000' is more than 1,024" in capsys.readouterr().err

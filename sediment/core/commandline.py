@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
 from sediment.core.instants import parse_instant
-from sediment.core.settings import parse_duration
+from sediment.core.settings import MAX_WORKERS, parse_duration
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_LOCK_BUSY = 0, 1, 2, 3
 
@@ -51,6 +51,15 @@ def positive_int(text: str) -> int:
     value = count(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def worker_count(text: str) -> int:
+    """An argparse type: worker processes, 1 to ``service.workers``'s bound (2,000 forked
+    gunicorn workers until the machine ran out of memory)."""
+    value = positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_WORKERS:,}")
     return value
 
 

@@ -638,7 +638,8 @@ def _validate_retention(policy: PolicySettings) -> None:
 _TIMEOUT_BOUND = (2_147_483_647, "PostgreSQL's longest timeout (about 24.8 days)")
 #: Each thread may hold a database connection, and each worker process a pool of them;
 #: 100,000 threads left ``serve`` starting them for minutes, saying nothing.
-_PROCESS_BOUND = (1_024, "a sanity bound: each may hold database connections")
+MAX_WORKERS = 1_024
+_PROCESS_BOUND = (MAX_WORKERS, "a sanity bound: each may hold database connections")
 
 
 def _require_positive(key: str, value: int, at_most: int | None = None,
