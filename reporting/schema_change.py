@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from reporting.state import state_of
-from sediment.core.error_text import first_line
+from sediment.core.error_text import first_line, sqlstate
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ _EXTENSION = "sediment.schema_reload"
 def is_schema_changed(error: sa.exc.DBAPIError) -> bool:
     """Whether ``error`` says a table or column the statement reads does not exist, or no
     longer has the type the statement was built for."""
-    if getattr(error.orig, "pgcode", None) in _UNDEFINED:
+    if sqlstate(error) in _UNDEFINED:
         return True
     return first_line(error).lower().startswith(_SQLITE_UNDEFINED)
 

@@ -896,6 +896,18 @@ def test_rows_row_level_security_hides_from_the_role_stop_runs_erasures_and_veri
                                                  "verify"))
 
 
+@contextmanager
+def _thirty_aged_notes(primary_url: str) -> Iterator[sa.Connection]:
+    """PRIMARY's table ``notes`` with 30 rows a year old, in a transaction left open for
+    the caller's own setup."""
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE notes (id integer PRIMARY KEY,"
+                                   " at timestamptz NOT NULL)")
+        connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at)"), [
+            {"id": i, "at": NOW - timedelta(days=400)} for i in range(30)])
+        yield connection
+
+
 @pytest.mark.postgres
 def test_a_primary_that_ends_idle_transactions_still_archives(
         databases: DatabaseFactory, tmp_path: Path) -> None:
@@ -903,11 +915,7 @@ def test_a_primary_that_ends_idle_transactions_still_archives(
     database with ``idle_in_transaction_session_timeout`` shorter than that wait had every
     batch's connection ended before its delete, and the run retried without end."""
     primary_url, archive_url = databases.pair("idle_timeout")
-    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
-        connection.exec_driver_sql("CREATE TABLE notes (id integer PRIMARY KEY,"
-                                   " at timestamptz NOT NULL)")
-        connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at)"), [
-            {"id": i, "at": NOW - timedelta(days=400)} for i in range(30)])
+    with _thirty_aged_notes(primary_url) as connection:
         connection.exec_driver_sql("ALTER DATABASE " + sa.engine.make_url(primary_url).database
                                    + " SET idle_in_transaction_session_timeout = '200ms'")
     settings = migrated(tmp_path, primary_url, archive_url, "postgres",
@@ -1105,11 +1113,7 @@ def test_a_batch_whose_delete_always_times_out_ends_the_run_and_a_rerun_moves_it
     The budget is now renewed only by a batch moved: the run ends ``error``, saying which
     setting to change, with nothing lost, and a re-run after the fix moves every row."""
     primary_url, archive_url = databases.pair("slow_delete")
-    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
-        connection.exec_driver_sql("CREATE TABLE notes (id integer PRIMARY KEY,"
-                                   " at timestamptz NOT NULL)")
-        connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at)"), [
-            {"id": i, "at": NOW - timedelta(days=400)} for i in range(30)])
+    with _thirty_aged_notes(primary_url) as connection:
         connection.exec_driver_sql(
             "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS"
             " $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$")

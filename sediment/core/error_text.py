@@ -15,6 +15,14 @@ def first_line(error: BaseException | None) -> str:
     return text.splitlines()[0] if text else type(cause).__name__
 
 
+def sqlstate(error: BaseException) -> str | None:
+    """PostgreSQL's SQLSTATE of ``error`` (SQLAlchemy's, or the driver's); None from SQLite
+    or for an error no statement raised."""
+    cause = getattr(error, "orig", None) or error
+    code = getattr(cause, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
 #: PostgreSQL's SQLSTATE for "permission denied".
 _INSUFFICIENT_PRIVILEGE = "42501"
 
@@ -22,8 +30,7 @@ _INSUFFICIENT_PRIVILEGE = "42501"
 def is_permission_denied(error: BaseException) -> bool:
     """Whether ``error`` (SQLAlchemy's, or the driver's) is PostgreSQL's "permission
     denied": a grant the role lacks, which no retry cures."""
-    cause = getattr(error, "orig", None) or error
-    return getattr(cause, "pgcode", None) == _INSUFFICIENT_PRIVILEGE
+    return sqlstate(error) == _INSUFFICIENT_PRIVILEGE
 
 
 #: PostgreSQL's SQLSTATE for a statement cancelled, by its timeout or on request.
@@ -33,6 +40,4 @@ _QUERY_CANCELED = "57014"
 def is_statement_timeout(error: BaseException) -> bool:
     """Whether ``error`` is PostgreSQL cancelling a statement that ran past
     ``statement_timeout`` (not one cancelled by ``pg_cancel_backend``)."""
-    cause = getattr(error, "orig", None) or error
-    return (getattr(cause, "pgcode", None) == _QUERY_CANCELED
-            and "statement timeout" in str(cause))
+    return sqlstate(error) == _QUERY_CANCELED and "statement timeout" in first_line(error)
