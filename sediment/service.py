@@ -29,6 +29,7 @@ from reporting.sql_reports import ReportFileError, SqlReportFile, check_against,
 from reporting.state import Reloaded, state_of
 from sediment.core.databases import PRIMARY, Engines
 from sediment.core.error_text import first_line
+from sediment.core.migrations import ensure_complete
 from sediment.core.schema import metadata_of
 from sediment.core.schema.archive import archived_tables
 from sediment.core.settings import Settings, SettingsError
@@ -178,8 +179,9 @@ def reload_catalog(service: Service) -> Reloaded:
 
 
 def build_archiver(settings: Settings) -> Archiver:
-    """The archiver of ``settings``, for the archive commands, its policies' conditions
-    checked against PRIMARY (which they need migrated)."""
+    """The archiver of ``settings``, for the archive commands: the databases Sediment
+    migrates checked to be at their head, and its policies' conditions against PRIMARY."""
     archiver = build_service(settings).archiver
+    ensure_complete(archiver.engines, primary_schema=settings.database.primary_schema)
     check_conditions(archiver.engines.primary, archiver.policies)
     return archiver

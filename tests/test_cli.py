@@ -217,6 +217,49 @@ def test_a_missing_archive_table_stops_migrate_until_repaired(
     assert create_app(make_settings(*urls)).test_client().get("/healthz").status_code == 200
 
 
+def test_a_database_never_migrated_or_behind_stops_each_command_naming_migrate(
+    databases: DatabaseFactory,
+) -> None:
+    """Every command that reads Sediment's tables checks both databases' revisions first:
+    it was "database error: no such table: archive_runs" (or a report file's "no such
+    table: orders"), and a database an older Sediment migrated failed on a column."""
+    urls = databases.pair("unmigrated")
+    env = env_for(*urls)
+    for command in (["archive", "run"], ["archive", "status"], ["archive", "verify"],
+                    ["report", "orders", "--csv", "-"], ["reports-check"]):
+        result = run_cli(*command, env=env)
+        assert result.returncode == 1, (command, result.stdout)
+        assert result.stderr.strip().splitlines() == [
+            "sediment: the primary database has no Sediment schema yet: run 'run_service.py "
+            "migrate' ('serve' migrates at start unless service.migrate_on_start = false; if "
+            "a newer Sediment migrated it, run that one)"], command
+        assert result.stdout == "", command
+    for url in urls:
+        with sa.create_engine(url, poolclass=sa.pool.NullPool).connect() as connection:
+            assert sa.inspect(connection).get_table_names() == [], "a command wrote a table"
+
+    assert run_cli("migrate", env=env).returncode == 0
+    from alembic import command as alembic_command
+
+    from sediment.core.databases import ARCHIVE
+    from sediment.core.migrations import alembic_config, head_revision
+
+    archive = sa.create_engine(urls[1], poolclass=sa.pool.NullPool)
+    alembic_command.downgrade(alembic_config(ARCHIVE, archive), "-1")
+    with archive.connect() as connection:
+        older = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    behind = run_cli("archive", "status", env=env)
+    assert behind.returncode == 1
+    assert behind.stderr.strip().splitlines() == [
+        f"sediment: the archive database is at revision {older}, and this Sediment's schema "
+        f"is {head_revision(ARCHIVE)}: run 'run_service.py migrate' ('serve' migrates at "
+        "start unless service.migrate_on_start = false; if a newer Sediment migrated it, run "
+        "that one)"]
+    assert run_cli("migrate", env=env).returncode == 0
+    status = run_cli("archive", "status", env=env)
+    assert status.returncode == 0, status.stderr
+
+
 def test_the_installed_console_command_is_the_same_command_line() -> None:
     """``pip install`` puts ``sediment`` beside the interpreter; it runs the same main()."""
     script = Path(sys.executable).parent / ("sediment.exe" if os.name == "nt" else "sediment")

@@ -116,24 +116,29 @@ def _create_grant(engine: sa.Engine) -> str:
 
 
 class SchemaIncomplete(RuntimeError):
-    """A database is at the newest revision on paper but lacks tables."""
+    """A database is not at the newest revision, or is on paper but lacks tables."""
 
 
 def ensure_complete(engines: Engines, *, repair: bool = False,
                     primary_schema: PrimarySchema = "demo") -> dict[Database, list[str]]:
-    """Check that each database has every table its history says it has.
+    """Check that each database is at its head and has every table its history says it has.
 
-    Alembic trusts its version table: a table dropped by hand stays dropped through any
-    number of upgrades, and every query on it fails later. Call after :func:`upgrade_all`.
+    Every command but ``migrate`` reads Sediment's tables, and would otherwise fail on the
+    first one missing ("no such table: archive_runs") in a database never migrated, or on
+    the first column missing in one an older Sediment migrated. Alembic trusts its version
+    table: a table dropped by hand stays dropped through any number of upgrades, and every
+    query on it fails later. Call after :func:`upgrade_all`, or instead of it.
 
     :param repair: create the missing tables, empty, from the schema at head.
     :returns: the tables re-created, per database (empty without ``repair``).
-    :raises SchemaIncomplete: naming the database and its missing tables, unless ``repair``.
+    :raises SchemaIncomplete: naming the database and what to run: ``migrate`` for one
+        behind its head, or its missing tables, unless ``repair``.
     """
     repaired: dict[Database, list[str]] = {}
     for database, engine in migrated_databases(engines, primary_schema):
         metadata = metadata_of(database, primary_schema)
         revision, missing = schema_state(engine, metadata)
+        _require_head(database, revision)
         if not missing:
             continue
         if not repair:
@@ -146,6 +151,20 @@ def ensure_complete(engines: Engines, *, repair: bool = False,
         metadata.create_all(engine, tables=[metadata.tables[name] for name in missing])
         repaired[database] = missing
     return repaired
+
+
+def _require_head(database: Database, revision: str | None) -> None:
+    """Raise :class:`SchemaIncomplete` unless ``revision`` is the head of the history of
+    ``database`` (a history of several heads, which only a developer makes, is not judged)."""
+    head = head_revision(database)
+    if head is None or revision == head:
+        return
+    state = ("has no Sediment schema yet" if revision is None else
+             f"is at revision {revision}, and this Sediment's schema is {head}")
+    raise SchemaIncomplete(
+        f"the {database} database {state}: run 'run_service.py migrate' ('serve' "
+        "migrates at start unless service.migrate_on_start = false; if a newer Sediment "
+        "migrated it, run that one)")
 
 
 def downgrade_all(engines: Engines, revision: str = "base",
