@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from archive.policy import ArchivePolicy
-from sediment.core.error_text import first_line
+from sediment.core.error_text import first_line, read_only_text
 from sediment.core.names import quoted_table, uninterpolated
 from sediment.core.schema.archive import RunKind
 from sediment.core.settings import SettingsError
@@ -108,6 +108,8 @@ def missing_privileges(primary: sa.Engine, tables: Sequence[sa.Table],
     and lock but not delete committed the first batch's copy to ARCHIVE and then failed on
     the delete, every run again, with only PostgreSQL's "permission denied" to go by.
     """
+    if kind in PRIMARY_PRIVILEGES and refuses_writes(primary):
+        return f"{read_only_text('PRIMARY')}; nothing was done"
     needed = PRIMARY_PRIVILEGES.get(kind, ())
     lacking = lacking_privileges(primary, {table: needed for table in tables})
     if lacking is not None:
@@ -172,6 +174,16 @@ class Lacking:
         missing = "; ".join(f"{', '.join(privileges)} on {table.fullname}"
                             for table, privileges in self.privileges.items())
         return f"the role {self.role} lacks {missing} in PRIMARY"
+
+
+def refuses_writes(engine: sa.Engine) -> bool:
+    """Whether ``engine``'s PostgreSQL sessions are read-only (a hot standby, or
+    ``default_transaction_read_only``): every run there would fail at its first
+    ``SELECT ... FOR UPDATE`` with no word of why. Never on SQLite."""
+    if engine.dialect.name != "postgresql":
+        return False
+    with engine.connect() as connection:
+        return connection.exec_driver_sql("SHOW transaction_read_only").scalar() == "on"
 
 
 def lacking_privileges(primary: sa.Engine, needs: Mapping[sa.Table, Sequence[str]]

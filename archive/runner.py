@@ -31,7 +31,12 @@ from archive.restore_marks import without_restored
 from archive.retries import RetryBudget, with_retries
 from archive.settle import settle_pending_runs
 from sediment.core.databases import analyze
-from sediment.core.error_text import first_line, is_statement_timeout
+from sediment.core.error_text import (
+    first_line,
+    is_read_only_refusal,
+    is_statement_timeout,
+    read_only_text,
+)
 from sediment.core.schema.archive import RunKind, RunStatus
 from sediment.core.settings import ArchiveSettings, DatabaseSettings, SettingsError
 
@@ -226,7 +231,9 @@ def run_locked(primary: sa.Engine, archive: sa.Engine, policy: ArchivePolicy, *,
             outcome.run_id = with_retries(settings, stop, lambda: ledger.start_run(
                 archive, policy.name, cutoff, tables, kind=kind))
         except sa.exc.SQLAlchemyError as exc:
-            outcome.status, outcome.error = "error", f"ARCHIVE unreachable: {first_line(exc)}"
+            outcome.status = "error"
+            outcome.error = (read_only_text("ARCHIVE", exc) if is_read_only_refusal(exc)
+                             else f"ARCHIVE unreachable: {first_line(exc)}")
             logger.error("policy %s: cannot start a run: %s", policy.name, outcome.error)
             return outcome
         logger.info("policy %s %s run %d started: cutoff %s, batch size %d", policy.name, kind,

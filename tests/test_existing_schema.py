@@ -32,7 +32,7 @@ from tests.app_schema import (
     settings_file,
     table_list,
 )
-from tests.support import DatabaseFactory, run_cli
+from tests.support import DatabaseFactory, admin_engine, run_cli
 
 NOW_ARG = ("--now", NOW.isoformat())
 
@@ -1140,3 +1140,41 @@ def test_a_batch_whose_delete_always_times_out_ends_the_run_and_a_rerun_moves_it
     assert "all checks passed" in ok(run_cli("--settings", str(settings), "archive", "verify"))
     with app_schema.engine_for(archive_url) as archive:
         assert rows_of(archive, ["notes"], archive=True) == written
+
+
+@pytest.mark.postgres
+def test_a_read_only_database_stops_the_run_naming_it_and_nothing_moves(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """A PRIMARY that is a hot standby, or whose sessions default to read-only, failed
+    every run with "cannot execute SELECT FOR UPDATE in a read-only transaction"; a
+    read-only ARCHIVE was reported as "ARCHIVE unreachable". Each now names the database
+    and the setting, and a run after the fix moves every row."""
+    primary_url, archive_url = databases.pair("read_only")
+    with _thirty_aged_notes(primary_url):
+        pass
+    with app_schema.engine_for(primary_url) as primary:
+        written = rows_of(primary, ["notes"])
+    settings = migrated(tmp_path, primary_url, archive_url, "postgres",
+                        one_policy("notes", "at", batch_size="10"))
+
+    def read_only(url: str, on: bool) -> None:
+        name = sa.engine.make_url(url).database
+        with admin_engine().connect() as connection:  # not the database made read-only
+            connection.exec_driver_sql(
+                f"ALTER DATABASE {name} SET default_transaction_read_only = on" if on
+                else f"ALTER DATABASE {name} RESET default_transaction_read_only")
+
+    for url, database in ((primary_url, "PRIMARY"), (archive_url, "ARCHIVE")):
+        read_only(url, True)
+        failed = run_cli("--settings", str(settings), "archive", "run", *NOW_ARG)
+        read_only(url, False)
+        assert failed.returncode != 0
+        error = next(line for line in failed.stdout.splitlines() if "error: " in line)
+        assert f"error: {database} is read-only" in error, failed.stdout
+        assert (f"it is a hot standby, or its sessions default to read-only "
+                f"(default_transaction_read_only = on); point database.{database.lower()}_url "
+                "at the writable server") in error
+        assert "unreachable" not in failed.stdout
+        with app_schema.engine_for(primary_url) as primary:
+            assert rows_of(primary, ["notes"]) == written
+    assert "notes 30" in ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))

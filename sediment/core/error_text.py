@@ -41,3 +41,22 @@ def is_statement_timeout(error: BaseException) -> bool:
     """Whether ``error`` is PostgreSQL cancelling a statement that ran past
     ``statement_timeout`` (not one cancelled by ``pg_cancel_backend``)."""
     return sqlstate(error) == _QUERY_CANCELED and "statement timeout" in first_line(error)
+
+
+#: PostgreSQL's SQLSTATE for a write refused by a read-only transaction.
+_READ_ONLY_SQL_TRANSACTION = "25006"
+
+
+def is_read_only_refusal(error: BaseException) -> bool:
+    """Whether ``error`` is PostgreSQL refusing a write (or a ``FOR UPDATE``) in a read-only
+    transaction: a hot standby, or ``default_transaction_read_only = on``."""
+    return sqlstate(error) == _READ_ONLY_SQL_TRANSACTION
+
+
+def read_only_text(database: str, error: BaseException | None = None) -> str:
+    """One line saying that ``database`` (``PRIMARY`` or ``ARCHIVE``) refuses writes, and
+    which setting to point elsewhere."""
+    cause = f" ({first_line(error)})" if error is not None else ""
+    return (f"{database} is read-only{cause}: it is a hot standby, or its sessions default "
+            f"to read-only (default_transaction_read_only = on); point "
+            f"database.{database.lower()}_url at the writable server, or turn that off")
