@@ -26,7 +26,7 @@ from archive.mover import BatchResult
 from archive.policy import unreferenced_by_others
 from archive.restore import RestoreRefused, RestoreRequest, plan_restore, policy_of
 from archive.runner import FAILED, SAFE_AGAIN, ProgressCallback, RunLimits, RunOutcome, plan_run
-from archive.scheduler import start_in_background
+from archive.scheduler import NO_ENABLED_POLICY, start_in_background
 from archive.sweep import SweepPlan, expiry_of, plan_sweep, purge_of
 from archive.twins import recent_changes
 from archive.verify import verify_archive
@@ -147,6 +147,9 @@ def add_commands(commands: Any, archiver_for: ArchiverFactory) -> None:
 
 def cmd_run(args: argparse.Namespace, archiver: Archiver) -> int:
     names = args.policy or archiver.enabled
+    if not names:
+        print(f"nothing to run: {NO_ENABLED_POLICY}", file=sys.stderr)
+        return EXIT_OK
     for name in names:
         archiver.policy(name)  # an unknown name stops here, before anything runs
     now = args.now or datetime.now(UTC)

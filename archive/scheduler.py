@@ -52,7 +52,15 @@ def build_scheduler(
         )
         logger.info("policy %s scheduled: %s (%s)", policy.name, policy.schedule,
                     settings.timezone)
+    if not scheduler.get_jobs():
+        logger.warning("the archival scheduler has nothing to run: %s (or, where Sediment "
+                       "only serves reports, set scheduler.enabled = false)", NO_ENABLED_POLICY)
     return scheduler
+
+
+#: What to do when no policy is enabled (a scheduler, or ``archive run``, with nothing to run).
+NO_ENABLED_POLICY = ("no policy is enabled; add a [policy.NAME] table to the settings file, "
+                     "or set policy.NAME.enabled = true")
 
 
 def _timed(job: PolicyJob) -> Callable[[str], None]:

@@ -260,6 +260,22 @@ def test_a_database_never_migrated_or_behind_stops_each_command_naming_migrate(
     assert status.returncode == 0, status.stderr
 
 
+def test_archive_run_with_no_enabled_policy_says_so(databases: DatabaseFactory) -> None:
+    """``archive run`` with every policy disabled printed an empty table (and ``--dry-run``
+    nothing at all), as if it had looked and found no aged rows."""
+    env = {**env_for(*databases.pair("no_policy")),
+           "SEDIMENT_POLICY__ORDERS__ENABLED": "false",
+           "SEDIMENT_POLICY__EVENTS__ENABLED": "false"}
+    assert run_cli("migrate", env=env).returncode == 0
+    for dry_run in ([], ["--dry-run"]):
+        result = run_cli("archive", "run", *dry_run, env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == ""
+        assert result.stderr.splitlines() == [
+            "nothing to run: no policy is enabled; add a [policy.NAME] table to the settings "
+            "file, or set policy.NAME.enabled = true"]
+
+
 def test_the_installed_console_command_is_the_same_command_line() -> None:
     """``pip install`` puts ``sediment`` beside the interpreter; it runs the same main()."""
     script = Path(sys.executable).parent / ("sediment.exe" if os.name == "nt" else "sediment")

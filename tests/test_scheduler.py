@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from datetime import UTC, datetime
 
+import pytest
 import sqlalchemy as sa
 from flask import Flask
 
@@ -25,6 +27,21 @@ def test_one_job_per_enabled_policy_with_safe_options(app: Flask) -> None:
     assert job.coalesce is True
     assert job.max_instances == 1
     assert job.misfire_grace_time == 3600
+
+
+def test_a_schedule_with_no_enabled_policy_says_so(app: Flask,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A scheduler with nothing to run started in silence: an operator whose policies
+    were all disabled, or misnamed, learnt it from rows that never moved."""
+    disabled = tuple(dataclasses.replace(policy, enabled=False) for policy in policies_of(app))
+    with caplog.at_level(logging.WARNING, logger="archive.scheduler"):
+        scheduler = build_scheduler(disabled, settings_of(app).scheduler,
+                                    lambda name, now: None)
+    assert scheduler.get_jobs() == []
+    assert [record.getMessage() for record in caplog.records] == [
+        "the archival scheduler has nothing to run: no policy is enabled; add a "
+        "[policy.NAME] table to the settings file, or set policy.NAME.enabled = true (or, "
+        "where Sediment only serves reports, set scheduler.enabled = false)"]
 
 
 def test_scheduled_job_archives_through_the_same_function_as_the_cli(
