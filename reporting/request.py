@@ -106,6 +106,7 @@ def parse_request(report: Report, args: Mapping[str, list[str]], *, default_limi
     escape_formulas = _export_options(single) if export else True
     params = {p.name: p.default for p in report.params}
     filters: list[FilterClause] = []
+    spelled: dict[tuple[str, str], str] = {}  # (column, operator): the name it came as
     for name, raw in single.items():
         if name in RESERVED:
             continue
@@ -125,6 +126,11 @@ def parse_request(report: Report, args: Mapping[str, list[str]], *, default_limi
         if operator is None:
             raise ReportError(400, "unknown_operator", f"{column!r} takes "
                               f"{', '.join(spec.operators)}, not {op!r}", param=name)
+        if (column, operator) in spelled:
+            # ``x=1&x[eq]=2`` asked for both (no row), and meta echoed only one of them
+            raise ReportError(400, "invalid_value", f"{name!r} repeats the filter "
+                              f"{spelled[column, operator]!r}: give it once", param=name)
+        spelled[column, operator] = name
         if operator == "in":
             items = raw.split(",")
             if len(items) > MAX_IN_VALUES:

@@ -63,6 +63,16 @@ def test_a_parameter_given_twice_is_refused() -> None:
     assert caught.value.param == "kind"
 
 
+def test_one_filter_given_by_two_names_is_refused() -> None:
+    """``customer_id=1&customer_id[eq]=2`` matched no row (both applied) while ``meta``
+    echoed ``customer_id: 2`` alone: a client showing the applied filters showed one."""
+    error = refusal({"customer_id": "1", "customer_id[eq]": "2"})
+    assert (error.code, error.param) == ("invalid_value", "customer_id[eq]")
+    assert error.detail == "'customer_id[eq]' repeats the filter 'customer_id': give it once"
+    assert len(parse({"occurred_at[gte]": "2025-01-01", "occurred_at[lt]": "2026-01-01"}
+                     ).filters) == 2
+
+
 def test_a_report_with_one_source_defaults_to_it() -> None:
     runs = REPORTS["archive-runs"]
     request = parse_request(runs, {}, default_limit=50, max_limit=1000)
