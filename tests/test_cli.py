@@ -34,7 +34,10 @@ def test_every_command_has_help(command: list[str]) -> None:
     ("args", "needle"),
     [(["seed", "--customers", "many"], "'many'"),
      (["serve", "--port", "99999"], "'99999'"),
-     (["seed", "--until", "yesterday"], "'yesterday'")],
+     (["seed", "--until", "yesterday"], "'yesterday'"),
+     # Longer than a timedelta holds: an OverflowError traceback.
+     (["archive", "run", "--max-runtime", "999999999999d"],
+      "'999999999999d' is longer than a century (36,525d)")],
 )
 def test_bad_arguments_exit_2_naming_the_value(args: list[str], needle: str) -> None:
     result = run_cli(*args)

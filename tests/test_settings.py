@@ -97,6 +97,16 @@ def test_environment_override_reaches_policy_tables(tmp_path: Path) -> None:
         ("[service]\nthreads = 100000\n", {}, "service.threads"),
         ("[service]\nworkers = 5000\n", {}, "service.workers"),
         ("[service]\nbacklog = 1000000000000000\n", {}, "service.backlog"),
+        # Past what a timedelta, a wait or a year holds: an OverflowError (or ValueError)
+        # naming no key, at startup or at the first run.
+        ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\n"
+         "older_than = '999999999999d'\n", {}, "policy.x.older_than"),
+        ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\nolder_than = '800000d'\n",
+         {}, "policy.x.older_than"),
+        ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\nretention = '3000y'\n", {},
+         "policy.x.retention"),
+        ("[archive]\nthrottle = '999999d'\n", {}, "archive.throttle"),
+        ("", {"SEDIMENT_AUTH__SESSION_LIFETIME": "9999999d"}, "auth.session_lifetime"),
         # A mistyped path to an application's SQLite file was created empty, folders and
         # all, and startup then said the policy's table was missing.
         ("[database]\nprimary_url = 'sqlite:///no/app.db'\nprimary_schema = 'existing'\n", {},

@@ -230,7 +230,19 @@ def parse_duration(text: str) -> timedelta:
     found = _DURATION.match(text)
     if not found:
         raise ValueError(f"{text!r} is not a duration such as '30s', '15m', '12h' or '365d'")
-    return timedelta(seconds=float(found.group(1)) * _DURATION_UNITS[found.group(2)])
+    seconds = float(found.group(1)) * _DURATION_UNITS[found.group(2)]
+    if seconds > LONGEST_DURATION.total_seconds():
+        raise ValueError(f"{text!r} is longer than a century ({LONGEST_DURATION.days:,}d)")
+    return timedelta(seconds=seconds)
+
+
+#: The longest duration read. Durations become waits (``archive.throttle`` and
+#: ``retry_backoff``; Python waits at most about 292 years) and instants (``older_than``
+#: back from now, a session's expiry): '999999999999d' was an ``OverflowError`` naming no
+#: key, and '800000d' one at the first run.
+LONGEST_DURATION = timedelta(days=36_525)
+#: The longest retention in calendar years: its cutoff must be a year Python can hold.
+LONGEST_RETENTION_YEARS = 1000
 
 
 _RETENTION_YEARS = re.compile(r"^\s*(\d+)\s*y\s*$")
@@ -267,12 +279,13 @@ def parse_retention(text: str) -> Retention:
     if found:
         if int(found.group(1)) <= 0:
             raise ValueError(f"{text!r} must be longer than zero")
+        if int(found.group(1)) > LONGEST_RETENTION_YEARS:
+            raise ValueError(f"{text!r} is longer than {LONGEST_RETENTION_YEARS:,} years")
         return Retention(years=int(found.group(1)))
-    try:
-        return Retention(duration=parse_duration(text))
-    except ValueError:
+    if not _DURATION.match(text):
         raise ValueError(f"{text!r} is not a retention period such as '7y' (calendar years) "
-                         "or '400d'") from None
+                         "or '400d'")
+    return Retention(duration=parse_duration(text))
 
 
 def normalise_database_url(url: str) -> str:
