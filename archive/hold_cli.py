@@ -20,7 +20,14 @@ from archive.archiver import Archiver
 from archive.holds import Hold, add_holds, list_holds, release_holds
 from archive.keys import BadKey, Key, key_columns, key_filters, key_text, parse_key
 from archive.policy import ArchivePolicy
-from sediment.core.commandline import EXIT_ERROR, EXIT_OK, EXIT_USAGE, fail, positive_int
+from sediment.core.commandline import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    fail,
+    positive_int,
+    words,
+)
 
 Handler = Callable[[Callable[[argparse.Namespace, Archiver], int]],
                    Callable[[argparse.Namespace], int]]
@@ -41,8 +48,9 @@ def add_hold_commands(archive_commands: Any, handler: Handler) -> None:
     add.add_argument("--table", required=True, help="a table one of the policies names")
     add.add_argument("--key", required=True, action="append", metavar="KEY",
                      help="the row's key (repeatable)")
-    add.add_argument("--reason", required=True, help="why the rows are held (kept with the hold)")
-    add.add_argument("--by", default=getpass.getuser(),
+    add.add_argument("--reason", required=True, type=words,
+                     help="why the rows are held (kept with the hold)")
+    add.add_argument("--by", type=words, default=getpass.getuser(),
                      help="who places the hold (default: the user running the command)")
     add.set_defaults(handler=handler(cmd_hold_add))
 
@@ -51,7 +59,7 @@ def add_hold_commands(archive_commands: Any, handler: Handler) -> None:
     release.add_argument("ids", type=positive_int, nargs="+", metavar="ID",
                          help="hold ids, as 'archive hold list' shows them")
     release.add_argument("--reason", default="", help="why the hold ends (kept with it)")
-    release.add_argument("--by", default=getpass.getuser(),
+    release.add_argument("--by", type=words, default=getpass.getuser(),
                          help="who releases it (default: the user running the command)")
     release.set_defaults(handler=handler(cmd_hold_release))
 

@@ -37,7 +37,11 @@ def test_every_command_has_help(command: list[str]) -> None:
      (["seed", "--until", "yesterday"], "'yesterday'"),
      # Longer than a timedelta holds: an OverflowError traceback.
      (["archive", "run", "--max-runtime", "999999999999d"],
-      "'999999999999d' is longer than a century (36,525d)")],
+      "'999999999999d' is longer than a century (36,525d)"),
+     # Accepted: runs that ended at once, and a legal hold with no reason.
+     (["archive", "run", "--max-runtime", "0s"], "'0s' must be longer than zero"),
+     (["archive", "hold", "add", "--table", "orders", "--key", "5", "--reason", " "],
+      "argument --reason: ' ' is empty")],
 )
 def test_bad_arguments_exit_2_naming_the_value(args: list[str], needle: str) -> None:
     result = run_cli(*args)

@@ -82,11 +82,22 @@ def instant(text: str) -> datetime:
 
 
 def duration(text: str) -> timedelta:
-    """An argparse type: a duration such as ``90s``, ``10m`` or ``2h``."""
+    """An argparse type: a duration such as ``90s``, ``10m`` or ``2h``, longer than zero
+    (``--max-runtime 0s`` started runs that ended at once, moving nothing)."""
     try:
-        return parse_duration(text)
+        value = parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= timedelta(0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be longer than zero")
+    return value
+
+
+def words(text: str) -> str:
+    """An argparse type: text that says something (a hold's reason was accepted empty)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is empty")
+    return text.strip()
 
 
 @contextmanager
