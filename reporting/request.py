@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar, get_args
 
 from reporting.report_error import ReportError
 from reporting.reports.base import SOURCES, Operator, Report, Source, ValueType
-from sediment.core.instants import parse_instant
+from sediment.core.instants import InstantOutOfRange, parse_instant
 
 RESERVED = ("sort", "limit", "cursor", "source", "count", "formula", "columns")
 #: Most values one ``in`` filter may list: enough for any hand-written query, and a bound
@@ -241,6 +241,9 @@ def convert(raw: str, type_name: ValueType, name: str,
             if "\x00" in raw or len(raw) > 200:
                 raise ValueError
             value = raw
+    except InstantOutOfRange as exc:
+        raise ReportError(400, "invalid_value", f"{name}={raw!r} is {exc}",
+                          param=name) from None
     except ValueError:
         raise ReportError(400, "invalid_value", f"{name}={raw!r} is not a valid {type_name}",
                           param=name) from None

@@ -40,6 +40,8 @@ def test_every_command_has_help(command: list[str]) -> None:
       "'999999999999d' is longer than a century (36,525d)"),
      # Accepted: runs that ended at once, and a legal hold with no reason.
      (["archive", "run", "--max-runtime", "0s"], "'0s' must be longer than zero"),
+     (["archive", "run", "--now", "9999-12-31"],
+      "'9999-12-31' is outside the years 1 to 9998 (UTC)"),
      (["archive", "hold", "add", "--table", "orders", "--key", "5", "--reason", " "],
       "argument --reason: ' ' is empty")],
 )

@@ -73,6 +73,16 @@ def test_one_filter_given_by_two_names_is_refused() -> None:
                      ).filters) == 2
 
 
+def test_an_instant_out_of_range_is_named_as_such() -> None:
+    """A well-formed instant past the years both databases store was "not a valid
+    datetime" (and on the command line "not an ISO-8601 date or instant")."""
+    assert refusal({"occurred_at[gte]": "9999-12-31"}).detail == (
+        "occurred_at[gte]='9999-12-31' is outside the years 1 to 9998 (UTC) that both "
+        "databases store")
+    assert refusal({"occurred_at[gte]": "2026-02-30"}).detail == (
+        "occurred_at[gte]='2026-02-30' is not a valid datetime")
+
+
 def test_a_report_with_one_source_defaults_to_it() -> None:
     runs = REPORTS["archive-runs"]
     request = parse_request(runs, {}, default_limit=50, max_limit=1000)

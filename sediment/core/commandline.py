@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-from sediment.core.instants import parse_instant
+from sediment.core.instants import InstantOutOfRange, parse_instant
 from sediment.core.settings import MAX_WORKERS, parse_duration
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_LOCK_BUSY = 0, 1, 2, 3
@@ -75,6 +75,8 @@ def instant(text: str) -> datetime:
     """An argparse type: an ISO-8601 date or instant (no zone means UTC)."""
     try:
         return parse_instant(text)
+    except InstantOutOfRange as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is {exc}") from None
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an ISO-8601 date or instant, e.g. 2026-01-31T00:00:00Z"

@@ -21,10 +21,18 @@ def parse_instant(raw: str) -> datetime:
     try:
         value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
     except OverflowError:  # 0001-01-01T00:00+05:00 is in year 0 in UTC
-        raise ValueError(raw) from None
+        raise InstantOutOfRange(raw) from None
     if not 1 <= value.year <= 9998:
-        raise ValueError(raw)
+        raise InstantOutOfRange(raw)
     return value
+
+
+class InstantOutOfRange(ValueError):
+    """A well-formed instant outside the years :func:`parse_instant` takes; its text says
+    so, for the messages that name the value ('9999-12-31' was "not an ISO-8601 date")."""
+
+    def __str__(self) -> str:
+        return "outside the years 1 to 9998 (UTC) that both databases store"
 
 
 #: The space some applications write before a zone (Sequelize on SQLite writes
