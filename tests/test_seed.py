@@ -12,7 +12,7 @@ from flask import Flask
 from sediment.core.schema import metadata_of
 from sediment.core.schema.archive import archived_tables
 from sediment.core.schema.primary import Order
-from sediment.core.seed import SeedError, SeedPlan, seed
+from sediment.core.seed import SeedError, SeedPlan, is_empty, seed
 from tests.support import empty_all_tables, engines_of
 
 UNTIL = datetime(2026, 6, 1, tzinfo=UTC)
@@ -62,6 +62,25 @@ def test_refuses_non_empty_database_unless_append(
     assert more.rows["orders"] == 150
     with primary.connect() as connection:
         assert connection.execute(sa.select(sa.func.count()).select_from(Order)).scalar() == 300
+
+
+def test_orders_with_no_customer_to_belong_to_are_refused_before_any_row(
+    app: Flask, primary: sa.Engine, archive: sa.Engine
+) -> None:
+    """``seed --customers 0`` wrote 200 products, skipped the orders and events in silence
+    and said "seeded 200 rows"."""
+    no_customers = SeedPlan(customers=0, orders=150, events=600, seed=7, until=UNTIL)
+    with pytest.raises(SeedError) as caught:
+        seed(primary, no_customers, archive=archive, archive_tables=archived_tables)
+    assert str(caught.value) == (
+        "--customers 0 leaves the 150 orders and 600 events no customer to belong to: seed "
+        "customers too, or pass --orders 0 --events 0")
+    with primary.connect() as connection:
+        assert is_empty(connection, list(metadata_of("primary").sorted_tables))
+    seed(primary, SMALL, archive=archive, archive_tables=archived_tables)
+    more = seed(primary, no_customers, archive=archive, archive_tables=archived_tables,
+                append=True)  # onto customers seeded before: they place the orders
+    assert (more.rows["customers"], more.rows["orders"]) == (0, 150)
 
 
 def test_new_ids_start_above_archived_ids(

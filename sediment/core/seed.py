@@ -130,6 +130,14 @@ def seed(
                 )
             for table in tables:
                 next_ids[table.name] = max(next_ids[table.name], _next_id(connection, table))
+    if not plan.customers and (plan.orders or plan.events):
+        with primary.connect() as connection:
+            if is_empty(connection, [Customer.__table__]):  # type: ignore[list-item]
+                # Orders and events were skipped in silence: "seeded 200 rows".
+                raise SeedError(
+                    f"--customers 0 leaves the {plan.orders:,} orders and {plan.events:,} "
+                    "events no customer to belong to: seed customers too, or pass "
+                    "--orders 0 --events 0")
     counts = {t.name: 0 for t in _all_tables()}
     writer = _ChunkWriter(primary, counts, progress)
     with primary.connect() as connection:
