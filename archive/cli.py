@@ -42,7 +42,9 @@ from sediment.core.commandline import (
     positive_int,
     progress_bar,
 )
+from sediment.core.databases import ARCHIVE
 from sediment.core.error_text import first_line
+from sediment.core.migrations import ensure_complete
 from sediment.core.settings import Settings
 
 #: Builds the archiver of the settings a command line chose (from the composition root).
@@ -53,7 +55,13 @@ ArchiveCommand = Callable[[argparse.Namespace, Archiver], int]
 def add_commands(commands: Any, archiver_for: ArchiverFactory) -> None:
     """Add ``archive`` and ``scheduler`` to the top-level subparsers."""
     def handler(command: ArchiveCommand) -> Callable[[argparse.Namespace], int]:
-        return lambda args: command(args, archiver_for(args.settings_obj))
+        def run(args: argparse.Namespace) -> int:
+            archiver = archiver_for(args.settings_obj)
+            if command is not cmd_schema or args.apply:  # a plan of the twins reads no ledger
+                ensure_complete(archiver.engines, databases=[ARCHIVE],
+                                primary_schema=args.settings_obj.database.primary_schema)
+            return command(args, archiver)
+        return run
 
     archive = commands.add_parser(
         "archive", help="move aged rows to ARCHIVE; inspect and verify the ledger",

@@ -179,9 +179,11 @@ def reload_catalog(service: Service) -> Reloaded:
 
 
 def build_archiver(settings: Settings) -> Archiver:
-    """The archiver of ``settings``, for the archive commands: the databases Sediment
-    migrates checked to be at their head, and its policies' conditions against PRIMARY."""
+    """The archiver of ``settings``, for the archive commands: a demo PRIMARY checked to be
+    at its head, then the policies' conditions checked against PRIMARY's tables (ARCHIVE's
+    schema is checked by the commands that need its ledger: :mod:`archive.cli`)."""
     archiver = build_service(settings).archiver
-    ensure_complete(archiver.engines, primary_schema=settings.database.primary_schema)
+    ensure_complete(archiver.engines, primary_schema=settings.database.primary_schema,
+                    databases=[PRIMARY])
     check_conditions(archiver.engines.primary, archiver.policies)
     return archiver

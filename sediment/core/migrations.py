@@ -18,6 +18,7 @@ import ast
 import functools
 import logging
 import logging.config
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,7 +121,8 @@ class SchemaIncomplete(RuntimeError):
 
 
 def ensure_complete(engines: Engines, *, repair: bool = False,
-                    primary_schema: PrimarySchema = "demo") -> dict[Database, list[str]]:
+                    primary_schema: PrimarySchema = "demo",
+                    databases: Sequence[Database] = DATABASES) -> dict[Database, list[str]]:
     """Check that each database is at its head and has every table its history says it has.
 
     Every command but ``migrate`` reads Sediment's tables, and would otherwise fail on the
@@ -130,12 +132,15 @@ def ensure_complete(engines: Engines, *, repair: bool = False,
     query on it fails later. Call after :func:`upgrade_all`, or instead of it.
 
     :param repair: create the missing tables, empty, from the schema at head.
+    :param databases: the databases to check (of those Sediment migrates).
     :returns: the tables re-created, per database (empty without ``repair``).
     :raises SchemaIncomplete: naming the database and what to run: ``migrate`` for one
         behind its head, or its missing tables, unless ``repair``.
     """
     repaired: dict[Database, list[str]] = {}
     for database, engine in migrated_databases(engines, primary_schema):
+        if database not in databases:
+            continue
         metadata = metadata_of(database, primary_schema)
         revision, missing = schema_state(engine, metadata)
         _require_head(database, revision)
