@@ -41,12 +41,21 @@ from archive.keys import Key, columns_in, integer_key, key_after, key_columns
 from archive.mover import (
     ArchiveError,
     BatchResult,
+    ReusedKeys,
     Timeouts,
     VerificationError,
     check_columns,
     check_deleted,
 )
 from archive.policy import ArchivePolicy
+from archive.reused_keys import (
+    TakenOver,
+    leftover,
+    log_taken_over,
+    may_overwrite,
+    reused_keys,
+    taken_over,
+)
 from sediment.core.schema.archive import ARCHIVE_RUN_ID, ARCHIVED_AT
 
 logger = logging.getLogger(__name__)
@@ -129,7 +138,7 @@ def copy_batch(source: sa.Connection, archive: sa.Engine, policy: ArchivePolicy,
             pending = (ledger.Pending(archived_at, _integer_range(policy, lowest, last))
                        if part.table is policy.root else None)
             copied[part.table.fullname] = _copy_and_verify(target, part, run_id, archived_at,
-                                                           pending)
+                                                           pending, policy.root.fullname)
     if copied[policy.root.fullname] != roots:
         raise ArchiveError(f"{policy.root.fullname}: selected {roots} roots, copied "
                            f"{copied[policy.root.fullname]}; nothing was deleted")
@@ -157,10 +166,14 @@ def _in_main(twin: sa.Table) -> sa.Table:
 
 
 def _copy_and_verify(target: sa.Connection, part: _Part, run_id: int,
-                     archived_at: datetime, pending: ledger.Pending | None) -> int:
+                     archived_at: datetime, pending: ledger.Pending | None,
+                     root: str) -> int:
     """Copy one table's rows of the batch, verify them, count them in the ledger.
 
+    :param root: the policy's root table, whose pending windows tell a copy left behind
+        from a row archived for good.
     :returns: how many rows were copied.
+    :raises ReusedKeys: when ARCHIVE kept archived rows under the batch's keys.
     """
     columns = [column.name for column in part.table.columns]
     twin = part.twin
@@ -168,45 +181,49 @@ def _copy_and_verify(target: sa.Connection, part: _Part, run_id: int,
                      sa.bindparam("archived_at", archived_at, type_=twin.c[ARCHIVED_AT].type),
                      sa.bindparam("run_id", run_id, type_=sa.Integer)).where(part.selected)
     insert = sqlite.insert(twin).from_select([*columns, ARCHIVED_AT, ARCHIVE_RUN_ID], rows)
-    taken_over: dict[int, int] = {}
+    taken_over = TakenOver()
     try:
         # A key is already archived only after an interrupted run: try the plain insert.
         with target.begin_nested():
             copied = target.execute(insert, execution_options=_ON_PRIMARY).rowcount
     except sa.exc.IntegrityError:
-        taken_over, copied = _upsert(target, part, insert)
+        taken_over, copied = _upsert(target, part, insert, root)
     stamped = (twin.c[ARCHIVE_RUN_ID] == run_id) & (twin.c[ARCHIVED_AT] == archived_at)
     found = _count(target, sa.select(twin.c[ARCHIVE_RUN_ID]).where(stamped))
     missing = sa.except_(sa.select(*part.table.columns).where(part.selected),
                          sa.select(*(twin.c[name] for name in columns)).where(stamped))
     differing = _differing_keys(target, missing, [c.name for c in key_columns(part.table)])
     if found != copied or differing:
+        batch_keys = sa.select(*key_columns(part.table)).where(part.selected)
+        if kept := reused_keys(target, twin, [columns_in(key_columns(twin), batch_keys)],
+                               run_id=run_id, archived_at=archived_at, **_ON_PRIMARY):
+            raise ReusedKeys(part.table.fullname, kept)
         raise VerificationError(part.table.fullname, copied, copied - len(differing), differing)
-    if taken_over:
-        logger.warning("run %d re-copied %d %s rows left in both databases by runs %s",
-                       run_id, sum(taken_over.values()), part.table.fullname, sorted(taken_over))
+    log_taken_over(run_id, part.table.fullname, taken_over)
     ledger.record_copy(target, run_id, part.table.fullname, selected=copied, copied=copied,
                        verified=found, taken_over=taken_over, pending=pending)
     return copied
 
 
-def _upsert(target: sa.Connection, part: _Part,
-            insert: sqlite.Insert) -> tuple[dict[int, int], int]:
+def _upsert(target: sa.Connection, part: _Part, insert: sqlite.Insert,
+            root: str) -> tuple[TakenOver, int]:
     """The batch over copies an interrupted run left: count them by the run that made them,
-    then overwrite them with PRIMARY's rows (PRIMARY holds the truth until its delete).
+    then overwrite them with PRIMARY's rows (PRIMARY holds the truth until its delete), but
+    never a row archived for good under a key PRIMARY reused (:mod:`archive.reused_keys`).
 
     :returns: the earlier owners' counts, and the rows written.
     """
     twin = part.twin
     key = [column.name for column in key_columns(part.table)]
     batch_keys = sa.select(*key_columns(part.table)).where(part.selected)
-    owners = {int(run): int(count) for run, count in target.execute(
-        sa.select(twin.c[ARCHIVE_RUN_ID], sa.func.count())
-        .where(columns_in([twin.c[name] for name in key], batch_keys))
-        .group_by(twin.c[ARCHIVE_RUN_ID]), execution_options=_ON_PRIMARY)}
+    is_leftover = leftover(target, twin.c, root)
+    owners = taken_over(target, twin, is_leftover, [sa.select().select_from(twin).where(
+        columns_in([twin.c[name] for name in key], batch_keys))], **_ON_PRIMARY)
     overwrite = [c.name for c in twin.columns if c.name not in key]
+    columns = [column.name for column in part.table.columns]
     upsert = insert.on_conflict_do_update(
-        index_elements=key, set_={name: insert.excluded[name] for name in overwrite})
+        index_elements=key, set_={name: insert.excluded[name] for name in overwrite},
+        where=may_overwrite(target, twin.c, insert.excluded, columns, is_leftover))
     return owners, target.execute(upsert, execution_options=_ON_PRIMARY).rowcount
 
 

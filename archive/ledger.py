@@ -16,7 +16,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -27,6 +27,9 @@ from sediment.core.schema.archive import (
     RunKind,
     RunStatus,
 )
+
+if TYPE_CHECKING:
+    from archive.reused_keys import TakenOver
 
 runs: sa.Table = ArchiveRun.__table__  # type: ignore[assignment]
 run_tables: sa.Table = ArchiveRunTable.__table__  # type: ignore[assignment]
@@ -78,16 +81,20 @@ def ensure_tables(archive: sa.Engine, run_id: int, tables: list[str]) -> None:
 
 
 def record_copy(connection: sa.Connection, run_id: int, table: str, *, selected: int,
-                copied: int, verified: int, taken_over: Mapping[int, int],
+                copied: int, verified: int, taken_over: TakenOver,
                 pending: Pending | None = None) -> None:
     """Add a batch's copy counters, inside the ARCHIVE transaction that copied it.
 
-    :param taken_over: rows this batch overwrote, by the run id they carried before.
+    :param taken_over: rows this batch overwrote, by the run id they carried before: that
+        run's copies pass to this one, and for rows it had deleted from PRIMARY once (which
+        PRIMARY held again), its deletes too, so each run's ``deleted`` stays its ``copied``.
     :param pending: for the root table, the batch's mark: the run's pending window (and key
         range) grows to cover it until its deletes catch up.
     """
-    for previous_run, count in taken_over.items():  # this run too, when a batch is retried
+    for previous_run, count in taken_over.leftovers.items():  # this run's, on a retry
         _add(connection, previous_run, table, copied=-count, verified=-count)
+    for previous_run, count in taken_over.returned.items():
+        _add(connection, previous_run, table, copied=-count, verified=-count, deleted=-count)
     _add(connection, run_id, table, selected=selected, copied=copied, verified=verified)
     if pending is None:
         return

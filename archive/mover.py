@@ -16,7 +16,9 @@ The order is what makes a crash harmless:
 
 Killed before 2 commits: nothing changed. Killed between 2 and 3: the rows are in both
 databases; the next run re-copies them (overwriting with PRIMARY's version) and deletes
-them. Nothing is lost, and reports that merge both sides deduplicate by key meanwhile.
+them. Nothing is lost, and reports that merge both sides deduplicate by key meanwhile. A
+row archived for good is never overwritten by a new PRIMARY row under its key
+(:mod:`archive.reused_keys`): the batch stops with :class:`ReusedKeys`.
 
 :func:`select_batch` (step 1), :meth:`SelectedBatch.copy` (step 2) and :func:`delete_batch`
 (step 3) are separate so that the runner can overlap batches, each in its own database
@@ -42,6 +44,7 @@ from archive import ledger
 from archive.keys import Key, integer_key, key_columns, key_filters
 from archive.policy import ArchivePolicy, ChildLink
 from archive.reflection import column_names
+from archive.reused_keys import TakenOver, log_taken_over, reused_keys, reused_text
 from archive.transfer import Transfer, child_parents, some_children_held, transfer_for
 
 logger = logging.getLogger(__name__)
@@ -67,6 +70,16 @@ class VerificationError(ArchiveError):
         )
         self.table = table
         self.keys = list(keys)
+
+
+class ReusedKeys(ArchiveError):
+    """PRIMARY holds new rows under keys ARCHIVE keeps archived rows under, with other
+    values: the batch refused to overwrite them (see :mod:`archive.reused_keys`)."""
+
+    def __init__(self, table: str, found: Sequence[tuple[Key, int]]) -> None:
+        super().__init__(reused_text(table, found))
+        self.table = table
+        self.keys = [key for key, _ in found]
 
 
 def _shown(key: Key) -> str:
@@ -148,7 +161,8 @@ class SelectedBatch:
             with archive.begin() as target:
                 apply_timeouts(target, timeouts)
                 checked = [(part, *_copy_and_verify(self.transfer, target, part, self.run_id,
-                                                    archived_at)) for part in filled]
+                                                    archived_at, self.policy.root.fullname))
+                           for part in filled]
                 for part, found, taken_over in checked:
                     pending = (ledger.Pending(archived_at, _integer_range(part))
                                if part is self.parts[0] else None)
@@ -305,26 +319,33 @@ def same_rows(found: Sequence[Any], expected: Sequence[Any]) -> bool:
 
 
 def _copy_and_verify(transfer: Transfer, connection: sa.Connection, part: _TableRows,
-                     run_id: int, archived_at: datetime) -> tuple[int, dict[int, int]]:
+                     run_id: int, archived_at: datetime,
+                     root: str) -> tuple[int, TakenOver]:
     """Upsert one part (with rows) and compare what ARCHIVE now holds with it.
 
+    :param root: the policy's root table, whose pending windows tell a copy left behind
+        from a row archived for good.
     :returns: the rows read back, and the rows taken over by the run that had copied them.
-    :raises VerificationError: when they differ.
+    :raises ReusedKeys: when ARCHIVE kept archived rows under the batch's keys.
+    :raises VerificationError: when they differ otherwise.
     """
     columns = [column.name for column in part.table.columns]
     taken_over = transfer.upsert(connection, part.twin, columns, part.rows, part.keys,
-                                 run_id=run_id, archived_at=archived_at)
+                                 run_id=run_id, archived_at=archived_at, root=root)
     found = transfer.read_back(connection, part.twin, columns, run_id=run_id,
                                archived_at=archived_at)
     if not same_rows(found, part.rows):
+        if kept := reused_keys(
+                connection, part.twin,
+                key_filters(key_columns(part.twin), part.keys, connection.dialect),
+                run_id=run_id, archived_at=archived_at):
+            raise ReusedKeys(part.table.fullname, kept)
         differing = sorted(set(transfer.values_of(part.table, key_columns(part.table),
                                                   list(set(part.rows) ^ set(found)))),
                            key=str)
         raise VerificationError(part.table.fullname, len(part.rows),
                                 len(part.rows) - len(differing), differing)
-    if taken_over:
-        logger.warning("run %d re-copied %d %s rows left in both databases by runs %s",
-                       run_id, sum(taken_over.values()), part.table.fullname, sorted(taken_over))
+    log_taken_over(run_id, part.table.fullname, taken_over)
     return len(found), taken_over
 
 

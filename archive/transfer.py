@@ -15,7 +15,8 @@ Rows are hashable (COPY lines or tuples), so the read-back check compares the se
 the archived rows as exact multisets: stricter than a checksum, and cheaper in Python.
 
 The upsert overwrites a copy left by an interrupted run with the locked PRIMARY row: PRIMARY
-holds the truth until its delete commits (see docs/architecture.md). It returns how many
+holds the truth until its delete commits (see docs/architecture.md); never a row archived
+for good under a key PRIMARY reused (:mod:`archive.reused_keys`). It returns how many
 overwritten rows each earlier run had copied, so the ledger can hand them over.
 """
 
@@ -30,6 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from archive.keys import Key, is_integer, key_after, key_columns, key_filters
 from archive.policy import ArchivePolicy, ChildLink
+from archive.reused_keys import TakenOver, leftover, may_overwrite, taken_over
 from sediment.core.pgcopy import (
     copy_lines_in,
     copy_out,
@@ -64,7 +66,7 @@ class Transfer(Protocol):
 
     def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
                rows: list[Any], keys: Sequence[Key], *, run_id: int,
-               archived_at: datetime) -> dict[int, int]: ...
+               archived_at: datetime, root: str) -> TakenOver: ...
 
     def read_back(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
                   *, run_id: int, archived_at: datetime) -> list[Any]: ...
@@ -153,18 +155,6 @@ def written_by(twin: sa.Table, columns: Sequence[str], run_id: int,
         twin.c[ARCHIVE_RUN_ID] == run_id, twin.c[ARCHIVED_AT] == archived_at)
 
 
-def previous_owners(connection: sa.Connection, twin: sa.Table,
-                    keys: Sequence[Key]) -> dict[int, int]:
-    """Count rows of ``keys`` already in ARCHIVE, by the run that copied them."""
-    owners: dict[int, int] = {}
-    run_column = twin.c[ARCHIVE_RUN_ID]
-    for condition in key_filters(key_columns(twin), keys, connection.dialect):
-        query = sa.select(run_column, sa.func.count()).where(condition).group_by(run_column)
-        for run, count in connection.execute(query):
-            owners[int(run)] = owners.get(int(run), 0) + int(count)
-    return owners
-
-
 class CoreTransfer:
     """Rows as tuples in table-column order; portable across backends."""
 
@@ -193,8 +183,11 @@ class CoreTransfer:
 
     def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
                rows: list[Any], keys: Sequence[Key], *, run_id: int,
-               archived_at: datetime) -> dict[int, int]:
-        owners = previous_owners(connection, twin, keys)
+               archived_at: datetime, root: str) -> TakenOver:
+        is_leftover = leftover(connection, twin.c, root)
+        owners = taken_over(connection, twin, is_leftover, (
+            sa.select().select_from(twin).where(condition)
+            for condition in key_filters(key_columns(twin), keys, connection.dialect)))
         insert = (postgresql.insert(twin) if connection.dialect.name == "postgresql"
                   else sqlite.insert(twin))
         key = [column.name for column in key_columns(twin)]
@@ -202,6 +195,7 @@ class CoreTransfer:
         statement = insert.on_conflict_do_update(
             index_elements=key,
             set_={name: insert.excluded[name] for name in overwrite if name not in key},
+            where=may_overwrite(connection, twin.c, insert.excluded, columns, is_leftover),
         )
         stamp = {ARCHIVED_AT: archived_at, ARCHIVE_RUN_ID: run_id}
         connection.execute(statement, [{**dict(zip(columns, row, strict=True)), **stamp}
@@ -251,14 +245,15 @@ class CopyTransfer:
 
     def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
                rows: list[Any], keys: Sequence[Key], *, run_id: int,
-               archived_at: datetime) -> dict[int, int]:
+               archived_at: datetime, root: str) -> TakenOver:
         """COPY the lines straight into the archive table; stage them if a key is there.
 
         A key is already archived only after an interrupted run, so the direct COPY (in a
         savepoint) almost always succeeds. On a unique violation the batch goes through a
         staging table instead: ``ON CONFLICT DO NOTHING``, then the earlier owners are
         counted and their rows overwritten from the stage, which is what ``ON CONFLICT DO
-        UPDATE`` would do, with the ledger hand-over it needs.
+        UPDATE`` would do, with the ledger hand-over it needs: those rows
+        :func:`~archive.reused_keys.may_overwrite` lets it overwrite.
         """
         stamp = f"\t{encode_value(archived_at)}\t{run_id}"
         names = quote_columns(connection, [*columns, ARCHIVED_AT, ARCHIVE_RUN_ID])
@@ -266,12 +261,14 @@ class CopyTransfer:
         try:
             with connection.begin_nested():
                 copy_lines_in(connection, target, rows, suffix=stamp)
-            return {}
+            return TakenOver()
         except sa.exc.IntegrityError:
-            return self._upsert_staged(connection, twin, columns, rows, run_id, archived_at)
+            return self._upsert_staged(connection, twin, columns, rows, run_id, archived_at,
+                                       root)
 
     def _upsert_staged(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
-                       rows: list[Any], run_id: int, archived_at: datetime) -> dict[int, int]:
+                       rows: list[Any], run_id: int, archived_at: datetime,
+                       root: str) -> TakenOver:
         quote = connection.dialect.identifier_preparer.quote
         stage, table = quote(f"sediment_stage_{twin.name}"), _quoted_table(connection, twin)
         names = quote_columns(connection, columns)
@@ -287,18 +284,26 @@ class CopyTransfer:
             f"ON CONFLICT ({', '.join(key)}) DO NOTHING", stamp,
         ).rowcount
         if inserted == len(rows):
-            return {}
-        # Rows this statement inserted carry this batch's stamp; the others were there before.
-        same_key = " AND ".join(f"t.{name} = s.{name}" for name in key)
-        conflicting = f"{stage} s WHERE {same_key} AND t.{ARCHIVED_AT} <> %(archived_at)s"
-        owners = {int(run): int(count) for run, count in connection.exec_driver_sql(
-            f"SELECT t.{ARCHIVE_RUN_ID}, count(*) FROM {table} t, {conflicting} "
-            f"GROUP BY t.{ARCHIVE_RUN_ID}", stamp)}
+            return TakenOver()
+        # Rows this statement inserted carry this batch's stamp; the others were there before:
+        # those it may overwrite are counted by their earlier run, then overwritten.
+        existing = twin.alias("t")
+        staged = sa.table(f"sediment_stage_{twin.name}", *(sa.column(c) for c in columns)
+                          ).alias("s")
+        is_leftover = leftover(connection, existing.c, root)
+        conflicting = sa.and_(
+            *(existing.c[column.name] == staged.c[column.name] for column in key_columns(twin)),
+            existing.c[ARCHIVED_AT] != archived_at,
+            may_overwrite(connection, existing.c, staged.c, columns, is_leftover))
+        owners = taken_over(connection, existing, is_leftover,
+                            [sa.select().select_from(existing, staged).where(conflicting)])
+        allowed = conflicting.compile(dialect=connection.dialect)
         updates = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in columns if quote(c) not in key)
         assignments = f"{updates}, " if updates else ""
         connection.exec_driver_sql(
             f"UPDATE {table} t SET {assignments}{ARCHIVED_AT} = %(archived_at)s, "
-            f"{ARCHIVE_RUN_ID} = %(run_id)s FROM {conflicting}", stamp)
+            f"{ARCHIVE_RUN_ID} = %(run_id)s FROM {stage} s WHERE {allowed}",
+            {**stamp, **allowed.params})
         return owners
 
     def read_back(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
