@@ -61,12 +61,13 @@ class SchemaDrift(ArchiveError):
 class VerificationError(ArchiveError):
     """Rows read back from ARCHIVE differ from the rows selected in PRIMARY."""
 
-    def __init__(self, table: str, expected: int, found: int, keys: Sequence[Key]) -> None:
+    def __init__(self, table: str, expected: int, found: int, keys: Sequence[Key],
+                 cause: str = "") -> None:
         shown = ", ".join(_shown(key) for key in keys[:10]) + (" ..." if len(keys) > 10 else "")
         super().__init__(
             f"verification failed for table {table!r}: selected {expected} rows, read back "
             f"{found} matching; differing keys: {shown or 'none'}. Nothing was deleted from "
-            "PRIMARY; find what else writes to ARCHIVE, then re-run"
+            f"PRIMARY; {cause or 'find what else writes to ARCHIVE'}, then re-run"
         )
         self.table = table
         self.keys = list(keys)
@@ -344,9 +345,34 @@ def _copy_and_verify(transfer: Transfer, connection: sa.Connection, part: _Table
                                                   list(set(part.rows) ^ set(found)))),
                            key=str)
         raise VerificationError(part.table.fullname, len(part.rows),
-                                len(part.rows) - len(differing), differing)
+                                len(part.rows) - len(differing), differing,
+                                lost_zone(transfer, part.table, part.rows, found))
     log_taken_over(run_id, part.table.fullname, taken_over)
     return len(found), taken_over
+
+
+def lost_zone(transfer: Transfer, table: sa.Table, selected: Sequence[Any],
+              found: Sequence[Any]) -> str:
+    """Why a row came back changed, when it is a timestamp that lost (or gained) its zone:
+    SQLite keeps any text in a ``DATETIME`` column, ``'... +00:00'`` included, which a
+    PostgreSQL ARCHIVE's ``timestamp without time zone`` keeps without it. Every run failed
+    with "find what else writes to ARCHIVE". No values are shown: they may be personal."""
+    key = key_columns(table)
+    before = dict(zip(transfer.values_of(table, key, selected), selected, strict=True))
+    for found_key, after in zip(transfer.values_of(table, key, found), found, strict=True):
+        original = before.get(found_key)
+        if original is None or isinstance(original, str):  # COPY lines keep their zones
+            continue
+        for column, was, came in zip(table.columns, original, after, strict=True):
+            if (isinstance(was, datetime) and isinstance(came, datetime)
+                    and (was.tzinfo is None) != (came.tzinfo is None)):
+                zoned = was.tzinfo is not None
+                return (f"{table.fullname}.{column.name} of key {_shown(found_key)} holds a "
+                        f"timestamp {'with' if zoned else 'without'} a time zone in PRIMARY, "
+                        f"which ARCHIVE's column keeps {'without' if zoned else 'with'} one: "
+                        + ("store that column's values zone-less, or " if zoned else "")
+                        + "keep ARCHIVE on PRIMARY's engine")
+    return ""
 
 
 def _delete(connection: sa.Connection, policy: ArchivePolicy, batch: list[_TableRows],

@@ -1243,3 +1243,27 @@ def test_a_reused_key_is_refused_between_engines_too(databases: DatabaseFactory,
     """The row-by-row path (a SQLite application's database, a PostgreSQL ARCHIVE)."""
     _archive_then_reuse_keys(f"sqlite:///{tmp_path / 'app.sqlite3'}",
                              databases.pair("reused_key_mixed")[1], "sqlite", tmp_path)
+
+
+@pytest.mark.postgres
+def test_a_sqlite_timestamp_with_a_zone_into_postgresql_names_the_column(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """SQLite keeps ``'... +00:00'`` in a DATETIME column, which a PostgreSQL ARCHIVE's
+    ``timestamp without time zone`` keeps without its zone: every run failed verification,
+    told to "find what else writes to ARCHIVE"."""
+    archive_url = databases.pair("zoned_mixed")[1]
+    primary_url = f"sqlite:///{tmp_path / 'app.sqlite3'}"
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE notes (id integer PRIMARY KEY,"
+                                   " at DATETIME NOT NULL)")
+        connection.exec_driver_sql("INSERT INTO notes VALUES (1, '2024-01-01 00:00:00'),"
+                                   " (2, '2024-01-02 00:00:00+00:00')")
+    settings = migrated(tmp_path, primary_url, archive_url, "sqlite", one_policy("notes", "at"))
+    failed = run_cli("--settings", str(settings), "archive", "run", *NOW_ARG)
+    assert failed.returncode == 1
+    assert ("Nothing was deleted from PRIMARY; notes.at of key 2 holds a timestamp with a "
+            "time zone in PRIMARY, which ARCHIVE's column keeps without one: store that "
+            "column's values zone-less, or keep ARCHIVE on PRIMARY's engine, then re-run"
+            ) in failed.stdout, failed.stdout
+    with app_schema.engine_for(primary_url) as primary:
+        assert set(rows_of(primary, ["notes"])["notes"]) == {(1,), (2,)}
