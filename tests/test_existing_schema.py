@@ -1214,6 +1214,9 @@ def _archive_then_reuse_keys(primary_url: str, archive_url: str, backend: str,
         assert rows_of(archive, ["notes"], archive=True) == archived  # it was overwritten
     with app_schema.engine_for(primary_url) as primary:
         assert set(rows_of(primary, ["notes"])["notes"]) == {(5,), (31,)}
+    verified = run_cli("--settings", str(settings), "archive", "verify")
+    assert ("notes: 1 keys in both databases, e.g. [5]; run 'archive run' to finish moving "
+            "them (it names those PRIMARY reused for new rows") in verified.stdout
 
     with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
         connection.exec_driver_sql("UPDATE notes SET id = 32 WHERE id = 5")
