@@ -49,8 +49,8 @@ from archive.mover import (
 )
 from archive.policy import ArchivePolicy
 from archive.reused_keys import (
+    PendingWindows,
     TakenOver,
-    leftover,
     log_taken_over,
     may_overwrite,
     reused_keys,
@@ -134,11 +134,12 @@ def copy_batch(source: sa.Connection, archive: sa.Engine, policy: ArchivePolicy,
     archived_at = datetime.now(UTC)  # per attempt: a retry must see its own earlier copy
     copied: dict[str, int] = {}
     with _attached(archive, source.engine) as target, target.begin():
+        windows = PendingWindows(target, policy.root.fullname)
         for part in parts:
             pending = (ledger.Pending(archived_at, _integer_range(policy, lowest, last))
                        if part.table is policy.root else None)
             copied[part.table.fullname] = _copy_and_verify(target, part, run_id, archived_at,
-                                                           pending, policy.root.fullname)
+                                                           pending, windows)
     if copied[policy.root.fullname] != roots:
         raise ArchiveError(f"{policy.root.fullname}: selected {roots} roots, copied "
                            f"{copied[policy.root.fullname]}; nothing was deleted")
@@ -167,11 +168,11 @@ def _in_main(twin: sa.Table) -> sa.Table:
 
 def _copy_and_verify(target: sa.Connection, part: _Part, run_id: int,
                      archived_at: datetime, pending: ledger.Pending | None,
-                     root: str) -> int:
+                     windows: PendingWindows) -> int:
     """Copy one table's rows of the batch, verify them, count them in the ledger.
 
-    :param root: the policy's root table, whose pending windows tell a copy left behind
-        from a row archived for good.
+    :param windows: the batch's pending windows, which tell a copy left behind from a row
+        archived for good.
     :returns: how many rows were copied.
     :raises ReusedKeys: when ARCHIVE kept archived rows under the batch's keys.
     """
@@ -187,7 +188,7 @@ def _copy_and_verify(target: sa.Connection, part: _Part, run_id: int,
         with target.begin_nested():
             copied = target.execute(insert, execution_options=_ON_PRIMARY).rowcount
     except sa.exc.IntegrityError:
-        taken_over, copied = _upsert(target, part, insert, root)
+        taken_over, copied = _upsert(target, part, insert, windows)
     stamped = (twin.c[ARCHIVE_RUN_ID] == run_id) & (twin.c[ARCHIVED_AT] == archived_at)
     found = _count(target, sa.select(twin.c[ARCHIVE_RUN_ID]).where(stamped))
     missing = sa.except_(sa.select(*part.table.columns).where(part.selected),
@@ -206,7 +207,7 @@ def _copy_and_verify(target: sa.Connection, part: _Part, run_id: int,
 
 
 def _upsert(target: sa.Connection, part: _Part, insert: sqlite.Insert,
-            root: str) -> tuple[TakenOver, int]:
+            windows: PendingWindows) -> tuple[TakenOver, int]:
     """The batch over copies an interrupted run left: count them by the run that made them,
     then overwrite them with PRIMARY's rows (PRIMARY holds the truth until its delete), but
     never a row archived for good under a key PRIMARY reused (:mod:`archive.reused_keys`).
@@ -216,7 +217,7 @@ def _upsert(target: sa.Connection, part: _Part, insert: sqlite.Insert,
     twin = part.twin
     key = [column.name for column in key_columns(part.table)]
     batch_keys = sa.select(*key_columns(part.table)).where(part.selected)
-    is_leftover = leftover(target, twin.c, root)
+    is_leftover = windows.leftover(twin.c)
     owners = taken_over(target, twin, is_leftover, [sa.select().select_from(twin).where(
         columns_in([twin.c[name] for name in key], batch_keys))], **_ON_PRIMARY)
     overwrite = [c.name for c in twin.columns if c.name not in key]

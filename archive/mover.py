@@ -44,7 +44,13 @@ from archive import ledger
 from archive.keys import Key, integer_key, key_columns, key_filters
 from archive.policy import ArchivePolicy, ChildLink
 from archive.reflection import column_names
-from archive.reused_keys import TakenOver, log_taken_over, reused_keys, reused_text
+from archive.reused_keys import (
+    PendingWindows,
+    TakenOver,
+    log_taken_over,
+    reused_keys,
+    reused_text,
+)
 from archive.transfer import Transfer, child_parents, some_children_held, transfer_for
 
 logger = logging.getLogger(__name__)
@@ -161,8 +167,9 @@ class SelectedBatch:
             filled = [part for part in self.parts if part.rows]
             with archive.begin() as target:
                 apply_timeouts(target, timeouts)
+                windows = PendingWindows(target, self.policy.root.fullname)
                 checked = [(part, *_copy_and_verify(self.transfer, target, part, self.run_id,
-                                                    archived_at, self.policy.root.fullname))
+                                                    archived_at, windows))
                            for part in filled]
                 for part, found, taken_over in checked:
                     pending = (ledger.Pending(archived_at, _integer_range(part))
@@ -321,18 +328,18 @@ def same_rows(found: Sequence[Any], expected: Sequence[Any]) -> bool:
 
 def _copy_and_verify(transfer: Transfer, connection: sa.Connection, part: _TableRows,
                      run_id: int, archived_at: datetime,
-                     root: str) -> tuple[int, TakenOver]:
+                     windows: PendingWindows) -> tuple[int, TakenOver]:
     """Upsert one part (with rows) and compare what ARCHIVE now holds with it.
 
-    :param root: the policy's root table, whose pending windows tell a copy left behind
-        from a row archived for good.
+    :param windows: the batch's pending windows, which tell a copy left behind from a row
+        archived for good.
     :returns: the rows read back, and the rows taken over by the run that had copied them.
     :raises ReusedKeys: when ARCHIVE kept archived rows under the batch's keys.
     :raises VerificationError: when they differ otherwise.
     """
     columns = [column.name for column in part.table.columns]
     taken_over = transfer.upsert(connection, part.twin, columns, part.rows, part.keys,
-                                 run_id=run_id, archived_at=archived_at, root=root)
+                                 run_id=run_id, archived_at=archived_at, windows=windows)
     found = transfer.read_back(connection, part.twin, columns, run_id=run_id,
                                archived_at=archived_at)
     if not same_rows(found, part.rows):

@@ -17,6 +17,7 @@ batch's read-back then misses the row, which :func:`reused_keys` names.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -48,17 +49,26 @@ class TakenOver:
     leftovers: dict[int, int] = field(default_factory=dict)
     returned: dict[int, int] = field(default_factory=dict)
 
-    def __bool__(self) -> bool:
-        return bool(self.leftovers or self.returned)
 
+class PendingWindows:
+    """The open pending windows of a policy's root table, for one batch's ARCHIVE
+    transaction: read from the ledger at most once, and only when a key of the batch is
+    already in ARCHIVE (never on the COPY and ATTACH paths' usual batch)."""
 
-def leftover(connection: sa.Connection, existing: Row, root: str) -> sa.ColumnElement[bool]:
-    """Whether the ARCHIVE row ``existing`` is a copy whose batch's deletes were never
-    recorded: inside its run's open pending window on the policy's root table ``root``."""
-    return sa.or_(sa.false(), *(
-        sa.and_(existing[ARCHIVE_RUN_ID] == window.run_id,
-                existing[ARCHIVED_AT] >= window.since)
-        for window in ledger.pending_runs(connection, root)))
+    def __init__(self, connection: sa.Connection, root: str) -> None:
+        self.connection = connection
+        self.root = root
+
+    @functools.cached_property
+    def runs(self) -> list[ledger.PendingRun]:
+        return ledger.pending_runs(self.connection, self.root)
+
+    def leftover(self, existing: Row) -> sa.ColumnElement[bool]:
+        """Whether the ARCHIVE row ``existing`` is a copy whose batch's deletes were never
+        recorded: inside its run's open pending window."""
+        return sa.or_(sa.false(), *(
+            sa.and_(existing[ARCHIVE_RUN_ID] == window.run_id,
+                    existing[ARCHIVED_AT] >= window.since) for window in self.runs))
 
 
 def may_overwrite(connection: sa.Connection, existing: Row, incoming: Row,
@@ -68,7 +78,7 @@ def may_overwrite(connection: sa.Connection, existing: Row, incoming: Row,
     ``incoming`` (an upsert's target row and ``excluded``, or a staging table's row).
 
     :param columns: the data columns, compared when the row is no leftover.
-    :param is_leftover: :func:`leftover` of ``existing``.
+    :param is_leftover: :meth:`PendingWindows.leftover` of ``existing``.
     """
     return sa.or_(is_leftover, _same_values(connection.dialect, existing, incoming, columns))
 

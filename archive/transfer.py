@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from archive.keys import Key, is_integer, key_after, key_columns, key_filters
 from archive.policy import ArchivePolicy, ChildLink
-from archive.reused_keys import TakenOver, leftover, may_overwrite, taken_over
+from archive.reused_keys import PendingWindows, TakenOver, may_overwrite, taken_over
 from sediment.core.pgcopy import (
     copy_lines_in,
     copy_out,
@@ -66,7 +66,7 @@ class Transfer(Protocol):
 
     def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
                rows: list[Any], keys: Sequence[Key], *, run_id: int,
-               archived_at: datetime, root: str) -> TakenOver: ...
+               archived_at: datetime, windows: PendingWindows) -> TakenOver: ...
 
     def read_back(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
                   *, run_id: int, archived_at: datetime) -> list[Any]: ...
@@ -183,8 +183,8 @@ class CoreTransfer:
 
     def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
                rows: list[Any], keys: Sequence[Key], *, run_id: int,
-               archived_at: datetime, root: str) -> TakenOver:
-        is_leftover = leftover(connection, twin.c, root)
+               archived_at: datetime, windows: PendingWindows) -> TakenOver:
+        is_leftover = windows.leftover(twin.c)
         owners = taken_over(connection, twin, is_leftover, (
             sa.select().select_from(twin).where(condition)
             for condition in key_filters(key_columns(twin), keys, connection.dialect)))
@@ -245,7 +245,7 @@ class CopyTransfer:
 
     def upsert(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
                rows: list[Any], keys: Sequence[Key], *, run_id: int,
-               archived_at: datetime, root: str) -> TakenOver:
+               archived_at: datetime, windows: PendingWindows) -> TakenOver:
         """COPY the lines straight into the archive table; stage them if a key is there.
 
         A key is already archived only after an interrupted run, so the direct COPY (in a
@@ -264,11 +264,11 @@ class CopyTransfer:
             return TakenOver()
         except sa.exc.IntegrityError:
             return self._upsert_staged(connection, twin, columns, rows, run_id, archived_at,
-                                       root)
+                                       windows)
 
     def _upsert_staged(self, connection: sa.Connection, twin: sa.Table, columns: Sequence[str],
                        rows: list[Any], run_id: int, archived_at: datetime,
-                       root: str) -> TakenOver:
+                       windows: PendingWindows) -> TakenOver:
         quote = connection.dialect.identifier_preparer.quote
         stage, table = quote(f"sediment_stage_{twin.name}"), _quoted_table(connection, twin)
         names = quote_columns(connection, columns)
@@ -290,7 +290,7 @@ class CopyTransfer:
         existing = twin.alias("t")
         staged = sa.table(f"sediment_stage_{twin.name}", *(sa.column(c) for c in columns)
                           ).alias("s")
-        is_leftover = leftover(connection, existing.c, root)
+        is_leftover = windows.leftover(existing.c)
         conflicting = sa.and_(
             *(existing.c[column.name] == staged.c[column.name] for column in key_columns(twin)),
             existing.c[ARCHIVED_AT] != archived_at,
