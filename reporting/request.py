@@ -21,6 +21,10 @@ from reporting.reports.base import SOURCES, Operator, Report, Source, ValueType
 from sediment.core.instants import InstantOutOfRange, parse_instant
 
 RESERVED = ("sort", "limit", "cursor", "source", "count", "formula", "columns")
+#: What only a page reads (a CSV download refuses ``limit`` and ``cursor``) and what only a
+#: CSV download reads: an "unknown parameter" error lists the ones that do something.
+PAGE_ONLY = ("limit", "cursor", "count")
+CSV_ONLY = ("formula",)
 #: Most values one ``in`` filter may list: enough for any hand-written query, and a bound
 #: on the work a single request can ask of the databases.
 MAX_IN_VALUES = 1000
@@ -118,8 +122,9 @@ def parse_request(report: Report, args: Mapping[str, list[str]], *, default_limi
         column, op = (found.group("name"), found.group("op")) if found else (name, "eq")
         spec = next((f for f in report.filters if f.column == column), None)
         if spec is None:
+            ignored = PAGE_ONLY if export else CSV_ONLY
             known = sorted([*(f.column for f in report.filters), *(p.name for p in report.params),
-                            *RESERVED])
+                            *(name for name in RESERVED if name not in ignored)])
             raise ReportError(400, "unknown_parameter", f"{name!r} is not a parameter of "
                               f"{report.name!r}; known: {', '.join(known)}", param=name)
         operator = _choice(op, spec.operators)

@@ -100,6 +100,15 @@ def test_exports_refuse_paging_and_read_the_formula_mode() -> None:
     assert parse({"formula": "raw"}).escape_formulas is True  # pages have no formulas
 
 
+def test_an_unknown_parameter_lists_only_the_ones_that_kind_of_request_reads() -> None:
+    """A CSV download listed ``cursor`` and ``limit`` as known, then refused both."""
+    page = refusal({"colour": "red"}).detail.split("known: ")[1].split(", ")
+    csv = refusal({"colour": "red"}, export=True).detail.split("known: ")[1].split(", ")
+    assert {"limit", "cursor", "count"} <= set(page) and "formula" not in page
+    assert "formula" in csv and not {"limit", "cursor", "count"} & set(csv)
+    assert {"kind", "sort", "source", "columns"} <= set(page) & set(csv)
+
+
 def test_echoed_parameters_are_plain_json() -> None:
     request = parse({"occurred_at[gte]": "2025-01-01T02:00:00+02:00", "kind[in]": "a,b"})
     assert request.normalised() == {"occurred_at[gte]": "2025-01-01T00:00:00Z",
