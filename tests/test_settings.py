@@ -123,6 +123,21 @@ def test_bad_settings_name_the_key(
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(("text", "key", "example"), [
+    ("[policy.x]\nage_column = 'closed_at'\n", "policy.x.table", 'table = "events"'),
+    ("[policy.x]\ntable = 'orders'\n", "policy.x.age_column", 'age_column = "created_at"'),
+])
+def test_a_policy_missing_its_table_or_age_column_says_it_is_required(
+    tmp_path: Path, text: str, key: str, example: str
+) -> None:
+    """A missing table read "'' is not a table name", a missing age_column "names no
+    column": neither said that the key was simply left out."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings(write(tmp_path, text), environ={})
+    assert caught.value.key == key
+    assert "is required" in str(caught.value) and example in str(caught.value)
+
+
 @pytest.mark.parametrize(("content", "says"), [
     (None, "cannot be read: Is a directory"),
     (b"\xff\xfe[service]\n", "not UTF-8 text (byte 0)"),

@@ -605,11 +605,15 @@ def _validate(settings: Settings, base: Path) -> Settings:
 
 def _validate_policy(policy: PolicySettings, timezone: str) -> None:
     prefix = f"policy.{policy.name}"
+    if not policy.table.strip():
+        raise SettingsError(f"{prefix}.table", "is required: the table whose aged rows the "
+                            "policy moves, e.g. table = \"events\"")
     if not _TABLE_NAME.match(policy.table):
         raise SettingsError(f"{prefix}.table", f"{policy.table!r} is not a table name "
                             "(\"table\" or \"schema.table\")")
     if not policy.age_column.strip():
-        raise SettingsError(f"{prefix}.age_column", "names no column")
+        raise SettingsError(f"{prefix}.age_column", "is required: the column whose value "
+                            "ages a row, e.g. age_column = \"created_at\"")
     _require_positive(f"{prefix}.batch_size", policy.batch_size)
     if policy.older_than <= timedelta(0):
         raise SettingsError(f"{prefix}.older_than", "must be longer than zero")
