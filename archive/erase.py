@@ -14,9 +14,10 @@ records the run; ARCHIVE erases its rows, children first, and counts them in the
 transaction; then PRIMARY erases its rows and commits; the ledger counts them. Killed at
 any point, the subject is partly erased and the run is left ``running``: erasing the same
 subject again finds what is left and finishes (the next erasure marks the old run
-``interrupted``). Held rows (:mod:`archive.holds`) block the whole erasure, and so does
-a PRIMARY role lacking a privilege the erasure needs there (checked before ARCHIVE's rows
-go, so a refused erasure changes nothing).
+``interrupted``). Held rows (:mod:`archive.holds`) block the whole erasure, and so do a
+key PRIMARY reused for a new row after archiving the old one (:mod:`archive.erase_reused`)
+and a PRIMARY role lacking a privilege the erasure needs there (checked before ARCHIVE's
+rows go, so a refused erasure changes nothing).
 
 The ledger keeps no personal data: table names, counts, and keyed digests (HMAC-SHA-256
 with ``service.secret_key``) of the subject's key and of the erased keys, so whoever holds
@@ -38,6 +39,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from archive import ledger
+from archive.erase_reused import reused_in_plan
 from archive.holds import list_holds
 from archive.keys import Key, key_columns, key_filters, key_of_texts, key_text
 from archive.locks import RunnerLock
@@ -267,8 +269,9 @@ def erase(engines: Any, tables: Mapping[str, sa.Table], twins: Mapping[str, sa.T
           policies: Sequence[ArchivePolicy], now: datetime) -> ErasureOutcome:
     """Erase the subject (see the module docstring); ledgered as a run of kind ``erase``.
 
-    :raises ErasureRefused: when a hold covers one of its rows, or a null-out column cannot
-        be nulled; nothing was changed (the run is ledgered ``error``, saying why).
+    :raises ErasureRefused: when a hold covers one of its rows, PRIMARY reused a key it
+        would follow, or a null-out column cannot be nulled; nothing was changed (the run
+        is ledgered ``error``, saying why).
     """
     started = time.monotonic()
     plan = plan_erasure(engines, tables, twins, subject, key, null_out)
@@ -290,6 +293,9 @@ def erase(engines: Any, tables: Mapping[str, sa.Table], twins: Mapping[str, sa.T
         ledger.mark_interrupted(engines.archive, None, run_id, kind="erase")
         plan = plan_erasure(engines, tables, twins, subject, key, null_out)  # under the locks
         outcome = ErasureOutcome(run_id, "running")
+        reused = reused_in_plan(engines, twins, plan)
+        if reused:
+            raise ErasureRefused("; ".join(reused))
         with holds_guard(engines.archive) as archive:
             held = blocking_holds(engines, tables, twins, plan)
             if held:

@@ -16,6 +16,7 @@ from archive.erase import (
     erased_by,
     plan_erasure,
 )
+from archive.erase_reused import reused_in_plan
 from archive.hold_cli import Handler
 from archive.keys import BadKey, parse_key
 from archive.ledger import has_running
@@ -80,7 +81,8 @@ def cmd_erase(args: argparse.Namespace, archiver: Archiver) -> int:
     if args.dry_run:
         print(f"dry run: erasing {args.table} {args.key} would touch:")
         _print_counts({place: len(rows.keys) for place, rows in plan.found.items()}, plan.null_out)
-        for line in blocking_holds(archiver.engines, tables, twins, plan):
+        for line in [*reused_in_plan(archiver.engines, twins, plan),
+                     *blocking_holds(archiver.engines, tables, twins, plan)]:
             print(f"blocked: {line}")
         return EXIT_OK
     try:
@@ -101,5 +103,6 @@ def _print_counts(counts: Mapping[tuple[Side, str], int],
                  if where == side and count]
         for name, count in shown:
             verb = f"nulled {', '.join(null_out[name])} in" if name in null_out else "deleted"
-            print(f"  {LABELS[side]:<8} {name:<24} {verb} {count:,} rows")
+            print(f"  {LABELS[side]:<8} {name:<24} {verb} {count:,} "
+                  f"{'row' if count == 1 else 'rows'}")
 

@@ -193,6 +193,13 @@ def pending_runs(connection: sa.Connection, table: str,
             for run, since in connection.execute(query.order_by(run_tables.c.run_id))]
 
 
+def open_pending_runs(connection: sa.Connection) -> list[PendingRun]:
+    """The pending runs of every table: where rows may be in both databases."""
+    return [PendingRun(int(run), since) for run, since in connection.execute(
+        sa.select(run_tables.c.run_id, run_tables.c.pending_since)
+        .where(run_tables.c.pending_since.is_not(None)).order_by(run_tables.c.run_id))]
+
+
 def settle(archive: sa.Engine, run_id: int, still_in_primary: Mapping[str, int]) -> None:
     """Set a run's ``deleted`` counters from what the databases show, and clear its pending
     range once none of its rows is left in PRIMARY.

@@ -572,6 +572,50 @@ def test_erasure_reaches_every_referencing_row_in_both_databases(make_shop: Any)
     assert verify_archive(primary, archive, shop.archiver.policies).ok
 
 
+def test_an_erasure_refuses_keys_primary_reused_and_erases_a_row_held_again(
+        make_shop: Any) -> None:
+    """An erasure follows keys across the two databases. Under a key PRIMARY reused after
+    archiving (here an archived order's), the subject's archived order led to another
+    customer's new order, and that order's items were erased with the subject's rows. Such
+    a key now stops the erasure, for either customer. A row PRIMARY holds again exactly as
+    it was archived is the same row of the same subject, erased from both databases."""
+    shop = make_shop("erase_reused")
+    primary, archive = shop.engines.primary, shop.engines.archive
+    shop.archiver.run("orders", NOW)
+    orders, archived = shop.policy("orders").root, shop.policy("orders").archive_root
+    items = sa.Table("order_items", sa.MetaData(), autoload_with=primary)
+    with archive.connect() as connection:
+        old = connection.execute(sa.select(*(archived.c[c.name] for c in orders.columns))
+                                 .order_by(archived.c.id).limit(1)).one()
+    with primary.connect() as connection:
+        other = connection.execute(sa.text("SELECT min(id) FROM customers WHERE id != :c"),
+                                   {"c": old.customer_id}).scalar_one()
+    with primary.begin() as connection:
+        connection.execute(orders.insert(), {**old._mapping, "customer_id": other,
+                                             "status": "pending", "closed_at": None})
+        connection.execute(items.insert(), {"id": 10**9, "order_id": old.id, "product_id": 1,
+                                            "quantity": 1, "unit_price_cents": 100})
+    before = (snapshot(primary), snapshot(archive, twins=True))
+    for customer in (old.customer_id, other):
+        with pytest.raises(ErasureRefused, match="orders: 1 row this erasure reaches has a "
+                           "key that PRIMARY reused for a new row after archiving the old one"):
+            shop.archiver.erase("customers", str(customer), NOW)
+    assert (snapshot(primary), snapshot(archive, twins=True)) == before
+    dry = run_cli("archive", "erase", "--table", "customers", "--key", str(other),
+                  "--dry-run", env=env_for(*shop.urls))
+    assert dry.returncode == 0 and "blocked: orders: 1 row this erasure reaches" in dry.stdout
+
+    with primary.begin() as connection:  # PRIMARY holds the archived order again, as it was
+        connection.execute(items.delete().where(items.c.id == 10**9))
+        connection.execute(orders.update().where(orders.c.id == old.id).values(**old._mapping))
+    assert shop.archiver.erase("customers", str(old.customer_id), NOW).status == "done"
+    assert not any(subject_rows(shop, old.customer_id).values())
+    for engine, table in ((primary, orders), (archive, archived)):
+        with engine.connect() as connection:
+            assert connection.execute(sa.select(table.c.id).where(
+                table.c.id == old.id)).first() is None
+
+
 def test_erasure_nulls_out_the_rows_a_table_must_keep(make_shop: Any) -> None:
     shop = make_shop("erase_null", SEDIMENT_ERASURE__NULL_OUT='{events = ["customer_id"]}')
     primary, archive = shop.engines.primary, shop.engines.archive
