@@ -76,10 +76,13 @@ def run_page(databases: ReportDatabases, request: ReportRequest, cursor: PageCur
         query = source_query(databases, request, report, request.source)
         with databases.engines[request.source].connect() as connection:
             rows = fetch_rows(connection, query, request, cursor, wanted)
-    else:
-        rows = list(itertools.islice(iter_rows(databases, request, cursor, chunk=wanted), wanted))
-    has_more = len(rows) > request.limit
-    rows = rows[: request.limit]
+    else:  # one row more: at limit 1, a pair sharing one place ends the page after both
+        rows = list(itertools.islice(iter_rows(databases, request, cursor, chunk=wanted + 1),
+                                     wanted + 1))
+    end = _page_end(rows, request) if request.source == "all" and frame is None \
+        else request.limit
+    has_more = len(rows) > end
+    rows = rows[:end]
     next_cursor = None
     if has_more and rows:
         next_cursor = cursor_after(rows[-1], request)
@@ -98,6 +101,22 @@ def run_page(databases: ReportDatabases, request: ReportRequest, cursor: PageCur
                                        else count_rows(databases, request))
     page.took_ms = round((time.perf_counter() - started) * 1000, 2)
     return page
+
+
+def _page_end(rows: Sequence[Mapping[str, Any]], request: ReportRequest) -> int:
+    """How many of a merged page's ``rows`` it shows: ``request.limit``, except when that
+    would end it between two rows of one place in the order (one key in both databases,
+    which PRIMARY reused after archiving the old row): a cursor after the first skipped the
+    second. The page then ends before the pair, or at limit 1 after it."""
+    end = request.limit
+    if len(rows) <= end or not _same_place(rows[end - 1], rows[end], request.order):
+        return end
+    return end - 1 if end > 1 else end + 1
+
+
+def _same_place(first: Mapping[str, Any], second: Mapping[str, Any],
+                order: Sequence[str]) -> bool:
+    return all(first[column] == second[column] for column in order)
 
 
 def output_columns(request: ReportRequest, rows: Sequence[Mapping[str, Any]]) -> list[str]:
