@@ -244,8 +244,10 @@ def cmd_restore(args: argparse.Namespace, archiver: Archiver) -> int:
                 return EXIT_OK
             return fail(f"{request.describe()}: nothing archived matches; nothing to restore",
                         EXIT_ERROR)
-    except (RestoreRefused, BadKey) as exc:
+    except RestoreRefused as exc:
         return _usage(str(exc))
+    except BadKey as exc:
+        return _usage(f"--key {exc}")
     except sa.exc.DBAPIError as exc:
         if args.where:
             return _usage(f"--where {args.where!r}: ARCHIVE refused it: {first_line(exc)}")

@@ -218,7 +218,10 @@ def _read(column: sa.Column[Any], part: str, text: str) -> Any:
     if reader is None:
         return part
     try:
-        return reader(part)
+        value = reader(part)
+        if reader is int and not -2**63 <= value < 2**63:  # SQLite: OverflowError
+            raise ValueError(f"{part} is beyond a 64-bit integer")
+        return value
     except (ValueError, ArithmeticError):
         raise BadKey(f"{text!r}: {part!r} is not a value of {column.table.fullname}."
                         f"{column.name} ({column.type})") from None

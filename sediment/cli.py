@@ -34,7 +34,9 @@ from sediment.core.commandline import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_USAGE,
+    MOST_SEEDED_CUSTOMERS,
     count,
+    customer_count,
     instant,
     port,
     progress_bar,
@@ -154,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--until give the same rows. Refuses non-empty databases unless --append.",
     )
     defaults = SeedPlan()
-    seed_parser.add_argument("--customers", type=count, default=defaults.customers,
-                             help=f"customers to create (default {defaults.customers:,})")
+    seed_parser.add_argument("--customers", type=customer_count, default=defaults.customers,
+                             help=f"customers to create (default {defaults.customers:,}; "
+                             f"at most {MOST_SEEDED_CUSTOMERS:,})")
     seed_parser.add_argument("--orders", type=count, default=defaults.orders,
                              help=f"orders, with 1-8 items each (default {defaults.orders:,})")
     seed_parser.add_argument("--events", type=count, default=defaults.events,

@@ -43,7 +43,14 @@ def test_every_command_has_help(command: list[str]) -> None:
      (["archive", "run", "--now", "9999-12-31"],
       "'9999-12-31' is outside the years 1 to 9998 (UTC)"),
      (["archive", "hold", "add", "--table", "orders", "--key", "5", "--reason", " "],
-      "argument --reason: ' ' is empty")],
+      "argument --reason: ' ' is empty"),
+     # Past a 64-bit integer: SQLite's driver raised OverflowError.
+     (["archive", "restore", "--run", "99999999999999999999"],
+      "'99999999999999999999' is more than 9,223,372,036,854,775,807"),
+     (["archive", "status", "--limit", "9223372036854775808"],
+      "'9223372036854775808' is more than 9,223,372,036,854,775,807"),
+     # Each customer is held in memory: a huge count ran until the kernel killed it.
+     (["seed", "--customers", "1000001"], "'1000001' is more than 1,000,000")],
 )
 def test_bad_arguments_exit_2_naming_the_value(args: list[str], needle: str) -> None:
     result = run_cli(*args)

@@ -423,7 +423,10 @@ def test_restore_on_the_command_line(make_shop: Any) -> None:
         (["--table", "orders"], "--table needs either --key or --where"),
         (["--run", "999"], "--run 999: the ledger has no such run"),
         (["--table", "customers", "--key", "1"], "--table 'customers' is not archived"),
-        (["--table", "orders", "--key", "x"], "'x' is not a value of orders.id"),
+        (["--table", "orders", "--key", "x"], "--key 'x': 'x' is not a value of orders.id"),
+        # Past a 64-bit integer: SQLite's driver raised OverflowError.
+        (["--table", "orders", "--key", "99999999999999999999"],
+         "'99999999999999999999' is not a value of orders.id"),
         (["--table", "orders", "--where", "no_such_column = 1"], "ARCHIVE refused it"),
     ]:
         refused = run_cli("archive", "restore", *args, env=env)

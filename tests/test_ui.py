@@ -123,6 +123,8 @@ def test_the_archive_dashboard_draws_the_ledgers_rows_and_lists_the_runs(
 @pytest.mark.parametrize(("path", "status"), [
     ("/reports/nothing", 404), ("/reports/orders?limit=abc", 400),
     ("/reports/orders?status[like]=x", 400), ("/archive/runs/999999", 404),
+    # Past a 64-bit integer: SQLite's driver raised OverflowError, a 500.
+    ("/archive/runs/99999999999999999999", 404),
     ("/archive?policy=nope", 404), ("/no/such/page", 404),
 ])
 def test_errors_on_pages_are_pages_and_the_api_keeps_problem_json(

@@ -191,7 +191,8 @@ def archive_dashboard() -> str:
                            policies=known, policy=policy)
 
 
-@blueprint.get("/archive/runs/<int:run_id>")
+# A run id past a 64-bit integer is no run (SQLite's driver raised OverflowError: a 500).
+@blueprint.get("/archive/runs/<int(max=9223372036854775807):run_id>")
 def archive_run(run_id: int) -> str:
     signed_in("archive")
     found = run_detail(_ledger_engine(), run_id)

@@ -35,6 +35,14 @@ def fail(message: str, exit_code: int) -> int:
     return exit_code
 
 
+#: The largest whole number both databases store (a run id, a row count): a larger one
+#: raised OverflowError in SQLite's driver.
+LARGEST_COUNT = 2**63 - 1
+#: Most customers one ``seed`` writes: each is held in memory until its orders are made
+#: (about 0.8 KB apiece, so 1,000,000 take some 800 MB).
+MOST_SEEDED_CUSTOMERS = 1_000_000
+
+
 def count(text: str) -> int:
     """An argparse type: a whole number, zero or more (``1_000_000`` allowed)."""
     try:
@@ -43,6 +51,20 @@ def count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    if value > LARGEST_COUNT:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {LARGEST_COUNT:,}, the "
+                                         "largest whole number the databases store")
+    return value
+
+
+def customer_count(text: str) -> int:
+    """An argparse type: customers for ``seed`` (an absurd count was read into memory until
+    the kernel killed the process)."""
+    value = count(text)
+    if value > MOST_SEEDED_CUSTOMERS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is more than {MOST_SEEDED_CUSTOMERS:,}, the most one seed holds in "
+            "memory; seed more with further --append runs")
     return value
 
 
