@@ -106,6 +106,12 @@ def test_environment_override_reaches_policy_tables(tmp_path: Path) -> None:
         ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\nretention = '3000y'\n", {},
          "policy.x.retention"),
         ("[archive]\nthrottle = '999999d'\n", {}, "archive.throttle"),
+        # Past a 64-bit integer (SQLite's LIMIT overflowed: every run failed), or more rows
+        # than memory should hold at once.
+        ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\n",
+         {"SEDIMENT_POLICY__X__BATCH_SIZE": "99999999999999999999"}, "policy.x.batch_size"),
+        ("[reports]\nmax_limit = 2000000\n", {}, "reports.max_limit"),
+        ("", {"SEDIMENT_DATABASE__POOL_SIZE": "99999999999999999999"}, "database.pool_size"),
         ("", {"SEDIMENT_AUTH__SESSION_LIFETIME": "9999999d"}, "auth.session_lifetime"),
         # A mistyped path to an application's SQLite file was created empty, folders and
         # all, and startup then said the policy's table was missing.

@@ -578,8 +578,9 @@ def _validate(settings: Settings, base: Path) -> Settings:
         settings = dataclasses.replace(settings, reports=dataclasses.replace(
             reports, sql_folder=str(folder)))
         reports = settings.reports
-    for name in ("default_limit", "max_limit", "csv_max_rows", "csv_max_concurrent"):
+    for name in ("default_limit", "csv_max_rows", "csv_max_concurrent"):
         _require_positive(f"reports.{name}", getattr(reports, name))
+    _require_positive("reports.max_limit", reports.max_limit, *MOST_ROWS_AT_ONCE)
     _require_positive("reports.statement_timeout_ms", reports.statement_timeout_ms,
                       *_TIMEOUT_BOUND)
     if reports.default_limit > reports.max_limit:
@@ -614,7 +615,7 @@ def _validate_policy(policy: PolicySettings, timezone: str) -> None:
     if not policy.age_column.strip():
         raise SettingsError(f"{prefix}.age_column", "is required: the column whose value "
                             "ages a row, e.g. age_column = \"created_at\"")
-    _require_positive(f"{prefix}.batch_size", policy.batch_size)
+    _require_positive(f"{prefix}.batch_size", policy.batch_size, *MOST_ROWS_AT_ONCE)
     if policy.older_than <= timedelta(0):
         raise SettingsError(f"{prefix}.older_than", "must be longer than zero")
     _validate_retention(policy)
@@ -659,11 +660,18 @@ MAX_WORKERS = 1_024
 _PROCESS_BOUND = (MAX_WORKERS, "a sanity bound: each may hold database connections")
 
 
-def _require_positive(key: str, value: int, at_most: int | None = None,
-                      why: str = "") -> None:
+#: A batch's rows, and a page's, are held in memory: past this, more of them buy nothing
+#: but memory (a batch of 10**20 overflowed SQLite's LIMIT and failed every run).
+MOST_ROWS_AT_ONCE = (1_000_000, "the most rows held in memory at once")
+#: Any other count: what a 64-bit integer holds, as both databases store it.
+_LARGEST = (2**63 - 1, "the largest whole number the databases store")
+
+
+def _require_positive(key: str, value: int, at_most: int = _LARGEST[0],
+                      why: str = _LARGEST[1]) -> None:
     if value <= 0:
         raise SettingsError(key, f"{value} must be greater than zero")
-    if at_most is not None and value > at_most:
+    if value > at_most:
         raise SettingsError(key, f"{value:,} is more than {at_most:,}, {why}")
 
 
