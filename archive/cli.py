@@ -24,7 +24,13 @@ from archive.keys import BadKey
 from archive.ledger import has_running, run_tables, runs
 from archive.mover import BatchResult
 from archive.policy import unreferenced_by_others
-from archive.restore import RestoreRefused, RestoreRequest, plan_restore, policy_of
+from archive.restore import (
+    RestoreRefused,
+    RestoreRequest,
+    plan_restore,
+    policy_of,
+    unfinished_restores,
+)
 from archive.runner import FAILED, SAFE_AGAIN, ProgressCallback, RunLimits, RunOutcome, plan_run
 from archive.scheduler import NO_ENABLED_POLICY, start_in_background
 from archive.sweep import SweepPlan, expiry_of, plan_sweep, purge_of
@@ -233,6 +239,13 @@ def cmd_restore(args: argparse.Namespace, archiver: Archiver) -> int:
             counts = plan_restore(archiver.engines, policy, request)
             shown = ", ".join(f"{table} {count:,}" for table, count in counts.items())
             print(f"dry run: policy {policy.name}: {request.describe()}: would restore {shown}")
+            with archiver.engines.archive.connect() as connection:
+                unfinished = unfinished_restores(connection, policy)
+            if unfinished:  # counted above: they were otherwise a mystery
+                runs = "run" if len(unfinished) == 1 else "runs"
+                print(f"  (counting the roots left by unfinished restore {runs} "
+                      f"{', '.join(map(str, unfinished))}, which every restore of policy "
+                      f"{policy.name} takes up first)")
             return EXIT_OK
         planned = sum(plan_restore(archiver.engines, policy, request).values())
         # Nothing left after a restore that was killed once its rows were back: the re-run

@@ -190,13 +190,23 @@ def _selection(connection: sa.Connection, policy: ArchivePolicy, levels: Sequenc
         else:
             rows = sa.literal_column(f"({request.where})", sa.Boolean())
         chosen = ascend(levels, table.fullname, rows)
-    unfinished = connection.execute(
-        sa.select(ledger.runs.c.id).where(
-            ledger.runs.c.policy == policy.name, ledger.runs.c.kind == "restore",
-            ledger.runs.c.status.not_in(("done", "running")))).scalars().all()
+    unfinished = unfinished_restores(connection, policy)
     if unfinished:
         chosen = sa.or_(chosen, _marked(connection, policy, root, unfinished))
     return chosen
+
+
+def unfinished_restores(connection: sa.Connection, policy: ArchivePolicy) -> list[int]:
+    """The policy's restore runs that ended without finishing (an error, a kill) and still
+    mark roots, which every restore of the policy takes up first."""
+    runs = ledger.runs
+    return list(connection.execute(
+        sa.select(runs.c.id).where(
+            runs.c.policy == policy.name, runs.c.kind == "restore",
+            runs.c.status.not_in(("done", "running")),
+            sa.exists().where(marks.c.run_id == runs.c.id,
+                              marks.c.table_name == policy.root.fullname))
+        .order_by(runs.c.id)).scalars())
 
 
 def _marked(connection: sa.Connection, policy: ArchivePolicy, root: sa.Table,

@@ -398,6 +398,14 @@ def test_restore_by_a_childs_key_brings_its_whole_order_and_never_overwrites(
     assert refused.status == "error"
     assert f"already holds a different orders row with key {other}" in (refused.error or "")
     assert (snapshot(primary), snapshot(archive, twins=True)) == before
+    # Every later restore of the policy takes that root up first: a dry run counting it
+    # without a word read as a wrong count ("orders 2" for one order asked for).
+    third = sorted(archived["orders"])[5]
+    dry = run_cli("archive", "restore", "--table", "orders", "--key", str(third), "--dry-run",
+                  env=env_for(*shop.urls))
+    assert f"orders keys {third}: would restore orders 2," in dry.stdout
+    assert (f"(counting the roots left by unfinished restore run {refused.run_id}, which "
+            "every restore of policy orders takes up first)") in dry.stdout
 
 
 def test_restore_on_the_command_line(make_shop: Any) -> None:
