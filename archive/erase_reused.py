@@ -51,9 +51,10 @@ def reused_in_plan(engines: Any, twins: Mapping[str, sa.Table], plan: ErasurePla
             if not archived:
                 continue
             if windows is None:
-                windows = _open_windows(archive)
+                windows = ledger.open_windows(archive)
             reused = sum(1 for key, row in archived.items()
-                         if not _same(live[key], row[:-2]) and not _left_over(row, windows))
+                         if not _same(live[key], row[:-2])
+                         and not ledger.left_over(windows, row[-2], row[-1]))
             if reused:
                 one = reused == 1
                 lines.append(
@@ -77,22 +78,6 @@ def _rows_by_key(connection: sa.Connection, table: sa.Table, columns: Sequence[s
         rows.update((tuple(row[:width]), tuple(row[width:]))
                     for row in connection.execute(query))
     return rows
-
-
-def _open_windows(archive: sa.Connection) -> dict[int, datetime]:
-    """The runs with rows possibly left in both databases, with the earliest instant of
-    their pending windows."""
-    windows: dict[int, datetime] = {}
-    for run in ledger.open_pending_runs(archive):
-        windows[run.run_id] = min(run.since, windows.get(run.run_id, run.since))
-    return windows
-
-
-def _left_over(row: tuple[Any, ...], windows: dict[int, datetime]) -> bool:
-    """Whether ARCHIVE's ``row`` (stamps last) is a copy an unfinished batch left."""
-    run_id, archived_at = row[-2], row[-1]
-    since = windows.get(int(run_id))
-    return since is not None and archived_at >= since
 
 
 def _same(live: Sequence[Any], archived: Sequence[Any]) -> bool:

@@ -193,11 +193,23 @@ def pending_runs(connection: sa.Connection, table: str,
             for run, since in connection.execute(query.order_by(run_tables.c.run_id))]
 
 
-def open_pending_runs(connection: sa.Connection) -> list[PendingRun]:
-    """The pending runs of every table: where rows may be in both databases."""
-    return [PendingRun(int(run), since) for run, since in connection.execute(
-        sa.select(run_tables.c.run_id, run_tables.c.pending_since)
-        .where(run_tables.c.pending_since.is_not(None)).order_by(run_tables.c.run_id))]
+def open_windows(connection: sa.Connection) -> dict[int, datetime]:
+    """Every run with an open pending window, of any table, with the window's earliest
+    start: the rows it stamped since then may be in both databases."""
+    windows: dict[int, datetime] = {}
+    for run, since in connection.execute(
+            sa.select(run_tables.c.run_id, run_tables.c.pending_since)
+            .where(run_tables.c.pending_since.is_not(None))):
+        windows[int(run)] = min(since, windows.get(int(run), since))
+    return windows
+
+
+def left_over(windows: dict[int, datetime], run_id: int, archived_at: datetime) -> bool:
+    """Whether an ARCHIVE row stamped ``(run_id, archived_at)`` is a copy an unfinished
+    batch left (inside its run's open window, :func:`open_windows`), not a row archived
+    for good."""
+    since = windows.get(int(run_id))
+    return since is not None and archived_at >= since
 
 
 def settle(archive: sa.Engine, run_id: int, still_in_primary: Mapping[str, int]) -> None:

@@ -15,16 +15,18 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 
-from archive.keys import Key, columns_match, key_columns
+from archive import ledger
+from archive.keys import Key, columns_match, key_columns, key_filters
 from archive.ledger import run_tables, runs
 from archive.policy import ArchivePolicy, ChildLink
 from archive.preflight import hidden_rows
 from archive.restore_marks import without_restored
 from sediment.core.collation import in_code_point_order
-from sediment.core.schema.archive import ARCHIVE_RUN_ID
+from sediment.core.schema.archive import ARCHIVE_RUN_ID, ARCHIVED_AT
 
 CLEAN_ENDINGS = ("done", "max_rows", "max_runtime", "stop_requested")
 STREAM_PARTITION = 10_000
@@ -50,18 +52,8 @@ def verify_archive(primary: sa.Engine, archive: sa.Engine,
     for policy in (policy for policy in policies if policy.archives):
         for table, twin in ((policy.root, policy.archive_root),
                             *((link.table, link.archive_table) for link in policy.children)):
-            both = _keys_in_both(primary, table, archive, twin)
-            shown = [key[0] if len(key) == 1 else key for key in both[:5]]
-            if both and not running:
-                found.problems.append(
-                    f"{table.fullname}: {len(both)} keys in both databases, e.g. {shown}; run "
-                    "'archive run' to finish moving them (it names those PRIMARY reused for "
-                    "new rows, which it never moves over the archived ones)")
-            elif both:  # no problem, and no claim that there are none
-                found.checks.append(f"{table.fullname}: {len(both)} keys in both databases, "
-                                    f"e.g. {shown}, while a run is going")
-            else:
-                found.checks.append(f"{table.fullname}: no key in both databases")
+            _check_keys_in_both(table, twin, _keys_in_both(primary, table, archive, twin),
+                                archive, running, found)
         for link in policy.children:
             orphans = _orphans(archive, link)
             if orphans:
@@ -107,6 +99,51 @@ def _keys_in_both(primary: sa.Engine, table: sa.Table, archive: sa.Engine,
             both.append(key)
         previous = key
     return both
+
+
+def _check_keys_in_both(table: sa.Table, twin: sa.Table, both: list[Key], archive: sa.Engine,
+                        running: bool, found: Verification) -> None:
+    """Tell apart the two kinds of keys in both databases: copies an unfinished batch left
+    (the next run finishes moving them; a run going now may be moving them), and archived
+    rows PRIMARY holds again, which no run moves (verify told to 'archive run' for both,
+    and a row PRIMARY reused its key for, never aged, was never named by any run)."""
+    if not both:
+        found.checks.append(f"{table.fullname}: no key in both databases")
+        return
+    with archive.connect() as connection:
+        windows = ledger.open_windows(connection)
+        stamps = [stamp for condition in key_filters(key_columns(twin), both, connection.dialect)
+                  for stamp in connection.execute(sa.select(
+                      *key_columns(twin), twin.c[ARCHIVE_RUN_ID], twin.c[ARCHIVED_AT])
+                      .where(condition))]
+    width = len(key_columns(twin))
+    leftovers = {tuple(stamp[:width]) for stamp in stamps
+                 if ledger.left_over(windows, stamp[-2], stamp[-1])}
+    left = [key for key in both if key in leftovers]
+    again = [key for key in both if key not in leftovers]
+    if left and running:  # no problem, and no claim that there are none
+        found.checks.append(f"{table.fullname}: {_keys(left)} in both databases, e.g. "
+                            f"{_shown(left)}, while a run is going")
+    elif left:
+        found.problems.append(
+            f"{table.fullname}: {_keys(left)} in both databases, left by a batch that did "
+            f"not finish, e.g. {_shown(left)}; run 'archive run' to finish moving them")
+    if again:
+        found.problems.append(
+            f"{table.fullname}: {_keys(again)} of archived rows in PRIMARY again, e.g. "
+            f"{_shown(again)}: PRIMARY reused them for new rows (give those rows other keys; "
+            "'archive run' and 'archive erase' refuse them until then), or holds the "
+            "archived rows again, as after a restore from a backup ('archive run' archives "
+            "those again once they are aged)")
+
+
+def _keys(keys: Sequence[Key]) -> str:
+    return f"{len(keys):,} {'key' if len(keys) == 1 else 'keys'}"
+
+
+def _shown(keys: Sequence[Key]) -> list[Any]:
+    """Up to five keys as a message shows them: a one-column key as its value."""
+    return [key[0] if len(key) == 1 else key for key in keys[:5]]
 
 
 def _orphans(archive: sa.Engine, link: ChildLink) -> int:

@@ -1041,7 +1041,7 @@ def test_verify_finds_keys_in_both_databases_under_an_applications_nocase_key(
             [{"name": name} for name in caught])
     found = run_cli("--settings", str(settings), "archive", "verify")
     assert found.returncode == 1, found.stdout
-    assert f"tags: {len(caught)} keys in both databases" in found.stdout
+    assert f"tags: {len(caught)} keys of archived rows in PRIMARY again" in found.stdout
 
 
 @pytest.mark.postgres
@@ -1215,8 +1215,10 @@ def _archive_then_reuse_keys(primary_url: str, archive_url: str, backend: str,
     with app_schema.engine_for(primary_url) as primary:
         assert set(rows_of(primary, ["notes"])["notes"]) == {(5,), (31,)}
     verified = run_cli("--settings", str(settings), "archive", "verify")
-    assert ("notes: 1 keys in both databases, e.g. [5]; run 'archive run' to finish moving "
-            "them (it names those PRIMARY reused for new rows") in verified.stdout
+    # Not "run 'archive run' to finish moving them": no run moves it, nor names it unaged.
+    assert ("notes: 1 key of archived rows in PRIMARY again, e.g. [5]: PRIMARY reused them "
+            "for new rows (give those rows other keys; 'archive run' and 'archive erase' "
+            "refuse them until then)") in verified.stdout
 
     with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
         connection.exec_driver_sql("UPDATE notes SET id = 32 WHERE id = 5")

@@ -173,3 +173,16 @@ def test_both_rows_under_a_key_primary_reused_are_on_the_merged_pages(
         assert sorted((row["id"], row["customer_id"]) for row in rows) == sorted(expected)
         assert [row["id"] for row in rows] == sorted((row["id"] for row in rows),
                                                      reverse=sort == "-id")
+
+
+def test_verify_tells_a_batch_left_in_both_from_rows_primary_holds_again(
+        caught: Flask, primary: sa.Engine, archive: sa.Engine, archiver: Any) -> None:
+    """Keys a killed batch left in both databases (inside its run's pending window) are for
+    the next run to finish; verify no longer says the same of archived rows PRIMARY holds
+    again, which no run moves."""
+    found = verify_archive(primary, archive, archiver.policies)
+    events = [problem for problem in found.problems if problem.startswith("events:")]
+    assert len(events) == 1, found.problems
+    assert events[0].startswith(f"events: {left_in_both(primary):,} keys in both databases, "
+                                "left by a batch that did not finish, e.g. [")
+    assert events[0].endswith("run 'archive run' to finish moving them")
