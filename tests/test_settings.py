@@ -112,6 +112,10 @@ def test_environment_override_reaches_policy_tables(tmp_path: Path) -> None:
          {"SEDIMENT_POLICY__X__BATCH_SIZE": "99999999999999999999"}, "policy.x.batch_size"),
         ("[reports]\nmax_limit = 2000000\n", {}, "reports.max_limit"),
         ("", {"SEDIMENT_DATABASE__POOL_SIZE": "99999999999999999999"}, "database.pool_size"),
+        # The name of its lock file: every run ended in a FileNotFoundError traceback.
+        ("[policy.\"a/b\"]\ntable = 'orders'\nage_column = 'closed_at'\n", {}, "policy.a/b"),
+        (f"[policy.{'x' * 65}]\ntable = 'orders'\nage_column = 'closed_at'\n", {},
+         f"policy.{'x' * 65}"),
         ("", {"SEDIMENT_AUTH__SESSION_LIFETIME": "9999999d"}, "auth.session_lifetime"),
         # A mistyped path to an application's SQLite file was created empty, folders and
         # all, and startup then said the policy's table was missing.

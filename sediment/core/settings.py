@@ -220,6 +220,9 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: A table name, optionally schema-qualified (``sales.orders``). Names are matched against
 #: the database's catalog and always quoted in SQL, so any characters but dots may appear.
 _TABLE_NAME = re.compile(r"^[^.\s][^.]*(\.[^.\s][^.]*)?$")
+#: A policy's name keys its runs in the ledger (64 characters) and names its lock file
+#: (``<primary>.archive-<name>.lock``): "a/b" ended every run in a FileNotFoundError.
+_POLICY_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -606,6 +609,9 @@ def _validate(settings: Settings, base: Path) -> Settings:
 
 def _validate_policy(policy: PolicySettings, timezone: str) -> None:
     prefix = f"policy.{policy.name}"
+    if not _POLICY_NAME.match(policy.name):
+        raise SettingsError(prefix, f"{policy.name!r} is not a policy name: use 1 to 64 "
+                            "letters, digits, _ or - (it names the policy's runs and its lock)")
     if not policy.table.strip():
         raise SettingsError(f"{prefix}.table", "is required: the table whose aged rows the "
                             "policy moves, e.g. table = \"events\"")
