@@ -82,6 +82,9 @@ def test_environment_override_reaches_policy_tables(tmp_path: Path) -> None:
          "database.archive_url"),
         ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\nschedule = '61 * * * *'\n", {},
          "policy.x.schedule"),
+        # Scheduled and logged like any other, and never ran.
+        ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\nschedule = '0 0 31 2 *'\n",
+         {}, "policy.x.schedule"),
         ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\nolder_than = '0d'\n", {},
          "policy.x.older_than"),
         ("[policy.x]\nage_column = 'closed_at'\n", {}, "policy.x.table"),

@@ -19,7 +19,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -627,9 +627,13 @@ def _validate_policy(policy: PolicySettings, timezone: str) -> None:
     _validate_retention(policy)
     _require_time_zone(f"{prefix}.age_zone", policy.age_zone)
     try:
-        CronTrigger.from_crontab(policy.schedule, timezone=timezone)
+        trigger = CronTrigger.from_crontab(policy.schedule, timezone=timezone)
     except ValueError as exc:
         raise SettingsError(f"{prefix}.schedule", f"{policy.schedule!r}: {exc}") from exc
+    if policy.enabled and trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+        # "0 0 31 2 *" was scheduled and logged like any other, and never ran.
+        raise SettingsError(f"{prefix}.schedule", f"{policy.schedule!r} never comes: no date "
+                            "matches it (such as February 31st)")
 
 
 def _require_time_zone(key: str, name: str) -> None:
