@@ -82,6 +82,10 @@ def test_environment_override_reaches_policy_tables(tmp_path: Path) -> None:
          "database.archive_url"),
         ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\nschedule = '61 * * * *'\n", {},
          "policy.x.schedule"),
+        # Signatures anyone can make; sign-ins that never last; a scheduler traceback.
+        ("[service]\nsecret_key = ' '\n", {}, "service.secret_key"),
+        ("[auth]\nsession_lifetime = '0s'\n", {}, "auth.session_lifetime"),
+        ("[scheduler]\nmisfire_grace_time = '500ms'\n", {}, "scheduler.misfire_grace_time"),
         # Scheduled and logged like any other, and never ran.
         ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\nschedule = '0 0 31 2 *'\n",
          {}, "policy.x.schedule"),

@@ -595,6 +595,16 @@ def _validate(settings: Settings, base: Path) -> Settings:
             f"{service.threads} service.threads; make it at most {service.threads - 1}, or "
             "raise service.threads")
     _require_positive("archive.retry_attempts", settings.archive.retry_attempts)
+    if not service.secret_key.strip():
+        # HMAC under an empty key is a signature anyone can make: cursors and sessions.
+        raise SettingsError("service.secret_key", "is empty: it signs cursors and sessions; "
+                            "set a long random value")
+    if settings.auth.session_lifetime <= timedelta(0):
+        raise SettingsError("auth.session_lifetime", "must be longer than zero (a session "
+                            "that ends as it starts signs nobody in)")
+    if settings.scheduler.misfire_grace_time < timedelta(seconds=1):
+        # APScheduler takes whole seconds, none of them zero: a TypeError traceback.
+        raise SettingsError("scheduler.misfire_grace_time", "must be at least 1s")
     _require_time_zone("scheduler.timezone", settings.scheduler.timezone)
     seen: set[str] = set()
     for policy in settings.policies:
