@@ -44,7 +44,8 @@ def reused_in_plan(engines: Any, twins: Mapping[str, sa.Table], plan: ErasurePla
                                  if name == table.fullname))
             if twin is None or not keys:
                 continue
-            columns = [column.name for column in table.columns]
+            # The columns both hold (a twin may lack one PRIMARY added since, unevolved).
+            columns = [column.name for column in table.columns if column.name in twin.c]
             live = _rows_by_key(primary, table, columns, keys)
             archived = _rows_by_key(archive, twin, [*columns, ARCHIVE_RUN_ID, ARCHIVED_AT],
                                     keys.intersection(live))
