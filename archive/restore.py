@@ -35,6 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from archive import ledger
+from archive.changed_on_insert import changed_on_insert
 from archive.identity_insert import insert_keeping_identities
 from archive.keys import (
     Key,
@@ -291,7 +292,8 @@ def _insert(primary: sa.Connection, table: sa.Table,
         back the same way.
 
     :raises RestoreConflict: when PRIMARY holds a different row under one of the keys.
-    :raises ArchiveError: when what PRIMARY holds afterwards differs from the archive.
+    :raises ArchiveError: when what PRIMARY holds afterwards differs from the archive
+        (naming the columns that changed, and the table's triggers).
     """
     if not rows:
         return
@@ -320,9 +322,8 @@ def _insert(primary: sa.Connection, table: sa.Table,
     back = _read(primary, table, keys, travel)
     if Counter(map(_comparable, back.values())) != Counter(map(_comparable, rows.values())):
         differing = sorted((k for k in keys if k not in back or
-                            _comparable(back[k]) != _comparable(rows[k])), key=str)[:5]
-        raise ArchiveError(f"restore: {table.fullname} rows read back from PRIMARY differ "
-                           f"from the archive (keys {differing}); PRIMARY rolled back")
+                            _comparable(back[k]) != _comparable(rows[k])), key=str)
+        raise ArchiveError(changed_on_insert(primary, table, names, rows, back, differing))
 
 
 def _read(connection: sa.Connection, table: sa.Table, keys: Sequence[Key],

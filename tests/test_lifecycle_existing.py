@@ -8,6 +8,8 @@ import random
 import subprocess
 import sys
 import time
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -24,12 +26,13 @@ from tests.app_schema import (
     TENANTS,
     AppDatabase,
     engine_for,
+    one_policy,
     rows_of,
 )
 from tests.archiving import NOW
-from tests.support import REPO
+from tests.support import REPO, DatabaseFactory, run_cli
 from tests.test_crashes import wait_for_lock
-from tests.test_existing_schema import NOW_ARG, ok
+from tests.test_existing_schema import NOW_ARG, migrated, ok
 
 
 def test_purge_expiry_and_holds_on_an_existing_database(app_db: AppDatabase) -> None:
@@ -244,3 +247,44 @@ def test_lifecycle_crashes_on_an_existing_database_lose_nothing(
         assert f"{schema}tenants {tenant} was erased by run" in again, again
         assert "nothing is left to erase" in again, again
     assert "all checks passed" in ok(app_db.cli("archive", "verify", settings=settings))
+
+
+#: A trigger stamping ``updated_at`` on insert, as applications' schemas have them.
+TOUCH = {
+    "postgres": ["CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS"
+                 " $$ BEGIN NEW.updated_at := 'restored'; RETURN NEW; END $$",
+                 "CREATE TRIGGER notes_touch BEFORE INSERT ON notes"
+                 " FOR EACH ROW EXECUTE FUNCTION touch()"],
+    "sqlite": ["CREATE TRIGGER notes_touch AFTER INSERT ON notes BEGIN"
+               " UPDATE notes SET updated_at = 'restored' WHERE id = NEW.id; END"],
+}
+
+
+def test_a_restore_into_a_table_whose_trigger_changes_rows_names_the_column_and_trigger(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """A trigger stamping ``updated_at`` on insert failed every restore of the table with
+    "rows read back from PRIMARY differ from the archive", naming neither the column that
+    changed nor the trigger."""
+    primary_url, archive_url = databases.pair("restore_trigger")
+    declared = "timestamptz" if databases.backend == "postgres" else "DATETIME"
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(f"CREATE TABLE notes (id integer PRIMARY KEY, at {declared}"
+                                   " NOT NULL, updated_at text NOT NULL)")
+        connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at, 'then')"), [
+            {"id": key, "at": (NOW - timedelta(days=400)).strftime("%Y-%m-%d %H:%M:%S")}
+            for key in (1, 2, 3)])
+    settings = migrated(tmp_path, primary_url, archive_url, databases.backend,
+                        one_policy("notes", "at"))
+    assert "notes 3" in ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        for statement in TOUCH[databases.backend]:
+            connection.exec_driver_sql(statement)
+
+    failed = run_cli("--settings", str(settings), "archive", "restore", "--table", "notes",
+                     "--key", "2", *NOW_ARG)
+    assert failed.returncode == 1, failed.stdout
+    assert ("restore: PRIMARY changed the notes rows (keys 2) in updated_at as they were "
+            "inserted: the table's triggers (notes_touch) change rows as they are inserted, "
+            "so they cannot come back as archived; PRIMARY rolled back") in failed.stdout
+    with engine_for(primary_url) as primary:
+        assert rows_of(primary, ["notes"])["notes"] == {}
