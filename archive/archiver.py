@@ -49,6 +49,17 @@ class Archiver:
         """Create or evolve the twins as planned, recording each change in the ledger."""
         apply_plan(self.engines.archive, plan, self.twins)
 
+    def local_name(self, name: str) -> str:
+        """``name`` as the policies name a table of PRIMARY's default schema:
+        ``public.orders`` (or SQLite's ``main.orders``) becomes ``orders``; any other name
+        is kept. ``archive erase`` took ``public.notes`` where restore and hold refused it."""
+        schema, _, table = name.rpartition(".")
+        if not schema:
+            return name
+        with self.engines.primary.connect() as connection:
+            default = sa.inspect(connection).default_schema_name
+        return table if schema == default else name
+
     def policy(self, name: str) -> ArchivePolicy:
         """The resolved policy called ``name``.
 

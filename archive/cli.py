@@ -230,7 +230,8 @@ def cmd_restore(args: argparse.Namespace, archiver: Archiver) -> int:
         return _usage("--table needs either --key or --where")
     if args.run is not None and (args.key or args.where):
         return _usage("--run restores a whole run; --key and --where go with --table")
-    request = RestoreRequest(run=args.run, table=args.table, keys=tuple(args.key),
+    table = archiver.local_name(args.table) if args.table is not None else None
+    request = RestoreRequest(run=args.run, table=table, keys=tuple(args.key),
                              where=args.where.strip())
     now = args.now or datetime.now(UTC)
     try:

@@ -70,7 +70,7 @@ def add_hold_commands(archive_commands: Any, handler: Handler) -> None:
 
 
 def cmd_hold_add(args: argparse.Namespace, archiver: Archiver) -> int:
-    found = _policy_table(archiver, args.table)
+    found = _policy_table(archiver, archiver.local_name(args.table))
     if found is None:
         names = sorted({table.fullname for policy in archiver.policies
                         for table in policy.tables})
