@@ -26,7 +26,7 @@ import enum
 import json
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -308,6 +308,7 @@ def _insert(primary: sa.Connection, table: sa.Table,
                 "was rolled back (resolve it, then restore again)")
     writable = [name for name in names if table.c[name].computed is None]
     new = [dict(zip(names, rows[each], strict=True)) for each in keys if each not in present]
+    _check_values_for_required_columns(table, writable, new)
     if new:
         insert = insert_keeping_identities(table)
         if travel is not _Travel.TYPED:  # unconverted (a bindparam may not take its
@@ -324,6 +325,27 @@ def _insert(primary: sa.Connection, table: sa.Table,
         differing = sorted((k for k in keys if k not in back or
                             _comparable(back[k]) != _comparable(rows[k])), key=str)
         raise ArchiveError(changed_on_insert(primary, table, names, rows, back, differing))
+
+
+def _check_values_for_required_columns(table: sa.Table, columns: Sequence[str],
+                                       rows: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse rows with no value for a column PRIMARY requires, naming it and the fix.
+
+    Such a column came after the rows were archived (their twin keeps NULL in it), or
+    was made NOT NULL since. PRIMARY's "null value in column violates not-null
+    constraint" said neither, nor what to do.
+    """
+    for name in columns:
+        if table.c[name].nullable:
+            continue
+        lacking = sum(1 for row in rows if row[name] is None)
+        if lacking:
+            raise ArchiveError(
+                f"restore: {table.fullname}.{name} is NOT NULL in PRIMARY, and {lacking:,} "
+                f"archived {'row has' if lacking == 1 else 'rows have'} no value in it "
+                "(PRIMARY added or tightened the column after they were archived): set it "
+                f"in ARCHIVE first (UPDATE {table.fullname} SET {name} = ... WHERE {name} "
+                "IS NULL), then restore again; nothing was restored from this batch")
 
 
 def _read(connection: sa.Connection, table: sa.Table, keys: Sequence[Key],

@@ -296,3 +296,38 @@ def test_a_restore_into_a_table_whose_trigger_changes_rows_names_the_column_and_
             "so they cannot come back as archived; PRIMARY rolled back") in failed.stdout
     with engine_for(primary_url) as primary:
         assert rows_of(primary, ["notes"])["notes"] == {}
+
+
+def test_a_restore_of_rows_archived_before_primary_required_a_column_says_what_to_set(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """A NOT NULL column PRIMARY added after rows were archived (their twin keeps NULL in
+    it) failed their restore with PRIMARY's "null value in column violates not-null
+    constraint", saying neither why nor what to do. Set in ARCHIVE, they come back."""
+    primary_url, archive_url = databases.pair("restore_required")
+    declared = "timestamptz" if databases.backend == "postgres" else "DATETIME"
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(f"CREATE TABLE notes (id integer PRIMARY KEY, at {declared}"
+                                   " NOT NULL)")
+        connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at)"), [
+            {"id": key, "at": (NOW - timedelta(days=400)).strftime("%Y-%m-%d %H:%M:%S")}
+            for key in (1, 2)])
+    settings = migrated(tmp_path, primary_url, archive_url, databases.backend,
+                        one_policy("notes", "at"))
+    ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE notes ADD COLUMN tag text NOT NULL DEFAULT 'x'")
+    ok(run_cli("--settings", str(settings), "archive", "schema", "--apply"))
+
+    failed = run_cli("--settings", str(settings), "archive", "restore", "--table", "notes",
+                     "--key", "2", *NOW_ARG)
+    assert failed.returncode == 1, failed.stdout
+    assert ("restore: notes.tag is NOT NULL in PRIMARY, and 1 archived row has no value in "
+            "it (PRIMARY added or tightened the column after they were archived): set it in "
+            "ARCHIVE first (UPDATE notes SET tag = ... WHERE tag IS NULL), then restore "
+            "again") in failed.stdout
+    with engine_for(archive_url) as archive, archive.begin() as connection:
+        connection.exec_driver_sql("UPDATE notes SET tag = 'y' WHERE tag IS NULL")
+    ok(run_cli("--settings", str(settings), "archive", "restore", "--table", "notes",
+               "--key", "2", *NOW_ARG))
+    with engine_for(primary_url) as primary:
+        assert list(rows_of(primary, ["notes"])["notes"]) == [(2,)]
