@@ -100,11 +100,17 @@ def policy_of(policies: Sequence[ArchivePolicy], archive: sa.Engine,
     archiving = [policy for policy in policies if policy.archives]
     if request.run is not None:
         with archive.connect() as connection:
-            name = connection.execute(sa.select(ledger.runs.c.policy).where(
-                ledger.runs.c.id == request.run)).scalar_one_or_none()
-        if name is None:
+            found_run = connection.execute(sa.select(ledger.runs.c.policy, ledger.runs.c.kind)
+                                           .where(ledger.runs.c.id == request.run)).first()
+        if found_run is None:
             raise RestoreRefused(f"--run {request.run}: the ledger has no such run "
                                  "(see 'archive status')")
+        name, kind = found_run
+        if kind not in ("archive", "restore"):  # "belongs to policy 'customers'" it said
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise RestoreRefused(f"--run {request.run} is {article} {kind} run, which brought no "
+                                 "rows into ARCHIVE; give an archive run, or a restore run "
+                                 "to finish (see 'archive status')")
         found = next((policy for policy in archiving if policy.name == name), None)
         if found is None:
             raise RestoreRefused(f"--run {request.run} belongs to policy {name!r}, which "

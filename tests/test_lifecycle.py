@@ -670,6 +670,10 @@ def test_erasure_refusals_on_the_command_line(make_shop: Any) -> None:
     assert "erasure.null_out.orders: orders.status cannot be NULL" in bad.stderr
     done = run_cli("archive", "erase", "--table", "customers", "--key", "4", env=env)
     assert done.returncode == 0 and "erased customers 4 (run 1)" in done.stdout
+    # "--run 1 belongs to policy 'customers', which no longer archives", it said
+    back = run_cli("archive", "restore", "--run", "1", env=env)
+    assert back.returncode == 2
+    assert "--run 1 is an erase run, which brought no rows into ARCHIVE" in back.stderr
     status = run_cli("archive", "status", env=env).stdout
     assert status.splitlines()[1].split()[1:4] == ["customers", "erase", "done"]
 
