@@ -56,7 +56,13 @@ from sediment.core.public_bind import public_bind_problems
 from sediment.core.schema.archive import archived_tables
 from sediment.core.seed import SeedError, SeedPlan, SeedResult, seed
 from sediment.core.settings import Settings, SettingsError, load_settings
-from sediment.export_file import ExportRefused, check_target, is_stream, write_export
+from sediment.export_file import (
+    ExportRefused,
+    check_target,
+    is_stream,
+    protected_files,
+    write_export,
+)
 from sediment.service import (
     Service,
     build_archiver,
@@ -309,7 +315,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     settings = state.settings.reports
     databases = state.report_databases
     try:
-        check_target(args.csv)
+        check_target(args.csv, protected_files(args.settings, args.settings_obj))
     except ExportRefused as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
     try:

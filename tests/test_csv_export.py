@@ -315,6 +315,29 @@ def test_cli_refuses_a_target_it_cannot_write_in_one_line(
         f".{tmp_path.name}.partial").exists()
 
 
+@pytest.mark.sqlite
+def test_cli_never_replaces_a_database_or_the_settings_file(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """``report orders --csv data/primary.sqlite3`` replaced PRIMARY with a CSV."""
+    urls = databases.pair("csv_protected")
+    upgrade_all(engines_of(create_app(make_settings(*urls))))
+    primary = Path(sa.engine.make_url(urls[0]).database or "")
+    other = tmp_path / "app.db"
+    with sa.create_engine(f"sqlite:///{other}").begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (x integer)")
+    before = {path: path.read_bytes() for path in (other, REPO / "settings.toml")}
+    for target, says in [(primary, "PRIMARY's database"),
+                         (Path(f"{primary}-wal"), "PRIMARY's wal file"),
+                         (other, "a SQLite database"),
+                         (REPO / "settings.toml", "the settings file")]:
+        refused = run_cli("report", "orders", "--csv", str(target), env=env_for(*urls))
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.strip() == (f"sediment: --csv {str(target)!r}: is {says}, which "
+                                          "the CSV would replace; name another file")
+    assert {path: path.read_bytes() for path in before} == before
+    assert primary.read_bytes().startswith(b"SQLite format 3\x00")  # a command may write it
+
+
 def test_an_export_failing_midway_leaves_no_file(
         databases: DatabaseFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The docstring promised no partial file after a failed export, but nothing removed
