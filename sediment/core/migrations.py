@@ -84,10 +84,15 @@ def upgrade_all(engines: Engines, revision: str = "head",
                 primary_schema: PrimarySchema = "demo") -> None:
     """Upgrade both databases (ARCHIVE alone beside an existing PRIMARY) to ``revision``;
     a database already at the head is left alone without loading Alembic."""
+    behind = []
     for database, engine in migrated_databases(engines, primary_schema):
         if revision == "head" and current_revision(engine) == head_revision(database):
             logger.debug("%s database is at its head, %s", database, head_revision(database))
-            continue
+        else:
+            behind.append((database, engine))
+    for database, engine in behind:  # both checked before either is migrated
+        _refuse_another_applications(database, engine)
+    for database, engine in behind:
         from alembic import command
 
         logger.info("migrating %s database to %s", database, revision)
@@ -101,7 +106,39 @@ def upgrade_all(engines: Engines, revision: str = "head",
 
 
 class MigrationRefused(RuntimeError):
-    """A database's role may not create Sediment's tables; nothing was migrated."""
+    """A database's role may not create Sediment's tables, or the database is another
+    application's; nothing was migrated."""
+
+
+def _refuse_another_applications(database: Database, engine: sa.Engine) -> None:
+    """Refuse to migrate a database another application owns: one its own Alembic
+    migrates (a revision that is not Sediment's in ``alembic_version``), or, for the demo's
+    PRIMARY, one holding tables Sediment did not make. With ``primary_schema = "demo"``
+    left as shipped, an application's database got the demo's tables and Sediment's
+    revision, and ``serve`` then seeded the demo shop into it.
+
+    :raises MigrationRefused: naming the revision or the tables, and the setting to use.
+    """
+    with engine.connect() as connection:
+        tables = set(sa.inspect(connection).get_table_names())
+        revision = _revision(connection, tables)
+    existing = ('set database.primary_schema = "existing" to archive an application\'s '
+                "database (Sediment then never changes its schema), or point "
+                f"database.{database}_url at a database of Sediment's own")
+    if revision is not None and revision not in revisions(database):
+        raise MigrationRefused(
+            f"the {database} database's {VERSION_TABLE} is at revision {revision!r}, which "
+            f"is not one of Sediment's: another application migrates it; {existing}; "
+            "nothing was migrated")
+    if database != PRIMARY or revision is not None:
+        return
+    foreign = sorted(tables - set(metadata_of(database).tables) - {VERSION_TABLE})
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
+                                          else "")
+        raise MigrationRefused(
+            f"the {database} database holds tables Sediment did not make ({shown}): it is "
+            f"another application's; {existing}; nothing was migrated")
 
 
 def _create_grant(engine: sa.Engine) -> str:
@@ -190,16 +227,22 @@ def head_revision(database: Database) -> str | None:
     as Alembic reads them, without importing Alembic or the scripts: the head is the one
     revision no other script names as its ``down_revision``.
     """
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for script in sorted((MIGRATIONS_ROOT / database / "versions").glob("*.py")):
-        found = _assignments(script, ("revision", "down_revision"))
-        if isinstance(found.get("revision"), str):
-            revisions.add(found["revision"])
-        down = found.get("down_revision")
-        parents.update(down if isinstance(down, tuple | list) else [down] if down else [])
-    heads = revisions - parents
+    heads = set(revisions(database)) - {parent for parents in revisions(database).values()
+                                          for parent in parents}
     return heads.pop() if len(heads) == 1 else None
+
+
+@functools.cache
+def revisions(database: Database) -> dict[str, tuple[str, ...]]:
+    """Every revision of a database's history, with the revisions it follows."""
+    found: dict[str, tuple[str, ...]] = {}
+    for script in sorted((MIGRATIONS_ROOT / database / "versions").glob("*.py")):
+        assigned = _assignments(script, ("revision", "down_revision"))
+        if isinstance(assigned.get("revision"), str):
+            down = assigned.get("down_revision")
+            found[assigned["revision"]] = tuple(down) if isinstance(down, tuple | list) \
+                else (down,) if down else ()
+    return found
 
 
 def _assignments(script: Path, names: tuple[str, ...]) -> dict[str, Any]:
