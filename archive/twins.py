@@ -13,7 +13,9 @@ What Alembic's comparison finds is sorted into what evolution may do and what it
 * a column PRIMARY dropped stays in the twin (made nullable, NULL from then on);
 * a type the twin already holds losslessly is left alone, a wider one replaces the twin's
   (``int`` -> ``bigint``, ``varchar(20)`` -> ``text``), anything else is a conflict that
-  stops the run before anything is copied, naming the table, column and both types.
+  stops the run before anything is copied, naming the table, column and both types;
+* a table ARCHIVE already holds under a twin's name without the stamp columns is another
+  application's: a conflict, never changed.
 
 The demo schema's twins are not made here: they belong to ARCHIVE's Alembic history.
 """
@@ -96,11 +98,26 @@ class MissingType:
 
 
 @dataclass(frozen=True)
+class ForeignTable:
+    """A table ARCHIVE already holds under a twin's name that Sediment did not make (it
+    lacks the twins' stamp columns): evolving it as a twin altered another application's
+    table (columns widened, made nullable, added)."""
+
+    table: str
+
+    def __str__(self) -> str:
+        return (f"ARCHIVE already holds a table {self.table} that is no twin of Sediment's "
+                f"(it has no {ARCHIVED_AT} and {ARCHIVE_RUN_ID} columns), and Sediment never "
+                "changes a table it did not make: point database.archive_url at a database "
+                "of Sediment's own, or rename or move that table, then run 'migrate' again")
+
+
+@dataclass(frozen=True)
 class TwinPlan:
     """What ARCHIVE needs before the policies' rows can be copied into their twins."""
 
     changes: tuple[TwinChange, ...] = ()
-    conflicts: tuple[TypeConflict | MissingType, ...] = ()
+    conflicts: tuple[TypeConflict | MissingType | ForeignTable, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -227,12 +244,29 @@ def plan_twins(archive: sa.Engine, twins: Sequence[sa.Table]) -> TwinPlan:
         labels = _missing_enum_labels(connection, twins) if postgres else []
         missing = _missing_types(connection, twins) if postgres else []
         connection.rollback()
+    foreign = {name for name, columns in existing.items()
+               if columns and not {ARCHIVED_AT, ARCHIVE_RUN_ID} <= set(columns)}
     by_name = {(table.schema, table.name): table for table in twins}
     changes: list[TwinChange] = []
-    conflicts: list[TypeConflict | MissingType] = [*missing]
+    conflicts: list[TypeConflict | MissingType | ForeignTable] = [
+        *missing, *(ForeignTable(_label(*name)) for name in sorted(foreign, key=str))]
     for diff in _flatten(diffs):
-        _classify(diff, by_name, existing, changes, conflicts, archive.dialect)
+        if _table_of(diff) not in foreign:
+            _classify(diff, by_name, existing, changes, conflicts, archive.dialect)
     return TwinPlan(tuple([*changes, *labels]), tuple(conflicts))
+
+
+def _table_of(diff: tuple[Any, ...]) -> tuple[str | None, str] | None:
+    """The ``(schema, table)`` an Alembic difference is about."""
+    kind = diff[0]
+    if kind in ("add_table", "remove_table"):
+        return diff[1].schema, diff[1].name
+    if kind in ("add_index", "remove_index"):
+        return diff[1].table.schema, diff[1].table.name
+    if kind in ("add_column", "remove_column", "modify_nullable", "modify_type",
+                "modify_default", "modify_comment"):
+        return diff[1], diff[2]
+    return None
 
 
 def _missing_types(connection: sa.Connection, twins: Sequence[sa.Table]) -> list[MissingType]:
@@ -303,7 +337,8 @@ def _flatten(diffs: Iterable[Any]) -> Iterable[tuple[Any, ...]]:
 
 def _classify(diff: tuple[Any, ...], twins: Mapping[tuple[str | None, str], sa.Table],
               existing: Mapping[tuple[str | None, str], Mapping[str, Mapping[str, Any]]],
-              changes: list[TwinChange], conflicts: list[TypeConflict | MissingType],
+              changes: list[TwinChange],
+              conflicts: list[TypeConflict | MissingType | ForeignTable],
               dialect: sa.Dialect) -> None:
     from alembic.operations import ops
     kind = diff[0]

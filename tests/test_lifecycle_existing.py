@@ -331,3 +331,35 @@ def test_a_restore_of_rows_archived_before_primary_required_a_column_says_what_t
                "--key", "2", *NOW_ARG))
     with engine_for(primary_url) as primary:
         assert list(rows_of(primary, ["notes"])["notes"]) == [(2,)]
+
+
+def test_a_table_archive_already_holds_under_a_twins_name_is_never_changed(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """An ARCHIVE holding its own ``notes`` (another application's table) had it evolved as
+    the twin of PRIMARY's: its key widened, its NOT NULL column made nullable, Sediment's
+    columns added. It is now a conflict that names the table, and nothing is changed."""
+    primary_url, archive_url = databases.pair("foreign_twin")
+    declared = "timestamptz" if databases.backend == "postgres" else "DATETIME"
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(f"CREATE TABLE notes (id bigint PRIMARY KEY, at {declared})")
+    with engine_for(archive_url) as archive, archive.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE notes (id integer PRIMARY KEY,"
+                                   " other text NOT NULL)")
+    settings = tmp_path / "settings.toml"
+    settings.write_text(
+        f'[database]\nprimary_url = "{primary_url}"\narchive_url = "{archive_url}"\n'
+        'primary_schema = "existing"\n' + one_policy("notes", "at"), encoding="utf-8")
+    with engine_for(archive_url) as archive:
+        before = {column["name"]: (str(column["type"]), column["nullable"])
+                  for column in sa.inspect(archive).get_columns("notes")}
+    plan = run_cli("--settings", str(settings), "archive", "schema")
+    refused = run_cli("--settings", str(settings), "migrate")
+    for result in (plan, refused):
+        said = result.stdout + result.stderr
+        assert ("ARCHIVE already holds a table notes that is no twin of Sediment's (it has no "
+                "archived_at and archive_run_id columns)") in said, said
+        assert "planned: " not in said and "applied" not in said.replace("nothing applied", "")
+    assert refused.returncode == 1
+    with engine_for(archive_url) as archive:
+        assert {column["name"]: (str(column["type"]), column["nullable"])
+                for column in sa.inspect(archive).get_columns("notes")} == before
