@@ -70,7 +70,7 @@ def check_target(target: str, protected: Mapping[Path, str] | None = None) -> No
 def protected_files(settings_file: str | None, settings: Settings) -> dict[Path, str]:
     """The files of this Sediment a CSV must never replace: its settings file (``None``:
     the default one), and each SQLite database's file with its journal, WAL and
-    shared-memory files."""
+    shared-memory files and the runners' lock files beside it."""
     files = {Path(settings_file or DEFAULT_SETTINGS_PATH): "the settings file"}
     for label, url in (("PRIMARY", settings.database.primary_url),
                        ("ARCHIVE", settings.database.archive_url)):
@@ -81,6 +81,9 @@ def protected_files(settings_file: str | None, settings: Settings) -> dict[Path,
         files[database] = f"{label}'s database"
         files |= {Path(f"{database}{suffix}"): f"{label}'s {suffix[1:]} file"
                   for suffix in ("-journal", "-wal", "-shm")}
+        # A runner's lock: a file renamed over it lets a second runner lock the new one.
+        files |= {lock: "an archival runner's lock file"
+                  for lock in database.parent.glob(f"{database.name}.archive-*.lock")}
     return files
 
 

@@ -325,10 +325,13 @@ def test_cli_never_replaces_a_database_or_the_settings_file(
     other = tmp_path / "app.db"
     with sa.create_engine(f"sqlite:///{other}").begin() as connection:
         connection.exec_driver_sql("CREATE TABLE t (x integer)")
-    before = {path: path.read_bytes() for path in (other, REPO / "settings.toml")}
+    lock = Path(f"{primary}.archive-orders.lock")  # as a run leaves it
+    lock.write_text("1234")
+    before = {path: path.read_bytes() for path in (other, lock, REPO / "settings.toml")}
     for target, says in [(primary, "PRIMARY's database"),
                          (Path(f"{primary}-wal"), "PRIMARY's wal file"),
                          (other, "a SQLite database"),
+                         (lock, "an archival runner's lock file"),
                          (REPO / "settings.toml", "the settings file")]:
         refused = run_cli("report", "orders", "--csv", str(target), env=env_for(*urls))
         assert refused.returncode == 2, refused.stderr
