@@ -249,6 +249,20 @@ def test_lifecycle_crashes_on_an_existing_database_lose_nothing(
     assert "all checks passed" in ok(app_db.cli("archive", "verify", settings=settings))
 
 
+def _aged_notes(primary_url: str, backend: str, keys: tuple[int, ...], **text: str) -> None:
+    """PRIMARY's table ``notes`` with ``keys`` 400 days old, and a NOT NULL text column per
+    keyword (its SQL literal the value)."""
+    declared = "timestamptz" if backend == "postgres" else "DATETIME"
+    extra = "".join(f", {name} text NOT NULL" for name in text)
+    values = "".join(f", {literal}" for literal in text.values())
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(f"CREATE TABLE notes (id integer PRIMARY KEY, at {declared}"
+                                   f" NOT NULL{extra})")
+        connection.execute(sa.text(f"INSERT INTO notes VALUES (:id, :at{values})"), [
+            {"id": key, "at": (NOW - timedelta(days=400)).strftime("%Y-%m-%d %H:%M:%S")}
+            for key in keys])
+
+
 #: A trigger stamping ``updated_at`` on insert, as applications' schemas have them.
 TOUCH = {
     "postgres": ["CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS"
@@ -266,13 +280,7 @@ def test_a_restore_into_a_table_whose_trigger_changes_rows_names_the_column_and_
     "rows read back from PRIMARY differ from the archive", naming neither the column that
     changed nor the trigger. (And restore and hold take the table named in its schema.)"""
     primary_url, archive_url = databases.pair("restore_trigger")
-    declared = "timestamptz" if databases.backend == "postgres" else "DATETIME"
-    with engine_for(primary_url) as primary, primary.begin() as connection:
-        connection.exec_driver_sql(f"CREATE TABLE notes (id integer PRIMARY KEY, at {declared}"
-                                   " NOT NULL, updated_at text NOT NULL)")
-        connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at, 'then')"), [
-            {"id": key, "at": (NOW - timedelta(days=400)).strftime("%Y-%m-%d %H:%M:%S")}
-            for key in (1, 2, 3)])
+    _aged_notes(primary_url, databases.backend, (1, 2, 3), updated_at="'then'")
     settings = migrated(tmp_path, primary_url, archive_url, databases.backend,
                         one_policy("notes", "at"))
     assert "notes 3" in ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
@@ -304,13 +312,7 @@ def test_a_restore_of_rows_archived_before_primary_required_a_column_says_what_t
     it) failed their restore with PRIMARY's "null value in column violates not-null
     constraint", saying neither why nor what to do. Set in ARCHIVE, they come back."""
     primary_url, archive_url = databases.pair("restore_required")
-    declared = "timestamptz" if databases.backend == "postgres" else "DATETIME"
-    with engine_for(primary_url) as primary, primary.begin() as connection:
-        connection.exec_driver_sql(f"CREATE TABLE notes (id integer PRIMARY KEY, at {declared}"
-                                   " NOT NULL)")
-        connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at)"), [
-            {"id": key, "at": (NOW - timedelta(days=400)).strftime("%Y-%m-%d %H:%M:%S")}
-            for key in (1, 2)])
+    _aged_notes(primary_url, databases.backend, (1, 2))
     settings = migrated(tmp_path, primary_url, archive_url, databases.backend,
                         one_policy("notes", "at"))
     ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
