@@ -132,17 +132,28 @@ def test_a_role_that_may_not_create_tables_is_told_the_grant(databases: Database
 @pytest.mark.parametrize(("database", "statements", "says"), [
     ("primary", ["CREATE TABLE invoices (id integer PRIMARY KEY)"],
      "the primary database holds tables Sediment did not make (invoices): it is another "
-     "application's"),
+     'application\'s; set database.primary_schema = "existing"'),
     ("archive", ["CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)",
                  "INSERT INTO alembic_version VALUES ('ae1027a6acf')"],
      "the archive database's alembic_version is at revision 'ae1027a6acf', which is not one "
-     "of Sediment's: another application migrates it"),
+     "of Sediment's: another application migrates it; "
+     'set database.primary_schema = "existing"'),
+    ("archive", ["CREATE TABLE orders (id integer PRIMARY KEY, note text)"],
+     "the archive database already holds tables named as Sediment's own (orders) but no "
+     "Sediment revision: they are another application's; point database.archive_url at an "
+     "empty database or one Sediment migrated;"),
+    ("primary", ["CREATE TABLE events (id integer PRIMARY KEY, note text)"],
+     "the primary database already holds tables named as Sediment's own (events) but no "
+     "Sediment revision: they are another application's; point database.primary_url at an "
+     "empty database or one Sediment migrated;"),
 ])
 def test_another_applications_database_is_never_migrated(
         databases: DatabaseFactory, database: str, statements: list[str], says: str) -> None:
     """An application's database given as primary_url with primary_schema left "demo" got
     the demo's tables and Sediment's revision beside its own, and 'serve' then seeded the
-    demo shop into it. Neither database is touched; the message names the setting."""
+    demo shop into it; an ARCHIVE (or PRIMARY) holding an application's table under one of
+    Sediment's names failed halfway with the driver's "relation already exists", PRIMARY
+    migrated already. Neither database is touched; the message names the setting."""
     urls = databases.pair(f"foreign_{database}")
     target = urls[0] if database == "primary" else urls[1]
     with sa.create_engine(target, poolclass=sa.pool.NullPool).begin() as connection:
@@ -151,9 +162,9 @@ def test_another_applications_database_is_never_migrated(
     refused = run_cli("migrate", env=env_for(*urls))
     assert refused.returncode == 1, refused.stderr
     line = refused.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"sediment: {says}; set database.primary_schema = \"existing\"")
+    assert line.startswith(f"sediment: {says}"), line
     assert line.endswith("nothing was migrated")
     for url in urls:
         with sa.create_engine(url, poolclass=sa.pool.NullPool).connect() as connection:
             tables = set(sa.inspect(connection).get_table_names())
-        assert tables <= {"invoices", "alembic_version"}, tables
+        assert tables <= {"invoices", "alembic_version", "orders", "events"}, tables

@@ -91,7 +91,7 @@ def upgrade_all(engines: Engines, revision: str = "head",
         else:
             behind.append((database, engine))
     for database, engine in behind:  # both checked before either is migrated
-        _refuse_another_applications(database, engine)
+        _refuse_another_applications(database, engine, primary_schema)
     for database, engine in behind:
         from alembic import command
 
@@ -110,12 +110,16 @@ class MigrationRefused(RuntimeError):
     application's; nothing was migrated."""
 
 
-def _refuse_another_applications(database: Database, engine: sa.Engine) -> None:
+def _refuse_another_applications(database: Database, engine: sa.Engine,
+                                  primary_schema: PrimarySchema) -> None:
     """Refuse to migrate a database another application owns: one its own Alembic
-    migrates (a revision that is not Sediment's in ``alembic_version``), or, for the demo's
-    PRIMARY, one holding tables Sediment did not make. With ``primary_schema = "demo"``
-    left as shipped, an application's database got the demo's tables and Sediment's
-    revision, and ``serve`` then seeded the demo shop into it.
+    migrates (a revision that is not Sediment's in ``alembic_version``), for the demo's
+    PRIMARY one holding tables Sediment did not make, and for either database one that
+    never saw Sediment's revision yet holds a table under a name Sediment's first
+    migration would create. With ``primary_schema = "demo"`` left as shipped, an
+    application's database got the demo's tables and Sediment's revision, and ``serve``
+    then seeded the demo shop into it; an ARCHIVE holding an application's ``orders``
+    failed halfway with the driver's "already exists", PRIMARY migrated already.
 
     :raises MigrationRefused: naming the revision or the tables, and the setting to use.
     """
@@ -130,15 +134,26 @@ def _refuse_another_applications(database: Database, engine: sa.Engine) -> None:
             f"the {database} database's {VERSION_TABLE} is at revision {revision!r}, which "
             f"is not one of Sediment's: another application migrates it; {existing}; "
             "nothing was migrated")
-    if database != PRIMARY or revision is not None:
+    if revision is not None:
         return
-    foreign = sorted(tables - set(metadata_of(database).tables) - {VERSION_TABLE})
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
-                                          else "")
+    own = set(metadata_of(database, primary_schema).tables)
+    foreign = sorted(tables - own - {VERSION_TABLE})
+    if database == PRIMARY and foreign:
         raise MigrationRefused(
-            f"the {database} database holds tables Sediment did not make ({shown}): it is "
-            f"another application's; {existing}; nothing was migrated")
+            f"the {database} database holds tables Sediment did not make ({_some(foreign)}): "
+            f"it is another application's; {existing}; nothing was migrated")
+    taken = sorted(tables & own)
+    if taken:
+        raise MigrationRefused(
+            f"the {database} database already holds tables named as Sediment's own "
+            f"({_some(taken)}) but no Sediment revision: they are another application's; "
+            f"point database.{database}_url at an empty database or one Sediment migrated; "
+            "nothing was migrated")
+
+
+def _some(names: Sequence[str]) -> str:
+    """Up to five names, and how many more there are."""
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def _create_grant(engine: sa.Engine) -> str:
