@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -60,9 +61,11 @@ from archive.runner import (
 )
 from archive.scope import Level, ascend, descend, levels_of
 from sediment.core.databases import Engines
-from sediment.core.error_text import first_line
+from sediment.core.error_text import detail, first_line, sqlstate
 from sediment.core.schema.archive import ARCHIVE_RUN_ID
 from sediment.core.settings import ArchiveSettings, DatabaseSettings
+
+logger = logging.getLogger(__name__)
 
 
 class RestoreRefused(ValueError):
@@ -239,10 +242,14 @@ def _restore_batch(engines: Engines, lock: RunnerLock, policy: ArchivePolicy,
         connection.execute(marks.insert(), [
             {"run_id": run_id, "table_name": policy.root.fullname, "row_key": stored_key(key),
              "restored_at": now, "until": now + policy.older_than} for key in batch.roots])
-    with lock.batch_connection() as primary, primary.begin():  # 2. insert, compare, commit
-        apply_timeouts(primary, timeouts)
-        for table in policy.tables:
-            _insert(primary, table, batch.rows[table.fullname], travel)
+    try:
+        with lock.batch_connection() as primary, primary.begin():  # 2. insert, compare,
+            apply_timeouts(primary, timeouts)                      # commit
+            for table in policy.tables:
+                _insert(primary, table, batch.rows[table.fullname], travel)
+    except Exception:
+        _unmark_roots_primary_lacks(engines, policy, batch.roots, run_id)
+        raise
     with engines.archive.begin() as connection:  # 3. delete from ARCHIVE, count
         deleted: dict[str, int] = {}
         for level in reversed(levels):
@@ -259,6 +266,35 @@ def _restore_batch(engines: Engines, lock: RunnerLock, policy: ArchivePolicy,
         counted = {name: deleted[name] for name in batch.rows}
         ledger.record_sweep(connection, run_id, counted, batch.owners)
     return BatchResult(last_key=batch.roots[-1], roots=len(batch.roots), deleted=counted)
+
+
+def _unmark_roots_primary_lacks(engines: Engines, policy: ArchivePolicy,
+                                roots: Sequence[Key], run_id: int) -> None:
+    """After PRIMARY refused a batch, drop the marks of its roots PRIMARY does not hold.
+
+    Such a root's rows are only in ARCHIVE, so its mark guards nothing; kept, it made
+    every later restore of the policy take the root up first and fail the same way, for
+    good when the cause was a parent row PRIMARY had deleted. A root PRIMARY holds keeps
+    its mark: an interrupted restore put it there, or it is the conflicting row the error
+    names, and the next restore finishes or reports it. Best effort: if either database
+    cannot answer now, the marks stay, as they did before.
+    """
+    root = policy.root
+    try:
+        with engines.primary.connect() as connection:
+            held = {stored_key(tuple(row)) for condition in key_filters(
+                key_columns(root), roots, connection.dialect) for row in connection.execute(
+                sa.select(*key_columns(root)).where(condition))}
+        lacking = [text for text in map(stored_key, roots) if text not in held]
+        if lacking:
+            with engines.archive.begin() as connection:
+                connection.execute(marks.delete().where(
+                    marks.c.run_id == run_id, marks.c.table_name == root.fullname,
+                    marks.c.row_key.in_(lacking)))
+    except sa.exc.SQLAlchemyError as exc:
+        logger.warning("restore run %s: could not drop the marks of roots PRIMARY refused "
+                       "(%s); the next restore of policy %s takes them up first",
+                       run_id, first_line(exc), policy.name)
 
 
 def _read_batch(archive: sa.Engine, policy: ArchivePolicy, levels: Sequence[Level],
@@ -324,13 +360,45 @@ def _insert(primary: sa.Connection, table: sa.Table,
             writable_as = [f"stored_{at}" for at in range(len(writable))]
         else:
             writable_as = writable
-        primary.execute(insert, [{bound: row[name] for bound, name in zip(
-            writable_as, writable, strict=True)} for row in new])
+        try:
+            primary.execute(insert, [{bound: row[name] for bound, name in zip(
+                writable_as, writable, strict=True)} for row in new])
+        except sa.exc.IntegrityError as exc:
+            refused = _refused(table, exc)
+            if refused is None:
+                raise
+            raise refused from exc
     back = _read(primary, table, keys, travel)
     if Counter(map(_comparable, back.values())) != Counter(map(_comparable, rows.values())):
         differing = sorted((k for k in keys if k not in back or
                             _comparable(back[k]) != _comparable(rows[k])), key=str)
         raise ArchiveError(changed_on_insert(primary, table, names, rows, back, differing))
+
+
+#: SQLSTATEs of PostgreSQL's foreign key and unique violations.
+_FOREIGN_KEY_VIOLATION, _UNIQUE_VIOLATION = "23503", "23505"
+
+
+def _refused(table: sa.Table, error: sa.exc.IntegrityError) -> ArchiveError | None:
+    """What to tell the operator when PRIMARY refused a table's archived rows.
+
+    PRIMARY's bare "violates foreign key constraint" said neither which row was missing
+    nor what to do; a parent PRIMARY deleted after the rows were archived (a customer
+    whose orders all sat in ARCHIVE) is the usual cause.
+    """
+    code, said = sqlstate(error), detail(error)
+    shown = f"{first_line(error)}{f': {said}' if said else ''}"
+    if code == _FOREIGN_KEY_VIOLATION or "FOREIGN KEY constraint failed" in first_line(error):
+        return ArchiveError(
+            f"restore: PRIMARY refused archived {table.fullname} rows that reference a row it "
+            f"no longer holds ({shown}): put that row back in PRIMARY first, or leave these "
+            "rows in ARCHIVE; nothing was restored from this batch")
+    if code == _UNIQUE_VIOLATION or "UNIQUE constraint failed" in first_line(error):
+        return ArchiveError(
+            f"restore: PRIMARY holds another {table.fullname} row with an archived row's "
+            f"unique values ({shown}): change or remove PRIMARY's row first, or leave the "
+            "archived one in ARCHIVE; nothing was restored from this batch")
+    return None
 
 
 def _check_values_for_required_columns(table: sa.Table, columns: Sequence[str],

@@ -335,6 +335,60 @@ def test_a_restore_of_rows_archived_before_primary_required_a_column_says_what_t
         assert list(rows_of(primary, ["notes"])["notes"]) == [(2,)]
 
 
+def test_a_restore_primary_refuses_names_the_row_and_blocks_no_later_restore(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """A note whose author PRIMARY deleted after the note was archived failed its restore
+    with PRIMARY's bare "violates foreign key constraint"; its mark stayed, so every later
+    restore of the policy took it up first and failed the same way, for good. Now the
+    message says what to do, the refused roots leave no mark, and a unique value PRIMARY
+    reused is named as such."""
+    primary_url, archive_url = databases.pair("restore_refused")
+    declared = "timestamptz" if databases.backend == "postgres" else "DATETIME"
+    aged = (NOW - timedelta(days=400)).strftime("%Y-%m-%d %H:%M:%S")
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE people (id integer PRIMARY KEY)")
+        connection.exec_driver_sql(
+            f"CREATE TABLE notes (id integer PRIMARY KEY, at {declared} NOT NULL, person_id "
+            "integer NOT NULL REFERENCES people (id), slug text UNIQUE)")
+        connection.exec_driver_sql("INSERT INTO people VALUES (7), (8)")
+        connection.execute(sa.text("INSERT INTO notes VALUES (:id, :at, :person, :slug)"), [
+            {"id": 1, "at": aged, "person": 7, "slug": "a"},
+            {"id": 2, "at": aged, "person": 8, "slug": "b"},
+            {"id": 3, "at": aged, "person": 8, "slug": "c"}])
+    settings = migrated(tmp_path, primary_url, archive_url, databases.backend,
+                        one_policy("notes", "at"))
+    ok(run_cli("--settings", str(settings), "archive", "run", *NOW_ARG))
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("DELETE FROM people WHERE id = 7")
+        connection.exec_driver_sql("INSERT INTO notes VALUES (9, '2026-05-01', 8, 'c')")
+
+    def restore(key: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("--settings", str(settings), "archive", "restore", "--table", "notes",
+                       "--key", key, *NOW_ARG)
+
+    orphan, reused = restore("1"), restore("3")
+    assert orphan.returncode == reused.returncode == 1, orphan.stdout + reused.stdout
+    assert ("restore: PRIMARY refused archived notes rows that reference a row it no longer "
+            "holds (") in orphan.stdout
+    assert ("): put that row back in PRIMARY first, or leave these rows in ARCHIVE; nothing "
+            "was restored from this batch") in orphan.stdout
+    assert ("restore: PRIMARY holds another notes row with an archived row's unique values "
+            "(") in reused.stdout
+    if databases.backend == "postgres":  # PostgreSQL names the row; SQLite cannot
+        assert 'Key (person_id)=(7) is not present in table "people")' in orphan.stdout
+        assert "Key (slug)=(c) already exists)" in reused.stdout
+    assert "unfinished restore" not in ok(run_cli(
+        "--settings", str(settings), "archive", "restore", "--table", "notes", "--key", "2",
+        "--dry-run", *NOW_ARG))
+    assert "notes 1" in ok(restore("2"))
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO people VALUES (7)")
+    assert "notes 1" in ok(restore("1"))
+    with engine_for(primary_url) as primary:
+        assert sorted(rows_of(primary, ["notes"])["notes"]) == [(1,), (2,), (9,)]
+    assert "all checks passed" in ok(run_cli("--settings", str(settings), "archive", "verify"))
+
+
 def test_a_table_archive_already_holds_under_a_twins_name_is_never_changed(
         databases: DatabaseFactory, tmp_path: Path) -> None:
     """An ARCHIVE holding its own ``notes`` (another application's table) had it evolved as

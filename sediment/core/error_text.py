@@ -23,6 +23,14 @@ def sqlstate(error: BaseException) -> str | None:
     return code if isinstance(code, str) else None
 
 
+def detail(error: BaseException) -> str | None:
+    """PostgreSQL's DETAIL line of ``error`` (``Key (customer_id)=(6) is not present in
+    table "customers".``), which names the row a constraint refused; None from SQLite."""
+    cause = getattr(error, "orig", None) or error
+    text = getattr(getattr(cause, "diag", None), "message_detail", None)
+    return text.rstrip(".") if isinstance(text, str) and text else None
+
+
 #: PostgreSQL's SQLSTATE for "permission denied".
 _INSUFFICIENT_PRIVILEGE = "42501"
 
