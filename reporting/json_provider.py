@@ -17,6 +17,7 @@ import orjson
 from flask import Response
 from flask.json.provider import JSONProvider
 
+from reporting.infinities import InfiniteDate, InfiniteDatetime
 from reporting.stored_values import blob_text
 from sediment.core.instants import StoredInstant
 
@@ -27,8 +28,8 @@ def _default(value: Any) -> Any:
     """Types orjson leaves to us, written as Flask's own provider writes them."""
     if isinstance(value, Decimal):
         return str(value)
-    if isinstance(value, StoredInstant):  # orjson writes only datetime itself
-        return value.plain()
+    if isinstance(value, StoredInstant | InfiniteDatetime | InfiniteDate):  # orjson writes
+        return value.plain()                                      # only datetime and date
     if isinstance(value, bytes):
         return blob_text(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -23,7 +23,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -31,10 +31,11 @@ import sqlalchemy as sa
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BinaryExpression, CollationClause
 
+from reporting.infinities import InfiniteDate, InfiniteDatetime, infinity
 from reporting.report_error import ReportError
 from reporting.request import ReportRequest
 from reporting.stored_values import AsStored
-from sediment.core.instants import StoredInstant, parse_instant, read_stored_instant
+from sediment.core.instants import StoredInstant, read_stored_instant
 
 _PURPOSE = b"sediment.report-cursor.v2"
 _TAG_BYTES = 16
@@ -131,9 +132,12 @@ def _verified(token: str, secret: str) -> Any:
 
 def _encoded(value: Any) -> Any:
     """A cursor value as JSON: timestamps, dates, UUIDs and decimals as text (a timestamp
-    SQLite stores as text, as that text: see :class:`StoredInstant`)."""
+    SQLite stores as text, as that text: see :class:`StoredInstant`; PostgreSQL's
+    infinities as their sign: see :mod:`reporting.infinities`)."""
     if isinstance(value, StoredInstant):
         return {"stored": value.stored}
+    if isinstance(value, InfiniteDatetime | InfiniteDate):
+        return {"infinity": value.sign}
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, uuid.UUID | Decimal):
@@ -187,6 +191,11 @@ def _typed(value: Any, type_name: str, *, as_stored: bool) -> Any:
         if isinstance(stored, bool) or not isinstance(stored, str | int | float):
             raise ValueError(value)
         return AsStored(stored)
+    if type_name in ("datetime", "date") and isinstance(value, dict) and "infinity" in value:
+        if set(value) != {"infinity"} or value["infinity"] not in (1, -1) \
+                or isinstance(value["infinity"], bool):
+            raise ValueError(value)
+        return infinity(value["infinity"], type_name)
     if type_name == "datetime" and isinstance(value, dict):
         stored = value.get("stored")
         if set(value) != {"stored"} or not isinstance(stored, str):
@@ -208,8 +217,19 @@ def _typed(value: Any, type_name: str, *, as_stored: bool) -> Any:
 _CURSOR_TYPES: dict[str, tuple[type, ...]] = {
     "integer": (int,), "number": (int, float), "string": (str,), "boolean": (bool,),
 }
+
+
+def _served_instant(raw: str) -> datetime:
+    """A cursor's timestamp: any a database served, year 9999 included (an application's
+    ``9999-12-31 23:59:59`` for "until further notice"), where :func:`parse_instant` keeps
+    to the years a filter may name. It refused the cursor taken at such a row as
+    malformed, and the pages after it could not be reached."""
+    value = datetime.fromisoformat(raw)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 #: Cursor values written as text (see :func:`_encoded`), read back by their column's type.
-_FROM_TEXT: dict[str, Any] = {"datetime": parse_instant, "date": date.fromisoformat,
+_FROM_TEXT: dict[str, Any] = {"datetime": _served_instant, "date": date.fromisoformat,
                               "uuid": uuid.UUID, "number": Decimal}
 
 

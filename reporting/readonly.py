@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
+from reporting.infinities import read_infinities
 from reporting.stored_values import install_instant_function
 from sediment.core.databases import POSTGRESQL_SESSION
 
@@ -38,11 +39,13 @@ def create_readonly_engine(url: str, *, statement_timeout_ms: int, pool_size: in
         # connection's set-up inside even a very short statement_timeout.
         # Autocommit leaves no transaction to roll back when a connection returns to the
         # pool: skipping the reset saves a measurable share of a page's time.
-        return sa.create_engine(parsed, isolation_level="AUTOCOMMIT", pool_size=pool_size,
-                                pool_recycle=900, use_native_hstore=False,
-                                pool_reset_on_return=None,
-                                connect_args={"options": options,
-                                              "application_name": "sediment-reports"})
+        engine = sa.create_engine(parsed, isolation_level="AUTOCOMMIT", pool_size=pool_size,
+                                  pool_recycle=900, use_native_hstore=False,
+                                  pool_reset_on_return=None,
+                                  connect_args={"options": options,
+                                                "application_name": "sediment-reports"})
+        sa.event.listen(engine, "connect", read_infinities)
+        return engine
     path = Path(parsed.database or "").resolve()
     # A URI's path is percent-encoded (and URL.create, unlike make_url, keeps it so): in a
     # folder such as "My Data #1" the '#' ended the URI, and with it "?mode=ro", so the

@@ -551,6 +551,56 @@ def test_merged_pages_sorted_on_numbers_holding_nan_and_infinities_hold_every_ro
             assert sorted(row["id"] for row in rows) == list(range(1, 41)), sort
 
 
+@pytest.mark.postgres
+def test_pages_sorted_on_timestamps_and_dates_holding_infinities_hold_every_row_in_order(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """psycopg2 reads ``infinity`` as Python's latest value and binds that back as the
+    finite 9999-12-31 23:59:59.999999, which PostgreSQL orders below ``infinity``: a cursor
+    taken at such a row resumed in the wrong place, and pages sorted on a lease's
+    ``ends_at`` or ``due`` skipped or repeated the rows holding ``-infinity`` and
+    ``infinity``. A genuine 9999-12-31 is a value of its own, below ``infinity``."""
+    primary_url, archive_url = databases.pair("infinities")
+    ends = ["infinity", "-infinity", None, "2026-01-02 03:04:05+00",
+            "9999-12-31 23:59:59.999999+00"]
+    dues = ["infinity", "9999-12-31", "-infinity", "0001-01-01", "2026-05-05"]
+    with engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE leases (id integer PRIMARY KEY, starts_at"
+                                   " timestamptz NOT NULL, ends_at timestamptz, due date NOT"
+                                   " NULL, local_end timestamp)")
+        for column in ("ends_at", "due", "local_end"):
+            connection.exec_driver_sql(f"CREATE INDEX leases_{column} ON leases ({column})")
+        connection.execute(sa.text(
+            "INSERT INTO leases VALUES (:id, :at, CAST(:end AS timestamptz), CAST(:due AS date),"
+            " CAST(:end AS timestamp))"), [
+            {"id": i, "at": NOW - timedelta(days=10 + 400 * (i % 2)), "end": ends[i % 5],
+             "due": dues[i // 5 % 5]} for i in range(1, 41)])
+    with policy_served(tmp_path, primary_url, archive_url, "postgres",
+                       one_policy("leases", "starts_at")) as client, \
+            engine_for(primary_url) as primary, engine_for(archive_url) as archive:
+        for column in ("ends_at", "due", "local_end"):
+            # Each row's place in PostgreSQL's order: NULLs last, then by sign, value, key.
+            places: dict[str, list[tuple[Any, ...]]] = {}
+            for source, engine in (("primary", primary), ("archive", archive)):
+                with engine.connect() as connection:
+                    places[source] = [tuple(row) for row in connection.exec_driver_sql(
+                        f"SELECT {column} IS NULL, CASE WHEN {column} = 'infinity' THEN 1 WHEN"
+                        f" {column} = '-infinity' THEN -1 ELSE 0 END, CASE WHEN"
+                        f" isfinite({column}) THEN {column} END, id FROM leases")]
+            places["all"] = places["primary"] + places["archive"]
+            for direction in ("", "-"):
+                for source, rows in places.items():
+                    expected = [place[-1] for place in sorted(rows, reverse=bool(direction))]
+                    for limit in (1, 2, 3):
+                        walked = [row["id"] for row in walk(
+                            client, "leases", f"sort={direction}{column}&source={source}",
+                            limit=limit)]
+                        assert walked == expected, (column, direction, source, limit)
+        shown = {row["id"]: row for row in walk(client, "leases")}  # as psycopg2 reads them
+        assert shown[20]["ends_at"] == shown[4]["ends_at"] == "9999-12-31T23:59:59.999999Z"
+        assert shown[2]["due"] == shown[6]["due"] == "9999-12-31"
+        assert shown[11]["due"] == shown[16]["due"] == "0001-01-01"
+
+
 @pytest.mark.sqlite
 def test_a_blob_in_a_column_not_declared_one_is_served_as_hex(
         databases: DatabaseFactory, tmp_path: Path) -> None:
