@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from archive.compat import check_engines_hold
 from archive.mover import SchemaDrift
-from archive.policy import ArchivePolicy, resolve_policies
+from archive.policy import ArchivePolicy, refuse_cycles, resolve_policies
 from archive.reflection import UnknownTable, reflect_primary
 from archive.twins import TwinPlan, apply_plan, plan_twins, twin_table
 from sediment.core.databases import Engines
@@ -61,6 +61,9 @@ def resolve_existing(settings: Sequence[PolicySettings], engines: Engines) -> Ex
         raise SettingsError(f"policy.{policy.name}.{key}", exc.reason) from exc
     twins, refused = declare_twins(tables, settings, engines)
     policies = resolve_policies(settings, tables, twins, refused)
+    if engines.primary.dialect.name == "postgresql":  # SQLite's reflection does not say
+        for resolved in policies:                     # which keys are deferrable
+            refuse_cycles(resolved)
     used = {table.fullname for policy in policies if policy.archives
             for table in policy.tables}
     return ExistingSchema(policies, tuple(twins[name] for name in sorted(used)))

@@ -166,7 +166,7 @@ class SelectedBatch:
             archived_at = datetime.now(UTC)  # per attempt: a retry must see its own copy
             filled = [part for part in self.parts if part.rows]
             with archive.begin() as target:
-                apply_timeouts(target, timeouts)
+                set_up_batch(target, timeouts)
                 windows = PendingWindows(target, self.policy.root.fullname)
                 checked = [(part, *_copy_and_verify(self.transfer, target, part, self.run_id,
                                                     archived_at, windows))
@@ -209,7 +209,7 @@ def select_batch(
     :returns: ``None`` when no aged root is left after ``after_key``.
     """
     transfer = transfer_for(source.engine, archive)
-    apply_timeouts(source, timeouts)
+    set_up_batch(source, timeouts)
     roots = transfer.select_roots(source, policy, cutoff, after_key, limit)
     if not roots:
         return None
@@ -407,17 +407,25 @@ def check_deleted(table: sa.Table, count: int, expected: int) -> None:
             "overwritten on the next run")
 
 
-def apply_timeouts(connection: sa.Connection, timeouts: Timeouts) -> None:
-    """Bound the transaction's statements and lock waits (PostgreSQL), in one round trip.
+def set_up_batch(connection: sa.Connection, timeouts: Timeouts) -> None:
+    """Bound the transaction's statements and lock waits, and defer the foreign keys that
+    may be deferred (PostgreSQL), in one round trip.
 
     A batch's transaction waits, by design, while the other database takes its copy and
     commits: ``idle_in_transaction_session_timeout`` is turned off for it, its statements'
     own timeouts bound that wait. An application's database setting it (say to 300ms) had
     PostgreSQL end every batch's connection before its delete, and the run retried the
     same batch without end.
+
+    A batch deletes children first and a restore inserts parents first; tables that
+    reference each other (a team and its captain among its players) have no such order,
+    and a ``DEFERRABLE INITIALLY IMMEDIATE`` key between them failed every batch. Deferred,
+    it is checked at commit, when the rows are gone or back together (a ``NOT DEFERRABLE``
+    one is refused when the policy is resolved: :func:`archive.policy.refuse_cycles`).
     """
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(
             f"SET LOCAL statement_timeout = {int(timeouts.statement_ms)}; "
             f"SET LOCAL lock_timeout = {int(timeouts.lock_ms)}; "
-            "SET LOCAL idle_in_transaction_session_timeout = 0")
+            "SET LOCAL idle_in_transaction_session_timeout = 0; "
+            "SET CONSTRAINTS ALL DEFERRED")

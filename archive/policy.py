@@ -232,6 +232,32 @@ def resolve_policies(
     return policies
 
 
+def refuse_cycles(policy: ArchivePolicy) -> None:
+    """Refuse a policy whose tables reference each other in a cycle no order of statements
+    can break (PostgreSQL, which reports which keys may be deferred).
+
+    Batches delete children first, and restores insert parents first. A policy table
+    that references a table the policy deletes before it (a team's captain among the
+    team's players) is deleted too late for that key: with a ``NOT DEFERRABLE`` key every
+    batch failed with PRIMARY's foreign key violation, and every run copied the batch
+    again. A ``DEFERRABLE`` key is checked at commit (:func:`archive.mover.set_up_batch`).
+
+    :raises SettingsError: naming the constraint and the ``ALTER TABLE`` that defers it.
+    """
+    order = [table.fullname for table in policy.tables]
+    for position, table in enumerate(policy.tables):
+        for constraint in table.foreign_key_constraints:
+            referred = constraint.referred_table.fullname
+            if referred in order[position + 1:] and not constraint.deferrable:
+                name = constraint.name or f"({', '.join(constraint.column_keys)})"
+                raise SettingsError(f"policy.{policy.name}.children", (
+                    f"{table.fullname}'s foreign key {name} references {referred}, which "
+                    f"batches delete before {table.fullname} (children first), and it is NOT "
+                    "DEFERRABLE, so no batch can delete or restore both: make it deferrable "
+                    f"in PRIMARY (ALTER TABLE {table.fullname} ALTER CONSTRAINT {name} "
+                    "DEFERRABLE); Sediment defers it inside its own transactions only"))
+
+
 def declared_choices(column: sa.Column[object]) -> tuple[str, ...] | None:
     """The values a column may hold, where the schema says: an ``Enum`` type's labels, or
     ``info["choices"]`` (the demo schema's check-constrained status columns)."""

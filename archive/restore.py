@@ -49,7 +49,7 @@ from archive.keys import (
     stored_key,
 )
 from archive.locks import RunnerLock
-from archive.mover import ArchiveError, BatchResult, Timeouts, apply_timeouts
+from archive.mover import ArchiveError, BatchResult, Timeouts, set_up_batch
 from archive.policy import ArchivePolicy
 from archive.restore_marks import marks
 from archive.runner import (
@@ -244,7 +244,7 @@ def _restore_batch(engines: Engines, lock: RunnerLock, policy: ArchivePolicy,
              "restored_at": now, "until": now + policy.older_than} for key in batch.roots])
     try:
         with lock.batch_connection() as primary, primary.begin():  # 2. insert, compare,
-            apply_timeouts(primary, timeouts)                      # commit
+            set_up_batch(primary, timeouts)                      # commit
             for table in policy.tables:
                 _insert(primary, table, batch.rows[table.fullname], travel)
     except Exception:

@@ -39,7 +39,7 @@ from archive import ledger
 from archive.holds import held_keys, held_roots, holds
 from archive.keys import Key, key_after, key_columns, key_filters
 from archive.locks import RunnerLock
-from archive.mover import ArchiveError, BatchResult, Timeouts, apply_timeouts
+from archive.mover import ArchiveError, BatchResult, Timeouts, set_up_batch
 from archive.policy import ArchivePolicy
 from archive.runner import (
     ProgressCallback,
@@ -176,7 +176,7 @@ def _purge_batch(engines: Engines, lock: RunnerLock, sweep: Sweep, run_id: int,
     with lock.batch_connection() as source:
         transaction = source.begin()
         try:
-            apply_timeouts(source, timeouts)
+            set_up_batch(source, timeouts)
             with holds_guard(engines.archive) as guard:
                 held = held_roots(sweep.levels, held_keys(guard, sweep.tables),
                                   source.dialect)
@@ -197,7 +197,7 @@ def _expire_batch(engines: Engines, lock: RunnerLock, sweep: Sweep, run_id: int,
                   after: Key | None, limit: int, *, timeouts: Timeouts) -> BatchResult | None:
     """Delete the next batch from ARCHIVE and count it, in one ARCHIVE transaction."""
     with holds_guard(engines.archive) as connection:
-        apply_timeouts(connection, timeouts)
+        set_up_batch(connection, timeouts)
         held = held_roots(sweep.levels, held_keys(connection, sweep.tables),
                           connection.dialect)
         allowed = _allowed(sweep, held, _pending_rows(connection, sweep))

@@ -1272,3 +1272,48 @@ def test_a_sqlite_timestamp_with_a_zone_into_postgresql_names_the_column(
             ) in failed.stdout, failed.stdout
     with app_schema.engine_for(primary_url) as primary:
         assert set(rows_of(primary, ["notes"])["notes"]) == {(1,), (2,)}
+
+
+@pytest.mark.postgres
+def test_tables_that_reference_each_other_archive_and_restore_or_are_refused(
+        databases: DatabaseFactory, tmp_path: Path) -> None:
+    """A team references its captain among its players: no order of deletes or inserts
+    satisfies that key statement by statement, and a DEFERRABLE (initially immediate) one
+    failed every batch with PRIMARY's foreign key violation, each run copying the batch
+    again. Sediment defers it in its own transactions; a NOT DEFERRABLE one is refused
+    up front, naming the constraint and the ALTER that defers it."""
+    primary_url, archive_url = databases.pair("cycle")
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE teams (id integer PRIMARY KEY, made_at timestamptz NOT NULL,"
+            " captain_id integer);"
+            " CREATE TABLE players (id integer PRIMARY KEY,"
+            " team_id integer NOT NULL REFERENCES teams (id));"
+            " ALTER TABLE teams ADD CONSTRAINT teams_captain FOREIGN KEY (captain_id)"
+            " REFERENCES players (id) DEFERRABLE INITIALLY IMMEDIATE;"
+            " SET CONSTRAINTS ALL DEFERRED")
+        connection.execute(sa.text("INSERT INTO teams VALUES (:id, :at, :id)"), [
+            {"id": team, "at": NOW - timedelta(days=400 - 380 * (team > 3))}
+            for team in range(1, 6)])
+        connection.exec_driver_sql("INSERT INTO players SELECT g, g FROM generate_series(1, 5) g")
+    settings = migrated(tmp_path, primary_url, archive_url, "postgres",
+                        one_policy("teams", "made_at", children='"auto"'))
+    assert "teams 3, players 3" in ok(run_cli("--settings", str(settings), "archive", "run",
+                                              *NOW_ARG))
+    with app_schema.engine_for(primary_url) as primary:
+        assert sorted(rows_of(primary, ["teams"])["teams"]) == [(4,), (5,)]
+    assert "teams 1, players 1" in ok(run_cli("--settings", str(settings), "archive",
+                                              "restore", "--table", "teams", "--key", "2",
+                                              *NOW_ARG))
+    assert "all checks passed" in ok(run_cli("--settings", str(settings), "archive", "verify"))
+
+    with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE teams ALTER CONSTRAINT teams_captain"
+                                   " NOT DEFERRABLE")
+    refused = run_cli("--settings", str(settings), "archive", "run", "--dry-run", *NOW_ARG)
+    assert refused.returncode == 2
+    assert ("settings: policy.teams.children: teams's foreign key teams_captain references "
+            "players, which batches delete before teams (children first), and it is NOT "
+            "DEFERRABLE, so no batch can delete or restore both: make it deferrable in "
+            "PRIMARY (ALTER TABLE teams ALTER CONSTRAINT teams_captain DEFERRABLE)"
+            ) in refused.stderr, refused.stderr
