@@ -1280,8 +1280,9 @@ def test_tables_that_reference_each_other_archive_and_restore_or_are_refused(
     """A team references its captain among its players: no order of deletes or inserts
     satisfies that key statement by statement, and a DEFERRABLE (initially immediate) one
     failed every batch with PRIMARY's foreign key violation, each run copying the batch
-    again. Sediment defers it in its own transactions; a NOT DEFERRABLE one is refused
-    up front, naming the constraint and the ALTER that defers it."""
+    again, and every erasure of a team. Sediment defers it in its own transactions; a NOT
+    DEFERRABLE one is refused up front, naming the constraint and the ALTER that defers
+    it."""
     primary_url, archive_url = databases.pair("cycle")
     with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
         connection.exec_driver_sql(
@@ -1306,6 +1307,11 @@ def test_tables_that_reference_each_other_archive_and_restore_or_are_refused(
                                               "restore", "--table", "teams", "--key", "2",
                                               *NOW_ARG))
     assert "all checks passed" in ok(run_cli("--settings", str(settings), "archive", "verify"))
+    erased = ok(run_cli("--settings", str(settings), "archive", "erase", "--table", "teams",
+                        "--key", "4"))
+    assert "PRIMARY  teams                    deleted 1 row" in erased, erased
+    with app_schema.engine_for(primary_url) as primary:
+        assert sorted(rows_of(primary, ["players"])["players"]) == [(2,), (5,)]
 
     with app_schema.engine_for(primary_url) as primary, primary.begin() as connection:
         connection.exec_driver_sql("ALTER TABLE teams ALTER CONSTRAINT teams_captain"
