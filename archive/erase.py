@@ -26,6 +26,7 @@ the secret can confirm that a given subject was erased, and nobody can read who 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -46,6 +47,7 @@ from archive.locks import RunnerLock
 from archive.policy import ArchivePolicy
 from archive.preflight import hidden_rows, lacking_privileges
 from archive.sweep import holds_guard
+from sediment.core.error_text import detail, first_line
 from sediment.core.schema.archive import ARCHIVE_RUN_ID
 
 Side = Literal["primary", "archive"]
@@ -55,6 +57,11 @@ SIDES: tuple[Side, ...] = ("archive", "primary")  # the order rows are erased in
 class ErasureRefused(ValueError):
     """The erasure cannot go ahead (held rows, a column that cannot be nulled); nothing
     was changed."""
+
+
+class ErasureFailed(RuntimeError):
+    """A database refused the erasure's statements; the run is ledgered ``error``, and
+    erasing the subject again finishes what is left."""
 
 
 @dataclass(frozen=True)
@@ -278,6 +285,7 @@ def erase(engines: Any, tables: Mapping[str, sa.Table], twins: Mapping[str, sa.T
     locks = [RunnerLock(engines.primary, name) for name in lock_names(policies, plan)]
     taken: list[RunnerLock] = []
     run_id: int | None = None
+    erased = "nothing was erased"
     try:
         for lock in locks:
             if not lock.acquire():
@@ -309,8 +317,10 @@ def erase(engines: Any, tables: Mapping[str, sa.Table], twins: Mapping[str, sa.T
             archive_counts, owners = _erase_side(archive, "archive", plan, twins)
             ledger.record_sweep(archive, run_id, {f"archive:{name}": n for (_, name), n
                                                   in archive_counts.items()}, owners)
+        erased = "ARCHIVE's rows of the subject are erased, PRIMARY's are not"
         with engines.primary.begin() as primary:
             primary_counts, _ = _erase_side(primary, "primary", plan, twins)
+        erased = "both databases' rows of the subject are erased, the ledger's count is not"
         with engines.archive.begin() as archive:
             ledger.record_sweep(archive, run_id, {f"primary:{name}": n for (_, name), n
                                                   in primary_counts.items()})
@@ -325,6 +335,20 @@ def erase(engines: Any, tables: Mapping[str, sa.Table], twins: Mapping[str, sa.T
             ledger.finish_run(engines.archive, run_id, "error", rows_per_second=None,
                               error=str(exc), detail=_detail(plan, secret, counts=False))
         raise
+    except sa.exc.SQLAlchemyError as exc:
+        # A database refused a statement (a foreign key PRIMARY checks at once, say). The
+        # run stayed 'running' in the ledger, and the command said only "database error".
+        # The ledger keeps no key of the subject: PostgreSQL's DETAIL names one.
+        cause, said = first_line(exc), detail(exc)
+        after = (f"{erased}: resolve the cause, then erase the same subject again, which "
+                 "finishes what is left")
+        if run_id is not None:  # unless ARCHIVE failed: the next run marks it interrupted
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                ledger.finish_run(engines.archive, run_id, "error", rows_per_second=None,
+                                  error=f"{cause}; {after}",
+                                  detail=_detail(plan, secret, counts=False))
+        message = f"{cause}{f' ({said})' if said else ''}; {after}"
+        raise ErasureFailed(message) from exc
     finally:
         for lock in taken:
             lock.release()

@@ -10,6 +10,7 @@ from typing import Any
 from archive.archiver import Archiver
 from archive.erase import (
     SIDES,
+    ErasureFailed,
     ErasureRefused,
     Side,
     blocking_holds,
@@ -89,6 +90,8 @@ def cmd_erase(args: argparse.Namespace, archiver: Archiver) -> int:
         outcome = archiver.erase(args.table, args.key, args.now or datetime.now(UTC))
     except ErasureRefused as exc:
         return fail(f"erasure refused, nothing changed: {exc}", EXIT_ERROR)
+    except ErasureFailed as exc:
+        return fail(f"erasure failed: {exc}", EXIT_ERROR)
     if outcome.status == "lock_busy":
         return fail(f"erasure not started: {outcome.error}", EXIT_LOCK_BUSY)
     print(f"erased {args.table} {args.key} (run {outcome.run_id}):")

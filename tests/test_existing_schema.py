@@ -9,6 +9,7 @@ developers would have: Sediment only ever sees it by reflection.
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -1323,3 +1324,18 @@ def test_tables_that_reference_each_other_archive_and_restore_or_are_refused(
             "DEFERRABLE, so no batch can delete or restore both: make it deferrable in "
             "PRIMARY (ALTER TABLE teams ALTER CONSTRAINT teams_captain DEFERRABLE)"
             ) in refused.stderr, refused.stderr
+    # Erasing a team needs no policy, and fails: the run is ledgered as failed (it stayed
+    # 'running'), with no key of the subject, and the command says what happened.
+    bare = settings_file(tmp_path, primary_url, archive_url, "postgres", policies="")
+    failed = run_cli("--settings", str(bare), "archive", "erase", "--table", "teams",
+                     "--key", "5")
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines()[-1] == (
+        'sediment: erasure failed: update or delete on table "players" violates foreign key '
+        'constraint "teams_captain" on table "teams" (Key (id)=(5) is still referenced from '
+        "table \"teams\"); ARCHIVE's rows of the subject are erased, PRIMARY's are not: "
+        "resolve the cause, then erase the same subject again, which finishes what is left")
+    status = ok(run_cli("--settings", str(bare), "archive", "status"))
+    assert re.search(r"teams +erase +error", status), status
+    assert 'constraint "teams_captain" on table "teams"; ARCHIVE' in status
+    assert "(5)" not in status
