@@ -52,6 +52,7 @@ from sediment.core.databases import ARCHIVE
 from sediment.core.error_text import first_line
 from sediment.core.migrations import ensure_complete
 from sediment.core.settings import Settings
+from sediment.core.sql_condition import condition_problem
 
 #: Builds the archiver of the settings a command line chose (from the composition root).
 ArchiverFactory = Callable[[Settings], Archiver]
@@ -230,6 +231,9 @@ def cmd_restore(args: argparse.Namespace, archiver: Archiver) -> int:
         return _usage("--table needs either --key or --where")
     if args.run is not None and (args.key or args.where):
         return _usage("--run restores a whole run; --key and --where go with --table")
+    problem = condition_problem(args.where)
+    if problem is not None:
+        return _usage(f"--where {args.where!r} is not one condition: {problem}")
     table = archiver.local_name(args.table) if args.table is not None else None
     request = RestoreRequest(run=args.run, table=table, keys=tuple(args.key),
                              where=args.where.strip())

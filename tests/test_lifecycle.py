@@ -436,6 +436,12 @@ def test_restore_on_the_command_line(make_shop: Any) -> None:
         (["--table", "orders", "--key", "99999999999999999999"],
          "'99999999999999999999' is not a value of orders.id"),
         (["--table", "orders", "--where", "no_such_column = 1"], "ARCHIVE refused it"),
+        # Closed Sediment's parentheses: every archived order would have been restored.
+        (["--table", "orders", "--where", "customer_id = 3) OR (true"],
+         "is not one condition: a ')' closes a parenthesis it never opened"),
+        # A second statement: the dry run ended in a NoResultFound traceback.
+        (["--table", "orders", "--where", "customer_id = 3; DROP TABLE orders"],
+         "is not one condition: it holds ';'"),
     ]:
         refused = run_cli("archive", "restore", *args, env=env)
         assert refused.returncode == 2, (args, refused.stdout, refused.stderr)

@@ -92,6 +92,12 @@ def test_environment_override_reaches_policy_tables(tmp_path: Path) -> None:
         ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\nolder_than = '0d'\n", {},
          "policy.x.older_than"),
         ("[policy.x]\nage_column = 'closed_at'\n", {}, "policy.x.table"),
+        # Put in parentheses inside Sediment's statements: text that closed them widened
+        # the condition, a ';' sent a statement of its own.
+        ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\n"
+         "where = \"status = 'closed') OR (true\"\n", {}, "policy.x.where"),
+        ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\n"
+         "where = \"status = 'closed'; DELETE FROM customers\"\n", {}, "policy.x.where"),
         # Read only when the scheduler started: a traceback of ZoneInfoNotFoundError.
         ("[scheduler]\ntimezone = 'Mars/Olympus'\n", {}, "scheduler.timezone"),
         ("[policy.x]\ntable = 'orders'\nage_column = 'closed_at'\nage_zone = 'Nowhere'\n", {},

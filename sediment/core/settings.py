@@ -27,6 +27,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import sqlalchemy as sa
 from apscheduler.triggers.cron import CronTrigger
 
+from sediment.core.sql_condition import condition_problem
+
 ENV_PREFIX = "SEDIMENT_"
 #: The repository checkout Sediment runs from: ``settings.toml`` and ``migrations/`` live here.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -631,6 +633,10 @@ def _validate_policy(policy: PolicySettings, timezone: str) -> None:
     if not policy.age_column.strip():
         raise SettingsError(f"{prefix}.age_column", "is required: the column whose value "
                             "ages a row, e.g. age_column = \"created_at\"")
+    problem = condition_problem(policy.where)
+    if problem is not None:
+        raise SettingsError(f"{prefix}.where", f"{policy.where!r} is not one condition: "
+                            f"{problem}")
     _require_positive(f"{prefix}.batch_size", policy.batch_size, *MOST_ROWS_AT_ONCE)
     if policy.older_than <= timedelta(0):
         raise SettingsError(f"{prefix}.older_than", "must be longer than zero")

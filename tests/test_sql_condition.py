@@ -1,0 +1,36 @@
+"""The shape check of an operator's SQL condition (``where``, ``restore --where``): text
+inside quotes is text, whatever it holds; outside them, nothing may leave Sediment's
+parentheses or its statement."""
+
+from __future__ import annotations
+
+import pytest
+
+from sediment.core.sql_condition import condition_problem
+
+
+@pytest.mark.parametrize("text", [
+    "", "customer_id = 2", "status <> 'open'", "note = 'a;b -- c /* d */ )'",
+    '"we;ird)" = 1', "`odd--name` = 1", "body = $$a;)$$", "body = $t$ $$ ; $t$",
+    "x = E'it\\'s;'", "name = 'O''Brien;'", "f(a, (b)) > 1", "x = $1",
+    "doc ->> 'k' = 'v'", "a - -1 > 0",
+])
+def test_one_condition_passes(text: str) -> None:
+    assert condition_problem(text) is None
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("customer_id = 2) OR (true", "a ')' closes a parenthesis it never opened"),
+    ("(a = 1", "a '(' is never closed"),
+    ("a = 1; DROP TABLE x", "it holds ';'"),
+    ("a = 1 -- note", "it holds a comment"),
+    ("a = 1 /* note */", "it holds a comment"),
+    ("a--1 > 0", "it holds a comment"),
+    ("x = 'open", "its ' quote is never closed"),
+    ('"x = 1', 'its " quote is never closed'),
+    ("x = $$open", "its $$ quote is never closed"),
+    ("x = 'it\\'s; DROP TABLE x; --'", "it holds ';'"),  # no E: the backslash is text
+])
+def test_anything_else_is_named(text: str, problem: str) -> None:
+    found = condition_problem(text)
+    assert found is not None and found.startswith(problem), found
