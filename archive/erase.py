@@ -44,6 +44,7 @@ from archive.erase_reused import reused_in_plan
 from archive.holds import list_holds
 from archive.keys import Key, key_columns, key_filters, key_of_texts, key_text
 from archive.locks import RunnerLock
+from archive.mover import DEFER_KEYS
 from archive.policy import ArchivePolicy
 from archive.preflight import hidden_rows, lacking_privileges
 from archive.sweep import holds_guard
@@ -372,10 +373,8 @@ def _erase_side(connection: sa.Connection, side: Side, plan: ErasurePlan,
     """
     erased: dict[tuple[Side, str], int] = {}
     owners: Counter[tuple[int, str]] = Counter()
-    if connection.dialect.name == "postgresql":
-        # Children first fails on tables that reference each other (a team's captain among
-        # its players); a deferrable key between them is checked at commit instead.
-        connection.exec_driver_sql("SET CONSTRAINTS ALL DEFERRED")
+    if connection.dialect.name == "postgresql":  # a team and its captain among its players
+        connection.exec_driver_sql(DEFER_KEYS)
     for table in reversed(plan.tables):
         target = table if side == "primary" else twins.get(table.fullname)
         rows = plan.found.get((side, table.fullname))

@@ -407,6 +407,12 @@ def check_deleted(table: sa.Table, count: int, expected: int) -> None:
             "overwritten on the next run")
 
 
+#: Defers the foreign keys that may be deferred to the transaction's commit (PostgreSQL):
+#: tables that reference each other have no order of deletes or inserts that satisfies
+#: them statement by statement (see :func:`set_up_batch`).
+DEFER_KEYS = "SET CONSTRAINTS ALL DEFERRED"
+
+
 def set_up_batch(connection: sa.Connection, timeouts: Timeouts) -> None:
     """Bound the transaction's statements and lock waits, and defer the foreign keys that
     may be deferred (PostgreSQL), in one round trip.
@@ -427,5 +433,4 @@ def set_up_batch(connection: sa.Connection, timeouts: Timeouts) -> None:
         connection.exec_driver_sql(
             f"SET LOCAL statement_timeout = {int(timeouts.statement_ms)}; "
             f"SET LOCAL lock_timeout = {int(timeouts.lock_ms)}; "
-            "SET LOCAL idle_in_transaction_session_timeout = 0; "
-            "SET CONSTRAINTS ALL DEFERRED")
+            f"SET LOCAL idle_in_transaction_session_timeout = 0; {DEFER_KEYS}")

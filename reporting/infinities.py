@@ -13,8 +13,8 @@ subclasses that are shown as the finite values psycopg2 gave (the pages and the 
 downloads write what they wrote before), compare above (below) every finite value, as
 PostgreSQL orders them, so a merged page keeps the databases' order, and are bound back as
 ``'infinity'`` (``'-infinity'``), which PostgreSQL reads as the type of the column it is
-compared with. A genuine ``9999-12-31`` stays a
-plain date: the two are told apart, as PostgreSQL tells them apart.
+compared with. A genuine ``9999-12-31`` stays a plain date: the two are told apart, as
+PostgreSQL tells them apart.
 """
 
 from __future__ import annotations
@@ -113,13 +113,13 @@ class InfiniteDate(_Infinite, date):
 _SIGNS = {text: sign for sign, text in _TEXT.items()}
 
 
-def infinity(sign: int, type_name: str, *, aware: bool = True) -> InfiniteDatetime | InfiniteDate:
+def infinity(sign: int, type_name: str) -> InfiniteDatetime | InfiniteDate:
     """A signed infinity of a catalog type (``datetime`` or ``date``), as a cursor
-    carries it back."""
+    carries it back (bound untyped, it needs no zone to match its column)."""
     if type_name == "date":
         return InfiniteDate.of(sign, date.max if sign > 0 else date.min)
     shown = datetime.max if sign > 0 else datetime.min
-    return InfiniteDatetime.of(sign, shown.replace(tzinfo=UTC) if aware else shown)
+    return InfiniteDatetime.of(sign, shown.replace(tzinfo=UTC))
 
 
 def _reading_infinities(base: Any, make: Any) -> Any:

@@ -28,8 +28,9 @@ def _default(value: Any) -> Any:
     """Types orjson leaves to us, written as Flask's own provider writes them."""
     if isinstance(value, Decimal):
         return str(value)
-    if isinstance(value, StoredInstant | InfiniteDatetime | InfiniteDate):  # orjson writes
-        return value.plain()                                      # only datetime and date
+    # orjson writes only datetime and date themselves, no subclass of them.
+    if isinstance(value, StoredInstant | InfiniteDatetime | InfiniteDate):
+        return value.plain()
     if isinstance(value, bytes):
         return blob_text(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
