@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from archive.keys import Key, key_columns, key_filters, key_of_texts, key_text, stored_key
+from archive.keys import Key, key_columns, key_of_texts, key_text, keys_in, stored_key
 from archive.scope import Level, ascend
 from sediment.core.schema.archive import ArchiveHold
 
@@ -111,8 +111,8 @@ def held_keys(archive: sa.Connection | sa.Engine, tables: Mapping[str, sa.Table]
     return found
 
 
-def held_roots(levels: Sequence[Level], held: Mapping[str, Sequence[Key]],
-               dialect: sa.Dialect) -> sa.ColumnElement[bool] | None:
+def held_roots(levels: Sequence[Level], held: Mapping[str, Sequence[Key]]
+               ) -> sa.ColumnElement[bool] | None:
     """The condition on the root table (``levels[0]``) selecting every root that is held
     itself or has a held row among its children; ``None`` when nothing is held.
 
@@ -124,7 +124,7 @@ def held_roots(levels: Sequence[Level], held: Mapping[str, Sequence[Key]],
         keys = held.get(level.table.fullname)
         if not keys:
             continue
-        rows = sa.or_(*key_filters(key_columns(level.table), list(keys), dialect))
+        rows = keys_in(key_columns(level.table), list(keys))
         conditions.append(ascend(levels, level.table.fullname, rows))
     return sa.or_(*conditions) if conditions else None
 

@@ -10,7 +10,8 @@ On PostgreSQL a key is handed to the server as text and cast to the column's own
 per column whatever the batch size, any type with a text form (uuid, numeric, timestamps,
 enums, domains), and rows read out by ``COPY`` carry their keys as exactly that text. A
 single integer column keeps its own faster form: one ``bigint[]`` and a range the planner
-can walk. SQLite gets chunked ``IN`` lists (row values for a composite key).
+can walk. SQLite gets chunked ``IN`` lists (row values for a composite key), or, where
+the keys must be one condition of any length (:func:`keys_in`), one JSON parameter.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.compiler import compiles
 
 from sediment.core.instants import parse_instant
 from sediment.core.schema.types import python_type_of
@@ -151,11 +153,76 @@ def _bound(column: sa.ColumnElement[Any], value: Any,
 
 def keys_in(columns: Sequence[sa.ColumnElement[Any]],
             keys: Sequence[Key]) -> sa.ColumnElement[bool]:
-    """``columns IN (keys...)`` with the keys as bound values, on any backend: for short
-    lists (restored roots), where :func:`key_filters`' per-backend forms are not needed."""
+    """``columns IN (keys...)`` as one condition of any length, on any backend: the roots
+    a restore marked, which a policy's runs leave alone (as many as an archive run moved).
+
+    Compiled per backend (:class:`_ListedKeys`): one parameter per key column on
+    PostgreSQL, as :func:`key_filters`; one JSON parameter on SQLite, whose statements take
+    at most 32,766 parameters (an ``IN`` list of a value each made every run of a policy
+    fail with "too many SQL variables" once a restore had brought that many roots back).
+    """
+    return _ListedKeys(*columns, keys=keys)
+
+
+class _ListedKeys(sa.sql.expression.FunctionElement[bool]):
+    """``columns IN (keys...)``; the arguments are the columns, ``keys`` their values."""
+
+    type = sa.Boolean()
+    #: The keys are no part of a cache key: statements holding them are compiled anew.
+    inherit_cache = False
+    name = "listed_keys"
+
+    def __init__(self, *columns: sa.ColumnElement[Any], keys: Sequence[Key]) -> None:
+        super().__init__(*columns)
+        self.keys = tuple(keys)
+
+
+@compiles(_ListedKeys, "postgresql")
+def _listed_keys_postgresql(element: _ListedKeys, compiler: Any, **kw: Any) -> str:
+    if not element.keys:
+        return str(compiler.process(sa.false(), **kw))
+    return f"({compiler.process(_postgres_filter(list(element.clauses), element.keys), **kw)})"
+
+
+@compiles(_ListedKeys, "sqlite")
+def _listed_keys_sqlite(element: _ListedKeys, compiler: Any, **kw: Any) -> str:
+    columns = list(element.clauses)
+    listed = _json_keys(columns, element.keys, compiler.dialect)
+    if listed is None:  # a value JSON cannot hold (a blob): an IN list, short lists only
+        return _listed_keys_default(element, compiler, **kw)
+    # json_each's values have no affinity, so the column's applies, as to a bound value.
+    values = ("value" if len(columns) == 1 else
+              ", ".join(f"json_extract(value, '$[{index}]')" for index in range(len(columns))))
+    parameter = compiler.process(sa.bindparam(None, listed, type_=sa.Text), **kw)
+    listed_columns = ", ".join(compiler.process(column, **kw) for column in columns)
+    if len(columns) > 1:
+        listed_columns = f"({listed_columns})"
+    return f"({listed_columns} IN (SELECT {values} FROM json_each({parameter})))"
+
+
+@compiles(_ListedKeys)
+def _listed_keys_default(element: _ListedKeys, compiler: Any, **kw: Any) -> str:
+    columns = list(element.clauses)
     if len(columns) == 1:
-        return columns[0].in_([key[0] for key in keys])
-    return sa.tuple_(*columns).in_([tuple(key) for key in keys])
+        condition = columns[0].in_([key[0] for key in element.keys])
+    else:
+        condition = sa.tuple_(*columns).in_([tuple(key) for key in element.keys])
+    return str(compiler.process(condition.self_group(), **kw))
+
+
+def _json_keys(columns: Sequence[sa.ColumnElement[Any]], keys: Sequence[Key],
+               dialect: sa.Dialect) -> str | None:
+    """``keys`` as a JSON list of the values SQLite would be bound (each through its
+    column's bind processor), or None when one has no JSON form (bytes, a NaN)."""
+    processors = [column.type.dialect_impl(dialect).bind_processor(dialect)
+                  for column in columns]
+    values = [[value if process is None else process(value)
+               for process, value in zip(processors, key, strict=True)] for key in keys]
+    try:
+        return json.dumps([row[0] for row in values] if len(columns) == 1 else values,
+                          ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
 
 
 def columns_in(columns: Sequence[sa.ColumnElement[Any]],

@@ -196,7 +196,7 @@ def _selection(connection: sa.Connection, policy: ArchivePolicy, levels: Sequenc
                      if request.table in (level.table.fullname, level.table.name))
         if request.keys:
             keys = [parse_key(table, text) for text in request.keys]
-            rows = sa.or_(*key_filters(key_columns(table), keys, connection.dialect))
+            rows = keys_in(key_columns(table), keys)
         else:
             rows = sa.literal_column(f"({request.where})", sa.Boolean())
         chosen = ascend(levels, table.fullname, rows)
@@ -238,7 +238,7 @@ def _restore_batch(engines: Engines, lock: RunnerLock, policy: ArchivePolicy,
     with engines.archive.begin() as connection:  # 1. the marks, before PRIMARY sees a row
         connection.execute(marks.delete().where(
             marks.c.table_name == policy.root.fullname,
-            marks.c.row_key.in_([stored_key(key) for key in batch.roots])))
+            keys_in([marks.c.row_key], [(stored_key(key),) for key in batch.roots])))
         connection.execute(marks.insert(), [
             {"run_id": run_id, "table_name": policy.root.fullname, "row_key": stored_key(key),
              "restored_at": now, "until": now + policy.older_than} for key in batch.roots])
@@ -290,7 +290,7 @@ def _unmark_roots_primary_lacks(engines: Engines, policy: ArchivePolicy,
             with engines.archive.begin() as connection:
                 connection.execute(marks.delete().where(
                     marks.c.run_id == run_id, marks.c.table_name == root.fullname,
-                    marks.c.row_key.in_(lacking)))
+                    keys_in([marks.c.row_key], [(text,) for text in lacking])))
     except sa.exc.SQLAlchemyError as exc:
         logger.warning("restore run %s: could not drop the marks of roots PRIMARY refused "
                        "(%s); the next restore of policy %s takes them up first",
@@ -310,7 +310,7 @@ def _read_batch(archive: sa.Engine, policy: ArchivePolicy, levels: Sequence[Leve
             query.order_by(*key).limit(limit))]
         if not roots:
             return None
-        conditions = descend(levels, sa.or_(*key_filters(key, roots, connection.dialect)))
+        conditions = descend(levels, keys_in(key, roots))
         rows: dict[str, dict[Key, tuple[Any, ...]]] = {}
         owners: dict[tuple[int, str], int] = {}
         for table, level in zip(policy.tables, levels, strict=True):

@@ -115,7 +115,7 @@ def _held_roots(engines: Engines, sweep: Sweep,
     engine = _engine(engines, sweep)
     if held is None:
         with engines.archive.connect() as archive:
-            held = held_roots(sweep.levels, held_keys(archive, sweep.tables), engine.dialect)
+            held = held_roots(sweep.levels, held_keys(archive, sweep.tables))
     if held is None:
         return 0
     with engine.connect() as connection:
@@ -126,7 +126,7 @@ def plan_sweep(engines: Engines, sweep: Sweep) -> SweepPlan:
     """Count what ``sweep`` would delete now, writing nothing (``--dry-run``)."""
     engine = _engine(engines, sweep)
     with engines.archive.connect() as archive:
-        held = held_roots(sweep.levels, held_keys(archive, sweep.tables), engine.dialect)
+        held = held_roots(sweep.levels, held_keys(archive, sweep.tables))
         excluded = _pending_rows(archive, sweep)
     goes = _allowed(sweep, held, excluded)
     with engine.connect() as connection:
@@ -178,8 +178,7 @@ def _purge_batch(engines: Engines, lock: RunnerLock, sweep: Sweep, run_id: int,
         try:
             set_up_batch(source, timeouts)
             with holds_guard(engines.archive) as guard:
-                held = held_roots(sweep.levels, held_keys(guard, sweep.tables),
-                                  source.dialect)
+                held = held_roots(sweep.levels, held_keys(guard, sweep.tables))
                 keys = _next_roots(source, sweep, _allowed(sweep, held, None), after, limit)
                 if not keys:
                     transaction.rollback()
@@ -198,8 +197,7 @@ def _expire_batch(engines: Engines, lock: RunnerLock, sweep: Sweep, run_id: int,
     """Delete the next batch from ARCHIVE and count it, in one ARCHIVE transaction."""
     with holds_guard(engines.archive) as connection:
         set_up_batch(connection, timeouts)
-        held = held_roots(sweep.levels, held_keys(connection, sweep.tables),
-                          connection.dialect)
+        held = held_roots(sweep.levels, held_keys(connection, sweep.tables))
         allowed = _allowed(sweep, held, _pending_rows(connection, sweep))
         keys = _next_roots(connection, sweep, allowed, after, limit)
         if not keys:
