@@ -352,11 +352,13 @@ def cmd_status(args: argparse.Namespace, archiver: Archiver) -> int:
     with archiver.engines.archive.connect() as connection:
         recent = connection.execute(
             sa.select(runs).order_by(runs.c.id.desc()).limit(args.limit)).all()
+        if not recent:
+            print("no archival runs recorded yet")
+            return EXIT_OK
+        # The runs shown are every run between the oldest and the newest of them: a range,
+        # where an IN list of their ids exceeded SQLite's parameters per statement.
         counters = connection.execute(sa.select(run_tables).where(
-            run_tables.c.run_id.in_([r.id for r in recent]))).all()
-    if not recent:
-        print("no archival runs recorded yet")
-        return EXIT_OK
+            run_tables.c.run_id.between(recent[-1].id, recent[0].id))).all()
     kinds = {r.id: r.kind for r in recent}
     per_run: dict[int, list[str]] = {}
     for c in counters:  # archive runs: deleted from PRIMARY/copied; others: deleted

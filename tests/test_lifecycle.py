@@ -3,6 +3,7 @@ backends, through the archiver and through the real command line."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sqlite3
 import threading
@@ -15,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from archive.archiver import Archiver
+from archive.cli import cmd_status
 from archive.erase import ErasureRefused, erase, plan_erasure
 from archive.holds import add_holds, list_holds, release_holds
 from archive.keys import parse_key
@@ -488,6 +490,30 @@ def test_a_restore_of_more_roots_than_sqlite_binds_leaves_the_policy_working(
     assert verify_archive(primary, archive, shop.archiver.policies).ok
     later = shop.archiver.run("events", NOW + timedelta(days=400))
     assert later.status == "done" and later.rows >= archived.rows
+
+
+def test_archive_status_shows_more_runs_than_sqlite_binds(make_shop: Any,
+                                                           capsys: Any) -> None:
+    """``archive status --limit N`` read the runs' counters with an ``IN`` list of the N
+    ids: past SQLite's parameters per statement it failed ("too many SQL variables"), as
+    soon as a frequent schedule had written that many runs."""
+    shop = make_shop("many_runs")
+    archive = shop.engines.archive
+    _bind_as_sqlite_ships(archive)
+    archived = shop.archiver.run("events", NOW)
+    with archive.begin() as connection:
+        connection.execute(runs.insert(), [
+            {"policy": "events", "kind": "archive", "status": "done", "cutoff": NOW,
+             "started_at": NOW, "finished_at": NOW}
+            for _ in range(MORE_THAN_SQLITE_BINDS)])
+
+    assert cmd_status(argparse.Namespace(limit=MORE_THAN_SQLITE_BINDS + 1),
+                      shop.archiver) == 0
+
+    shown = capsys.readouterr().out.splitlines()
+    assert len([line for line in shown if " events " in line]) == MORE_THAN_SQLITE_BINDS + 1
+    assert any(line.split()[0] == str(archived.run_id) and f"events {archived.rows:,}/"
+               in line for line in shown)
 
 
 def _bind_as_sqlite_ships(engine: sa.Engine) -> None:
