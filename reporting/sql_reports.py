@@ -63,6 +63,7 @@ from reporting.request import convert
 from reporting.stored_values import StoredUTCDateTime
 from sediment.core.databases import ARCHIVE, PRIMARY, Database
 from sediment.core.schema.types import UTCDateTime
+from sediment.core.sql_text import Segment, UnclosedText, ends_in_line_comment, segments
 
 #: The SQLAlchemy type a declared column is read as (SQLite hands timestamps over as text).
 RESULT_TYPES: Mapping[str, sa.types.TypeEngine[Any]] = {
@@ -75,6 +76,9 @@ _HEADER_KEYS = {"title", "description", "kind", "columns", "key", "sort_keys", "
                 "sources", "root", "filters", "params", "lookups", "group_by", "combine"}
 #: ``:name`` placeholders (not ``::type`` casts, not inside words).
 _PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+#: A colon SQLAlchemy's ``text()`` would read as a placeholder's (its own rule), to escape
+#: in quoted text and comments.
+_UNBOUND = re.compile(r"(?<![:\w\\]):(?=\w)")
 _TOML_LINE = re.compile(r"at line (\d+)")
 #: SQLite's "no such table: x" and "no such column: t.x": the name it did not find.
 _NOT_FOUND = re.compile(r"no such (?:table|column|function): (?:\w+\.)?(\w+)")
@@ -134,7 +138,7 @@ def parse_file(path: Path) -> SqlReportFile:
         else:
             header.append("")
     body_line = len(header) + 1
-    body = "\n".join(lines[len(header):]).strip().rstrip(";").strip()
+    body = "\n".join(lines[len(header):]).strip()
     try:
         spec = tomllib.loads("\n".join(header))
     except tomllib.TOMLDecodeError as exc:
@@ -143,13 +147,55 @@ def parse_file(path: Path) -> SqlReportFile:
                               f"header is not valid TOML: {exc}") from None
     if not re.match(r"(?is)^(select|with)\b", body):
         raise ReportFileError(path, body_line, "the body must be one SELECT (or WITH ... SELECT)")
-    if ";" in _without_strings(body):
-        raise ReportFileError(path, body_line, "the body must be one statement (found ';')")
+    body = _one_statement(path, body, body_line)
     return SqlReportFile(path, _report(path, spec, body, body_line), body, body_line)
 
 
-def _without_strings(sql: str) -> str:
-    return re.sub(r"'(?:[^']|'')*'", "''", sql)
+def _one_statement(path: Path, body: str, body_line: int) -> str:
+    """``body`` as the statement Sediment wraps and binds: without its final ``;``, ending
+    on a new line after a ``--`` comment (which would otherwise comment out the
+    parenthesis that closes the subquery: "incomplete input"), and ``\\:`` for each
+    ``:word`` in quoted text or a comment (which SQLAlchemy took for a parameter: "a value
+    is required for bind parameter 'noon'" for ``'at :noon'``).
+
+    :raises ReportFileError: for a quote or comment never closed, or a second statement.
+    """
+    try:
+        parts = segments(body)
+    except UnclosedText as exc:
+        raise ReportFileError(path, body_line, f"the body cannot be read: {exc}") from None
+    stops = [start + at for start, part in _offsets(parts) if part.kind == "code"
+             for at, char in enumerate(part.text) if char == ";"]
+    if stops:
+        rest = segments(body[stops[-1] + 1:])
+        if len(stops) > 1 or any(part.kind == "code" and part.text.strip() for part in rest):
+            raise ReportFileError(path, body_line + body[:stops[0]].count("\n"),
+                                  "the body must be one statement (found ';')")
+        body = body[:stops[-1]] + body[stops[-1] + 1:]
+        parts = segments(body)
+    escaped = "".join(part.text if part.kind == "code" else _UNBOUND.sub(r"\\:", part.text)
+                      for part in parts)
+    return escaped + "\n" if ends_in_line_comment(parts) else escaped
+
+
+def _offsets(parts: Sequence[Segment]) -> list[tuple[int, Segment]]:
+    """Each segment with where it starts in the text."""
+    found, at = [], 0
+    for part in parts:
+        found.append((at, part))
+        at += len(part.text)
+    return found
+
+
+def _placeholders(body: str) -> dict[str, int]:
+    """The ``:name`` placeholders of ``body``'s code (not in quotes or comments), with
+    where each first appears."""
+    found: dict[str, int] = {}
+    for offset, part in _offsets(segments(body)):
+        if part.kind == "code":
+            for match in _PLACEHOLDER.finditer(part.text):
+                found.setdefault(match.group(1), offset + match.start())
+    return found
 
 
 def _report(path: Path, spec: Mapping[str, Any], body: str, body_line: int) -> Report:
@@ -174,12 +220,12 @@ def _report(path: Path, spec: Mapping[str, Any], body: str, body_line: int) -> R
     if not sources or any(source not in SOURCES for source in sources):
         raise fail(f"sources must be some of {', '.join(SOURCES)}")
     params = _params(spec.get("params", {}), fail)
-    used = {match.group(1) for match in _PLACEHOLDER.finditer(_without_strings(body))}
+    used = _placeholders(body)
     declared = {param.name for param in params}
-    for missing in sorted(used - declared):
-        line = body_line + body[:body.index(f":{missing}")].count("\n")
+    for missing in sorted(set(used) - declared):
+        line = body_line + body[:used[missing]].count("\n")
         raise fail(f":{missing} is not a declared parameter ([params.{missing}])", line)
-    for unused in sorted(declared - used):
+    for unused in sorted(declared - set(used)):
         raise fail(f"parameter {unused!r} is declared but the body never uses :{unused}")
     filters = _filters(spec.get("filters", {}), {c.name: c for c in columns}, fail)
     lookups = tuple(_lookup(entry, names, fail) for entry in spec.get("lookups", []))

@@ -5,6 +5,8 @@ reload keeps serving the previous set when the new one is bad.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import signal
 import subprocess
@@ -108,7 +110,7 @@ BAD = [
     ("not a select", GOOD.replace("SELECT id, status FROM orders", "DELETE FROM orders"), 9,
      "one SELECT"),
     ("two statements", GOOD.replace("WHERE id >= :minimum", "WHERE id >= :minimum; "
-                                    "DELETE FROM orders"), 9, "one statement"),
+                                    "DELETE FROM orders"), 10, "one statement"),
     ("filter on no column", GOOD.replace("-- [params", '-- [filters]\n-- nope = ["eq"]\n'
                                          "-- [params"), 1, "[filters]"),
     ("bad combine", GOOD.replace('-- title', '-- kind = "aggregate"\n-- title').replace(
@@ -208,6 +210,42 @@ def test_reload_serves_new_files_and_keeps_the_previous_set_when_one_is_bad(
     finally:
         service.engines.dispose()
 
+
+#: Valid SQL whose quotes and comments hold what Sediment looks for in code: a ``:word``,
+#: a ``;``, and a last-line ``--`` comment after the final ``;``.
+QUOTES_AND_COMMENTS = GOOD.replace(
+    '-- status = "string"', '-- status = "string"\n-- note = "string"').replace(
+    "SELECT id, status FROM orders\nWHERE id >= :minimum\n",
+    "SELECT id, status, 'at :noon; or at 10:30' AS \"note\"  -- see :remark; a comment\n"
+    "FROM orders /* one; two :three */\nWHERE id >= :minimum;  -- the end\n")
+
+
+def test_quoted_text_and_comments_in_a_sql_file_are_read_as_sql(
+        urls: tuple[str, str], migrated_app: Flask, tmp_path: Path,
+        primary: sa.Engine, archive: sa.Engine) -> None:
+    """A ``:word`` in quoted text was bound as a parameter (startup failed: "A value is
+    required for bind parameter 'noon'", naming no file), one in a comment was refused as
+    undeclared, a ``;`` in a comment or before a last comment as a second statement, and a
+    last-line comment commented out the parenthesis closing the body ("incomplete
+    input")."""
+    seed_shop(primary, archive)
+    path = tmp_path / "noted.sql"
+    path.write_text(QUOTES_AND_COMMENTS)
+    check_against(parse_file(path), state_of(migrated_app).report_databases)
+    service = build_service(make_settings(*urls, SEDIMENT_REPORTS__SQL_FOLDER=str(tmp_path)))
+    try:
+        client = service.app.test_client()
+        page = client.get("/api/v1/reports/noted?minimum=3&limit=2&sort=-id")
+        assert page.status_code == 200, page.get_json()
+        assert [row["note"] for row in page.get_json()["rows"]] == ["at :noon; or at 10:30"] * 2
+        download = client.get("/api/v1/reports/noted.csv?minimum=3")
+        assert download.status_code == 200
+        header, *rows = csv.reader(io.StringIO(download.get_data(as_text=True)))
+        assert header == ["id", "status", "note"] and len(rows) > 2
+        assert {row[2] for row in rows} == {"at :noon; or at 10:30"}
+        assert min(int(row[0]) for row in rows) == 3
+    finally:
+        service.engines.dispose()
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sighup_reloads_a_running_server(databases: DatabaseFactory, tmp_path: Path,
