@@ -76,9 +76,11 @@ _HEADER_KEYS = {"title", "description", "kind", "columns", "key", "sort_keys", "
                 "sources", "root", "filters", "params", "lookups", "group_by", "combine"}
 #: ``:name`` placeholders (not ``::type`` casts, not inside words).
 _PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
-#: A colon SQLAlchemy's ``text()`` would read as a placeholder's (its own rule), to escape
-#: in quoted text and comments.
-_UNBOUND = re.compile(r"(?<![:\w\\]):(?=\w)")
+#: What SQLAlchemy's ``text()`` binds as a placeholder (its own rule), to escape in quoted
+#: text and comments.
+_UNBOUND = re.compile(r"(?<![:\w\\]):(\w+)(?![:\w])")
+#: A placeholder cast PostgreSQL's way (``:since::date``), which SQLAlchemy does not bind.
+_CAST_PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)(?=::)")
 _TOML_LINE = re.compile(r"at line (\d+)")
 #: SQLite's "no such table: x" and "no such column: t.x": the name it did not find.
 _NOT_FOUND = re.compile(r"no such (?:table|column|function): (?:\w+\.)?(\w+)")
@@ -156,7 +158,9 @@ def _one_statement(path: Path, body: str, body_line: int) -> str:
     on a new line after a ``--`` comment (which would otherwise comment out the
     parenthesis that closes the subquery: "incomplete input"), and ``\\:`` for each
     ``:word`` in quoted text or a comment (which SQLAlchemy took for a parameter: "a value
-    is required for bind parameter 'noon'" for ``'at :noon'``).
+    is required for bind parameter 'noon'" for ``'at :noon'``). A placeholder cast
+    PostgreSQL's way, ``:since::date``, becomes ``(:since)::date``: SQLAlchemy binds no
+    name followed by a colon, and PostgreSQL got the ``:since`` itself.
 
     :raises ReportFileError: for a quote or comment never closed, or a second statement.
     """
@@ -173,8 +177,8 @@ def _one_statement(path: Path, body: str, body_line: int) -> str:
                                   "the body must be one statement (found ';')")
         body = body[:stops[-1]] + body[stops[-1] + 1:]
         parts = segments(body)
-    escaped = "".join(part.text if part.kind == "code" else _UNBOUND.sub(r"\\:", part.text)
-                      for part in parts)
+    escaped = "".join(_CAST_PLACEHOLDER.sub(r"(:\1)", part.text) if part.kind == "code"
+                      else _UNBOUND.sub(r"\\:\1", part.text) for part in parts)
     return escaped + "\n" if ends_in_line_comment(parts) else escaped
 
 
