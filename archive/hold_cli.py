@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from archive.archiver import Archiver
-from archive.holds import Hold, add_holds, list_holds, release_holds
+from archive.holds import add_holds, list_holds, release_holds
 from archive.keys import BadKey, Key, key_columns, key_filters, key_text, parse_key
 from archive.policy import ArchivePolicy
 from sediment.core.commandline import (
@@ -99,8 +99,9 @@ def cmd_hold_add(args: argparse.Namespace, archiver: Archiver) -> int:
         shown = ", ".join(_shown(key) for key in exc.keys)
         return fail(f"--key {shown}: no {table.fullname} row with this key in PRIMARY or "
                     "ARCHIVE; nothing was held", EXIT_ERROR)
+    by_shown = {_shown(key): key for key in keys}  # one look-up per hold, not a scan
     for hold in placed:
-        where = " and ".join(places[_key_of(keys, hold)])
+        where = " and ".join(places[by_shown[hold.shown_key]])
         print(f"hold {hold.id} placed on {hold.table} {hold.shown_key} (in {where}) by "
               f"{hold.held_by}: {hold.reason}")
     for hold in existing:
@@ -166,10 +167,6 @@ def _exists(connection: sa.Connection, table: sa.Table, key: Key) -> bool:
     (condition,) = key_filters(key_columns(table), [key], connection.dialect)
     return connection.execute(sa.select(sa.literal(1)).select_from(table).where(condition)
                               .limit(1)).first() is not None
-
-
-def _key_of(keys: list[Key], hold: Hold) -> Key:
-    return next(key for key in keys if _shown(key) == hold.shown_key)
 
 
 def _shown(key: Key) -> str:
