@@ -212,7 +212,7 @@ def _listed_keys_default(element: _ListedKeys, compiler: Any, **kw: Any) -> str:
 
 def _json_keys(columns: Sequence[sa.ColumnElement[Any]], keys: Sequence[Key],
                dialect: sa.Dialect) -> str | None:
-    """``keys`` as a JSON list of the values SQLite would be bound (each through its
+    """``keys`` as a JSON list of the values as they would be bound (each through its
     column's bind processor), or None when one has no JSON form (bytes, a NaN)."""
     processors = [column.type.dialect_impl(dialect).bind_processor(dialect)
                   for column in columns]
