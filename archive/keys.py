@@ -108,11 +108,15 @@ def key_filters(columns: Sequence[sa.ColumnElement[Any]], keys: Sequence[Key],
         return
     per_statement = max(1, SQLITE_PARAMETERS_PER_STATEMENT // len(columns))
     for start in range(0, len(keys), per_statement):
-        chunk = keys[start:start + per_statement]
-        if len(columns) == 1:
-            yield columns[0].in_([key[0] for key in chunk])
-        else:
-            yield sa.tuple_(*columns).in_(list(chunk))
+        yield _in_list(columns, keys[start:start + per_statement])
+
+
+def _in_list(columns: Sequence[sa.ColumnElement[Any]],
+             keys: Sequence[Key]) -> sa.ColumnElement[bool]:
+    """``columns IN (...)`` with a bound value per key column (row values for several)."""
+    if len(columns) == 1:
+        return columns[0].in_([key[0] for key in keys])
+    return sa.tuple_(*columns).in_([tuple(key) for key in keys])
 
 
 def _postgres_filter(columns: Sequence[sa.ColumnElement[Any]],
@@ -202,11 +206,7 @@ def _listed_keys_sqlite(element: _ListedKeys, compiler: Any, **kw: Any) -> str:
 
 @compiles(_ListedKeys)
 def _listed_keys_default(element: _ListedKeys, compiler: Any, **kw: Any) -> str:
-    columns = list(element.clauses)
-    if len(columns) == 1:
-        condition = columns[0].in_([key[0] for key in element.keys])
-    else:
-        condition = sa.tuple_(*columns).in_([tuple(key) for key in element.keys])
+    condition = _in_list(list(element.clauses), element.keys)
     return str(compiler.process(condition.self_group(), **kw))
 
 

@@ -63,7 +63,7 @@ from reporting.request import convert
 from reporting.stored_values import StoredUTCDateTime
 from sediment.core.databases import ARCHIVE, PRIMARY, Database
 from sediment.core.schema.types import UTCDateTime
-from sediment.core.sql_text import Segment, UnclosedText, ends_in_line_comment, segments
+from sediment.core.sql_text import UnclosedText, ends_in_line_comment, segments
 
 #: The SQLAlchemy type a declared column is read as (SQLite hands timestamps over as text).
 RESULT_TYPES: Mapping[str, sa.types.TypeEngine[Any]] = {
@@ -168,7 +168,7 @@ def _one_statement(path: Path, body: str, body_line: int) -> str:
         parts = segments(body)
     except UnclosedText as exc:
         raise ReportFileError(path, body_line, f"the body cannot be read: {exc}") from None
-    stops = [start + at for start, part in _offsets(parts) if part.kind == "code"
+    stops = [part.start + at for part in parts if part.kind == "code"
              for at, char in enumerate(part.text) if char == ";"]
     if stops:
         rest = segments(body[stops[-1] + 1:])
@@ -182,23 +182,14 @@ def _one_statement(path: Path, body: str, body_line: int) -> str:
     return escaped + "\n" if ends_in_line_comment(parts) else escaped
 
 
-def _offsets(parts: Sequence[Segment]) -> list[tuple[int, Segment]]:
-    """Each segment with where it starts in the text."""
-    found, at = [], 0
-    for part in parts:
-        found.append((at, part))
-        at += len(part.text)
-    return found
-
-
 def _placeholders(body: str) -> dict[str, int]:
     """The ``:name`` placeholders of ``body``'s code (not in quotes or comments), with
     where each first appears."""
     found: dict[str, int] = {}
-    for offset, part in _offsets(segments(body)):
+    for part in segments(body):
         if part.kind == "code":
             for match in _PLACEHOLDER.finditer(part.text):
-                found.setdefault(match.group(1), offset + match.start())
+                found.setdefault(match.group(1), part.start + match.start())
     return found
 
 

@@ -30,6 +30,8 @@ class Segment:
 
     kind: Kind
     text: str
+    #: Where it starts in the text it was split from.
+    start: int
 
 
 class UnclosedText(ValueError):
@@ -47,7 +49,7 @@ def segments(sql: str) -> list[Segment]:
 
     def close_code() -> None:
         if at > code_from:
-            found.append(Segment("code", sql[code_from:at]))
+            found.append(Segment("code", sql[code_from:at], code_from))
 
     while at < len(sql):
         char = sql[at]
@@ -76,7 +78,7 @@ def segments(sql: str) -> list[Segment]:
             at += 1
             continue
         close_code()
-        found.append(Segment(kind, sql[at:end]))
+        found.append(Segment(kind, sql[at:end], at))
         code_from = at = end
     close_code()
     return found
