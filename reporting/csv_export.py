@@ -1,18 +1,21 @@
 """Stream any report as CSV, in flat memory, safe to open in a spreadsheet.
 
-Two paths, chosen per request, with the same output:
+Three paths, chosen per request, with the same output:
 
 * **COPY** (PostgreSQL, one database, a row report whose lookups live in that database):
   ``COPY (<the report's own SQL>) TO STDOUT (FORMAT csv, HEADER)``, with formula escaping
   and timestamp formatting done in the SQL. psycopg2 hands COPY output over one row at a
   time, so a producer thread gathers it into ~64 KiB chunks and passes them through a
   small bounded queue: a slow client slows the COPY instead of filling memory.
-* **Chunked** (SQLite, ``source=all``, aggregates): the JSON pages' own keyset stream in
+* **SQLite** (one SQLite database, a row report whose lookups live in it, no column
+  SQLAlchemy converts): the report's own SQL on the raw cursor, written a column at a time
+  (:mod:`reporting.sqlite_csv`).
+* **Chunked** (``source=all``, aggregates, the rest): the JSON pages' own keyset stream in
   chunks, written with the ``csv`` module into ~64 KiB chunks.
 
-Both quote per RFC 4180 (fields with commas, quotes, CR or LF). Records end in CRLF on the
-chunked path and LF on the COPY path (PostgreSQL's choice); every CSV reader, Python's and
-pandas' included, reads both the same.
+All quote per RFC 4180 (fields with commas, quotes, CR or LF). Records end in CRLF on the
+SQLite and chunked paths and LF on the COPY path (PostgreSQL's choice); every CSV reader,
+Python's and pandas' included, reads both the same.
 
 Everything that could refuse a download (bad parameters, the row cap, the concurrency
 limit) is decided before the first byte. A failure after that raises inside the stream, so
@@ -182,8 +185,7 @@ def _sqlite_stream(databases: ReportDatabases, request: ReportRequest, *,
     columns = _columns(request)
     prepared = sqlite_statement(inner, columns,
                                 order_terms(request, [inner.c[c] for c in request.order]),
-                                engine.dialect,
-                                formula_prefixes=FORMULA_PREFIXES if escape else None)
+                                engine.dialect)
     if prepared is None:
         return None
     values = query.values(request.filters)
@@ -191,8 +193,8 @@ def _sqlite_stream(databases: ReportDatabases, request: ReportRequest, *,
     def rows() -> Iterator[bytes]:
         with engine.connect() as connection:
             yield from stream_sqlite_csv(
-                connection, prepared, values, header=columns, cell=_cell, escape=escape,
-                chunk_bytes=CHUNK_BYTES)
+                connection, prepared, values, header=columns, cell=_cell,
+                formula_prefixes=FORMULA_PREFIXES if escape else None, chunk_bytes=CHUNK_BYTES)
 
     return rows()
 
