@@ -36,6 +36,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from reporting.csv_columns import csv_records
 from reporting.execution import (
     STREAM_CHUNK,
     count_rows,
@@ -58,10 +59,12 @@ CHUNK_BYTES = 64 * 1024
 QUEUE_CHUNKS = 8
 #: Characters that make a spreadsheet treat a cell as a formula (or hide its start).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n", "\0")
-#: After the year, which is written with four digits apart (``%Y`` writes year 999 as 999).
-#: A timestamp with a time zone gets a ``Z`` after it (in UTC); one without none, as the
-#: JSON pages serve it: a column written in local time is no UTC instant.
-TIMESTAMP_FORMAT = "-%m-%dT%H:%M:%S.%f"
+#: Characters of ``datetime.isoformat(timespec="microseconds")`` a timestamp is written with:
+#: ``YYYY-MM-DDTHH:MM:SS.ffffff``, the offset cut (``strftime`` took 2 us a cell, seven
+#: times as long, and its ``%Y`` writes year 999 as 999). A timestamp with a time zone gets
+#: a ``Z`` after it (in UTC); one without none, as the JSON pages serve it: a column
+#: written in local time is no UTC instant.
+TIMESTAMP_CHARACTERS = 26
 _PG_TIMESTAMP = 'YYYY-MM-DD"T"HH24:MI:SS.US'
 #: What the csv-module path writes for PostgreSQL's ``infinity`` and ``-infinity``, which
 #: psycopg2 reads as Python's latest and earliest values, by API type.
@@ -206,11 +209,14 @@ def _columns(request: ReportRequest) -> list[str]:
 def _chunked_stream(databases: ReportDatabases, request: ReportRequest, *,
                     escape: bool) -> Iterator[bytes]:
     report = request.report
-    buffer = io.StringIO()
-    # RFC 4180's CRLF: the csv module quotes a field only for characters of its line
-    # terminator, so "\n" alone would leave a bare carriage return unquoted.
-    writer = csv.writer(buffer, lineterminator="\r\n")
+    prefixes = FORMULA_PREFIXES if escape else None
+
+    def written(value: Any) -> Any:
+        return _cell(value, escape)
+
     rows = iter_rows(databases, request, chunk=STREAM_CHUNK)
+    pending: list[str] = []
+    size = 0
     header: list[str] | None = None
     while True:
         batch = [row for _, row in zip(range(STREAM_CHUNK), rows, strict=False)]
@@ -218,20 +224,28 @@ def _chunked_stream(databases: ReportDatabases, request: ReportRequest, *,
             apply_lookups(databases, request, report.lookups, batch)
         if header is None:
             header = output_columns(request, batch)
-            writer.writerow(header)
-        for row in batch:
-            writer.writerow([_cell(row.get(name), escape) for name in header])
-        if buffer.tell() >= CHUNK_BYTES or len(batch) < STREAM_CHUNK:
-            yield buffer.getvalue().encode()
-            buffer.seek(0)
-            buffer.truncate()
+            # RFC 4180's CRLF: the csv module quotes a field only for characters of its
+            # line terminator, so "\n" alone would leave a bare carriage return unquoted.
+            header_line = io.StringIO()
+            csv.writer(header_line, lineterminator="\r\n").writerow(header)
+            pending.append(header_line.getvalue())
+        # A column at a time (reporting.csv_columns): a cell at a time through the csv
+        # module was most of a merged download's time.
+        records = csv_records([[row.get(name) for row in batch] for name in header],
+                              written=written, formula_prefixes=prefixes)
+        pending.append(records)
+        size += len(records)
+        if size >= CHUNK_BYTES or len(batch) < STREAM_CHUNK:
+            yield "".join(pending).encode()
+            pending.clear()
+            size = 0
         if len(batch) < STREAM_CHUNK:
             return
 
 
 def _cell(value: Any, escape: bool) -> Any:
     if isinstance(value, datetime):
-        written = f"{value.year:04d}{value.strftime(TIMESTAMP_FORMAT)}"
+        written = value.isoformat(timespec="microseconds")[:TIMESTAMP_CHARACTERS]
         return written if value.tzinfo is None else written + "Z"
     if isinstance(value, date):
         return value.isoformat()
