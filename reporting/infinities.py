@@ -15,14 +15,17 @@ PostgreSQL orders them, so a merged page keeps the databases' order, and are bou
 ``'infinity'`` (``'-infinity'``), which PostgreSQL reads as the type of the column it is
 compared with. A genuine ``9999-12-31`` stays a plain date: the two are told apart, as
 PostgreSQL tells them apart.
+
+psycopg2 is imported by the first PostgreSQL connection's ``connect`` event, not with this
+module: every report imports it, and on the embedded SQLite default psycopg2 was 4.6 MB of
+the service's memory at rest, for nothing.
 """
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, date, datetime
 from typing import Any
-
-import psycopg2.extensions as pg
 
 #: PostgreSQL's text for each sign.
 _TEXT = {1: "infinity", -1: "-infinity"}
@@ -122,7 +125,7 @@ def infinity(sign: int, type_name: str) -> InfiniteDatetime | InfiniteDate:
     return InfiniteDatetime.of(sign, shown.replace(tzinfo=UTC))
 
 
-def _reading_infinities(base: Any, make: Any) -> Any:
+def _reading_infinities(pg: Any, base: Any, make: Any) -> Any:
     """psycopg2's typecaster ``base``, reading ``infinity`` and ``-infinity`` as ``make``."""
 
     def cast(text: str | None, cursor: Any) -> Any:
@@ -133,23 +136,27 @@ def _reading_infinities(base: Any, make: Any) -> Any:
     return pg.new_type(base.values, f"SEDIMENT_{base.name}", cast)
 
 
-_CASTERS = (_reading_infinities(pg.PYDATETIMETZ, InfiniteDatetime.of),
-            _reading_infinities(pg.PYDATETIME, InfiniteDatetime.of),
-            _reading_infinities(pg.PYDATE, InfiniteDate.of))
-
-
 def read_infinities(dbapi_connection: Any, _record: Any = None) -> None:
     """Make a psycopg2 connection read infinities as :class:`InfiniteDatetime` and
     :class:`InfiniteDate` (a ``connect`` event listener)."""
-    for caster in _CASTERS:
+    pg, casters = _psycopg2_casters()
+    for caster in casters:
         pg.register_type(caster, dbapi_connection)
 
 
-def _adapt(value: InfiniteDatetime | InfiniteDate) -> pg.AsIs:
-    # Untyped, so PostgreSQL reads it as the column it is compared with (a cast to
-    # timestamptz would make a timestamp column's index unusable for the comparison).
-    return pg.AsIs(f"'{_TEXT[value.sign]}'")
+@functools.cache
+def _psycopg2_casters() -> tuple[Any, tuple[Any, ...]]:
+    """psycopg2's extensions and the typecasters reading infinities, made once; the
+    adapters binding them back are registered (for every connection) on the way."""
+    import psycopg2.extensions as pg
 
+    def adapt(value: InfiniteDatetime | InfiniteDate) -> Any:
+        # Untyped, so PostgreSQL reads it as the column it is compared with (a cast to
+        # timestamptz would make a timestamp column's index unusable for the comparison).
+        return pg.AsIs(f"'{_TEXT[value.sign]}'")
 
-pg.register_adapter(InfiniteDatetime, _adapt)
-pg.register_adapter(InfiniteDate, _adapt)
+    pg.register_adapter(InfiniteDatetime, adapt)
+    pg.register_adapter(InfiniteDate, adapt)
+    return pg, (_reading_infinities(pg, pg.PYDATETIMETZ, InfiniteDatetime.of),
+                _reading_infinities(pg, pg.PYDATETIME, InfiniteDatetime.of),
+                _reading_infinities(pg, pg.PYDATE, InfiniteDate.of))
