@@ -17,9 +17,11 @@ every kind.
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 #: What ``csv.writer`` (``QUOTE_MINIMAL``, ``lineterminator="\r\n"``) puts a field in
@@ -28,8 +30,31 @@ _QUOTED_FOR = ('"', ",", "\r", "\n")
 #: Joins a column's cells for the searches; it is neither a formula's first character nor
 #: one of :data:`_QUOTED_FOR`, so an empty cell cannot look like either. A cell holding it
 #: at worst sends its column down the cell-by-cell path, which writes the same bytes.
-_SEPARATOR = "\x01"
+SEPARATOR = "\x01"
 _NONE = type(None)
+
+
+def csv_chunks(header: Sequence[str], batches: Iterable[Sequence[Sequence[Any]]], *,
+               written: Callable[[Any], Any], formula_prefixes: Sequence[str] | None,
+               chunk_bytes: int) -> Iterator[bytes]:
+    """The header and then each batch (given as its columns, see :func:`csv_records`) as
+    CSV, in chunks of about ``chunk_bytes`` (the header alone when there is no row)."""
+    header_line = io.StringIO()
+    # RFC 4180's CRLF: the csv module quotes a field only for characters of its line
+    # terminator, so "\n" alone would leave a bare carriage return unquoted.
+    csv.writer(header_line, lineterminator="\r\n").writerow(header)
+    pending = [header_line.getvalue()]
+    size = 0
+    for columns in batches:
+        records = csv_records(columns, written=written, formula_prefixes=formula_prefixes)
+        pending.append(records)
+        size += len(records)
+        if size >= chunk_bytes:
+            yield "".join(pending).encode()
+            pending.clear()
+            size = 0
+    if pending:
+        yield "".join(pending).encode()
 
 
 def csv_records(columns: Sequence[Sequence[Any]], *, written: Callable[[Any], Any],
@@ -65,14 +90,14 @@ def _cells(values: Sequence[Any], written: Callable[[Any], Any],
         return [""] * len(values)
     if kinds == {str}:
         cells: Sequence[str] = values
-        joined = _SEPARATOR.join(values)
+        joined = SEPARATOR.join(values)
         if formula_prefixes and _formula_start(formula_prefixes).search(
-                _SEPARATOR + joined):
+                SEPARATOR + joined):
             cells = [str(written(cell)) for cell in values]
-            joined = _SEPARATOR.join(cells)
+            joined = SEPARATOR.join(cells)
     else:
         cells = ["" if value is None else str(written(value)) for value in values]
-        joined = _SEPARATOR.join(cells)
+        joined = SEPARATOR.join(cells)
     found = [character for character in _QUOTED_FOR if character in joined]
     if not found:
         return cells
@@ -89,4 +114,4 @@ def _formula_start(prefixes: Sequence[str]) -> re.Pattern[str]:
     """Finds a cell starting with one of ``prefixes`` in a column joined by the separator
     (with one before the first cell): one pass in C, where a search per prefix took
     eight."""
-    return re.compile(re.escape(_SEPARATOR) + "[" + "".join(map(re.escape, prefixes)) + "]")
+    return re.compile(re.escape(SEPARATOR) + "[" + "".join(map(re.escape, prefixes)) + "]")

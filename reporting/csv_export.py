@@ -25,8 +25,6 @@ message written into the file.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import queue
 import threading
@@ -36,7 +34,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from reporting.csv_columns import csv_records
+from reporting.csv_columns import csv_chunks
 from reporting.execution import (
     STREAM_CHUNK,
     count_rows,
@@ -215,32 +213,28 @@ def _chunked_stream(databases: ReportDatabases, request: ReportRequest, *,
         return _cell(value, escape)
 
     rows = iter_rows(databases, request, chunk=STREAM_CHUNK)
-    pending: list[str] = []
-    size = 0
-    header: list[str] | None = None
-    while True:
+
+    def next_batch() -> list[dict[str, Any]]:
         batch = [row for _, row in zip(range(STREAM_CHUNK), rows, strict=False)]
         if isinstance(report, RowReport):
             apply_lookups(databases, request, report.lookups, batch)
-        if header is None:
-            header = output_columns(request, batch)
-            # RFC 4180's CRLF: the csv module quotes a field only for characters of its
-            # line terminator, so "\n" alone would leave a bare carriage return unquoted.
-            header_line = io.StringIO()
-            csv.writer(header_line, lineterminator="\r\n").writerow(header)
-            pending.append(header_line.getvalue())
+        return batch
+
+    first = next_batch()
+    header = output_columns(request, first)
+
+    def batches() -> Iterator[list[list[Any]]]:
         # A column at a time (reporting.csv_columns): a cell at a time through the csv
         # module was most of a merged download's time.
-        records = csv_records([[row.get(name) for row in batch] for name in header],
-                              written=written, formula_prefixes=prefixes)
-        pending.append(records)
-        size += len(records)
-        if size >= CHUNK_BYTES or len(batch) < STREAM_CHUNK:
-            yield "".join(pending).encode()
-            pending.clear()
-            size = 0
-        if len(batch) < STREAM_CHUNK:
-            return
+        batch = first
+        while True:
+            yield [[row.get(name) for row in batch] for name in header]
+            if len(batch) < STREAM_CHUNK:
+                return
+            batch = next_batch()
+
+    yield from csv_chunks(header, batches(), written=written, formula_prefixes=prefixes,
+                          chunk_bytes=CHUNK_BYTES)
 
 
 def _cell(value: Any, escape: bool) -> Any:

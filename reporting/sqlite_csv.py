@@ -29,8 +29,6 @@ the ``reports.csv_max_rows`` default (5,000,000) streams in well under the defau
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,15 +36,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from reporting.csv_columns import csv_records
+from reporting.csv_columns import SEPARATOR, csv_chunks
 from reporting.stored_values import StoredUTCDateTime
 from sediment.core.schema.types import UTCDateTime
 
 #: Rows per ``fetchmany``: enough to amortise the call, few enough to stay flat in memory.
 FETCH_ROWS = 2000
-#: Joins a column's timestamps for one match and one set of replacements; no stored form
-#: holds it.
-_SEPARATOR = "\x01"
 
 
 @dataclass(frozen=True)
@@ -78,17 +73,17 @@ class StoredForm:
         text = joined.replace(" ", "T")
         fraction = "" if self.fraction else ".000000"
         if self.zoned:
-            return text.replace("+00:00", fraction + "Z").split(_SEPARATOR)
+            return text.replace("+00:00", fraction + "Z").split(SEPARATOR)
         suffix = fraction + zoneless_mark
         if suffix:
-            text = text.replace(_SEPARATOR, suffix + _SEPARATOR) + suffix
-        return text.split(_SEPARATOR)
+            text = text.replace(SEPARATOR, suffix + SEPARATOR) + suffix
+        return text.split(SEPARATOR)
 
 
 _FORMS = {form.length: form for form in (
     StoredForm(fraction, zoned) for fraction in (False, True) for zoned in (False, True))}
 _ONE = {length: re.compile(form.pattern, re.ASCII) for length, form in _FORMS.items()}
-_ALL = {length: re.compile(f"(?:{form.pattern}{_SEPARATOR})*{form.pattern}", re.ASCII)
+_ALL = {length: re.compile(f"(?:{form.pattern}{SEPARATOR})*{form.pattern}", re.ASCII)
         for length, form in _FORMS.items()}
 
 
@@ -114,7 +109,7 @@ class TimestampColumn:
         if present and set(map(type, present)) == {str} and len(
                 lengths := set(map(len, present))) == 1 and (
                 length := lengths.pop()) in _FORMS:
-            joined = _SEPARATOR.join(present)
+            joined = SEPARATOR.join(present)
             if _ALL[length].fullmatch(joined):
                 texts = _FORMS[length].written_all(joined, self.zoneless_mark)
                 if len(present) == len(values):
@@ -189,34 +184,28 @@ def stream_sqlite_csv(connection: sa.Connection, prepared: SqliteStatement,
 
     timestamps = [(index, column) for index, column in enumerate(prepared.timestamps)
                   if column is not None]
-    header_line = io.StringIO()
-    csv.writer(header_line, lineterminator="\r\n").writerow(header)
-    pending = [header_line.getvalue()]
-    size = 0
     # One read transaction, begun through SQLAlchemy so that the statement deadline of
     # reporting.readonly starts now (statements on the raw cursor do not set it: a pooled
     # connection idle for longer than the timeout was interrupted at once).
     connection.exec_driver_sql("BEGIN")
     dbapi_connection: Any = connection.connection.dbapi_connection
     cursor = dbapi_connection.cursor()
-    try:
+
+    def batches() -> Iterator[list[Sequence[Any]]]:
         _execute(cursor, prepared.ordered, values)
         while rows := cursor.fetchmany(FETCH_ROWS):
             columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
             for index, timestamp in timestamps:
                 columns[index] = timestamp.texts(columns[index], written)
-            records = csv_records(columns, written=written, formula_prefixes=formula_prefixes)
-            pending.append(records)
-            size += len(records)
-            if size >= chunk_bytes:
-                yield "".join(pending).encode()
-                pending.clear()
-                size = 0
+            yield columns
+
+    try:
+        yield from csv_chunks(header, batches(), written=written,
+                              formula_prefixes=formula_prefixes, chunk_bytes=chunk_bytes)
     finally:
         cursor.close()
         if dbapi_connection.in_transaction:
             dbapi_connection.rollback()
-    yield "".join(pending).encode()
 
 
 def _execute(cursor: Any, compiled: Any, values: Mapping[str, Any]) -> Any:
