@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from reporting.infinities import may_hold_infinity, read_in_c
 from sediment.core.pgcopy import raw_cursor
 from sediment.core.schema.types import UTCDateTime
 
@@ -63,8 +64,15 @@ def fetch_direct(connection: sa.Connection, direct: DirectStatement,
                   for name, value in expanded.parameters.items()}
     try:
         with raw_cursor(connection, expanded.statement) as cursor:
+            read_in_c(cursor)
             cursor.execute(expanded.statement, parameters)
             rows: list[tuple[Any, ...]] = cursor.fetchall()
+            if not may_hold_infinity(cursor.description, rows):
+                return rows
+        # Rarely: read again, each timestamp through reporting.infinities' casters.
+        with raw_cursor(connection, expanded.statement) as cursor:
+            cursor.execute(expanded.statement, parameters)
+            rows = cursor.fetchall()
             return rows
     except sa.exc.DBAPIError as error:
         if error.connection_invalidated:
