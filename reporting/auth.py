@@ -20,8 +20,9 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask, request, session
 from flask.sessions import SecureCookieSessionInterface
@@ -124,7 +125,12 @@ def current_principal() -> Principal | None:
 
 def known_principal() -> Principal | None:
     """The principal this request was found to act as, if it has been asked yet."""
-    found: Principal | None = request.environ.get(_PRINCIPAL)
+    return principal_in(request.environ)
+
+
+def principal_in(environ: Mapping[str, Any]) -> Principal | None:
+    """:func:`known_principal` of the request whose WSGI environ is ``environ``."""
+    found: Principal | None = environ.get(_PRINCIPAL)
     return found
 
 
