@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, request, session
-from flask.sessions import SecureCookieSessionInterface
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, SessionMixin
+from flask.wrappers import Request, Response
 from itsdangerous import URLSafeTimedSerializer
 
 from reporting.report_error import ReportError
@@ -262,3 +263,17 @@ class SessionCookies(SecureCookieSessionInterface):
         if key not in self._serializers:
             self._serializers[key] = super().get_signing_serializer(app)  # type: ignore[assignment]
         return self._serializers[key]
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if "HTTP_COOKIE" not in request.environ and app.secret_key:
+            return self.session_class()  # no cookie to read (an API call): an empty session
+        return super().open_session(app, request)
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        if not session and not session.modified:
+            # Nothing to write or delete (every API call). Flask's own method gets here
+            # too, after reading seven cookie settings.
+            if session.accessed:
+                response.vary.add("Cookie")
+            return
+        super().save_session(app, session, response)

@@ -245,3 +245,49 @@ def test_the_catalog_links_what_the_token_may_open(signed: FlaskClient) -> None:
     catalog = signed.get("/reports", headers=HTML).get_data(as_text=True)
     assert 'href="/reports/orders"' in catalog
     assert 'href="/api/v1/reports/orders.csv"' not in catalog
+
+
+def session_headers(client: FlaskClient, api: bool) -> list[tuple[int, str, str]]:
+    """Status, ``Vary`` and ``Set-Cookie`` (value left out) of each response of a visit:
+    an API call and a page signed out, signing in, a page and an API call signed in,
+    signing out, then an API call again."""
+    def seen(response) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+        cookie = response.headers.get("Set-Cookie", "")
+        return (response.status_code, response.headers.get("Vary", ""),
+                re.sub(r"=[^;]*", "=", cookie, count=1))
+
+    responses = [client.get("/api/v1/reports/orders?limit=2"), client.get("/", headers=HTML)]
+    form = client.get("/sign-in")
+    responses += [form, client.post("/sign-in", data={
+        "csrf": csrf_of(form.get_data(as_text=True)), "token": TOKEN})]
+    home = client.get("/", headers=HTML)
+    responses += [home, client.get("/api/v1/reports/orders?limit=2"),
+                  client.post("/sign-out", data={"csrf": csrf_of(home.get_data(as_text=True))})]
+    if api:
+        client.delete_cookie("sediment_session")
+    responses.append(client.get("/api/v1/reports/orders?limit=2"))
+    return [seen(response) for response in responses]
+
+
+@pytest.mark.parametrize("api", [False, True])
+def test_sessions_answer_as_flasks_own_cookie_sessions(urls: tuple[str, str], app: Flask,
+                                                        api: bool) -> None:
+    """``SessionCookies`` skips reading and writing an empty session (every API call): each
+    response carries the ``Vary`` and ``Set-Cookie`` Flask's own sessions give it."""
+    from flask.sessions import SecureCookieSessionInterface
+
+    settings = make_settings(*urls, SEDIMENT_AUTH__ENABLED="true",
+                             SEDIMENT_AUTH__TOKENS__OPS__HASH=hash_token(TOKEN),
+                             SEDIMENT_AUTH__TOKENS__OPS__SCOPES='["reports", "csv"]')
+    seen = []
+    for interface in (None, SecureCookieSessionInterface()):
+        service = build_service(settings)
+        try:
+            if interface is not None:
+                service.app.session_interface = interface
+            seen.append(session_headers(service.app.test_client(), api))
+        finally:
+            service.engines.dispose()
+    ours, flasks = seen
+    assert ours == flasks
+    assert any(cookie for _, _, cookie in ours) and any(vary for _, vary, _ in ours)
