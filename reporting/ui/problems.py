@@ -28,7 +28,9 @@ def wants_a_page() -> bool:
 def install_problem_pages(app: Flask) -> None:
     @app.after_request
     def _as_page(response: Response) -> Response:
-        if response.mimetype != PROBLEM_MEDIA_TYPE or not wants_a_page():
+        # Problems are errors: a success is passed on before its media type is parsed.
+        if response.status_code < 400 or response.mimetype != PROBLEM_MEDIA_TYPE \
+                or not wants_a_page():
             return response
         problem = json.loads(response.get_data())
         page = Response(render_template("ui/error.html", problem=problem),
