@@ -17,7 +17,7 @@ compared with. A genuine ``9999-12-31`` stays a plain date: the two are told apa
 PostgreSQL tells them apart.
 
 Report connections read them so by typecasters written in Python, one call per timestamp
-read: on a page of 100 rows that was a fifth of the page's CPU time. The page path
+read: on a page of 100 rows, about 28 of its 600 us of CPU time. The page path
 (:mod:`reporting.pgfetch`) therefore reads with psycopg2's own typecasters, in C, and
 checks the timestamp and date columns for the values those give ``infinity`` and
 ``-infinity`` (:func:`may_hold_infinity`). Only a page holding one (an infinity, or the
