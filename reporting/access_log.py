@@ -3,12 +3,7 @@
 A client's own ``X-Request-Id`` (from a proxy or a load balancer) is kept when it is a
 plain token, so one id follows a request through every hop; otherwise one is made here.
 The line is written when the response starts: for a streamed CSV download, ``duration_ms``
-is the time to its first byte.
-
-This is WSGI middleware around the Flask app, not a pair of request hooks: every response
-passes where it starts (error pages and unhandled errors included), and the request's WSGI
-environ holds all a line needs. As hooks, context look-ups and werkzeug's header checks
-cost a report page a few percent of its time.
+is the time to its first byte (see :mod:`reporting.response_start`).
 """
 
 from __future__ import annotations
@@ -18,14 +13,15 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flask import Flask, request
 from werkzeug.wsgi import get_path_info
 
+from reporting.response_start import STARTED, on_response_start
+
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import WSGIEnvironment
 
 logger = logging.getLogger("sediment.access")
 
@@ -40,7 +36,7 @@ _NEXT = itertools.count(1)
 
 #: Per-request values live in the WSGI environ: ``g`` outlives a request when an application
 #: context was pushed before it (a test, a command), and these must not.
-_ID, _STARTED = "sediment.request_id", "sediment.started"
+_ID = "sediment.request_id"
 
 
 def request_id() -> str:
@@ -58,39 +54,24 @@ def _id_of(environ: WSGIEnvironment) -> str:
 
 def started_at() -> float:
     """When the current request started (``time.perf_counter``)."""
-    started: float = request.environ.get(_STARTED, time.perf_counter())
+    started: float = request.environ.get(STARTED, time.perf_counter())
     return started
 
 
 def install_access_log(app: Flask) -> None:
     """Give every request of ``app`` an id and log it once when it is answered."""
-    app.wsgi_app = AccessLog(app.wsgi_app)  # type: ignore[method-assign]
+    on_response_start(app, _answered)
 
 
-class AccessLog:
-    """WSGI middleware: the request's id and start time in its environ, the id on the
-    response, and one log line at ``INFO`` when the response starts."""
-
-    def __init__(self, wsgi_app: WSGIApplication) -> None:
-        self.wsgi_app = wsgi_app
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse
-                 ) -> Iterable[bytes]:
-        environ[_STARTED] = started = time.perf_counter()
-        identifier = _id_of(environ)
-
-        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            headers.append((REQUEST_ID_HEADER, identifier))
-            if logger.isEnabledFor(logging.INFO):
-                _log(environ, int(status[:3]), identifier, started)
-            return start_response(status, headers, exc_info)
-
-        return self.wsgi_app(environ, start)
-
-
-def _log(environ: WSGIEnvironment, status: int, identifier: str, started: float) -> None:
-    duration_ms = round((time.perf_counter() - started) * 1000, 2)
+def _answered(environ: WSGIEnvironment, status: str, headers: list[tuple[str, str]]) -> None:
+    """The id on the response, and the request's line at ``INFO``."""
+    identifier = _id_of(environ)
+    headers.append((REQUEST_ID_HEADER, identifier))
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    duration_ms = round((time.perf_counter() - environ[STARTED]) * 1000, 2)
     method, path = environ.get("REQUEST_METHOD", ""), "/" + get_path_info(environ).lstrip("/")
-    logger.info("%s %s %d %.1fms id=%s", method, path, status, duration_ms, identifier,
+    code = int(status[:3])
+    logger.info("%s %s %d %.1fms id=%s", method, path, code, duration_ms, identifier,
                 extra={"request_id": identifier, "method": method, "path": path,
-                       "status": status, "duration_ms": duration_ms})
+                       "status": code, "duration_ms": duration_ms})

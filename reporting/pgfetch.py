@@ -63,17 +63,11 @@ def fetch_direct(connection: sa.Connection, direct: DirectStatement,
     parameters = {name: processors[name](value) if name in processors else value
                   for name, value in expanded.parameters.items()}
     try:
-        with raw_cursor(connection, expanded.statement) as cursor:
-            read_in_c(cursor)
-            cursor.execute(expanded.statement, parameters)
-            rows: list[tuple[Any, ...]] = cursor.fetchall()
-            if not may_hold_infinity(cursor.description, rows):
-                return rows
-        # Rarely: read again, each timestamp through reporting.infinities' casters.
-        with raw_cursor(connection, expanded.statement) as cursor:
-            cursor.execute(expanded.statement, parameters)
-            rows = cursor.fetchall()
-            return rows
+        rows, description = _read(connection, expanded.statement, parameters, in_c=True)
+        if may_hold_infinity(description, rows):
+            # Rarely: read again, each timestamp through reporting.infinities' casters.
+            rows, _ = _read(connection, expanded.statement, parameters, in_c=False)
+        return rows
     except sa.exc.DBAPIError as error:
         if error.connection_invalidated:
             # As Connection.execute does on a disconnect: every pooled connection is suspect
@@ -81,3 +75,14 @@ def fetch_direct(connection: sa.Connection, direct: DirectStatement,
             connection.invalidate()
             connection.engine.dispose()
         raise
+
+
+def _read(connection: sa.Connection, statement: str, parameters: Mapping[str, Any], *,
+          in_c: bool) -> tuple[list[tuple[Any, ...]], Any]:
+    """Every row of ``statement`` and the cursor's description; timestamps by psycopg2's own
+    typecasters when ``in_c`` (see :func:`reporting.infinities.read_in_c`)."""
+    with raw_cursor(connection, statement) as cursor:
+        if in_c:
+            read_in_c(cursor)
+        cursor.execute(statement, parameters)
+        return cursor.fetchall(), cursor.description
