@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -113,21 +116,40 @@ def test_a_value_stored_against_its_type_resumes_as_stored_on_sqlite_only() -> N
         decode_cursor(request, forged, SECRET, ["number", "integer"], as_stored=True)
 
 
-def test_cursors_are_signed_as_before_so_issued_ones_stay_valid() -> None:
-    """The fingerprint and the payload keep the text ``json.dumps`` gave them: a cursor a
-    client holds across an upgrade of the service still resumes its walk."""
-    import hashlib
-    import json
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
-    from reporting.pagination import fingerprint
 
-    request = events(kind="login", sort="-id")
+def _bound_json(request: ReportRequest) -> bytes:
+    """What a cursor is bound to, as ``json.dumps`` writes it."""
     report = request.report
     bound = {"report": f"{report.collection}/{report.name}", "params": request.normalised(),
              "sort": request.sort, "desc": request.descending, "source": request.source}
-    before = hashlib.sha256(json.dumps(bound, sort_keys=True, default=str).encode())
-    assert fingerprint(request) == before.hexdigest()[:16]
+    return json.dumps(bound, sort_keys=True, default=str).encode()
+
+
+def test_cursors_are_tagged_with_keyed_blake2b_over_the_compact_payload() -> None:
+    """The token, recomputed by hand: a BLAKE2b fingerprint of the query, the payload as
+    compact ``json.dumps``, a 128-bit BLAKE2b tag keyed from the secret and the purpose."""
+    request = events(kind="login", sort="-id")
     token = encode_cursor(request, PageCursor((WHEN, 41)), SECRET)
-    payload = json.dumps([before.hexdigest()[:16], [WHEN.isoformat(), 41]],
-                         separators=(",", ":")).encode()
-    assert token.split(".")[0] == base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+    digest = hashlib.blake2b(_bound_json(request), digest_size=8).hexdigest()
+    payload = json.dumps([digest, [WHEN.isoformat(), 41]], separators=(",", ":")).encode()
+    key = hmac.new(SECRET.encode(), b"sediment.report-cursor.v3", hashlib.sha256).digest()
+    tag = hashlib.blake2b(payload, key=key, digest_size=16).digest()
+    assert token == f"{_b64(payload)}.{_b64(tag)}"
+
+
+def test_a_cursor_issued_under_hmac_sha256_before_the_upgrade_still_resumes() -> None:
+    """A client walking pages across the upgrade to BLAKE2 tags holds a ``v2`` cursor
+    (SHA-256 fingerprint, HMAC-SHA256 tag): it resumes, and stays bound to its query."""
+    request = events(kind="login", sort="-id")
+    digest = hashlib.sha256(_bound_json(request)).hexdigest()[:16]
+    payload = json.dumps([digest, [WHEN.isoformat(), 41]], separators=(",", ":")).encode()
+    key = hmac.new(SECRET.encode(), b"sediment.report-cursor.v2", hashlib.sha256).digest()
+    token = f"{_b64(payload)}.{_b64(hmac.digest(key, payload, 'sha256')[:16])}"
+    assert decode_cursor(request, token, SECRET, TYPES) == PageCursor((WHEN, 41))
+    with pytest.raises(ReportError, match="another report"):
+        decode_cursor(events(kind="view", sort="-id"), token, SECRET, TYPES)
+    with pytest.raises(ReportError, match="not one this service issued"):
+        decode_cursor(request, token, "someone-else", TYPES)
