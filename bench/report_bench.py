@@ -80,8 +80,8 @@ def main() -> int:
     events = 150_000 if args.quick else 1_200_000
     depth = 100_000 if args.quick else 1_000_000
     repeats = args.repeats or (15 if args.quick else 41)
-    seconds = args.seconds or (3.0 if args.quick else 8.0)
-    rounds = args.rounds or (5 if args.quick else 8)
+    seconds = args.seconds or (3.0 if args.quick else 24.0)
+    rounds = args.rounds or (5 if args.quick else 12)
     with databases(sqlite=False) as (primary_url, archive_url):
         environ = service_environ(primary_url, archive_url, SEDIMENT_SERVICE__SECRET_KEY=SECRET)
         app = create_app(load_settings(environ=environ))
