@@ -6,9 +6,10 @@ edited by hand, is refused with ``invalid_cursor``. Resuming is a row comparison
 index (``(sort, key) > (last_sort, last_key)``), so page 10,000 costs what page 1 costs.
 
 The token is ``base64url(payload).base64url(tag)``: the payload the compact JSON array
-``[fingerprint, values]`` (written by orjson where it loses nothing), the tag a 128-bit keyed BLAKE2b of it, under a key derived from
-``service.secret_key`` and a purpose string (so no other signature of the service verifies
-as a cursor). Keyed BLAKE2 is a MAC in its own right (RFC 7693), as HMAC is for SHA-256.
+``[fingerprint, values]`` (written by orjson where it loses nothing), the tag a 128-bit
+keyed BLAKE2b of it, under a key derived from ``service.secret_key`` and a purpose string
+(so no other signature of the service verifies as a cursor). Keyed BLAKE2 is a MAC in its
+own right (RFC 7693), as HMAC is for SHA-256.
 
 Why BLAKE2 and not HMAC-SHA256: Python's ``hashlib`` computes BLAKE2 itself, and SHA-256
 and HMAC through OpenSSL. In a loop the two cost the same microsecond, but inside a served
