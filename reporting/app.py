@@ -84,7 +84,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     with app.app_context():
         engines = Engines(primary=db.engines[PRIMARY], archive=db.engines[ARCHIVE])
     for name, engine in engines.items():
-        prepare_engine(engine, owned=name == ARCHIVE or database.primary_schema == "demo")
+        prepare_engine(engine, owned=name == ARCHIVE or database.primary_schema == "demo",
+                       durable=name == ARCHIVE)
     AppState(
         settings=settings,
         engines=engines,

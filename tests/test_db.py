@@ -9,6 +9,8 @@ import sqlalchemy as sa
 from flask import Flask
 
 from reporting.app import db
+from reporting.state import state_of
+from sediment.core.databases import analyze
 from sediment.core.schema.archive import ArchiveRun
 from sediment.core.schema.primary import Customer
 
@@ -49,3 +51,38 @@ def test_naive_timestamps_are_refused(app: Flask) -> None:
     with pytest.raises(sa.exc.StatementError, match="naive datetime"):
         db.session.commit()
     db.session.rollback()
+
+
+@pytest.mark.sqlite
+def test_archive_commits_are_on_disk_when_they_return_and_primary_keeps_wal(app: Flask) -> None:
+    """ARCHIVE's copy must outlive a power cut before PRIMARY deletes what it copied: in
+    WAL, ``synchronous=NORMAL`` leaves a commit to the next checkpoint, ``FULL`` (2) syncs
+    it. The demo PRIMARY loses nothing by NORMAL (1): a delete rolled back by a power cut
+    leaves its rows in both databases, which the next run settles."""
+    engines = state_of(app).engines
+    settings = {}
+    for name, engine in engines.items():
+        with engine.connect() as connection:
+            settings[name] = (connection.exec_driver_sql("PRAGMA journal_mode").scalar_one(),
+                              connection.exec_driver_sql("PRAGMA synchronous").scalar_one())
+    assert settings == {"primary": ("wal", 1), "archive": ("wal", 2)}
+
+
+@pytest.mark.sqlite
+def test_analyze_samples_each_index_and_leaves_the_connection_as_it_found_it(
+        app: Flask) -> None:
+    """The statistics are written from a sample (``analysis_limit``); the pooled connection
+    goes back with its limit off, so nothing else it runs is cut short."""
+    archive = state_of(app).engines.archive
+    with archive.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE probe (id INTEGER PRIMARY KEY, v INTEGER)")
+        connection.exec_driver_sql("CREATE INDEX probe_v ON probe (v)")
+        connection.exec_driver_sql(
+            "INSERT INTO probe WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s "
+            "WHERE g < 5000) SELECT g, g % 7 FROM s")
+    analyze(archive, [sa.Table("probe", sa.MetaData(), sa.Column("id", sa.Integer))])
+    with archive.connect() as connection:
+        stat = connection.exec_driver_sql(
+            "SELECT stat FROM sqlite_stat1 WHERE idx = 'probe_v'").scalar_one()
+        limit = connection.exec_driver_sql("PRAGMA analysis_limit").scalar_one()
+    assert int(stat.split()[0]) > 0 and limit == 0
