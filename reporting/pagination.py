@@ -14,7 +14,7 @@ own right (RFC 7693), as HMAC is for SHA-256.
 Why BLAKE2 and not HMAC-SHA256: Python's ``hashlib`` computes BLAKE2 itself, and SHA-256
 and HMAC through OpenSSL. In a loop the two cost the same microsecond, but inside a served
 request each OpenSSL call cost far more: with the fingerprint and the tag both moved to
-BLAKE2, report pages served 6.9% more requests a second (``bench/report_bench.py``'s
+BLAKE2, report pages served 6-7% more requests a second (``bench/report_bench.py``'s
 server, alternating rounds), as much as leaving both out altogether. Cursors issued under
 HMAC-SHA256 (the ``v2`` scheme) are still accepted, so a client walking pages across an
 upgrade of the service goes on where it was.
@@ -149,7 +149,7 @@ def _compact_json(data: Any) -> bytes:
     """``data`` as compact JSON, which :func:`json.loads` reads back exactly.
 
     orjson writes it in a fraction of the standard library's time (whose encoder is built
-    anew on every call: 3% of a served page, measured). But orjson refuses integers beyond
+    anew on every call: 2-3% of a served page, measured). But orjson refuses integers beyond
     64 bits (numeric keys) and writes NaN and the infinities as ``null``: for those, and so
     for any payload holding a ``null``, the standard library writes it.
     """
