@@ -53,6 +53,7 @@ _TAG_BYTES = 16
 #: The standard library's JSON, for what orjson cannot write (see :func:`_compact_json`)
 #: and for ``v2`` fingerprints; made once (``json.dumps`` with arguments builds one per call).
 _FINGERPRINT_V2_JSON = json.JSONEncoder(sort_keys=True, default=str)
+_FINGERPRINT_JSON = json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":"))
 _PAYLOAD_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
@@ -75,7 +76,7 @@ def fingerprint(request: ReportRequest) -> str:
     try:
         text = orjson.dumps(bound, default=str, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # an integer beyond 64 bits
-        text = _PAYLOAD_JSON.encode(bound).encode()
+        text = _FINGERPRINT_JSON.encode(bound).encode()
     return hashlib.blake2b(text, digest_size=8).hexdigest()
 
 

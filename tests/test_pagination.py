@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -11,10 +12,16 @@ from typing import Any
 
 import pytest
 
-from reporting.pagination import PageCursor, cursor_after, decode_cursor, encode_cursor
+from reporting.pagination import (
+    PageCursor,
+    cursor_after,
+    decode_cursor,
+    encode_cursor,
+    fingerprint,
+)
 from reporting.report_error import ReportError
 from reporting.reports import REPORTS
-from reporting.request import ReportRequest, parse_request
+from reporting.request import FilterClause, ReportRequest, parse_request
 from reporting.stored_values import AsStored
 from sediment.core.instants import StoredInstant
 
@@ -167,3 +174,14 @@ def test_a_cursor_issued_under_hmac_sha256_before_the_upgrade_still_resumes() ->
         decode_cursor(events(kind="view", sort="-id"), token, SECRET, TYPES)
     with pytest.raises(ReportError, match="not one this service issued"):
         decode_cursor(request, token, "someone-else", TYPES)
+
+
+def test_a_fingerprint_beyond_orjson_is_still_canonical() -> None:
+    """An integer beyond 64 bits in a filter sends the fingerprint's text to the standard
+    library: its keys are sorted there too, so the order filters were given in does not
+    make two equal queries two different ones."""
+    first, second = FilterClause("id", "gt", 2**70), FilterClause("customer_id", "eq", 7)
+    request = events(sort="id")
+    one = dataclasses.replace(request, filters=(first, second))
+    other = dataclasses.replace(request, filters=(second, first))
+    assert fingerprint(one) == fingerprint(other)
