@@ -9,7 +9,7 @@ the migration folder and the label in logs and health reports.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -132,8 +132,11 @@ def prepare_engine(engine: sa.Engine, *, owned: bool = True, durable: bool = Fal
     """
     if engine.dialect.name != "sqlite":
         return
-    connect = (_sqlite_connect_durable if durable else _sqlite_connect) if owned \
-        else _sqlite_connect_keeping_journal
+    connect: Callable[[Any, Any], None]
+    if not owned:
+        connect = _sqlite_connect_keeping_journal
+    else:
+        connect = _sqlite_connect_durable if durable else _sqlite_connect
     if sa.event.contains(engine, "connect", connect):
         return
     sa.event.listen(engine, "connect", connect)
@@ -145,19 +148,24 @@ def _sqlite_begin(connection: sa.Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    _sqlite_connect_keeping_journal(dbapi_connection, _record)
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-    finally:
-        cursor.close()
+def _sqlite_connect_in_wal(synchronous: str) -> Callable[[Any, Any], None]:
+    """The connect hook of one of Sediment's own files: WAL, commits synced at ``synchronous``
+    (one function per level, for :func:`prepare_engine`'s idempotence check)."""
+
+    def connect(dbapi_connection: Any, _record: Any) -> None:
+        _sqlite_connect_keeping_journal(dbapi_connection, _record)
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+        finally:
+            cursor.close()
+
+    return connect
 
 
-def _sqlite_connect_durable(dbapi_connection: Any, _record: Any) -> None:
-    _sqlite_connect(dbapi_connection, _record)
-    dbapi_connection.execute("PRAGMA synchronous=FULL")
+_sqlite_connect = _sqlite_connect_in_wal("NORMAL")
+_sqlite_connect_durable = _sqlite_connect_in_wal("FULL")
 
 
 def _sqlite_connect_keeping_journal(dbapi_connection: Any, _record: Any) -> None:
